@@ -1,0 +1,526 @@
+//! Builds: the Heroku classic buildpack API (`bin/detect`, `bin/compile`, `bin/release`),
+//! `.buildpacks` and `BUILDPACK_URL`, `.slugignore`, the Procfile, and the slug archive.
+//!
+//! Invariant: `mar-build` knows nothing about sockets, git or releases. It turns a source
+//! directory into a built directory plus process types, streaming what it does as lines.
+
+mod exec;
+pub mod procfile;
+pub mod slugignore;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use procfile::ProcfileError;
+
+/// The built-in buildpacks, in detection order.
+pub const BUILTIN_ORDER: &[&str] = &["python", "nodejs", "qt", "procfile"];
+
+/// Why a build failed. Each message is meant for the pusher.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// No buildpack's `bin/detect` accepted the app.
+    #[error(
+        "Unable to select a buildpack: no built-in buildpack ({}) detected this app; add a Procfile, or set BUILDPACK_URL",
+        BUILTIN_ORDER.join(", ")
+    )]
+    NoBuildpack,
+    /// A buildpack named by BUILDPACK_URL or .buildpacks could not be fetched.
+    #[error("cannot fetch buildpack {url}: {reason}")]
+    Fetch {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An explicitly chosen buildpack's detect refused the app.
+    #[error("App not compatible with buildpack: {0}")]
+    NotCompatible(String),
+    /// `bin/compile` exited non-zero.
+    #[error("{buildpack} buildpack failed to compile the app (exit status {status})")]
+    Compile {
+        /// The buildpack's name.
+        buildpack: String,
+        /// Its exit status.
+        status: String,
+    },
+    /// `bin/release` failed or printed something that is not the expected YAML.
+    #[error("{buildpack} buildpack's bin/release failed: {reason}")]
+    Release {
+        /// The buildpack's name.
+        buildpack: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The Procfile is malformed.
+    #[error(transparent)]
+    Procfile(#[from] ProcfileError),
+    /// The build ran past its time limit and was killed.
+    #[error("build timed out after {0:?} and was stopped")]
+    TimedOut(Duration),
+    /// The build was cancelled.
+    #[error("build cancelled")]
+    Cancelled,
+    /// A script could not be started.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A file operation of the build failed.
+    #[error("build I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Where build output goes: one line at a time, as the pusher sees it.
+#[derive(Clone)]
+pub struct Output(mpsc::UnboundedSender<String>);
+
+impl Output {
+    /// An output and the receiving end of its lines.
+    pub fn channel() -> (Self, mpsc::UnboundedReceiver<String>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self(tx), rx)
+    }
+
+    /// Sends one line (no trailing newline).
+    pub fn line(&self, line: impl Into<String>) {
+        // The receiver only goes away when the pusher disconnected; the build's cancel token
+        // handles that case.
+        let _ = self.0.send(line.into());
+    }
+
+    /// Resolves when the receiving end is gone (the pusher disconnected).
+    pub async fn closed(&self) {
+        self.0.closed().await
+    }
+
+    /// A Heroku-style step line: `-----> text`.
+    pub fn step(&self, text: impl AsRef<str>) {
+        self.line(format!("-----> {}", text.as_ref()));
+    }
+
+    /// A Heroku-style detail line, indented by 7 spaces.
+    pub fn detail(&self, text: impl AsRef<str>) {
+        self.line(format!("       {}", text.as_ref()));
+    }
+}
+
+/// Everything a build needs.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    /// The pushed tree, without `.git`. The build happens in place.
+    pub build_dir: PathBuf,
+    /// The app's build cache, kept between builds.
+    pub cache_dir: PathBuf,
+    /// Scratch space for this build only (ENV_DIR, HOME, fetched buildpacks).
+    pub work_dir: PathBuf,
+    /// The folder holding the built-in buildpacks.
+    pub builtin_buildpacks: PathBuf,
+    /// The app's config vars (written to ENV_DIR).
+    pub config: BTreeMap<String, String>,
+    /// The commit being built (`SOURCE_VERSION`).
+    pub source_version: String,
+    /// The build's time limit.
+    pub timeout: Duration,
+    /// Run buildpack scripts as this uid/gid (set when `mar` runs as root).
+    pub run_as: Option<(u32, u32)>,
+}
+
+/// What a successful build yields.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// Process type → command (buildpack defaults, overridden by the Procfile).
+    pub process_types: BTreeMap<String, String>,
+    /// Names of the buildpacks that ran.
+    pub buildpacks: Vec<String>,
+    /// Config var defaults from `bin/release` that the app does not set.
+    pub config_defaults: BTreeMap<String, String>,
+}
+
+struct Buildpack {
+    dir: PathBuf,
+    /// How the user named it (URL or built-in name), for messages.
+    label: String,
+}
+
+/// Runs the buildpacks over `spec.build_dir`.
+pub async fn build(
+    spec: &BuildSpec,
+    out: &Output,
+    cancel: &CancellationToken,
+) -> Result<Built, BuildError> {
+    let deadline = Instant::now() + spec.timeout;
+    let env_dir = spec.work_dir.join("env");
+    let home = spec.work_dir.join("home");
+    for d in [&env_dir, &home, &spec.cache_dir] {
+        std::fs::create_dir_all(d)?;
+    }
+    for (k, v) in &spec.config {
+        // Config var names were validated at the API; still refuse anything path-like here.
+        if !k.contains('/') && k != "." && k != ".." {
+            std::fs::write(env_dir.join(k), v)?;
+        }
+    }
+
+    let ignore_file = spec.build_dir.join(".slugignore");
+    if let Ok(text) = std::fs::read_to_string(&ignore_file) {
+        let removed = slugignore::SlugIgnore::parse(&text).apply(&spec.build_dir)?;
+        if !removed.is_empty() {
+            out.step(format!("Removed {} paths listed in .slugignore", removed.len()));
+        }
+    }
+
+    let chosen = choose_buildpacks(spec, out, deadline, cancel).await?;
+    if let Some((uid, gid)) = spec.run_as {
+        for d in [&spec.build_dir, &spec.cache_dir, &spec.work_dir] {
+            chown_tree(d, uid, gid)?;
+        }
+    }
+
+    let mut names = Vec::new();
+    let mut exports: Vec<PathBuf> = Vec::new();
+    let mut process_types = BTreeMap::new();
+    let mut config_defaults = BTreeMap::new();
+    for (i, bp) in chosen.iter().enumerate() {
+        let name = match detect(spec, bp, &home, &exports, deadline, cancel, out).await? {
+            Some(name) => name,
+            // Auto-detected buildpacks said yes already; an explicit one that says no is an error.
+            None => return Err(BuildError::NotCompatible(bp.label.clone())),
+        };
+        out.step(format!("{name} app detected"));
+        let mut cmd = script(spec, bp, "compile", &home, &exports);
+        cmd.arg(&spec.build_dir).arg(&spec.cache_dir).arg(&env_dir);
+        let (status, _) = finish(exec::run(cmd, out, "", false, deadline, cancel).await?, spec)?;
+        if !status.success() {
+            return Err(BuildError::Compile {
+                buildpack: name,
+                status: status.to_string(),
+            });
+        }
+        let mut cmd = script(spec, bp, "release", &home, &exports);
+        cmd.arg(&spec.build_dir);
+        let (status, yaml) = finish(exec::run(cmd, out, "       ", true, deadline, cancel).await?, spec)?;
+        if !status.success() {
+            return Err(BuildError::Release {
+                buildpack: name,
+                reason: format!("exit status {status}"),
+            });
+        }
+        let release = parse_release(&yaml).map_err(|reason| BuildError::Release {
+            buildpack: name.clone(),
+            reason,
+        })?;
+        // Later buildpacks' defaults win, as in Heroku's multi-buildpack.
+        process_types.extend(release.default_process_types);
+        config_defaults.extend(release.config_vars);
+        let export = bp.dir.join("export");
+        if i + 1 < chosen.len() && export.is_file() {
+            exports.push(export);
+        }
+        names.push(name);
+    }
+
+    out.step("Discovering process types");
+    let procfile = spec.build_dir.join("Procfile");
+    match std::fs::read_to_string(&procfile) {
+        Ok(text) => {
+            let declared = procfile::parse(&text)?;
+            let list: Vec<&str> = declared.keys().map(String::as_str).collect();
+            out.detail(format!("Procfile declares types -> {}", list.join(", ")));
+            process_types.extend(declared);
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            out.detail("No Procfile; using the buildpack's default process types");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if !process_types.is_empty() {
+        let list: Vec<&str> = process_types.keys().map(String::as_str).collect();
+        out.detail(format!("Default types for buildpack -> {}", list.join(", ")));
+    }
+    if !process_types.contains_key("web") {
+        out.detail("Warning: no `web` process type, so this app will receive no HTTP traffic.");
+        out.detail("Add a line such as `web: ./server --port $PORT` to your Procfile.");
+    }
+    config_defaults.retain(|k, _| !spec.config.contains_key(k));
+    Ok(Built {
+        process_types,
+        buildpacks: names,
+        config_defaults,
+    })
+}
+
+fn finish(
+    res: Result<(std::process::ExitStatus, String), exec::Stop>,
+    spec: &BuildSpec,
+) -> Result<(std::process::ExitStatus, String), BuildError> {
+    res.map_err(|stop| match stop {
+        exec::Stop::TimedOut => BuildError::TimedOut(spec.timeout),
+        exec::Stop::Cancelled => BuildError::Cancelled,
+    })
+}
+
+/// A command running one of a buildpack's scripts, with the build environment and the
+/// `export` files of earlier buildpacks sourced first (the multi-buildpack contract).
+fn script(spec: &BuildSpec, bp: &Buildpack, name: &str, home: &Path, exports: &[PathBuf]) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg("for e in \"${@:1:$MAR_EXPORT_COUNT}\"; do . \"$e\"; done; shift \"$MAR_EXPORT_COUNT\"; unset MAR_EXPORT_COUNT; exec \"$@\"")
+        .arg("buildpack")
+        .args(exports)
+        .arg(bp.dir.join("bin").join(name))
+        .env_clear()
+        .env("PATH", mar_core::SYSTEM_PATH)
+        .env("HOME", home)
+        .env("LANG", "C.UTF-8")
+        .env("STACK", mar_core::STACK)
+        .env("SOURCE_VERSION", &spec.source_version)
+        .env("MAR_EXPORT_COUNT", exports.len().to_string())
+        .current_dir(&spec.build_dir);
+    if let Some((uid, gid)) = spec.run_as {
+        cmd.uid(uid).gid(gid);
+    }
+    cmd
+}
+
+async fn detect(
+    spec: &BuildSpec,
+    bp: &Buildpack,
+    home: &Path,
+    exports: &[PathBuf],
+    deadline: Instant,
+    cancel: &CancellationToken,
+    out: &Output,
+) -> Result<Option<String>, BuildError> {
+    let mut cmd = script(spec, bp, "detect", home, exports);
+    cmd.arg(&spec.build_dir);
+    let (status, stdout) = finish(exec::run(cmd, out, "       ", true, deadline, cancel).await?, spec)?;
+    if !status.success() {
+        return Ok(None);
+    }
+    let name = stdout.lines().next().unwrap_or("").trim().to_owned();
+    Ok(Some(if name.is_empty() { bp.label.clone() } else { name }))
+}
+
+async fn choose_buildpacks(
+    spec: &BuildSpec,
+    out: &Output,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> Result<Vec<Buildpack>, BuildError> {
+    let mut urls: Vec<String> = Vec::new();
+    if let Some(url) = spec.config.get("BUILDPACK_URL").filter(|u| !u.trim().is_empty()) {
+        urls.push(url.trim().to_owned());
+    } else if let Ok(text) = std::fs::read_to_string(spec.build_dir.join(".buildpacks")) {
+        urls.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    if !urls.is_empty() {
+        let mut packs = Vec::new();
+        for (i, url) in urls.iter().enumerate() {
+            packs.push(fetch(spec, url, i, out, deadline, cancel).await?);
+        }
+        return Ok(packs);
+    }
+    let home = spec.work_dir.join("home");
+    for name in BUILTIN_ORDER {
+        let bp = Buildpack {
+            dir: spec.builtin_buildpacks.join(name),
+            label: (*name).to_owned(),
+        };
+        if detect(spec, &bp, &home, &[], deadline, cancel, out).await?.is_some() {
+            return Ok(vec![bp]);
+        }
+    }
+    Err(BuildError::NoBuildpack)
+}
+
+/// Resolves a buildpack reference: a built-in name, a local directory, or a git URL with an
+/// optional `#ref`.
+async fn fetch(
+    spec: &BuildSpec,
+    url: &str,
+    index: usize,
+    out: &Output,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> Result<Buildpack, BuildError> {
+    let fail = |reason: String| BuildError::Fetch {
+        url: url.to_owned(),
+        reason,
+    };
+    if BUILTIN_ORDER.contains(&url) {
+        return Ok(Buildpack {
+            dir: spec.builtin_buildpacks.join(url),
+            label: url.to_owned(),
+        });
+    }
+    let local = Path::new(url);
+    if local.is_absolute() && local.is_dir() {
+        if !local.join("bin/compile").is_file() {
+            return Err(fail("it has no bin/compile".into()));
+        }
+        return Ok(Buildpack {
+            dir: local.to_owned(),
+            label: url.to_owned(),
+        });
+    }
+    let (repo, reference) = match url.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (url, None),
+    };
+    if repo.starts_with('-') {
+        return Err(fail("not a URL".into()));
+    }
+    let dest = spec.work_dir.join(format!("buildpack-{index}"));
+    out.step(format!("Fetching buildpack {url}"));
+    let mut cmd = Command::new("git");
+    cmd.args(["clone", "--quiet", "--depth", "1"]);
+    if let Some(r) = reference {
+        cmd.args(["--branch", r]);
+    }
+    cmd.arg("--").arg(repo).arg(&dest).env("GIT_TERMINAL_PROMPT", "0");
+    let (status, _) = finish(exec::run(cmd, out, "       ", false, deadline, cancel).await?, spec)?;
+    if !status.success() {
+        return Err(fail(format!("git clone exited with {status}")));
+    }
+    if !dest.join("bin/compile").is_file() {
+        return Err(fail("it has no bin/compile".into()));
+    }
+    Ok(Buildpack {
+        dir: dest,
+        label: url.to_owned(),
+    })
+}
+
+#[derive(serde::Deserialize, Default)]
+struct ReleaseYaml {
+    #[serde(default)]
+    default_process_types: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    config_vars: Option<BTreeMap<String, serde_yaml::Value>>,
+}
+
+struct ReleaseInfo {
+    default_process_types: BTreeMap<String, String>,
+    config_vars: BTreeMap<String, String>,
+}
+
+fn parse_release(yaml: &str) -> Result<ReleaseInfo, String> {
+    let parsed: ReleaseYaml = if yaml.trim().is_empty() {
+        ReleaseYaml::default()
+    } else {
+        serde_yaml::from_str(yaml).map_err(|e| format!("its output is not valid release YAML: {e}"))?
+    };
+    let mut config_vars = BTreeMap::new();
+    for (k, v) in parsed.config_vars.unwrap_or_default() {
+        let v = match v {
+            serde_yaml::Value::String(s) => s,
+            serde_yaml::Value::Null => String::new(),
+            other => serde_yaml::to_string(&other)
+                .map_err(|e| e.to_string())?
+                .trim()
+                .to_owned(),
+        };
+        config_vars.insert(k, v);
+    }
+    Ok(ReleaseInfo {
+        default_process_types: parsed.default_process_types.unwrap_or_default(),
+        config_vars,
+    })
+}
+
+fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    std::os::unix::fs::lchown(root, Some(uid), Some(gid))?;
+    if root.is_symlink() || !root.is_dir() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(root)? {
+        chown_tree(&entry?.path(), uid, gid)?;
+    }
+    Ok(())
+}
+
+/// Packs `dir` into a gzip'd tar at `dest` and returns its size in bytes.
+pub fn pack_slug(dir: &Path, dest: &Path) -> io::Result<u64> {
+    let tmp = dest.with_extension("partial");
+    {
+        let file = std::fs::File::create(&tmp)?;
+        // Fast compression: the slug is kept for rollbacks, and push-to-serve time matters more
+        // than a few megabytes of disk.
+        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        let mut tar = tar::Builder::new(gz);
+        tar.follow_symlinks(false);
+        tar.append_dir_all(".", dir)?;
+        tar.into_inner()?.finish()?.sync_all()?;
+    }
+    std::fs::rename(&tmp, dest)?;
+    Ok(std::fs::metadata(dest)?.len())
+}
+
+/// Unpacks a slug made by [`pack_slug`] into `dest`.
+pub fn unpack_slug(slug: &Path, dest: &Path) -> io::Result<()> {
+    let file = std::fs::File::open(slug)?;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
+    archive.set_preserve_permissions(true);
+    std::fs::create_dir_all(dest)?;
+    archive.unpack(dest)
+}
+
+/// A size as Heroku prints it: `1.2M`, `340K`.
+pub fn human_size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1024.0 * 1024.0 {
+        format!("{:.1}M", b / (1024.0 * 1024.0))
+    } else {
+        format!("{:.0}K", (b / 1024.0).ceil())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_yaml() {
+        let r = parse_release("---\ndefault_process_types:\n  web: python app.py\nconfig_vars:\n  A: 1\n").unwrap();
+        assert_eq!(r.default_process_types["web"], "python app.py");
+        assert_eq!(r.config_vars["A"], "1");
+        assert!(parse_release("default_process_types: {}\n").unwrap().default_process_types.is_empty());
+        assert!(parse_release("").unwrap().config_vars.is_empty());
+        assert!(parse_release("default_process_types: [1, 2]").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_size(1_300_000), "1.2M");
+        assert_eq!(human_size(2048), "2K");
+    }
+
+    #[test]
+    fn slug_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("bin")).unwrap();
+        std::fs::write(src.join("bin/run"), "#!/bin/sh\n").unwrap();
+        let slug = d.path().join("s.tar.gz");
+        assert!(pack_slug(&src, &slug).unwrap() > 0);
+        let dest = d.path().join("out");
+        unpack_slug(&slug, &dest).unwrap();
+        assert!(dest.join("bin/run").is_file());
+    }
+}

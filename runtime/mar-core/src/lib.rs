@@ -1,0 +1,15 @@
+//! Domain types shared by every mini-MAR crate: validated names checked once at the boundary.
+//!
+//! Invariant: this crate does no I/O and knows nothing about HTTP, SQLite or processes.
+
+mod name;
+
+pub use name::{AppName, NameError, ProcessType};
+
+/// The stack name reported to buildpacks in `STACK`, like Heroku's `heroku-24`.
+pub const STACK: &str = "mar-24";
+
+/// `PATH` for builds and app processes: the system's directories only, the same for both, so
+/// that what a build links against (say, the python3 a virtualenv points to) is what the app
+/// finds at run time, whatever the operator's own `PATH` holds.
+pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -1,0 +1,132 @@
+//! `AppName` and `ProcessType`: DNS labels, validated once so the rest of the code can trust them.
+//!
+//! App names become host names (`APP.localhost`), directory names and git URLs, so this check
+//! is the security boundary against path traversal and header injection.
+
+use std::fmt;
+
+/// Why a name was refused; the message says what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// An app name that is not a DNS label of the allowed shape.
+    #[error(
+        "invalid app name {0:?}: use 1 to 30 lowercase letters, digits and '-', starting with a letter and not ending with '-'"
+    )]
+    App(String),
+    /// A process type that is not a DNS label.
+    #[error(
+        "invalid process type {0:?}: use 1 to 30 lowercase letters, digits and '-', starting with a letter"
+    )]
+    ProcessType(String),
+}
+
+/// Longest app name: short enough that `APP.DOMAIN` stays well under DNS limits.
+const MAX_LEN: usize = 30;
+
+fn is_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_LEN
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// A validated app name: a DNS label of at most 30 characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppName(String);
+
+impl AppName {
+    /// Validates `s` as an app name.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        if is_label(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(NameError::App(s.to_owned()))
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AppName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for AppName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+/// A validated Procfile process type (`web`, `worker`, `release`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessType(String);
+
+impl ProcessType {
+    /// Validates `s` as a process type.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        if is_label(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(NameError::ProcessType(s.to_owned()))
+        }
+    }
+
+    /// The type as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is the `web` type, the only one that receives traffic.
+    pub fn is_web(&self) -> bool {
+        self.0 == "web"
+    }
+}
+
+impl fmt::Display for ProcessType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_dns_labels() {
+        for ok in ["a", "echo", "my-app-2", "a23456789012345678901234567890"] {
+            assert!(AppName::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        for bad in [
+            "",
+            "Echo",
+            "1app",
+            "-app",
+            "app-",
+            "a_b",
+            "a.b",
+            "..",
+            "a/b",
+            "a b",
+            "a234567890123456789012345678901",
+            "é",
+        ] {
+            let err = AppName::parse(bad).unwrap_err();
+            assert!(err.to_string().contains("lowercase letters"), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Per-app logbook: every line an app, the build or the platform says about an app, kept on
+//! disk and fanned out live to `mar logs -t` followers.
+//!
+//! Lines look like Heroku's: `2026-11-25T19:33:01.123Z app[web.1]: text`. Each app has one
+//! file, `logs/APP.log`, rotated to `APP.log.1` past a size cap so a chatty app cannot fill the
+//! disk.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use mar_core::AppName;
+use tokio::sync::broadcast;
+
+/// Size at which an app's log file is rotated.
+const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
+/// Live followers that fall this many lines behind lose the oldest ones (they are on disk).
+const LIVE_BUFFER: usize = 1024;
+
+/// One log line, split into its parts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LogLine {
+    /// RFC 3339 UTC time with milliseconds.
+    pub time: String,
+    /// Who said it: `app[web.1]`, `mar[build]`, `mar[web.1]`, `mar[router]`.
+    pub source: String,
+    /// The text, without a trailing newline.
+    pub text: String,
+}
+
+impl LogLine {
+    /// The line as it is stored and shown.
+    pub fn render(&self) -> String {
+        format!("{} {}: {}", self.time, self.source, self.text)
+    }
+
+    /// Parses a stored line; `None` for a line not in the format.
+    pub fn parse(line: &str) -> Option<Self> {
+        let (time, rest) = line.split_once(' ')?;
+        let (source, text) = rest.split_once(": ").unwrap_or((rest.trim_end_matches(':'), ""));
+        Some(Self {
+            time: time.to_owned(),
+            source: source.to_owned(),
+            text: text.to_owned(),
+        })
+    }
+}
+
+struct AppLog {
+    file: File,
+    written: u64,
+    live: broadcast::Sender<Arc<LogLine>>,
+}
+
+/// The logbook of every app. Cheap to share behind an `Arc`.
+pub struct Logs {
+    dir: PathBuf,
+    apps: Mutex<HashMap<AppName, AppLog>>,
+}
+
+/// Errors reading logs.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The log file could not be read.
+    #[error("reading log of {app}: {source}")]
+    Io {
+        /// The app.
+        app: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+impl Logs {
+    /// A logbook keeping its files in `dir` (created if missing).
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            apps: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn path(&self, app: &AppName) -> PathBuf {
+        self.dir.join(format!("{app}.log"))
+    }
+
+    fn with_app<R>(&self, app: &AppName, f: impl FnOnce(&mut AppLog) -> R) -> std::io::Result<R> {
+        let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
+        if !apps.contains_key(app) {
+            let path = self.path(app);
+            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            let written = file.metadata()?.len();
+            let (live, _) = broadcast::channel(LIVE_BUFFER);
+            apps.insert(app.clone(), AppLog {
+                file,
+                written,
+                live,
+            });
+        }
+        match apps.get_mut(app) {
+            Some(log) => Ok(f(log)),
+            None => Err(std::io::Error::other("log entry vanished")),
+        }
+    }
+
+    /// Appends a line from `source` to `app`'s log and sends it to live followers.
+    /// A failure to write is reported on the platform's stderr: losing a log line must not
+    /// take an app down.
+    pub fn append(&self, app: &AppName, source: &str, text: &str) {
+        let line = LogLine {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            source: source.to_owned(),
+            text: text.trim_end_matches(['\n', '\r']).to_owned(),
+        };
+        let rendered = line.render();
+        let rotate_to = self.dir.join(format!("{app}.log.1"));
+        let path = self.path(app);
+        let res = self.with_app(app, |log| -> std::io::Result<()> {
+            if log.written > ROTATE_BYTES {
+                std::fs::rename(&path, &rotate_to)?;
+                log.file = OpenOptions::new().create(true).append(true).open(&path)?;
+                log.written = 0;
+            }
+            log.file.write_all(format!("{rendered}\n").as_bytes())?;
+            log.written += rendered.len() as u64 + 1;
+            // No followers is the normal case; the error only says so.
+            let _ = log.live.send(Arc::new(line));
+            Ok(())
+        });
+        if let Err(e) | Ok(Err(e)) = res.map(|r| r.map(|_| ())) {
+            eprintln!("mar: cannot write log of {app}: {e}");
+        }
+    }
+
+    /// Follows new lines of `app` as they are appended.
+    pub fn subscribe(&self, app: &AppName) -> std::io::Result<broadcast::Receiver<Arc<LogLine>>> {
+        self.with_app(app, |log| log.live.subscribe())
+    }
+
+    /// Up to `limit` lines of `app`, skipping the `offset` newest, oldest first.
+    pub fn recent(&self, app: &AppName, limit: usize, offset: usize) -> Result<Vec<LogLine>, LogError> {
+        let mut lines = Vec::new();
+        for path in [self.dir.join(format!("{app}.log.1")), self.path(app)] {
+            match File::open(&path) {
+                Ok(f) => {
+                    for line in BufReader::new(f).lines() {
+                        let line = line.map_err(|source| LogError::Io {
+                            app: app.to_string(),
+                            source,
+                        })?;
+                        if let Some(l) = LogLine::parse(&line) {
+                            lines.push(l);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(LogError::Io {
+                        app: app.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        let end = lines.len().saturating_sub(offset);
+        let start = end.saturating_sub(limit);
+        Ok(lines.drain(start..end).collect())
+    }
+
+    /// Forgets an app's log (on `apps:destroy`).
+    pub fn remove(&self, app: &AppName) {
+        self.apps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(app);
+        let _ = std::fs::remove_file(self.path(app));
+        let _ = std::fs::remove_file(self.dir.join(format!("{app}.log.1")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip_and_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::open(dir.path()).unwrap();
+        let app = AppName::parse("a").unwrap();
+        let mut live = logs.subscribe(&app).unwrap();
+        for i in 0..5 {
+            logs.append(&app, "app[web.1]", &format!("line {i}\n"));
+        }
+        assert_eq!(live.try_recv().unwrap().text, "line 0");
+        let all = logs.recent(&app, 100, 0).unwrap();
+        assert_eq!(all.len(), 5);
+        assert_eq!(all[4].source, "app[web.1]");
+        let window: Vec<_> = logs
+            .recent(&app, 2, 1)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.text)
+            .collect();
+        assert_eq!(window, ["line 2", "line 3"]);
+        assert!(all[0].render().ends_with(" app[web.1]: line 0"));
+    }
+}

@@ -1,0 +1,217 @@
+//! The route table: which Host goes where. Pure data and matching, no I/O.
+//!
+//! Invariant: route matching does no I/O; the runtime publishes changes here and the proxy
+//! only reads.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use mar_core::AppName;
+
+use crate::InProcess;
+
+/// Why an app cannot take traffic right now, with the Heroku-style code users search for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unavailable {
+    /// `H14`, `H10`, `H20`...
+    pub code: &'static str,
+    /// One-line description: `No web processes running`.
+    pub desc: &'static str,
+    /// What to do about it.
+    pub hint: String,
+}
+
+/// One upstream instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its dyno name (`web.1`) for logs.
+    pub dyno: String,
+}
+
+/// Where an app's traffic goes.
+#[derive(Clone)]
+pub enum AppTarget {
+    /// Web instances listening on ports, balanced round-robin.
+    Upstreams(Vec<Upstream>),
+    /// A handler inside this process (the platform itself; WASM apps).
+    InProcess(Arc<dyn InProcess>),
+    /// Nothing can serve it now.
+    Unavailable(Unavailable),
+}
+
+struct AppEntry {
+    target: AppTarget,
+    next: AtomicUsize,
+}
+
+/// What a request's Host resolved to.
+pub enum Resolved {
+    /// The platform (API, git, health).
+    Platform,
+    /// An app, with the chosen target.
+    App {
+        /// The app.
+        app: AppName,
+        /// Where to send the request.
+        target: Resolution,
+    },
+    /// `APP.DOMAIN` for an app that does not exist, or a Host we do not serve.
+    NoSuchApp(String),
+}
+
+/// A resolved app target, with one upstream already picked.
+pub enum Resolution {
+    /// Send to this instance.
+    Upstream(Upstream),
+    /// Call this handler.
+    InProcess(Arc<dyn InProcess>),
+    /// Answer with this error.
+    Unavailable(Unavailable),
+}
+
+/// Host → app routes. Cheap to share.
+pub struct RouteTable {
+    domain: String,
+    apps: RwLock<HashMap<AppName, Arc<AppEntry>>>,
+}
+
+impl RouteTable {
+    /// A table serving apps at `APP.domain`.
+    pub fn new(domain: &str) -> Self {
+        Self {
+            domain: domain.to_ascii_lowercase(),
+            apps: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The platform's domain.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// Publishes where `app`'s traffic goes now. Takes effect for the next request.
+    pub fn set(&self, app: &AppName, target: AppTarget) {
+        let entry = Arc::new(AppEntry {
+            target,
+            next: AtomicUsize::new(0),
+        });
+        self.apps
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(app.clone(), entry);
+    }
+
+    /// Forgets an app (destroyed).
+    pub fn remove(&self, app: &AppName) {
+        self.apps
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(app);
+    }
+
+    /// Resolves a Host header value.
+    pub fn resolve(&self, host: Option<&str>) -> Resolved {
+        let Some(host) = host.map(strip_port) else {
+            return Resolved::Platform;
+        };
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if host.parse::<IpAddr>().is_ok()
+            || host == self.domain
+            || host.strip_prefix("api.") == Some(self.domain.as_str())
+        {
+            return Resolved::Platform;
+        }
+        let Some(label) = host
+            .strip_suffix(self.domain.as_str())
+            .and_then(|h| h.strip_suffix('.'))
+        else {
+            return Resolved::NoSuchApp(host);
+        };
+        let Ok(app) = AppName::parse(label) else {
+            return Resolved::NoSuchApp(host);
+        };
+        let entry = self
+            .apps
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&app)
+            .cloned();
+        let Some(entry) = entry else {
+            return Resolved::NoSuchApp(host);
+        };
+        let target = match &entry.target {
+            AppTarget::Upstreams(ups) if !ups.is_empty() => {
+                let i = entry.next.fetch_add(1, Ordering::Relaxed) % ups.len();
+                Resolution::Upstream(ups[i].clone())
+            }
+            AppTarget::Upstreams(_) => Resolution::Unavailable(Unavailable {
+                code: "H14",
+                desc: "No web processes running",
+                hint: format!("Scale up with `mar ps:scale web=1 -a {app}`, or push code with a web process type."),
+            }),
+            AppTarget::InProcess(h) => Resolution::InProcess(h.clone()),
+            AppTarget::Unavailable(u) => Resolution::Unavailable(u.clone()),
+        };
+        Resolved::App { app, target }
+    }
+}
+
+/// `host:port` → `host`, also for `[::1]:8080`.
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(port: u16) -> Upstream {
+        Upstream {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dyno: format!("web.{port}"),
+        }
+    }
+
+    #[test]
+    fn platform_hosts() {
+        let t = RouteTable::new("localhost");
+        for h in [None, Some("localhost"), Some("localhost:8080"), Some("api.localhost"), Some("127.0.0.1:9"), Some("[::1]:80"), Some("LOCALHOST.")] {
+            assert!(matches!(t.resolve(h), Resolved::Platform), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn apps_round_robin_and_unknowns() {
+        let t = RouteTable::new("localhost");
+        let app = AppName::parse("echo").unwrap();
+        t.set(&app, AppTarget::Upstreams(vec![up(1), up(2)]));
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            match t.resolve(Some("echo.localhost:8080")) {
+                Resolved::App { target: Resolution::Upstream(u), .. } => seen.push(u.addr.port()),
+                _ => panic!("not routed"),
+            }
+        }
+        assert_eq!(seen, [1, 2, 1, 2]);
+        for h in ["nope.localhost", "a.b.localhost", "example.com", "Bad_Name.localhost"] {
+            assert!(matches!(t.resolve(Some(h)), Resolved::NoSuchApp(_)), "{h}");
+        }
+        t.set(&app, AppTarget::Upstreams(vec![]));
+        assert!(matches!(
+            t.resolve(Some("echo.localhost")),
+            Resolved::App { target: Resolution::Unavailable(Unavailable { code: "H14", .. }), .. }
+        ));
+        t.remove(&app);
+        assert!(matches!(t.resolve(Some("echo.localhost")), Resolved::NoSuchApp(_)));
+    }
+}

@@ -1,0 +1,153 @@
+//! Runtime configuration: command-line flags and environment (parsed by the binary) layered
+//! over `mar.yaml` in the data directory, over defaults. An unknown key in `mar.yaml` is an
+//! error that names the key, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors in configuration; the binary exits 64 on these before binding anything.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `mar.yaml` could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// `mar.yaml` is malformed or has an unknown key.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// `mar.yaml`: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address to listen on.
+    pub listen: Option<String>,
+    /// Apps are served at `APP.<domain>`.
+    pub domain: Option<String>,
+    /// Seconds a web process has to bind `$PORT`.
+    pub boot_timeout: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when stopping a process.
+    pub stop_timeout: Option<u64>,
+    /// Seconds a build may take.
+    pub build_timeout: Option<u64>,
+    /// User that runs builds when `mar` runs as root.
+    pub build_user: Option<String>,
+}
+
+/// Settings given on the command line or in the environment; `None` means "not given".
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<String>,
+    /// `--domain`.
+    pub domain: Option<String>,
+}
+
+/// The runtime's effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The data directory (`MAR_HOME`).
+    pub data_dir: PathBuf,
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Apps are served at `APP.<domain>`.
+    pub domain: String,
+    /// Time a web process has to bind `$PORT`.
+    pub boot_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL.
+    pub stop_timeout: Duration,
+    /// Time a build may take.
+    pub build_timeout: Duration,
+    /// User that runs builds when `mar` runs as root.
+    pub build_user: String,
+    /// The `mar` executable, run as the git pre-receive hook.
+    pub mar_exe: PathBuf,
+}
+
+impl Config {
+    /// Loads `mar.yaml` from `data_dir` (if present) and applies `overrides` on top.
+    pub fn load(data_dir: &Path, overrides: &Overrides, mar_exe: PathBuf) -> Result<Self, ConfigError> {
+        let path = data_dir.join("mar.yaml");
+        let file: FileConfig = match std::fs::read_to_string(&path) {
+            Ok(text) if text.trim().is_empty() => FileConfig::default(),
+            Ok(text) => serde_yaml::from_str(&text).map_err(|e| ConfigError::Invalid {
+                path: path.clone(),
+                message: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => FileConfig::default(),
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+        let listen_text = overrides
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        let listen = listen_text.parse().map_err(|_| ConfigError::Invalid {
+            path: path.clone(),
+            message: format!("listen: {listen_text:?} is not an address like 127.0.0.1:8080"),
+        })?;
+        let domain = overrides
+            .domain
+            .clone()
+            .or(file.domain)
+            .unwrap_or_else(|| "localhost".to_owned())
+            .to_ascii_lowercase();
+        if domain.is_empty() || domain.contains(['/', ':', ' ']) {
+            return Err(ConfigError::Invalid {
+                path,
+                message: format!("domain: {domain:?} is not a host name"),
+            });
+        }
+        Ok(Self {
+            data_dir: data_dir.to_owned(),
+            listen,
+            domain,
+            boot_timeout: Duration::from_secs(file.boot_timeout.unwrap_or(60)),
+            stop_timeout: Duration::from_secs(file.stop_timeout.unwrap_or(30)),
+            build_timeout: Duration::from_secs(file.build_timeout.unwrap_or(15 * 60)),
+            build_user: file.build_user.unwrap_or_else(|| "nobody".to_owned()),
+            mar_exe,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("mar.yaml"), "listen: 127.0.0.1:0\nlisten_port: 9\n").unwrap();
+        let err = Config::load(d.path(), &Overrides::default(), "mar".into()).unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("mar.yaml"), "listen: 127.0.0.1:7000\ndomain: example.test\nboot_timeout: 5\n").unwrap();
+        let c = Config::load(
+            d.path(),
+            &Overrides { listen: Some("127.0.0.1:0".into()), domain: None },
+            "mar".into(),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.domain, "example.test");
+        assert_eq!(c.boot_timeout, Duration::from_secs(5));
+    }
+}

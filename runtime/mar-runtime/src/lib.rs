@@ -1,0 +1,177 @@
+//! The composition root: `Config` → a running platform. It owns the data directory, the
+//! admin token, the listener and the one shutdown path (stop accepting, drain requests, stop
+//! every app process, exit).
+
+pub mod api;
+pub mod apps;
+pub mod config;
+pub mod paths;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mar_git::GitServer;
+use mar_logs::Logs;
+use mar_router::{Proxy, RouteTable};
+use mar_store::Store;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, ConfigError, Overrides};
+pub use paths::Paths;
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/buildpacks.rs"));
+}
+
+/// Errors starting the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The data directory is unusable.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The state database failed to open.
+    #[error(transparent)]
+    Store(#[from] mar_store::StoreError),
+    /// The git setup failed.
+    #[error(transparent)]
+    Git(#[from] mar_git::GitError),
+}
+
+/// Time in-flight requests get to finish at shutdown.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// Reads the admin token, creating it (mode 0600) on first start.
+pub fn load_or_create_token(paths: &Paths) -> std::io::Result<String> {
+    let path = paths.token();
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut buf = [0u8; 24];
+    getrandom::fill(&mut buf).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let token: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(format!("{token}\n").as_bytes())?;
+    f.sync_all()?;
+    Ok(token)
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+fn unpack_buildpacks(paths: &Paths) -> std::io::Result<()> {
+    let root = paths.buildpacks();
+    for (rel, bytes, exec) in embedded::FILES {
+        let dest = root.join(rel);
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&dest, bytes)?;
+        let mode = if *exec { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// A started platform.
+pub struct Started {
+    /// The address the listener got (the real port when 0 was asked for).
+    pub addr: SocketAddr,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Started {
+    /// Waits until the platform has shut down completely.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Starts the platform; it runs until `shutdown` fires, then drains and stops every app.
+pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, RuntimeError> {
+    let paths = Paths::new(&cfg.data_dir);
+    let data_dir = cfg.data_dir.display().to_string();
+    let dd = |source| RuntimeError::DataDir {
+        path: data_dir.clone(),
+        source,
+    };
+    for d in [paths.root().to_owned(), paths.logs(), paths.builds(), paths.root().join("apps")] {
+        std::fs::create_dir_all(&d).map_err(dd)?;
+    }
+    // Leftovers of builds interrupted by a crash or kill of the previous run.
+    if let Ok(entries) = std::fs::read_dir(paths.builds()) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    unpack_buildpacks(&paths).map_err(dd)?;
+    let token = load_or_create_token(&paths).map_err(dd)?;
+    let store = Arc::new(Store::open(&paths.db())?);
+    // The state database is the platform's alone; apps must not read it.
+    for f in ["mar.db", "mar.db-wal", "mar.db-shm"] {
+        let _ = std::fs::set_permissions(paths.root().join(f), std::fs::Permissions::from_mode(0o600));
+    }
+    let logs = Arc::new(Logs::open(&paths.logs()).map_err(dd)?);
+    let routes = Arc::new(RouteTable::new(&cfg.domain));
+    let git = GitServer::new(&paths.repos(), &paths.hooks(), &cfg.mar_exe)?;
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| RuntimeError::Bind { addr: cfg.listen, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| RuntimeError::Bind { addr: cfg.listen, source })?;
+    let mut cfg = cfg;
+    cfg.listen = addr;
+    let cfg = Arc::new(cfg);
+    let self_ip = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
+    let self_url = if addr.is_ipv6() { format!("http://[{self_ip}]:{}", addr.port()) } else { format!("http://{self_ip}:{}", addr.port()) };
+    let serve_info = serde_json::json!({ "url": self_url, "pid": std::process::id() });
+    std::fs::write(paths.serve_file(), serve_info.to_string()).map_err(dd)?;
+
+    let apps = apps::Apps::new(cfg.clone(), store.clone(), logs.clone(), routes.clone());
+    apps.restore().await;
+    let platform = Arc::new(api::Platform {
+        store,
+        logs,
+        apps: apps.clone(),
+        git,
+        paths: paths.clone(),
+        token,
+        self_url,
+        domain: cfg.domain.clone(),
+        port: addr.port(),
+    });
+    let handler = Arc::new(api::PlatformHandler {
+        api: api::router(platform.clone()),
+        platform,
+    });
+    let proxy = Arc::new(Proxy::new(routes, handler));
+    let done = tokio::spawn(async move {
+        mar_router::serve(listener, proxy, shutdown, DRAIN_GRACE).await;
+        apps.stop_all().await;
+        let _ = std::fs::remove_file(paths.serve_file());
+    });
+    Ok(Started { addr, done })
+}

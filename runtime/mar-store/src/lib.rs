@@ -1,0 +1,441 @@
+//! Control-plane state: apps, config vars, releases and formation, in one SQLite file.
+//!
+//! Invariant: `mar-store` knows nothing about HTTP, git or processes. It is a narrow,
+//! synchronous API over one connection; SQLite runs in WAL mode with `synchronous=FULL`, so a
+//! committed change survives a crash of `mar serve` or of the machine.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use mar_core::AppName;
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Errors at the store's edge.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No app by that name.
+    #[error("no such app: {0}")]
+    NoSuchApp(String),
+    /// An app by that name exists already.
+    #[error("app {0} already exists")]
+    AppExists(String),
+    /// No release with that version.
+    #[error("app {app} has no release v{version}")]
+    NoSuchRelease {
+        /// The app.
+        app: String,
+        /// The version asked for.
+        version: i64,
+    },
+    /// The database failed.
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored JSON column did not parse (the file was edited by hand or is corrupt).
+    #[error("state database holds malformed JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// An app as stored.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// Its name.
+    pub name: AppName,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+/// A release: an immutable pairing of a slug with a config snapshot and process types.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// `N` of `vN`, starting at 1 per app.
+    pub version: i64,
+    /// What made it (`Deploy 1a2b3c4`, `Set FOO config vars`).
+    pub description: String,
+    /// Slug archive path, `None` before the first code deploy.
+    pub slug: Option<String>,
+    /// Slug size in bytes.
+    pub slug_size: u64,
+    /// Process type → command.
+    pub process_types: BTreeMap<String, String>,
+    /// Config vars in force for this release.
+    pub config: BTreeMap<String, String>,
+    /// The git commit deployed, if any.
+    pub commit: Option<String>,
+    /// Names of the buildpacks that built the slug.
+    pub buildpacks: Vec<String>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+/// What a new release is made of; the store assigns the version.
+#[derive(Debug, Clone, Default)]
+pub struct NewRelease {
+    /// See [`Release::description`].
+    pub description: String,
+    /// See [`Release::slug`].
+    pub slug: Option<String>,
+    /// See [`Release::slug_size`].
+    pub slug_size: u64,
+    /// See [`Release::process_types`].
+    pub process_types: BTreeMap<String, String>,
+    /// See [`Release::config`].
+    pub config: BTreeMap<String, String>,
+    /// See [`Release::commit`].
+    pub commit: Option<String>,
+    /// See [`Release::buildpacks`].
+    pub buildpacks: Vec<String>,
+}
+
+/// The state database. Cheap to share behind an `Arc`.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS apps (
+    name TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS config_vars (
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (app, key)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    description TEXT NOT NULL,
+    slug TEXT,
+    slug_size INTEGER NOT NULL DEFAULT 0,
+    process_types TEXT NOT NULL,
+    config TEXT NOT NULL,
+    commit_sha TEXT,
+    buildpacks TEXT NOT NULL DEFAULT '[]',
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (app, version)
+);
+CREATE TABLE IF NOT EXISTS formation (
+    app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+    process_type TEXT NOT NULL,
+    quantity INTEGER NOT NULL,
+    PRIMARY KEY (app, process_type)
+);
+";
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite itself consistent (every write is a
+        // transaction), so a poisoned lock is safe to keep using.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates an app.
+    pub fn create_app(&self, name: &AppName) -> Result<App> {
+        let created_at = now();
+        let conn = self.conn();
+        let n = conn.execute(
+            "INSERT OR IGNORE INTO apps (name, created_at) VALUES (?1, ?2)",
+            params![name.as_str(), created_at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AppExists(name.to_string()));
+        }
+        conn.execute(
+            "INSERT INTO formation (app, process_type, quantity) VALUES (?1, 'web', 1)",
+            params![name.as_str()],
+        )?;
+        Ok(App {
+            name: name.clone(),
+            created_at,
+        })
+    }
+
+    /// All apps, by name.
+    pub fn list_apps(&self) -> Result<Vec<App>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, created_at FROM apps ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+        let mut apps = Vec::new();
+        for row in rows {
+            let (name, created_at) = row?;
+            // Names were validated on the way in; a row that fails now was edited by hand.
+            if let Ok(name) = AppName::parse(&name) {
+                apps.push(App { name, created_at });
+            }
+        }
+        Ok(apps)
+    }
+
+    /// One app, or `NoSuchApp`.
+    pub fn get_app(&self, name: &AppName) -> Result<App> {
+        self.conn()
+            .query_row(
+                "SELECT created_at FROM apps WHERE name = ?1",
+                params![name.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?
+            .map(|created_at| App {
+                name: name.clone(),
+                created_at,
+            })
+            .ok_or_else(|| StoreError::NoSuchApp(name.to_string()))
+    }
+
+    /// Deletes an app and everything stored for it.
+    pub fn delete_app(&self, name: &AppName) -> Result<()> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM apps WHERE name = ?1", params![name.as_str()])?;
+        if n == 0 {
+            return Err(StoreError::NoSuchApp(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The app's current config vars.
+    pub fn config(&self, app: &AppName) -> Result<BTreeMap<String, String>> {
+        self.get_app(app)?;
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT key, value FROM config_vars WHERE app = ?1 ORDER BY key")?;
+        let rows = stmt.query_map(params![app.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Records a release, and with it the config vars it carries, in one transaction, and
+    /// returns it with its assigned version.
+    pub fn create_release(&self, app: &AppName, new: NewRelease) -> Result<Release> {
+        self.get_app(app)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let version: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM releases WHERE app = ?1",
+            params![app.as_str()],
+            |r| r.get(0),
+        )?;
+        let created_at = now();
+        tx.execute(
+            "INSERT INTO releases (app, version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                app.as_str(),
+                version,
+                new.description,
+                new.slug,
+                new.slug_size as i64,
+                serde_json::to_string(&new.process_types)?,
+                serde_json::to_string(&new.config)?,
+                new.commit,
+                serde_json::to_string(&new.buildpacks)?,
+                created_at,
+            ],
+        )?;
+        tx.execute(
+            "DELETE FROM config_vars WHERE app = ?1",
+            params![app.as_str()],
+        )?;
+        for (k, v) in &new.config {
+            tx.execute(
+                "INSERT INTO config_vars (app, key, value) VALUES (?1, ?2, ?3)",
+                params![app.as_str(), k, v],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Release {
+            version,
+            description: new.description,
+            slug: new.slug,
+            slug_size: new.slug_size,
+            process_types: new.process_types,
+            config: new.config,
+            commit: new.commit,
+            buildpacks: new.buildpacks,
+            created_at,
+        })
+    }
+
+    /// Releases, newest first.
+    pub fn releases(&self, app: &AppName) -> Result<Vec<Release>> {
+        self.get_app(app)?;
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at
+             FROM releases WHERE app = ?1 ORDER BY version DESC",
+        )?;
+        let rows = stmt.query_map(params![app.as_str()], release_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?.decode()?);
+        }
+        Ok(out)
+    }
+
+    /// The newest release, if any.
+    pub fn current_release(&self, app: &AppName) -> Result<Option<Release>> {
+        self.get_app(app)?;
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at
+                 FROM releases WHERE app = ?1 ORDER BY version DESC LIMIT 1",
+                params![app.as_str()],
+                release_row,
+            )
+            .optional()?;
+        row.map(RawRelease::decode).transpose()
+    }
+
+    /// Process type → instance count. Types never scaled are absent (meaning 0).
+    pub fn formation(&self, app: &AppName) -> Result<BTreeMap<String, u32>> {
+        self.get_app(app)?;
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT process_type, quantity FROM formation WHERE app = ?1 ORDER BY process_type",
+        )?;
+        let rows = stmt.query_map(params![app.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Sets instance counts for the given types.
+    pub fn set_formation(&self, app: &AppName, counts: &BTreeMap<String, u32>) -> Result<()> {
+        self.get_app(app)?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for (t, q) in counts {
+            tx.execute(
+                "INSERT INTO formation (app, process_type, quantity) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (app, process_type) DO UPDATE SET quantity = excluded.quantity",
+                params![app.as_str(), t, q],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+struct RawRelease {
+    version: i64,
+    description: String,
+    slug: Option<String>,
+    slug_size: i64,
+    process_types: String,
+    config: String,
+    commit: Option<String>,
+    buildpacks: String,
+    created_at: String,
+}
+
+fn release_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRelease> {
+    Ok(RawRelease {
+        version: r.get(0)?,
+        description: r.get(1)?,
+        slug: r.get(2)?,
+        slug_size: r.get(3)?,
+        process_types: r.get(4)?,
+        config: r.get(5)?,
+        commit: r.get(6)?,
+        buildpacks: r.get(7)?,
+        created_at: r.get(8)?,
+    })
+}
+
+impl RawRelease {
+    fn decode(self) -> Result<Release> {
+        Ok(Release {
+            version: self.version,
+            description: self.description,
+            slug: self.slug,
+            slug_size: self.slug_size.max(0) as u64,
+            process_types: serde_json::from_str(&self.process_types)?,
+            config: serde_json::from_str(&self.config)?,
+            commit: self.commit,
+            buildpacks: serde_json::from_str(&self.buildpacks)?,
+            created_at: self.created_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("mar.db")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn releases_count_up_and_carry_config() {
+        let (_d, s) = store();
+        let app = AppName::parse("echo").unwrap();
+        s.create_app(&app).unwrap();
+        assert!(matches!(s.create_app(&app), Err(StoreError::AppExists(_))));
+        let mut config = BTreeMap::new();
+        config.insert("A".to_owned(), "1".to_owned());
+        let r1 = s
+            .create_release(
+                &app,
+                NewRelease {
+                    description: "Set A config vars".into(),
+                    config: config.clone(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(r1.version, 1);
+        let r2 = s
+            .create_release(
+                &app,
+                NewRelease {
+                    description: "Deploy abc".into(),
+                    config,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(r2.version, 2);
+        assert_eq!(s.current_release(&app).unwrap().unwrap().version, 2);
+        assert_eq!(s.config(&app).unwrap()["A"], "1");
+        assert_eq!(s.formation(&app).unwrap()["web"], 1);
+        s.delete_app(&app).unwrap();
+        assert!(matches!(s.get_app(&app), Err(StoreError::NoSuchApp(_))));
+    }
+
+    #[test]
+    fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mar.db");
+        let app = AppName::parse("keep").unwrap();
+        {
+            let s = Store::open(&path).unwrap();
+            s.create_app(&app).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.list_apps().unwrap().len(), 1);
+    }
+}

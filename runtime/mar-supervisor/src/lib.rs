@@ -1,0 +1,554 @@
+//! App processes: one actor task per instance (`web.1`, `worker.2`) that spawns it through
+//! `bash -c` in its own process group, captures its output into the app's log, waits for a web
+//! instance to accept connections on `$PORT`, restarts it when it crashes, and stops it with
+//! SIGTERM to the group, then SIGKILL after a grace period.
+//!
+//! Invariant: `mar-supervisor` knows nothing about HTTP, releases or routing; it reports state
+//! changes as [`Event`]s and the runtime decides what they mean for traffic.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mar_core::AppName;
+use mar_logs::Logs;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Everything needed to run one instance.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    /// The app.
+    pub app: AppName,
+    /// The process type (`web`, `worker`).
+    pub process_type: String,
+    /// 1-based instance number: `web.1`.
+    pub index: u32,
+    /// The Procfile command, run by `bash -c`.
+    pub command: String,
+    /// The unpacked slug: working directory and `HOME`.
+    pub dir: PathBuf,
+    /// Config vars and attached-service variables.
+    pub env: BTreeMap<String, String>,
+    /// How long a web instance has to accept connections on `$PORT`.
+    pub boot_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL on stop.
+    pub stop_grace: Duration,
+    /// The release this instance runs, for messages.
+    pub release: i64,
+}
+
+impl ProcessSpec {
+    /// `web.1`.
+    pub fn dyno(&self) -> String {
+        format!("{}.{}", self.process_type, self.index)
+    }
+
+    fn is_web(&self) -> bool {
+        self.process_type == "web"
+    }
+}
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Spawned, not yet accepting connections (web) or just spawned.
+    Starting,
+    /// Running; a web instance accepts connections on `port`.
+    Up {
+        /// Process id of the `bash` leading the group.
+        pid: u32,
+        /// `$PORT`, for web instances.
+        port: Option<u16>,
+        /// When it came up.
+        since: std::time::SystemTime,
+    },
+    /// Exited or failed to boot; waiting to be restarted.
+    Crashed {
+        /// Why, in words.
+        reason: String,
+    },
+    /// Stopped on purpose.
+    Down,
+}
+
+impl State {
+    /// `starting`, `up`, `crashed`, `down`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Up { .. } => "up",
+            State::Crashed { .. } => "crashed",
+            State::Down => "down",
+        }
+    }
+}
+
+/// A state change of an instance, sent to whoever routes traffic.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// The app.
+    pub app: AppName,
+    /// The instance's unique id.
+    pub instance: u64,
+    /// Its new state.
+    pub state: State,
+}
+
+/// Why an instance's first boot failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BootError {
+    /// The web process did not accept connections within the boot timeout (Heroku's R10).
+    #[error(
+        "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within {0} seconds of launch"
+    )]
+    Timeout(u64),
+    /// The process exited before it was up.
+    #[error("process exited during boot: {0}")]
+    Exited(String),
+    /// It was stopped before it came up.
+    #[error("stopped before it came up")]
+    Stopped,
+    /// It could not be spawned at all.
+    #[error("cannot start process: {0}")]
+    Spawn(String),
+}
+
+struct Shared {
+    id: u64,
+    spec: ProcessSpec,
+    state: watch::Sender<State>,
+    restarts: std::sync::atomic::AtomicU32,
+    first_boot: watch::Sender<Option<Result<(), BootError>>>,
+}
+
+/// A handle on one running instance. Dropping it does not stop the process; call [`stop`].
+///
+/// [`stop`]: Instance::stop
+#[derive(Clone)]
+pub struct Instance {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    done: watch::Receiver<bool>,
+}
+
+/// Restart delays after consecutive crashes: immediately, then growing up to a cap.
+fn backoff(crashes: u32) -> Duration {
+    match crashes {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs((1u64 << (n - 2).min(5)).min(20)),
+    }
+}
+
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Instance {
+    /// Starts the instance's actor. State changes go to `events` and to the app's log.
+    pub fn spawn(spec: ProcessSpec, logs: Arc<Logs>, events: mpsc::UnboundedSender<Event>) -> Self {
+        let (state, _) = watch::channel(State::Starting);
+        let (first_boot, _) = watch::channel(None);
+        let (done_tx, done) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            spec,
+            state,
+            restarts: Default::default(),
+            first_boot,
+        });
+        let stop = CancellationToken::new();
+        let actor = Actor {
+            shared: shared.clone(),
+            logs,
+            events,
+            stop: stop.clone(),
+        };
+        tokio::spawn(async move {
+            actor.run().await;
+            let _ = done_tx.send(true);
+        });
+        Self { shared, stop, done }
+    }
+
+    /// Unique id of this instance.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// Its spec.
+    pub fn spec(&self) -> &ProcessSpec {
+        &self.shared.spec
+    }
+
+    /// Its current state.
+    pub fn state(&self) -> State {
+        self.shared.state.borrow().clone()
+    }
+
+    /// How many times it was restarted after crashing.
+    pub fn restarts(&self) -> u32 {
+        self.shared.restarts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits for the outcome of the first boot: `Ok` once up (for web: accepting on `$PORT`).
+    pub async fn first_boot(&self) -> Result<(), BootError> {
+        let mut rx = self.shared.first_boot.subscribe();
+        loop {
+            if let Some(res) = rx.borrow_and_update().clone() {
+                return res;
+            }
+            if rx.changed().await.is_err() {
+                return Err(BootError::Stopped);
+            }
+        }
+    }
+
+    /// Stops the instance (SIGTERM, then SIGKILL after the grace period) and waits until it is
+    /// gone.
+    pub async fn stop(&self) {
+        self.stop.cancel();
+        let mut done = self.done.clone();
+        while !*done.borrow_and_update() {
+            if done.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+struct Actor {
+    shared: Arc<Shared>,
+    logs: Arc<Logs>,
+    events: mpsc::UnboundedSender<Event>,
+    stop: CancellationToken,
+}
+
+enum Ended {
+    Stopped,
+    Crashed(String),
+}
+
+impl Actor {
+    fn spec(&self) -> &ProcessSpec {
+        &self.shared.spec
+    }
+
+    fn log(&self, text: &str) {
+        let spec = self.spec();
+        self.logs.append(&spec.app, &format!("mar[{}]", spec.dyno()), text);
+    }
+
+    fn set_state(&self, state: State) {
+        let old = self.shared.state.borrow().name();
+        if old != state.name() {
+            self.log(&format!("State changed from {old} to {}", state.name()));
+        }
+        self.shared.state.send_replace(state.clone());
+        let _ = self.events.send(Event {
+            app: self.spec().app.clone(),
+            instance: self.shared.id,
+            state,
+        });
+    }
+
+    fn boot_result(&self, res: Result<(), BootError>) {
+        self.shared.first_boot.send_if_modified(|cur| {
+            if cur.is_none() {
+                *cur = Some(res);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    async fn run(self) {
+        let mut crashes: u32 = 0;
+        let mut port = if self.spec().is_web() { free_port() } else { None };
+        loop {
+            match self.run_once(&mut port).await {
+                Ended::Stopped => break,
+                Ended::Crashed(reason) => {
+                    crashes += 1;
+                    self.set_state(State::Crashed {
+                        reason: reason.clone(),
+                    });
+                    let delay = backoff(crashes);
+                    if !delay.is_zero() {
+                        self.log(&format!("Restarting in {}s after {crashes} crashes", delay.as_secs()));
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.stop.cancelled() => break,
+                    }
+                    self.shared
+                        .restarts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        self.boot_result(Err(BootError::Stopped));
+        self.set_state(State::Down);
+    }
+
+    fn command(&self, port: Option<u16>) -> Command {
+        let spec = self.spec();
+        // `.profile.d` scripts come first, as on Heroku; the command then runs in the same
+        // shell so its exports apply. The whole thing is one process group.
+        let script = format!(
+            "for f in .profile.d/*.sh; do [ -r \"$f\" ] && . \"$f\"; done\n{}",
+            spec.command
+        );
+        let mut cmd = Command::new("bash");
+        cmd.arg("-c")
+            .arg(script)
+            .current_dir(&spec.dir)
+            .env_clear()
+            .env("PATH", mar_core::SYSTEM_PATH)
+            .env("LANG", "C.UTF-8")
+            .envs(&spec.env)
+            .env("HOME", &spec.dir)
+            .env("DYNO", spec.dyno())
+            .env("PS", spec.dyno())
+            .env("STACK", mar_core::STACK)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(port) = port {
+            cmd.env("PORT", port.to_string());
+        }
+        cmd
+    }
+
+    async fn run_once(&self, port: &mut Option<u16>) -> Ended {
+        let spec = self.spec().clone();
+        self.set_state(State::Starting);
+        self.log(&format!("Starting process with command `{}`", spec.command));
+        let mut child = match self.command(*port).spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                self.boot_result(Err(BootError::Spawn(e.to_string())));
+                return Ended::Crashed(format!("cannot start: {e}"));
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let source = format!("app[{}]", spec.dyno());
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let logs = self.logs.clone();
+            let app = spec.app.clone();
+            let source = source.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    logs.append(&app, &source, &line);
+                }
+            });
+        }
+
+        if let Some(p) = *port {
+            let started = Instant::now();
+            tokio::select! {
+                ready = wait_ready(p, spec.boot_timeout) => {
+                    if !ready {
+                        let err = BootError::Timeout(spec.boot_timeout.as_secs());
+                        self.log(&err.to_string());
+                        self.log("Stopping process with SIGKILL");
+                        kill(&child, Signal::SIGKILL);
+                        let _ = child.wait().await;
+                        self.boot_result(Err(err.clone()));
+                        return Ended::Crashed(err.to_string());
+                    }
+                }
+                status = child.wait() => {
+                    let status = describe(status);
+                    self.log(&format!("Process exited with status {status}"));
+                    // Another process may have taken the port between our pick and the app's
+                    // bind; that is our race, not the app's crash, so pick another port.
+                    if !port_is_free(p) && started.elapsed() < spec.boot_timeout {
+                        self.log(&format!("Port {p} was taken by another process; retrying on a new port"));
+                        *port = free_port();
+                    }
+                    self.boot_result(Err(BootError::Exited(status.clone())));
+                    return Ended::Crashed(format!("exited with status {status}"));
+                }
+                _ = self.stop.cancelled() => {
+                    self.terminate(&mut child).await;
+                    return Ended::Stopped;
+                }
+            }
+        }
+        self.set_state(State::Up {
+            pid,
+            port: *port,
+            since: std::time::SystemTime::now(),
+        });
+        self.boot_result(Ok(()));
+        tokio::select! {
+            status = child.wait() => {
+                let status = describe(status);
+                self.log(&format!("Process exited with status {status}"));
+                Ended::Crashed(format!("exited with status {status}"))
+            }
+            _ = self.stop.cancelled() => {
+                self.terminate(&mut child).await;
+                Ended::Stopped
+            }
+        }
+    }
+
+    async fn terminate(&self, child: &mut Child) {
+        let grace = self.spec().stop_grace;
+        self.log("Stopping all processes with SIGTERM");
+        kill(child, Signal::SIGTERM);
+        match tokio::time::timeout(grace, child.wait()).await {
+            Ok(status) => self.log(&format!("Process exited with status {}", describe(status))),
+            Err(_) => {
+                self.log(&format!(
+                    "Error R12 (Exit timeout) -> At least one process failed to exit within {} seconds of SIGTERM",
+                    grace.as_secs()
+                ));
+                self.log("Stopping remaining processes with SIGKILL");
+                kill(child, Signal::SIGKILL);
+                let _ = child.wait().await;
+            }
+        }
+        // The leader may exit on SIGTERM while children it forked linger: sweep the group.
+        kill(child, Signal::SIGKILL);
+    }
+}
+
+fn kill(child: &Child, sig: Signal) {
+    if let Some(pid) = child.id() {
+        let _ = killpg(Pid::from_raw(pid as i32), sig);
+    }
+}
+
+fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => c.to_string(),
+            (None, Some(sig)) => format!("{} (signal)", sig + 128),
+            _ => s.to_string(),
+        },
+        Err(e) => format!("unknown ({e})"),
+    }
+}
+
+/// A port that was free a moment ago. The app binds it later, so this can race with another
+/// process; the actor detects that case and retries with a new port.
+fn free_port() -> Option<u16> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .ok()
+}
+
+fn port_is_free(port: u16) -> bool {
+    TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+}
+
+/// Polls until something accepts TCP connections on `port`, or `timeout` passes.
+async fn wait_ready(port: u16, timeout: Duration) -> bool {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(10);
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_cap() {
+        assert_eq!(backoff(1), Duration::ZERO);
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(2));
+        assert_eq!(backoff(10), Duration::from_secs(20));
+    }
+
+    fn spec(dir: &std::path::Path, ty: &str, command: &str) -> ProcessSpec {
+        ProcessSpec {
+            app: AppName::parse("t").unwrap(),
+            process_type: ty.into(),
+            index: 1,
+            command: command.into(),
+            dir: dir.to_owned(),
+            env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+            boot_timeout: Duration::from_secs(5),
+            stop_grace: Duration::from_secs(2),
+            release: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn web_instance_boots_on_port_and_stops() {
+        let d = tempfile::tempdir().unwrap();
+        let logs = Arc::new(Logs::open(&d.path().join("logs")).unwrap());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let inst = Instance::spawn(
+            spec(d.path(), "web", "echo \"greeting=$GREETING dyno=$DYNO\"; exec python3 -m http.server $PORT --bind 127.0.0.1"),
+            logs.clone(),
+            tx,
+        );
+        inst.first_boot().await.unwrap();
+        let State::Up { port: Some(port), .. } = inst.state() else { panic!("not up") };
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        inst.stop().await;
+        assert_eq!(inst.state(), State::Down);
+        let app = AppName::parse("t").unwrap();
+        let text: Vec<String> = logs.recent(&app, 100, 0).unwrap().into_iter().map(|l| l.render()).collect();
+        let all = text.join("\n");
+        assert!(all.contains("app[web.1]: greeting=hi dyno=web.1"), "{all}");
+        assert!(all.contains("mar[web.1]: State changed from starting to up"), "{all}");
+    }
+
+    #[tokio::test]
+    async fn web_that_never_binds_fails_boot() {
+        let d = tempfile::tempdir().unwrap();
+        let logs = Arc::new(Logs::open(&d.path().join("logs")).unwrap());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut s = spec(d.path(), "web", "sleep 30");
+        s.boot_timeout = Duration::from_millis(300);
+        let inst = Instance::spawn(s, logs, tx);
+        assert!(matches!(inst.first_boot().await, Err(BootError::Timeout(_))));
+        inst.stop().await;
+    }
+
+    #[tokio::test]
+    async fn sigterm_ignorer_is_killed_after_grace() {
+        let d = tempfile::tempdir().unwrap();
+        let logs = Arc::new(Logs::open(&d.path().join("logs")).unwrap());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut s = spec(d.path(), "worker", "trap '' TERM; while true; do sleep 0.1; done");
+        s.stop_grace = Duration::from_millis(300);
+        let inst = Instance::spawn(s, logs, tx);
+        inst.first_boot().await.unwrap();
+        let State::Up { pid, .. } = inst.state() else { panic!("not up") };
+        inst.stop().await;
+        // The whole group is gone: signal 0 to the group fails.
+        assert!(killpg(Pid::from_raw(pid as i32), None).is_err());
+    }
+}

@@ -1,0 +1,382 @@
+//! Command-line parsing and the client commands. Each command that prints data also takes
+//! `--json`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use mar_core::AppName;
+use mar_sdk::Client;
+use tokio_util::sync::CancellationToken;
+
+/// mini-MAR: a self-hosted application runtime. Deploy with `git push`.
+#[derive(Parser, Debug)]
+#[command(name = "mar", version, about)]
+pub struct Cli {
+    /// The data directory of the local server.
+    #[arg(long, global = true, env = "MAR_HOME")]
+    data_dir: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// The app (default: the app of the `mar` git remote in the current directory).
+    #[arg(short = 'a', long = "app", global = true)]
+    app: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the platform: router, API, git, builds and app processes.
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8080, or `listen` in mar.yaml].
+        #[arg(long, env = "MAR_LISTEN")]
+        listen: Option<String>,
+        /// Apps are served at APP.DOMAIN [default: localhost, or `domain` in mar.yaml].
+        #[arg(long, env = "MAR_DOMAIN")]
+        domain: Option<String>,
+    },
+    /// List apps.
+    Apps,
+    /// Create an app.
+    #[command(name = "apps:create")]
+    AppsCreate {
+        /// Its name: lowercase letters, digits and '-', starting with a letter, at most 30.
+        name: String,
+    },
+    /// Show an app.
+    #[command(name = "apps:info")]
+    AppsInfo {
+        /// The app (or -a).
+        name: Option<String>,
+    },
+    /// Destroy an app, its releases, processes, repository and logs.
+    #[command(name = "apps:destroy")]
+    AppsDestroy {
+        /// The app.
+        name: String,
+        /// The app's name again, to confirm.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+    /// Add a `mar` git remote for an app to the repository in the current directory.
+    #[command(name = "git:remote")]
+    GitRemote {
+        /// The app (or -a).
+        name: Option<String>,
+    },
+    /// Show config vars.
+    Config,
+    /// Set config vars (K=V ...); makes a release and restarts the app.
+    #[command(name = "config:set")]
+    ConfigSet {
+        /// KEY=VALUE pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Unset config vars; makes a release and restarts the app.
+    #[command(name = "config:unset")]
+    ConfigUnset {
+        /// Names.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// List releases.
+    Releases,
+    /// List processes.
+    Ps,
+    /// Show (and with -t, follow) an app's log.
+    Logs {
+        /// Number of lines.
+        #[arg(short = 'n', long = "num", default_value_t = 100)]
+        num: usize,
+        /// Keep following new lines.
+        #[arg(short = 't', long = "tail")]
+        tail: bool,
+    },
+    /// Print the admin API token.
+    #[command(name = "auth:token")]
+    AuthToken,
+    /// Git hooks (run by git during a push).
+    #[command(hide = true)]
+    Hook {
+        /// The hook's name.
+        name: String,
+    },
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(h) if !h.is_empty() => Path::new(&h).join(".mar"),
+        _ => PathBuf::from("mar-data"),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
+    match &cli.command {
+        Command::Serve { listen, domain } => return serve(&data_dir, listen.clone(), domain.clone()).await,
+        Command::Hook { name } if name == "pre-receive" => return crate::hook::pre_receive().await,
+        Command::Hook { name } => bail!("unknown hook {name:?}"),
+        Command::AuthToken => {
+            let token = token(&data_dir)?;
+            println!("{token}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let client = client(&data_dir)?;
+    let json = cli.json;
+    match cli.command {
+        Command::Apps => {
+            let apps = client.apps().await?;
+            if json {
+                return print_json(&apps);
+            }
+            println!("=== Apps");
+            for a in apps {
+                println!("{}", a.name);
+            }
+        }
+        Command::AppsCreate { name } => {
+            AppName::parse(&name)?;
+            let app = client.create_app(&name).await?;
+            if json {
+                return print_json(&app);
+            }
+            println!("Creating {}... done", app.name);
+            println!("{} | {}", app.web_url, app.git_url);
+        }
+        Command::AppsInfo { name } => {
+            let app = resolve_app(name.or(cli.app))?;
+            let info = client.app(app.as_str()).await?;
+            if json {
+                return print_json(&info);
+            }
+            println!("=== {}", info.name);
+            println!("Web URL:   {}", info.web_url);
+            println!("Git URL:   {}", info.git_url);
+            println!("State:     {}", info.state);
+            println!("Release:   {}", info.release.map_or("none".to_owned(), |v| format!("v{v}")));
+            let dynos: Vec<String> = info.structure.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("Formation: {}", dynos.join(" "));
+            println!("Created:   {}", info.created_at);
+        }
+        Command::AppsDestroy { name, confirm } => {
+            let app = AppName::parse(&name)?;
+            if confirm.as_deref() != Some(app.as_str()) {
+                bail!("this destroys {app}, its releases, repository and logs; run again with --confirm {app}");
+            }
+            client.destroy_app(app.as_str()).await?;
+            if json {
+                return print_json(&serde_json::json!({ "destroyed": app.as_str() }));
+            }
+            println!("Destroying {app}... done");
+        }
+        Command::GitRemote { name } => {
+            let app = resolve_app(name.or(cli.app))?;
+            let info = client.app(app.as_str()).await?;
+            let base = client.base().to_owned();
+            let (scheme, rest) = base.split_once("://").unwrap_or(("http", base.as_str()));
+            let token = api_token(&data_dir)?;
+            let url = format!("{scheme}://git:{token}@{rest}/{}.git", info.name);
+            let repo = git2::Repository::discover(".").context("not inside a git repository; run `git init` first")?;
+            if repo.find_remote("mar").is_ok() {
+                repo.remote_set_url("mar", &url)?;
+            } else {
+                repo.remote("mar", &url)?;
+            }
+            if json {
+                return print_json(&serde_json::json!({ "remote": "mar", "app": info.name }));
+            }
+            println!("set git remote mar to {scheme}://{rest}/{}.git", info.name);
+        }
+        Command::Config => {
+            let app = resolve_app(cli.app)?;
+            let config = client.config(app.as_str()).await?;
+            if json {
+                return print_json(&config);
+            }
+            print_config(&app, &config);
+        }
+        Command::ConfigSet { pairs } => {
+            let app = resolve_app(cli.app)?;
+            let mut changes = BTreeMap::new();
+            for pair in pairs {
+                let Some((k, v)) = pair.split_once('=') else {
+                    bail!("{pair:?} is not KEY=VALUE");
+                };
+                changes.insert(k.to_owned(), Some(v.to_owned()));
+            }
+            let keys: Vec<String> = changes.keys().cloned().collect();
+            eprint!("Setting {} and restarting {app}... ", keys.join(", "));
+            let config = client.update_config(app.as_str(), &changes).await?;
+            let release = client.releases(app.as_str()).await?.first().map(|r| r.version);
+            eprintln!("done, v{}", release.unwrap_or(0));
+            if json {
+                return print_json(&config);
+            }
+            let shown: BTreeMap<String, String> = config.into_iter().filter(|(k, _)| keys.contains(k)).collect();
+            print_config(&app, &shown);
+        }
+        Command::ConfigUnset { keys } => {
+            let app = resolve_app(cli.app)?;
+            let changes: BTreeMap<String, Option<String>> = keys.iter().map(|k| (k.clone(), None)).collect();
+            eprint!("Unsetting {} and restarting {app}... ", keys.join(", "));
+            let config = client.update_config(app.as_str(), &changes).await?;
+            let release = client.releases(app.as_str()).await?.first().map(|r| r.version);
+            eprintln!("done, v{}", release.unwrap_or(0));
+            if json {
+                return print_json(&config);
+            }
+        }
+        Command::Releases => {
+            let app = resolve_app(cli.app)?;
+            let releases = client.releases(app.as_str()).await?;
+            if json {
+                return print_json(&releases);
+            }
+            println!("=== {app} Releases");
+            for r in releases {
+                let mark = if r.current { " (current)" } else { "" };
+                println!("v{:<4} {:<40} {}{mark}", r.version, r.description, r.created_at);
+            }
+        }
+        Command::Ps => {
+            let app = resolve_app(cli.app)?;
+            let ps = client.processes(app.as_str()).await?;
+            if json {
+                return print_json(&ps);
+            }
+            let mut last_type = String::new();
+            for p in ps {
+                if p.process_type != last_type {
+                    println!("=== {}: `{}`", p.process_type, p.command);
+                    last_type = p.process_type.clone();
+                }
+                let uptime = p.uptime_secs.map_or(String::new(), |s| format!(" for {s}s"));
+                let port = p.port.map_or(String::new(), |p| format!(" port {p}"));
+                let pid = p.pid.map_or(String::new(), |p| format!(" pid {p}"));
+                println!("{}: {}{uptime} (v{}){port}{pid} restarts {}", p.dyno, p.state, p.release, p.restarts);
+            }
+        }
+        Command::Logs { num, tail } => {
+            let app = resolve_app(cli.app)?;
+            if tail {
+                let mut lines = client.follow_logs(app.as_str(), num).await?;
+                while let Some(line) = lines.next_line().await? {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{line}")?;
+                    out.flush()?;
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let entries = client.logs(app.as_str(), num, 0).await?;
+            if json {
+                return print_json(&entries);
+            }
+            for e in entries {
+                println!("{} {}", e.time, e.log);
+            }
+        }
+        Command::Serve { .. } | Command::Hook { .. } | Command::AuthToken => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_config(app: &AppName, config: &BTreeMap<String, String>) {
+    println!("=== {app} Config Vars");
+    let width = config.keys().map(String::len).max().unwrap_or(0) + 1;
+    for (k, v) in config {
+        println!("{:<width$} {v}", format!("{k}:"));
+    }
+}
+
+/// The app named on the command line, else the app of the `mar` git remote.
+fn resolve_app(name: Option<String>) -> anyhow::Result<AppName> {
+    if let Some(name) = name {
+        return Ok(AppName::parse(&name)?);
+    }
+    let from_remote = git2::Repository::discover(".").ok().and_then(|repo| {
+        let remote = repo.find_remote("mar").ok()?;
+        let url = remote.url()?.to_owned();
+        let last = url.trim_end_matches('/').rsplit('/').next()?.to_owned();
+        AppName::parse(last.strip_suffix(".git").unwrap_or(&last)).ok()
+    });
+    from_remote.context("no app given: pass -a APP, or run inside a repository with a `mar` git remote (`mar git:remote APP`)")
+}
+
+fn token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("token");
+    let t = std::fs::read_to_string(&path).with_context(|| format!("cannot read the admin token at {} (has `mar serve` run with this data directory?)", path.display()))?;
+    Ok(t.trim().to_owned())
+}
+
+fn api_token(data_dir: &Path) -> anyhow::Result<String> {
+    match std::env::var("MAR_TOKEN") {
+        Ok(t) if !t.is_empty() => Ok(t),
+        _ => token(data_dir),
+    }
+}
+
+/// The API client: `MAR_API_URL` and `MAR_TOKEN`, else the local server's data directory.
+fn client(data_dir: &Path) -> anyhow::Result<Client> {
+    let url = match std::env::var("MAR_API_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            let path = data_dir.join("serve.json");
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("no running mar server found ({} is missing): start `mar serve`, or set MAR_API_URL and MAR_TOKEN", path.display())
+            })?;
+            let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))?;
+            v["url"].as_str().context("serve.json has no url")?.to_owned()
+        }
+    };
+    Ok(Client::new(&url, &api_token(data_dir)?))
+}
+
+async fn serve(data_dir: &Path, listen: Option<String>, domain: Option<String>) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MAR_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(data_dir)?;
+    let exe = std::env::current_exe().context("cannot find the mar executable")?;
+    let cfg = match mar_runtime::Config::load(&data_dir, &mar_runtime::Overrides { listen, domain }, exe) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mar: {e}");
+            // EX_USAGE: bad configuration, nothing was started.
+            return Ok(ExitCode::from(64));
+        }
+    };
+    let domain = cfg.domain.clone();
+    let shutdown = CancellationToken::new();
+    let started = mar_runtime::start(cfg, shutdown.clone()).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "mar listening on http://{}", started.addr)?;
+        writeln!(out, "apps are served at http://APP.{domain}:{}/; data in {}", started.addr.port(), data_dir.display())?;
+        out.flush()?;
+    }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("mar: shutting down: draining requests and stopping apps");
+    shutdown.cancel();
+    started.wait().await;
+    eprintln!("mar: stopped");
+    Ok(ExitCode::SUCCESS)
+}

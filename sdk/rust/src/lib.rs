@@ -1,0 +1,243 @@
+//! `mar-sdk`: a typed client for the mini-MAR platform API, used by the `mar` CLI, the git
+//! hook and the tests.
+
+pub mod types;
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::de::DeserializeOwned;
+
+pub use types::*;
+
+/// A request body: a whole buffer or a stream.
+pub type RequestBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Errors from the client.
+#[derive(Debug, thiserror::Error)]
+pub enum SdkError {
+    /// The server answered with an error.
+    #[error("{message} (HTTP {status})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// The server's reason (`NotFound`, `Unauthorized`...).
+        reason: String,
+        /// The server's message.
+        message: String,
+    },
+    /// The server could not be reached.
+    #[error("cannot reach mar at {url}: {source}")]
+    Connect {
+        /// The API URL.
+        url: String,
+        /// The cause.
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The response body broke off.
+    #[error("reading response: {0}")]
+    Body(#[from] hyper::Error),
+    /// The response was not the JSON expected.
+    #[error("unexpected response: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// The URL is not valid.
+    #[error("invalid API URL {0:?}")]
+    Url(String),
+}
+
+/// A platform API client. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: HyperClient<HttpConnector, RequestBody>,
+}
+
+/// A streamed text response, read line by line.
+pub struct Lines {
+    body: Incoming,
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl Lines {
+    /// The next line without its newline, or `None` at the end.
+    pub async fn next_line(&mut self) -> Result<Option<String>, SdkError> {
+        loop {
+            if let Some(i) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=i).collect();
+                return Ok(Some(String::from_utf8_lossy(&line[..i]).into_owned()));
+            }
+            if self.done {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                let line = String::from_utf8_lossy(&self.buf).into_owned();
+                self.buf.clear();
+                return Ok(Some(line));
+            }
+            match self.body.frame().await {
+                Some(frame) => {
+                    if let Some(data) = frame?.data_ref() {
+                        self.buf.extend_from_slice(data);
+                    }
+                }
+                None => self.done = true,
+            }
+        }
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl Client {
+    /// A client for the API at `base` (e.g. `http://127.0.0.1:8080`) using `token`.
+    pub fn new(base: &str, token: &str) -> Self {
+        let http = HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new());
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http,
+        }
+    }
+
+    /// The API's base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send(&self, method: Method, path: &str, body: RequestBody, ctype: &str) -> Result<hyper::Response<Incoming>, SdkError> {
+        let url = format!("{}{}", self.base, path);
+        let req = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(header::ACCEPT, "application/json")
+            .header(header::CONTENT_TYPE, ctype)
+            .body(body)
+            .map_err(|_| SdkError::Url(url.clone()))?;
+        let resp = self.http.request(req).await.map_err(|source| SdkError::Connect {
+            url: self.base.clone(),
+            source,
+        })?;
+        if resp.status().is_client_error() || resp.status().is_server_error() {
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await?.to_bytes();
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => SdkError::Api {
+                    status: status.as_u16(),
+                    reason: e.error.reason,
+                    message: e.error.message,
+                },
+                Err(_) => SdkError::Api {
+                    status: status.as_u16(),
+                    reason: status.canonical_reason().unwrap_or("Error").to_owned(),
+                    message: String::from_utf8_lossy(&bytes).trim().to_owned(),
+                },
+            });
+        }
+        Ok(resp)
+    }
+
+    async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<T, SdkError> {
+        let bytes = match body {
+            Some(v) => Bytes::from(serde_json::to_vec(&v)?),
+            None => Bytes::new(),
+        };
+        let body = Full::new(bytes).map_err(|never| match never {}).boxed_unsync();
+        let resp = self.send(method, path, body, "application/json").await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if status == StatusCode::NO_CONTENT || bytes.is_empty() {
+            return Ok(serde_json::from_value(serde_json::Value::Null)?);
+        }
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// `GET /v1/apps`.
+    pub async fn apps(&self) -> Result<Vec<AppInfo>, SdkError> {
+        Ok(self.json::<Results<AppInfo>>(Method::GET, "/v1/apps", None).await?.results)
+    }
+
+    /// `POST /v1/apps`.
+    pub async fn create_app(&self, name: &str) -> Result<AppInfo, SdkError> {
+        self.json(Method::POST, "/v1/apps", Some(serde_json::json!({ "name": name }))).await
+    }
+
+    /// `GET /v1/apps/APP`.
+    pub async fn app(&self, name: &str) -> Result<AppInfo, SdkError> {
+        self.json(Method::GET, &format!("/v1/apps/{}", enc(name)), None).await
+    }
+
+    /// `DELETE /v1/apps/APP`.
+    pub async fn destroy_app(&self, name: &str) -> Result<(), SdkError> {
+        self.json::<serde_json::Value>(Method::DELETE, &format!("/v1/apps/{}", enc(name)), None).await?;
+        Ok(())
+    }
+
+    /// `GET /v1/apps/APP/config`.
+    pub async fn config(&self, app: &str) -> Result<BTreeMap<String, String>, SdkError> {
+        self.json(Method::GET, &format!("/v1/apps/{}/config", enc(app)), None).await
+    }
+
+    /// `PATCH /v1/apps/APP/config`: sets the given vars, unsets those mapped to `None`, makes a
+    /// release and restarts the app. Returns the new config.
+    pub async fn update_config(&self, app: &str, changes: &BTreeMap<String, Option<String>>) -> Result<BTreeMap<String, String>, SdkError> {
+        self.json(Method::PATCH, &format!("/v1/apps/{}/config", enc(app)), Some(serde_json::to_value(changes)?)).await
+    }
+
+    /// `GET /v1/apps/APP/releases`, newest first.
+    pub async fn releases(&self, app: &str) -> Result<Vec<ReleaseInfo>, SdkError> {
+        Ok(self.json::<Results<ReleaseInfo>>(Method::GET, &format!("/v1/apps/{}/releases", enc(app)), None).await?.results)
+    }
+
+    /// `GET /v1/apps/APP/ps`.
+    pub async fn processes(&self, app: &str) -> Result<Vec<ProcessInfo>, SdkError> {
+        Ok(self.json::<Results<ProcessInfo>>(Method::GET, &format!("/v1/apps/{}/ps", enc(app)), None).await?.results)
+    }
+
+    /// `GET /v1/apps/APP/logs?limit=&offset=`, oldest first.
+    pub async fn logs(&self, app: &str, limit: usize, offset: usize) -> Result<Vec<LogEntry>, SdkError> {
+        let path = format!("/v1/apps/{}/logs?limit={limit}&offset={offset}", enc(app));
+        Ok(self.json::<Results<LogEntry>>(Method::GET, &path, None).await?.results)
+    }
+
+    /// `GET /v1/apps/APP/logs/stream?lines=N`: the last N lines, then new ones as they come.
+    pub async fn follow_logs(&self, app: &str, lines: usize) -> Result<Lines, SdkError> {
+        let body = Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync();
+        let path = format!("/v1/apps/{}/logs/stream?lines={lines}", enc(app));
+        let resp = self.send(Method::GET, &path, body, "application/json").await?;
+        Ok(Lines { body: resp.into_body(), buf: Vec::new(), done: false })
+    }
+
+    /// `POST /v1/apps/APP/builds?commit=SHA` with a tar of the source: builds and deploys,
+    /// streaming the output. The last line starts with [`BUILD_RESULT_MARK`].
+    pub async fn build(&self, app: &str, commit: &str, tar: RequestBody) -> Result<Lines, SdkError> {
+        let path = format!("/v1/apps/{}/builds?commit={}", enc(app), enc(commit));
+        let resp = self.send(Method::POST, &path, tar, "application/x-tar").await?;
+        Ok(Lines { body: resp.into_body(), buf: Vec::new(), done: false })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(super::enc("a b&c"), "a%20b%26c");
+        assert_eq!(super::enc("abc-1"), "abc-1");
+    }
+}

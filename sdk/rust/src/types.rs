@@ -1,0 +1,126 @@
+//! Wire types of the platform API: the JSON that `mar serve` sends and the CLI reads.
+//!
+//! These are DTOs kept apart from the server's internal types, so the server can change its
+//! internals without breaking clients.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A list response, in the Qt Cloud Services convention: a JSON object, never a bare array.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Results<T> {
+    /// The items.
+    pub results: Vec<T>,
+}
+
+/// An app, with the fields of the old MAR API (`id`, `name`, `state`, `structure`) and ours.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppInfo {
+    /// Same as `name` (the MAR API called it the instance id).
+    pub id: String,
+    /// The app's name.
+    pub name: String,
+    /// `running`, `crashed`, `idle` (no release or no processes) or `starting`.
+    pub state: String,
+    /// Process type → instance count (the formation).
+    pub structure: BTreeMap<String, u32>,
+    /// Where the app is served.
+    pub web_url: String,
+    /// Where to `git push`.
+    pub git_url: String,
+    /// The current release's version, if any.
+    pub release: Option<i64>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+/// Body of `POST /v1/apps`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateApp {
+    /// The new app's name.
+    pub name: String,
+}
+
+/// A release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseInfo {
+    /// `N` of `vN`.
+    pub version: i64,
+    /// What made it.
+    pub description: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// The deployed commit.
+    pub commit: Option<String>,
+    /// Slug size in bytes.
+    pub slug_size: u64,
+    /// Process type → command.
+    pub process_types: BTreeMap<String, String>,
+    /// The buildpacks that built it.
+    pub buildpacks: Vec<String>,
+    /// Whether it is the release running now.
+    pub current: bool,
+}
+
+/// One process instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// `web.1`.
+    pub dyno: String,
+    /// `web`.
+    #[serde(rename = "type")]
+    pub process_type: String,
+    /// `starting`, `up`, `crashed`, `down`.
+    pub state: String,
+    /// The Procfile command.
+    pub command: String,
+    /// The release it runs.
+    pub release: i64,
+    /// Its `$PORT`, for web instances.
+    pub port: Option<u16>,
+    /// Process id of its group leader.
+    pub pid: Option<u32>,
+    /// Seconds since it came up.
+    pub uptime_secs: Option<u64>,
+    /// Restarts after crashes.
+    pub restarts: u32,
+}
+
+/// A log line in the MAR API's shape.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// RFC 3339 time.
+    pub time: String,
+    /// `source: text`, e.g. `app[web.1]: listening`.
+    pub log: String,
+}
+
+/// An error body: `{"error":{"reason":"…","message":"…"}}` (the hosted MWS form).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// A short machine-readable reason: `NotFound`, `Unauthorized`, `BadRequest`, `Conflict`.
+    pub reason: String,
+    /// What went wrong and what to do, for people.
+    pub message: String,
+}
+
+/// The last line of a build stream says how the deploy ended. It starts with this byte so it
+/// cannot be confused with build output, and the hook does not print it.
+pub const BUILD_RESULT_MARK: char = '\u{1}';
+
+/// How a deploy ended, carried in the build stream's last line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildResult {
+    /// Whether the new release is serving.
+    pub ok: bool,
+    /// The new release, on success.
+    pub release: Option<i64>,
+}
