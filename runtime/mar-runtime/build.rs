@@ -5,7 +5,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
     entries.sort();
     for p in entries {
@@ -27,14 +29,25 @@ fn main() {
     let Ok(mut f) = std::fs::File::create(out_dir.join("buildpacks.rs")) else {
         panic!("cannot write buildpacks.rs");
     };
-    let mut text = String::from("/// (relative path, contents, executable)\npub static FILES: &[(&str, &[u8], bool)] = &[\n");
+    let mut text = String::from(
+        "/// (relative path, contents, executable)\npub static FILES: &[(&str, &[u8], bool)] = &[\n",
+    );
     for p in &files {
         println!("cargo:rerun-if-changed={}", p.display());
-        let rel = p.strip_prefix(&root).unwrap_or(p).to_string_lossy().replace('\\', "/");
+        let rel = p
+            .strip_prefix(&root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .replace('\\', "/");
         use std::os::unix::fs::PermissionsExt;
-        let exec = std::fs::metadata(p).map(|m| m.permissions().mode() & 0o111 != 0).unwrap_or(false);
+        let exec = std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
         let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-        text.push_str(&format!("    ({rel:?}, include_bytes!({:?}), {exec}),\n", abs.display().to_string()));
+        text.push_str(&format!(
+            "    ({rel:?}, include_bytes!({:?}), {exec}),\n",
+            abs.display().to_string()
+        ));
     }
     text.push_str("];\n");
     if f.write_all(text.as_bytes()).is_err() {

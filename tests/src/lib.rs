@@ -1,1 +1,454 @@
-//! x
+//! Test support for the end-to-end suite: start the real `mar` binary on port 0 with a
+//! temporary data directory, push example apps with the real `git` in a hermetic environment,
+//! and talk HTTP and WebSocket to the router. Nothing here is a mock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+/// The repository's top directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// The `mar` binary under test: `MAR_BIN`, else `target/debug/mar` next to this test binary.
+pub fn mar_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("MAR_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/e2e-HASH -> target/debug/mar
+    let bin = exe.parent().unwrap().parent().unwrap().join("mar");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` before the tests",
+        bin.display()
+    );
+    bin
+}
+
+/// A running `mar serve`. Dropping it kills the server (and prints its stderr when the test
+/// failed); [`MarServer::stop`] is the graceful path and checks the exit status.
+pub struct MarServer {
+    /// The temporary directory holding the data directory and work trees.
+    pub tmp: Arc<tempfile::TempDir>,
+    /// `MAR_HOME`.
+    pub data_dir: PathBuf,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl MarServer {
+    /// Starts a server with a fresh data directory.
+    pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a server whose data directory holds `mar_yaml` as `mar.yaml`.
+    pub fn start_with(mar_yaml: Option<&str>) -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("mar-e2e-")
+            .tempdir()
+            .unwrap();
+        // Builds run as an unprivileged user when the data directory is reachable by others.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data_dir = tmp.path().join("data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        if let Some(y) = mar_yaml {
+            std::fs::write(data_dir.join("mar.yaml"), y).unwrap();
+        }
+        Self::start_in(Arc::new(tmp), data_dir)
+    }
+
+    /// Starts a server on an existing data directory (a restart).
+    pub fn start_in(tmp: Arc<tempfile::TempDir>, data_dir: PathBuf) -> Self {
+        let (child, addr, stderr) =
+            spawn_serve(&data_dir).unwrap_or_else(|e| panic!("mar serve did not start: {e}"));
+        Self {
+            tmp,
+            data_dir,
+            addr,
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    /// Stops the server with SIGTERM and returns its exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        child.wait().unwrap()
+    }
+
+    /// Stops this server and starts another on the same data directory.
+    pub fn restart(self) -> Self {
+        let (tmp, data_dir) = (self.tmp.clone(), self.data_dir.clone());
+        let status = self.stop();
+        assert!(status.success(), "mar serve exited with {status}");
+        Self::start_in(tmp, data_dir)
+    }
+
+    /// The admin token.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// What the server wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Runs the `mar` CLI against this server.
+    pub fn mar(&self, args: &[&str]) -> CmdOutput {
+        self.mar_in(args, self.tmp.path())
+    }
+
+    /// Runs the `mar` CLI in `dir`.
+    pub fn mar_in(&self, args: &[&str], dir: &Path) -> CmdOutput {
+        let out = Command::new(mar_bin())
+            .args(args)
+            .current_dir(dir)
+            .env("MAR_HOME", &self.data_dir)
+            .env_remove("MAR_API_URL")
+            .env_remove("MAR_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        CmdOutput::from(out)
+    }
+
+    /// Creates an app through the CLI.
+    pub fn create_app(&self, name: &str) {
+        let out = self.mar(&["apps:create", name]);
+        assert!(out.ok(), "apps:create {name}: {}", out.all());
+    }
+
+    /// Copies `src` (an example or fixture) into a new git repository, committed on `main`.
+    pub fn repo_from(&self, src: &Path) -> GitRepo {
+        let name = src.file_name().unwrap().to_string_lossy().into_owned();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir_in(self.tmp.path())
+            .unwrap()
+            .keep();
+        copy_tree(src, &dir);
+        let repo = GitRepo::new(dir, self.tmp.path().join("home"));
+        repo.git(&["init", "-q", "-b", "main"]);
+        repo.commit("initial");
+        repo
+    }
+
+    /// The push URL of `app`, with the token as password.
+    pub fn git_url(&self, app: &str) -> String {
+        format!("http://git:{}@{}/{app}.git", self.token(), self.addr)
+    }
+
+    /// Sends a request through the router with `host` as the Host header.
+    pub async fn http(&self, method: &str, host: &str, path: &str, body: &str) -> Resp {
+        http(
+            self.addr,
+            method,
+            host,
+            path,
+            &[],
+            Bytes::from(body.to_owned()),
+        )
+        .await
+    }
+
+    /// `GET` through the router.
+    pub async fn get(&self, host: &str, path: &str) -> Resp {
+        self.http("GET", host, path, "").await
+    }
+
+    /// An API call with the admin token.
+    pub async fn api(&self, method: &str, path: &str, body: &str) -> Resp {
+        let auth = format!("Bearer {}", self.token());
+        http(
+            self.addr,
+            method,
+            "localhost",
+            path,
+            &[("authorization", &auth)],
+            Bytes::from(body.to_owned()),
+        )
+        .await
+    }
+}
+
+impl Drop for MarServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let _ = child.wait();
+            if std::thread::panicking() {
+                eprintln!("--- mar serve stderr ---\n{}\n---", self.stderr());
+                let logs = self.data_dir.join("logs");
+                if let Ok(entries) = std::fs::read_dir(&logs) {
+                    for e in entries.flatten() {
+                        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                        let tail: Vec<&str> = text
+                            .lines()
+                            .rev()
+                            .take(40)
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .rev()
+                            .collect();
+                        eprintln!("--- {} ---\n{}", e.path().display(), tail.join("\n"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn spawn_serve(data_dir: &Path) -> Result<(Child, SocketAddr, Arc<Mutex<String>>), String> {
+    let mut child = Command::new(mar_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("MAR_HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut err_pipe = child.stderr.take().unwrap();
+    let sink = stderr.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err_pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // Readiness is the line the server prints once its listener is bound: no sleeping.
+    for line in lines.by_ref() {
+        let line = line.map_err(|e| e.to_string())?;
+        if let Some(url) = line.strip_prefix("mar listening on http://") {
+            let addr: SocketAddr = url.trim().parse().map_err(|e| format!("{url}: {e}"))?;
+            std::thread::spawn(move || for _ in lines {});
+            return Ok((child, addr, stderr));
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    Err(format!(
+        "exited with {status} before listening; stderr: {}",
+        stderr.lock().unwrap()
+    ))
+}
+
+/// A command's result.
+#[derive(Debug)]
+pub struct CmdOutput {
+    /// Exit status.
+    pub status: ExitStatus,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl From<std::process::Output> for CmdOutput {
+    fn from(o: std::process::Output) -> Self {
+        Self {
+            status: o.status,
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl CmdOutput {
+    /// Exit status 0.
+    pub fn ok(&self) -> bool {
+        self.status.success()
+    }
+    /// Both streams.
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// A git work tree used to push, with a hermetic environment: its own HOME, no system or
+/// global config, no prompts.
+pub struct GitRepo {
+    /// The work tree.
+    pub dir: PathBuf,
+    home: PathBuf,
+}
+
+impl GitRepo {
+    fn new(dir: PathBuf, home: PathBuf) -> Self {
+        std::fs::create_dir_all(&home).unwrap();
+        Self { dir, home }
+    }
+
+    /// A `git` command in this repository.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("git");
+        c.args(args)
+            .current_dir(&self.dir)
+            .env("HOME", &self.home)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_AUTHOR_NAME", "Test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.invalid")
+            .env("GIT_COMMITTER_NAME", "Test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.invalid")
+            .env_remove("SSH_AUTH_SOCK")
+            .env_remove("GIT_DIR")
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs git and asserts success.
+    pub fn git(&self, args: &[&str]) -> CmdOutput {
+        let out = CmdOutput::from(self.cmd(args).output().unwrap());
+        assert!(out.ok(), "git {args:?}: {}", out.all());
+        out
+    }
+
+    /// Stages everything and commits.
+    pub fn commit(&self, msg: &str) {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", msg]);
+    }
+
+    /// Writes a file (relative path) into the work tree.
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// `git push URL REFSPEC`, returning its output (the `remote:` lines are on stderr).
+    pub fn push(&self, url: &str, refspec: &str) -> CmdOutput {
+        CmdOutput::from(
+            self.cmd(&["push", "--force", url, refspec])
+                .output()
+                .unwrap(),
+        )
+    }
+}
+
+fn copy_tree(src: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name == ".git" || name == "node_modules" || name == "__pycache__" {
+            continue;
+        }
+        let (from, to) = (entry.path(), dest.join(&name));
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&from, &to);
+        } else {
+            std::fs::copy(&from, &to).unwrap();
+        }
+    }
+}
+
+/// An HTTP response, body read in full.
+#[derive(Debug)]
+pub struct Resp {
+    /// Status code.
+    pub status: u16,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body as text.
+    pub body: String,
+}
+
+impl Resp {
+    /// The body parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Resp {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(body)).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Resp {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// Retries `check` until it returns `Some`, for up to `patience`: the one place where the
+/// suite polls, for state that changes in the background (a process restarting).
+pub async fn eventually<T, F, Fut>(patience: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

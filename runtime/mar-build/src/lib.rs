@@ -176,7 +176,10 @@ pub async fn build(
     if let Ok(text) = std::fs::read_to_string(&ignore_file) {
         let removed = slugignore::SlugIgnore::parse(&text).apply(&spec.build_dir)?;
         if !removed.is_empty() {
-            out.step(format!("Removed {} paths listed in .slugignore", removed.len()));
+            out.step(format!(
+                "Removed {} paths listed in .slugignore",
+                removed.len()
+            ));
         }
     }
 
@@ -200,7 +203,10 @@ pub async fn build(
         out.step(format!("{name} app detected"));
         let mut cmd = script(spec, bp, "compile", &home, &exports);
         cmd.arg(&spec.build_dir).arg(&spec.cache_dir).arg(&env_dir);
-        let (status, _) = finish(exec::run(cmd, out, "", false, deadline, cancel).await?, spec)?;
+        let (status, _) = finish(
+            exec::run(cmd, out, "", false, deadline, cancel).await?,
+            spec,
+        )?;
         if !status.success() {
             return Err(BuildError::Compile {
                 buildpack: name,
@@ -209,7 +215,10 @@ pub async fn build(
         }
         let mut cmd = script(spec, bp, "release", &home, &exports);
         cmd.arg(&spec.build_dir);
-        let (status, yaml) = finish(exec::run(cmd, out, "       ", true, deadline, cancel).await?, spec)?;
+        let (status, yaml) = finish(
+            exec::run(cmd, out, "       ", true, deadline, cancel).await?,
+            spec,
+        )?;
         if !status.success() {
             return Err(BuildError::Release {
                 buildpack: name,
@@ -231,6 +240,13 @@ pub async fn build(
     }
 
     out.step("Discovering process types");
+    if !process_types.is_empty() {
+        let list: Vec<&str> = process_types.keys().map(String::as_str).collect();
+        out.detail(format!(
+            "Default types for buildpack -> {}",
+            list.join(", ")
+        ));
+    }
     let procfile = spec.build_dir.join("Procfile");
     match std::fs::read_to_string(&procfile) {
         Ok(text) => {
@@ -243,10 +259,6 @@ pub async fn build(
             out.detail("No Procfile; using the buildpack's default process types");
         }
         Err(e) => return Err(e.into()),
-    }
-    if !process_types.is_empty() {
-        let list: Vec<&str> = process_types.keys().map(String::as_str).collect();
-        out.detail(format!("Default types for buildpack -> {}", list.join(", ")));
     }
     if !process_types.contains_key("web") {
         out.detail("Warning: no `web` process type, so this app will receive no HTTP traffic.");
@@ -272,7 +284,13 @@ fn finish(
 
 /// A command running one of a buildpack's scripts, with the build environment and the
 /// `export` files of earlier buildpacks sourced first (the multi-buildpack contract).
-fn script(spec: &BuildSpec, bp: &Buildpack, name: &str, home: &Path, exports: &[PathBuf]) -> Command {
+fn script(
+    spec: &BuildSpec,
+    bp: &Buildpack,
+    name: &str,
+    home: &Path,
+    exports: &[PathBuf],
+) -> Command {
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
         .arg("for e in \"${@:1:$MAR_EXPORT_COUNT}\"; do . \"$e\"; done; shift \"$MAR_EXPORT_COUNT\"; unset MAR_EXPORT_COUNT; exec \"$@\"")
@@ -304,12 +322,19 @@ async fn detect(
 ) -> Result<Option<String>, BuildError> {
     let mut cmd = script(spec, bp, "detect", home, exports);
     cmd.arg(&spec.build_dir);
-    let (status, stdout) = finish(exec::run(cmd, out, "       ", true, deadline, cancel).await?, spec)?;
+    let (status, stdout) = finish(
+        exec::run(cmd, out, "       ", true, deadline, cancel).await?,
+        spec,
+    )?;
     if !status.success() {
         return Ok(None);
     }
     let name = stdout.lines().next().unwrap_or("").trim().to_owned();
-    Ok(Some(if name.is_empty() { bp.label.clone() } else { name }))
+    Ok(Some(if name.is_empty() {
+        bp.label.clone()
+    } else {
+        name
+    }))
 }
 
 async fn choose_buildpacks(
@@ -319,7 +344,11 @@ async fn choose_buildpacks(
     cancel: &CancellationToken,
 ) -> Result<Vec<Buildpack>, BuildError> {
     let mut urls: Vec<String> = Vec::new();
-    if let Some(url) = spec.config.get("BUILDPACK_URL").filter(|u| !u.trim().is_empty()) {
+    if let Some(url) = spec
+        .config
+        .get("BUILDPACK_URL")
+        .filter(|u| !u.trim().is_empty())
+    {
         urls.push(url.trim().to_owned());
     } else if let Ok(text) = std::fs::read_to_string(spec.build_dir.join(".buildpacks")) {
         urls.extend(
@@ -342,7 +371,10 @@ async fn choose_buildpacks(
             dir: spec.builtin_buildpacks.join(name),
             label: (*name).to_owned(),
         };
-        if detect(spec, &bp, &home, &[], deadline, cancel, out).await?.is_some() {
+        if detect(spec, &bp, &home, &[], deadline, cancel, out)
+            .await?
+            .is_some()
+        {
             return Ok(vec![bp]);
         }
     }
@@ -393,8 +425,14 @@ async fn fetch(
     if let Some(r) = reference {
         cmd.args(["--branch", r]);
     }
-    cmd.arg("--").arg(repo).arg(&dest).env("GIT_TERMINAL_PROMPT", "0");
-    let (status, _) = finish(exec::run(cmd, out, "       ", false, deadline, cancel).await?, spec)?;
+    cmd.arg("--")
+        .arg(repo)
+        .arg(&dest)
+        .env("GIT_TERMINAL_PROMPT", "0");
+    let (status, _) = finish(
+        exec::run(cmd, out, "       ", false, deadline, cancel).await?,
+        spec,
+    )?;
     if !status.success() {
         return Err(fail(format!("git clone exited with {status}")));
     }
@@ -424,7 +462,8 @@ fn parse_release(yaml: &str) -> Result<ReleaseInfo, String> {
     let parsed: ReleaseYaml = if yaml.trim().is_empty() {
         ReleaseYaml::default()
     } else {
-        serde_yaml::from_str(yaml).map_err(|e| format!("its output is not valid release YAML: {e}"))?
+        serde_yaml::from_str(yaml)
+            .map_err(|e| format!("its output is not valid release YAML: {e}"))?
     };
     let mut config_vars = BTreeMap::new();
     for (k, v) in parsed.config_vars.unwrap_or_default() {
@@ -497,10 +536,18 @@ mod tests {
 
     #[test]
     fn release_yaml() {
-        let r = parse_release("---\ndefault_process_types:\n  web: python app.py\nconfig_vars:\n  A: 1\n").unwrap();
+        let r = parse_release(
+            "---\ndefault_process_types:\n  web: python app.py\nconfig_vars:\n  A: 1\n",
+        )
+        .unwrap();
         assert_eq!(r.default_process_types["web"], "python app.py");
         assert_eq!(r.config_vars["A"], "1");
-        assert!(parse_release("default_process_types: {}\n").unwrap().default_process_types.is_empty());
+        assert!(
+            parse_release("default_process_types: {}\n")
+                .unwrap()
+                .default_process_types
+                .is_empty()
+        );
         assert!(parse_release("").unwrap().config_vars.is_empty());
         assert!(parse_release("default_process_types: [1, 2]").is_err());
     }

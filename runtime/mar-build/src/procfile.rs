@@ -60,8 +60,10 @@ mod tests {
 
     #[test]
     fn parses_types_and_commands() {
-        let p = parse("# comment\nweb: gunicorn app:app --bind 0.0.0.0:$PORT\n\nworker:  python w.py  \n")
-            .unwrap();
+        let p = parse(
+            "# comment\nweb: gunicorn app:app --bind 0.0.0.0:$PORT\n\nworker:  python w.py  \n",
+        )
+        .unwrap();
         assert_eq!(p["web"], "gunicorn app:app --bind 0.0.0.0:$PORT");
         assert_eq!(p["worker"], "python w.py");
     }
@@ -75,8 +77,16 @@ mod tests {
     #[test]
     fn errors_name_their_line() {
         let cases = [
-            ("web: a\nthis line has no colon\n", 2, "expected `TYPE: command`"),
-            ("web: a\nworker: b\nweb: c\n", 3, "declared twice (first on line 1)"),
+            (
+                "web: a\nthis line has no colon\n",
+                2,
+                "expected `TYPE: command`",
+            ),
+            (
+                "web: a\nworker: b\nweb: c\n",
+                3,
+                "declared twice (first on line 1)",
+            ),
             ("Web: a\n", 1, "invalid process type"),
             ("web:\n", 1, "has no command"),
             ("my_type: a\n", 1, "invalid process type"),
@@ -85,7 +95,10 @@ mod tests {
             let err = parse(text).unwrap_err();
             assert_eq!(err.line, line, "{text}");
             assert!(err.to_string().contains(msg), "{err}");
-            assert!(err.to_string().starts_with(&format!("Procfile line {line}: ")));
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("Procfile line {line}: "))
+            );
         }
     }
 }

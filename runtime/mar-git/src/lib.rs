@@ -45,17 +45,22 @@ const ENDPOINTS: &[&str] = &["info/refs", "git-upload-pack", "git-receive-pack"]
 /// `..` and unknown endpoints) with a message for the user.
 pub fn parse_git_path(path: &str) -> Result<(AppName, &'static str), GitError> {
     if path.split('/').any(|seg| seg == ".." || seg == ".") {
-        return Err(GitError::BadPath(format!("invalid git path {path:?}: '..' and '.' are not allowed")));
+        return Err(GitError::BadPath(format!(
+            "invalid git path {path:?}: '..' and '.' are not allowed"
+        )));
     }
     let rest = path.trim_start_matches('/');
     let Some((repo, endpoint)) = rest.split_once(".git/") else {
-        return Err(GitError::BadPath(format!("invalid git path {path:?}: expected /APP.git/...")));
+        return Err(GitError::BadPath(format!(
+            "invalid git path {path:?}: expected /APP.git/..."
+        )));
     };
     let app = AppName::parse(repo).map_err(|e| GitError::BadPath(e.to_string()))?;
-    let endpoint = ENDPOINTS
-        .iter()
-        .find(|e| **e == endpoint)
-        .ok_or_else(|| GitError::BadPath(format!("unsupported git endpoint {endpoint:?}: only smart HTTP is served")))?;
+    let endpoint = ENDPOINTS.iter().find(|e| **e == endpoint).ok_or_else(|| {
+        GitError::BadPath(format!(
+            "unsupported git endpoint {endpoint:?}: only smart HTTP is served"
+        ))
+    })?;
     Ok((app, endpoint))
 }
 
@@ -72,7 +77,9 @@ impl GitServer {
         std::fs::create_dir_all(root)?;
         std::fs::create_dir_all(hooks_dir)?;
         let quoted = hook_program.to_string_lossy().replace('\'', "'\\''");
-        let script = format!("#!/bin/sh\n# Written by mar serve at every start: deploys run inside the push.\nexec '{quoted}' hook pre-receive\n");
+        let script = format!(
+            "#!/bin/sh\n# Written by mar serve at every start: deploys run inside the push.\nexec '{quoted}' hook pre-receive\n"
+        );
         let hook = hooks_dir.join("pre-receive");
         std::fs::write(&hook, script)?;
         use std::os::unix::fs::PermissionsExt;
@@ -130,7 +137,10 @@ impl GitServer {
         let mut cmd = Command::new("git");
         cmd.arg("http-backend")
             .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
             .env("GIT_PROJECT_ROOT", &self.root)
             .env("GIT_HTTP_EXPORT_ALL", "1")
             .env("PATH_INFO", format!("/{app}.git/{endpoint}"))
@@ -168,8 +178,14 @@ impl GitServer {
         }
         let mut child = cmd.spawn()?;
         let mut stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().ok_or_else(|| std::io::Error::other("no stdout"))?;
-        let mut stderr = child.stderr.take().ok_or_else(|| std::io::Error::other("no stderr"))?;
+        let mut stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stdout"))?;
+        let mut stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| std::io::Error::other("no stderr"))?;
 
         // Feed the request body to the CGI while we read its answer: a large push must not be
         // buffered in memory, and receive-pack starts answering before the body ends.
@@ -177,10 +193,10 @@ impl GitServer {
             let mut body = body;
             while let Some(frame) = body.frame().await {
                 let Ok(frame) = frame else { break };
-                if let (Some(data), Some(stdin)) = (frame.data_ref(), stdin.as_mut()) {
-                    if stdin.write_all(data).await.is_err() {
-                        break;
-                    }
+                if let (Some(data), Some(stdin)) = (frame.data_ref(), stdin.as_mut())
+                    && stdin.write_all(data).await.is_err()
+                {
+                    break;
                 }
             }
             drop(stdin.take());
@@ -201,7 +217,9 @@ impl GitServer {
         let (header_end, body_start) = loop {
             let n = stdout.read(&mut buf).await?;
             if n == 0 {
-                return Err(GitError::Io(std::io::Error::other("git http-backend ended without a response")));
+                return Err(GitError::Io(std::io::Error::other(
+                    "git http-backend ended without a response",
+                )));
             }
             head.extend_from_slice(&buf[..n]);
             if let Some(i) = find(&head, b"\r\n\r\n") {
@@ -211,15 +229,22 @@ impl GitServer {
                 break (i, i + 2);
             }
             if head.len() > 64 * 1024 {
-                return Err(GitError::Io(std::io::Error::other("git http-backend sent oversized headers")));
+                return Err(GitError::Io(std::io::Error::other(
+                    "git http-backend sent oversized headers",
+                )));
             }
         };
         let mut resp = Response::builder().status(StatusCode::OK);
         for line in String::from_utf8_lossy(&head[..header_end]).lines() {
-            let Some((name, value)) = line.split_once(':') else { continue };
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
             let value = value.trim();
             if name.eq_ignore_ascii_case("status") {
-                let code = value.split_whitespace().next().and_then(|c| c.parse::<u16>().ok());
+                let code = value
+                    .split_whitespace()
+                    .next()
+                    .and_then(|c| c.parse::<u16>().ok());
                 if let Some(code) = code.and_then(|c| StatusCode::from_u16(c).ok()) {
                     resp = resp.status(code);
                 }
@@ -233,7 +258,8 @@ impl GitServer {
             .chain(tokio_util::io::ReaderStream::new(stdout))
             .map_ok(Frame::data);
         let body = StreamBody::new(stream).boxed_unsync();
-        resp.body(body).map_err(|e| GitError::Io(std::io::Error::other(e)))
+        resp.body(body)
+            .map_err(|e| GitError::Io(std::io::Error::other(e)))
     }
 }
 
@@ -251,7 +277,10 @@ mod tests {
     fn git_paths() {
         let (app, ep) = parse_git_path("/echo.git/info/refs").unwrap();
         assert_eq!((app.as_str(), ep), ("echo", "info/refs"));
-        assert_eq!(parse_git_path("/echo.git/git-receive-pack").unwrap().1, "git-receive-pack");
+        assert_eq!(
+            parse_git_path("/echo.git/git-receive-pack").unwrap().1,
+            "git-receive-pack"
+        );
         for bad in [
             "/../echo.git/info/refs",
             "/echo.git/../../etc/passwd",
@@ -263,13 +292,23 @@ mod tests {
         ] {
             assert!(parse_git_path(bad).is_err(), "{bad}");
         }
-        assert!(parse_git_path("/x.git/../y").unwrap_err().to_string().contains("'..'"));
+        assert!(
+            parse_git_path("/x.git/../y")
+                .unwrap_err()
+                .to_string()
+                .contains("'..'")
+        );
     }
 
     #[test]
     fn repos_are_bare_with_main() {
         let d = tempfile::tempdir().unwrap();
-        let g = GitServer::new(&d.path().join("repos"), &d.path().join("hooks"), Path::new("/bin/true")).unwrap();
+        let g = GitServer::new(
+            &d.path().join("repos"),
+            &d.path().join("hooks"),
+            Path::new("/bin/true"),
+        )
+        .unwrap();
         let app = AppName::parse("a").unwrap();
         g.create_repo(&app).unwrap();
         let repo = git2::Repository::open_bare(g.repo_path(&app)).unwrap();

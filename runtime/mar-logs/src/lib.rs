@@ -40,7 +40,9 @@ impl LogLine {
     /// Parses a stored line; `None` for a line not in the format.
     pub fn parse(line: &str) -> Option<Self> {
         let (time, rest) = line.split_once(' ')?;
-        let (source, text) = rest.split_once(": ").unwrap_or((rest.trim_end_matches(':'), ""));
+        let (source, text) = rest
+            .split_once(": ")
+            .unwrap_or((rest.trim_end_matches(':'), ""));
         Some(Self {
             time: time.to_owned(),
             source: source.to_owned(),
@@ -95,11 +97,14 @@ impl Logs {
             let file = OpenOptions::new().create(true).append(true).open(&path)?;
             let written = file.metadata()?.len();
             let (live, _) = broadcast::channel(LIVE_BUFFER);
-            apps.insert(app.clone(), AppLog {
-                file,
-                written,
-                live,
-            });
+            apps.insert(
+                app.clone(),
+                AppLog {
+                    file,
+                    written,
+                    live,
+                },
+            );
         }
         match apps.get_mut(app) {
             Some(log) => Ok(f(log)),
@@ -142,7 +147,12 @@ impl Logs {
     }
 
     /// Up to `limit` lines of `app`, skipping the `offset` newest, oldest first.
-    pub fn recent(&self, app: &AppName, limit: usize, offset: usize) -> Result<Vec<LogLine>, LogError> {
+    pub fn recent(
+        &self,
+        app: &AppName,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<LogLine>, LogError> {
         let mut lines = Vec::new();
         for path in [self.dir.join(format!("{app}.log.1")), self.path(app)] {
             match File::open(&path) {

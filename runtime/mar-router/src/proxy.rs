@@ -98,7 +98,14 @@ impl Proxy {
             .unwrap_or("/")
             .to_owned();
         let Ok(uri) = format!("http://{}{}", up.addr, path).parse::<Uri>() else {
-            return error_response(StatusCode::BAD_REQUEST, "bad-request", "Bad request", "The request target is not a valid path.", &rid, json);
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "Bad request",
+                "The request target is not a valid path.",
+                &rid,
+                json,
+            );
         };
         let host = host_of(&req);
         *req.uri_mut() = uri;
@@ -128,7 +135,11 @@ impl Proxy {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "H12",
                 "Request timeout",
-                &format!("The app ({}) did not start its response within {} seconds.", up.dyno, FIRST_BYTE_TIMEOUT.as_secs()),
+                &format!(
+                    "The app ({}) did not start its response within {} seconds.",
+                    up.dyno,
+                    FIRST_BYTE_TIMEOUT.as_secs()
+                ),
                 &rid,
                 json,
             ),
@@ -145,12 +156,17 @@ impl Proxy {
         json: bool,
     ) -> Response<Body> {
         let client_upgrade = hyper::upgrade::on(&mut req);
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(up.addr)).await {
-            Ok(Ok(s)) => s,
-            _ => return refused(&up, rid, json),
-        };
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(up.addr))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                _ => return refused(&up, rid, json),
+            };
         let _ = stream.set_nodelay(true);
-        let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+        let Ok((mut sender, conn)) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+        else {
             return refused(&up, rid, json);
         };
         tokio::spawn(async move {
@@ -159,20 +175,30 @@ impl Proxy {
         });
         let (parts, _) = req.into_parts();
         let upstream_req = Request::from_parts(parts, http_body_util::Empty::<bytes::Bytes>::new());
-        let mut resp = match tokio::time::timeout(FIRST_BYTE_TIMEOUT, sender.send_request(upstream_req)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => return refused(&up, rid, json),
-            Err(_) => {
-                return error_response(StatusCode::SERVICE_UNAVAILABLE, "H12", "Request timeout", "The app did not answer the WebSocket handshake in time.", rid, json);
-            }
-        };
+        let mut resp =
+            match tokio::time::timeout(FIRST_BYTE_TIMEOUT, sender.send_request(upstream_req)).await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => return refused(&up, rid, json),
+                Err(_) => {
+                    return error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "H12",
+                        "Request timeout",
+                        "The app did not answer the WebSocket handshake in time.",
+                        rid,
+                        json,
+                    );
+                }
+            };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (parts, body) = resp.into_parts();
             return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
         }
         let backend_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
-            let (Ok(client_io), Ok(backend_io)) = tokio::join!(client_upgrade, backend_upgrade) else {
+            let (Ok(client_io), Ok(backend_io)) = tokio::join!(client_upgrade, backend_upgrade)
+            else {
                 return;
             };
             let mut client_io = TokioIo::new(client_io);
@@ -185,7 +211,14 @@ impl Proxy {
 }
 
 fn unavailable(u: &Unavailable, rid: &str, json: bool) -> Response<Body> {
-    error_response(StatusCode::SERVICE_UNAVAILABLE, u.code, u.desc, &u.hint, rid, json)
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        u.code,
+        u.desc,
+        &u.hint,
+        rid,
+        json,
+    )
 }
 
 fn refused(up: &Upstream, rid: &str, json: bool) -> Response<Body> {
@@ -193,13 +226,21 @@ fn refused(up: &Upstream, rid: &str, json: bool) -> Response<Body> {
         StatusCode::BAD_GATEWAY,
         "H21",
         "Connection refused",
-        &format!("The app's instance {} refused the connection; it may be restarting.", up.dyno),
+        &format!(
+            "The app's instance {} refused the connection; it may be restarting.",
+            up.dyno
+        ),
         rid,
         json,
     )
 }
 
-fn upstream_error(e: &hyper_util::client::legacy::Error, up: &Upstream, rid: &str, json: bool) -> Response<Body> {
+fn upstream_error(
+    e: &hyper_util::client::legacy::Error,
+    up: &Upstream,
+    rid: &str,
+    json: bool,
+) -> Response<Body> {
     if e.is_connect() {
         return refused(up, rid, json);
     }
@@ -207,7 +248,10 @@ fn upstream_error(e: &hyper_util::client::legacy::Error, up: &Upstream, rid: &st
         StatusCode::BAD_GATEWAY,
         "H13",
         "Connection closed without response",
-        &format!("The app's instance {} closed the connection before sending a complete response.", up.dyno),
+        &format!(
+            "The app's instance {} closed the connection before sending a complete response.",
+            up.dyno
+        ),
         rid,
         json,
     )
@@ -270,14 +314,18 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub(crate) fn request_id(headers: &HeaderMap) -> String {
     if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
         let ok = (20..=200).contains(&v.len())
-            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=/-_".contains(&b));
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+=/-_".contains(&b));
         if ok {
             return v.to_owned();
         }
     }
     let mut buf = [0u8; 16];
     if getrandom::fill(&mut buf).is_err() {
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         buf.copy_from_slice(&t.to_le_bytes());
     }
     buf.iter().map(|b| format!("{b:02x}")).collect()
@@ -316,10 +364,16 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
@@ -331,7 +385,10 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("short"));
         assert_eq!(request_id(&h).len(), 32);
-        h.insert("x-request-id", HeaderValue::from_static("abcdefghijklmnopqrstuvwxyz-0123"));
+        h.insert(
+            "x-request-id",
+            HeaderValue::from_static("abcdefghijklmnopqrstuvwxyz-0123"),
+        );
         assert_eq!(request_id(&h), "abcdefghijklmnopqrstuvwxyz-0123");
     }
 
@@ -339,7 +396,12 @@ mod tests {
     fn forwarded_headers_append() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(&mut h, "127.0.0.1:5000".parse().unwrap(), "127.0.0.1:8080".parse().unwrap(), "rid");
+        add_forwarded(
+            &mut h,
+            "127.0.0.1:5000".parse().unwrap(),
+            "127.0.0.1:8080".parse().unwrap(),
+            "rid",
+        );
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-port"], "8080");
         assert_eq!(h["via"], "1.1 mar");

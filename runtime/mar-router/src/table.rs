@@ -151,7 +151,9 @@ impl RouteTable {
             AppTarget::Upstreams(_) => Resolution::Unavailable(Unavailable {
                 code: "H14",
                 desc: "No web processes running",
-                hint: format!("Scale up with `mar ps:scale web=1 -a {app}`, or push code with a web process type."),
+                hint: format!(
+                    "Scale up with `mar ps:scale web=1 -a {app}`, or push code with a web process type."
+                ),
             }),
             AppTarget::InProcess(h) => Resolution::InProcess(h.clone()),
             AppTarget::Unavailable(u) => Resolution::Unavailable(u.clone()),
@@ -185,7 +187,15 @@ mod tests {
     #[test]
     fn platform_hosts() {
         let t = RouteTable::new("localhost");
-        for h in [None, Some("localhost"), Some("localhost:8080"), Some("api.localhost"), Some("127.0.0.1:9"), Some("[::1]:80"), Some("LOCALHOST.")] {
+        for h in [
+            None,
+            Some("localhost"),
+            Some("localhost:8080"),
+            Some("api.localhost"),
+            Some("127.0.0.1:9"),
+            Some("[::1]:80"),
+            Some("LOCALHOST."),
+        ] {
             assert!(matches!(t.resolve(h), Resolved::Platform), "{h:?}");
         }
     }
@@ -198,20 +208,34 @@ mod tests {
         let mut seen = Vec::new();
         for _ in 0..4 {
             match t.resolve(Some("echo.localhost:8080")) {
-                Resolved::App { target: Resolution::Upstream(u), .. } => seen.push(u.addr.port()),
+                Resolved::App {
+                    target: Resolution::Upstream(u),
+                    ..
+                } => seen.push(u.addr.port()),
                 _ => panic!("not routed"),
             }
         }
         assert_eq!(seen, [1, 2, 1, 2]);
-        for h in ["nope.localhost", "a.b.localhost", "example.com", "Bad_Name.localhost"] {
+        for h in [
+            "nope.localhost",
+            "a.b.localhost",
+            "example.com",
+            "Bad_Name.localhost",
+        ] {
             assert!(matches!(t.resolve(Some(h)), Resolved::NoSuchApp(_)), "{h}");
         }
         t.set(&app, AppTarget::Upstreams(vec![]));
         assert!(matches!(
             t.resolve(Some("echo.localhost")),
-            Resolved::App { target: Resolution::Unavailable(Unavailable { code: "H14", .. }), .. }
+            Resolved::App {
+                target: Resolution::Unavailable(Unavailable { code: "H14", .. }),
+                ..
+            }
         ));
         t.remove(&app);
-        assert!(matches!(t.resolve(Some("echo.localhost")), Resolved::NoSuchApp(_)));
+        assert!(matches!(
+            t.resolve(Some("echo.localhost")),
+            Resolved::NoSuchApp(_)
+        ));
     }
 }

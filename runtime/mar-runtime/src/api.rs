@@ -22,7 +22,10 @@ use mar_core::AppName;
 use mar_git::GitServer;
 use mar_logs::Logs;
 use mar_router::{Body, InProcess, ResponseFuture};
-use mar_sdk::types::{AppInfo, BuildResult, CreateApp, ErrorBody, ErrorDetail, LogEntry, ProcessInfo, ReleaseInfo, Results};
+use mar_sdk::types::{
+    AppInfo, BuildResult, CreateApp, ErrorBody, ErrorDetail, LogEntry, ProcessInfo, ReleaseInfo,
+    Results,
+};
 use mar_store::{Store, StoreError};
 use mar_supervisor::State as PState;
 use tokio::io::AsyncWriteExt;
@@ -81,9 +84,15 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NoSuchApp(_) | StoreError::NoSuchRelease { .. } => Self::new(StatusCode::NOT_FOUND, "NotFound", e.to_string()),
+            StoreError::NoSuchApp(_) | StoreError::NoSuchRelease { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "NotFound", e.to_string())
+            }
             StoreError::AppExists(_) => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
-            _ => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()),
+            _ => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -93,8 +102,16 @@ impl From<DeployError> for ApiError {
         match e {
             DeployError::Busy(_) => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
             DeployError::Store(s) => s.into(),
-            DeployError::Boot(_) | DeployError::Build(_) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "DeployFailed", e.to_string()),
-            DeployError::Io(_) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()),
+            DeployError::Boot(_) | DeployError::Build(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "DeployFailed",
+                e.to_string(),
+            ),
+            DeployError::Io(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -109,7 +126,10 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// Whether the request carries the admin token: `Bearer TOKEN`, or HTTP Basic with the token
 /// as password (git sends that).
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let (scheme, cred) = value.split_once(' ').unwrap_or((value, ""));
@@ -118,7 +138,9 @@ fn authorized(headers: &HeaderMap, token: &str) -> bool {
         return same(cred.as_bytes(), token.as_bytes());
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let Some(decoded) = base64_decode(cred) else { return false };
+        let Some(decoded) = base64_decode(cred) else {
+            return false;
+        };
         let pass = decoded.splitn(2, |b| *b == b':').nth(1).unwrap_or(&[]);
         return same(pass, token.as_bytes());
     }
@@ -167,9 +189,17 @@ impl FromRequestParts<Arc<Platform>> for Admin {
         if authorized(&parts.headers, &p.token) {
             Ok(Admin)
         } else if parts.headers.contains_key(header::AUTHORIZATION) {
-            Err(ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "invalid API token: use the token that `mar auth:token` prints on the server"))
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "invalid API token: use the token that `mar auth:token` prints on the server",
+            ))
         } else {
-            Err(ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "missing API token: send `Authorization: Bearer TOKEN` (see `mar auth:token`)"))
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "missing API token: send `Authorization: Bearer TOKEN` (see `mar auth:token`)",
+            ))
         }
     }
 }
@@ -179,7 +209,13 @@ fn app_name(s: &str) -> ApiResult<AppName> {
 }
 
 fn existing(p: &Platform, s: &str) -> ApiResult<AppName> {
-    let app = app_name(s).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "NotFound", format!("no such app: {s}")))?;
+    let app = app_name(s).map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("no such app: {s}"),
+        )
+    })?;
     p.store.get_app(&app)?;
     Ok(app)
 }
@@ -191,9 +227,15 @@ impl Platform {
         let instances = self.apps.instances(app);
         let state = if instances.is_empty() {
             "idle"
-        } else if instances.iter().all(|i| matches!(i.state(), PState::Up { .. })) {
+        } else if instances
+            .iter()
+            .all(|i| matches!(i.state(), PState::Up { .. }))
+        {
             "running"
-        } else if instances.iter().any(|i| matches!(i.state(), PState::Crashed { .. })) {
+        } else if instances
+            .iter()
+            .any(|i| matches!(i.state(), PState::Crashed { .. }))
+        {
             "crashed"
         } else {
             "starting"
@@ -210,7 +252,11 @@ impl Platform {
             state: state.to_owned(),
             structure,
             web_url: self.apps.web_url(app),
-            git_url: format!("http://{}{}/{app}.git", self.domain, crate::apps::port_suffix(self.port)),
+            git_url: format!(
+                "http://{}{}/{app}.git",
+                self.domain,
+                crate::apps::port_suffix(self.port)
+            ),
             release: release.map(|r| r.version),
             created_at: stored.created_at,
         })
@@ -230,7 +276,9 @@ pub fn router(p: Arc<Platform>) -> axum::Router {
         .route("/v1/apps/{app}/logs", get(get_logs))
         .route("/v1/apps/{app}/logs/stream", get(stream_logs))
         .route("/v1/apps/{app}/builds", post(create_build))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such API endpoint") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such API endpoint")
+        })
         .with_state(p)
 }
 
@@ -242,23 +290,42 @@ async fn list_apps(_: Admin, State(p): State<Arc<Platform>>) -> ApiResult<Json<R
     Ok(Json(Results { results }))
 }
 
-async fn create_app(_: Admin, State(p): State<Arc<Platform>>, body: Bytes) -> ApiResult<(StatusCode, Json<AppInfo>)> {
+async fn create_app(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<AppInfo>)> {
     // Old clients send JSON without a Content-Type, so parse whatever arrives.
-    let req: CreateApp = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("expected {{\"name\": \"APP\"}}: {e}")))?;
+    let req: CreateApp = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("expected {{\"name\": \"APP\"}}: {e}")))?;
     let app = app_name(&req.name)?;
     p.store.create_app(&app)?;
-    p.git.create_repo(&app).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    p.git.create_repo(&app).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })?;
     p.logs.append(&app, "mar[api]", "App created");
     p.apps.publish(&app);
     Ok((StatusCode::CREATED, Json(p.app_info(&app)?)))
 }
 
-async fn show_app(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<String>) -> ApiResult<Json<AppInfo>> {
+async fn show_app(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<AppInfo>> {
     let app = existing(&p, &app)?;
     Ok(Json(p.app_info(&app)?))
 }
 
-async fn destroy_app(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+async fn destroy_app(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     let app = existing(&p, &app)?;
     let _guard = p.apps.lock(&app)?;
     p.apps.stop_app(&app).await;
@@ -269,7 +336,11 @@ async fn destroy_app(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<S
     Ok(Json(serde_json::json!({})))
 }
 
-async fn get_config(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<String>) -> ApiResult<Json<BTreeMap<String, String>>> {
+async fn get_config(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<BTreeMap<String, String>>> {
     let app = existing(&p, &app)?;
     Ok(Json(p.store.config(&app)?))
 }
@@ -278,17 +349,30 @@ async fn get_config(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<St
 /// buildpack ENV_DIR.
 fn valid_var(name: &str) -> bool {
     let b = name.as_bytes();
-    !b.is_empty() && b.len() <= 256 && !b[0].is_ascii_digit() && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+    !b.is_empty()
+        && b.len() <= 256
+        && !b[0].is_ascii_digit()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
 }
 
-async fn patch_config(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<String>, body: Bytes) -> ApiResult<Json<BTreeMap<String, String>>> {
+async fn patch_config(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<BTreeMap<String, String>>> {
     let app = existing(&p, &app)?;
-    let raw: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("expected a JSON object of NAME: value (null unsets): {e}")))?;
+    let raw: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "expected a JSON object of NAME: value (null unsets): {e}"
+        ))
+    })?;
     let mut changes = BTreeMap::new();
     for (k, v) in raw {
         if !valid_var(&k) {
-            return Err(ApiError::bad_request(format!("invalid config var name {k:?}: use letters, digits and '_', not starting with a digit")));
+            return Err(ApiError::bad_request(format!(
+                "invalid config var name {k:?}: use letters, digits and '_', not starting with a digit"
+            )));
         }
         let v = match v {
             serde_json::Value::Null => None,
@@ -301,7 +385,11 @@ async fn patch_config(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<
     Ok(Json(p.store.config(&app)?))
 }
 
-async fn list_releases(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<String>) -> ApiResult<Json<Results<ReleaseInfo>>> {
+async fn list_releases(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Results<ReleaseInfo>>> {
     let app = existing(&p, &app)?;
     let current = p.store.current_release(&app)?.map(|r| r.version);
     let results = p
@@ -322,7 +410,11 @@ async fn list_releases(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path
     Ok(Json(Results { results }))
 }
 
-async fn list_processes(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<String>) -> ApiResult<Json<Results<ProcessInfo>>> {
+async fn list_processes(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Results<ProcessInfo>>> {
     let app = existing(&p, &app)?;
     let results = p
         .apps
@@ -331,7 +423,9 @@ async fn list_processes(_: Admin, State(p): State<Arc<Platform>>, Path(app): Pat
         .map(|i| {
             let spec = i.spec();
             let (pid, port, uptime) = match i.state() {
-                PState::Up { pid, port, since } => (Some(pid), port, since.elapsed().ok().map(|d| d.as_secs())),
+                PState::Up { pid, port, since } => {
+                    (Some(pid), port, since.elapsed().ok().map(|d| d.as_secs()))
+                }
                 _ => (None, None, None),
             };
             ProcessInfo {
@@ -364,15 +458,30 @@ fn number(name: &str, v: Option<&String>, default: usize, max: usize) -> ApiResu
             .parse::<usize>()
             .ok()
             .filter(|n| *n <= max)
-            .ok_or_else(|| ApiError::bad_request(format!("{name} must be a whole number from 0 to {max}, not {s:?}"))),
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name} must be a whole number from 0 to {max}, not {s:?}"
+                ))
+            }),
     }
 }
 
-async fn get_logs(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<String>, Query(q): Query<LogQuery>) -> ApiResult<Json<Results<LogEntry>>> {
+async fn get_logs(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Json<Results<LogEntry>>> {
     let app = existing(&p, &app)?;
     let limit = number("limit", q.limit.as_ref(), 100, 100_000)?;
     let offset = number("offset", q.offset.as_ref(), 0, usize::MAX)?;
-    let lines = p.logs.recent(&app, limit, offset).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    let lines = p.logs.recent(&app, limit, offset).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })?;
     let results = lines
         .into_iter()
         .map(|l| LogEntry {
@@ -383,26 +492,42 @@ async fn get_logs(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<Stri
     Ok(Json(Results { results }))
 }
 
-async fn stream_logs(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<String>, Query(q): Query<LogQuery>) -> ApiResult<Response> {
+async fn stream_logs(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
     let app = existing(&p, &app)?;
     let n = number("lines", q.lines.as_ref(), 100, 100_000)?;
-    let live = p.logs.subscribe(&app).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
+    let live = p.logs.subscribe(&app).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })?;
     let backlog = p.logs.recent(&app, n, 0).unwrap_or_default();
-    let head = futures_util::stream::iter(backlog.into_iter().map(|l| Ok::<_, std::io::Error>(Bytes::from(l.render() + "\n"))));
+    let head = futures_util::stream::iter(
+        backlog
+            .into_iter()
+            .map(|l| Ok::<_, std::io::Error>(Bytes::from(l.render() + "\n"))),
+    );
     let tail = futures_util::stream::unfold(live, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(line) => return Some((Ok(Bytes::from(line.render() + "\n")), rx)),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let note = format!("... {n} lines skipped (reader too slow) ...\n");
-                    return Some((Ok(Bytes::from(note)), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        let text = match rx.recv().await {
+            Ok(line) => line.render() + "\n",
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                format!("... {n} lines skipped (reader too slow) ...\n")
             }
-        }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(Bytes::from(text)), rx))
     });
     let mut resp = AxumBody::from_stream(head.chain(tail)).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     Ok(resp)
 }
 
@@ -413,24 +538,46 @@ struct BuildQuery {
 
 /// `POST /v1/apps/APP/builds`: the body is a tar of the source. Builds and deploys, streaming
 /// the output; the last line carries the result. Called by the git hook during a push.
-async fn create_build(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<String>, Query(q): Query<BuildQuery>, body: AxumBody) -> ApiResult<Response> {
+async fn create_build(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+    Query(q): Query<BuildQuery>,
+    body: AxumBody,
+) -> ApiResult<Response> {
     let app = existing(&p, &app)?;
     let commit = q.commit.unwrap_or_default();
     if !commit.bytes().all(|b| b.is_ascii_hexdigit()) || commit.len() > 64 {
-        return Err(ApiError::bad_request("commit must be a hexadecimal git object id"));
+        return Err(ApiError::bad_request(
+            "commit must be a hexadecimal git object id",
+        ));
     }
     let guard = p.apps.lock(&app)?;
     let t_receive = Instant::now();
-    let id = format!("{}-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis(), app);
+    let id = format!(
+        "{}-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+        app
+    );
     let work = p.paths.builds().join(&id);
     let src = work.join("src");
-    let io_err = |e: std::io::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("receiving source: {e}"));
+    let io_err = |e: std::io::Error| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("receiving source: {e}"),
+        )
+    };
     std::fs::create_dir_all(&src).map_err(io_err)?;
     let tar_path = work.join("source.tar");
     let mut file = tokio::fs::File::create(&tar_path).await.map_err(io_err)?;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("source upload broke off: {e}")))?;
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("source upload broke off: {e}")))?;
         file.write_all(&chunk).await.map_err(io_err)?;
     }
     file.flush().await.map_err(io_err)?;
@@ -460,25 +607,49 @@ async fn create_build(_: Admin, State(p): State<Arc<Platform>>, Path(app): Path<
     let p2 = p.clone();
     tokio::spawn(async move {
         let _guard = guard;
-        let res = p2.apps.deploy_source(&app, src, work.clone(), &commit, &out, &cancel, received).await;
+        let source = crate::apps::Source {
+            build_dir: src,
+            work_dir: work.clone(),
+            commit,
+            received,
+        };
+        let res = p2.apps.deploy_source(&app, source, &out, &cancel).await;
         let result = match &res {
-            Ok(d) => BuildResult { ok: true, release: Some(d.release.version) },
+            Ok(d) => BuildResult {
+                ok: true,
+                release: Some(d.release.version),
+            },
             Err(e) => {
                 for line in e.to_string().lines() {
                     out.line(format!(" !     {line}"));
                 }
                 out.line(" !     Push rejected; the previous release keeps serving.");
-                p2.logs.append(&app, "mar[build]", &format!("Build failed: {e}"));
-                BuildResult { ok: false, release: None }
+                p2.logs
+                    .append(&app, "mar[build]", &format!("Build failed: {e}"));
+                BuildResult {
+                    ok: false,
+                    release: None,
+                }
             }
         };
-        out.line(format!("{}{}", mar_sdk::types::BUILD_RESULT_MARK, serde_json::to_string(&result).unwrap_or_default()));
+        out.line(format!(
+            "{}{}",
+            mar_sdk::types::BUILD_RESULT_MARK,
+            serde_json::to_string(&result).unwrap_or_default()
+        ));
         watcher.abort();
         let _ = tokio::fs::remove_dir_all(&work).await;
     });
-    let lines = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|l| (Ok::<_, std::io::Error>(Bytes::from(l + "\n")), rx)) });
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|l| (Ok::<_, std::io::Error>(Bytes::from(l + "\n")), rx))
+    });
     let mut resp = AxumBody::from_stream(lines).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     Ok(resp)
 }
 
@@ -491,7 +662,10 @@ pub struct PlatformHandler {
 fn plain(status: StatusCode, text: String) -> http::Response<Body> {
     let mut r = http::Response::new(mar_router::full(text + "\n"));
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
@@ -507,11 +681,17 @@ impl PlatformHandler {
                 StatusCode::UNAUTHORIZED,
                 "mini-MAR: authentication failed: use the API token (`mar auth:token`) as the password; `mar git:remote APP` sets up a remote that does".to_owned(),
             );
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"mini-MAR\""));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"mini-MAR\""),
+            );
             return r;
         }
         if p.store.get_app(&app).is_err() {
-            return plain(StatusCode::NOT_FOUND, format!("mini-MAR: no such app {app}: create it with `mar apps:create {app}`"));
+            return plain(
+                StatusCode::NOT_FOUND,
+                format!("mini-MAR: no such app {app}: create it with `mar apps:create {app}`"),
+            );
         }
         let env = [
             ("MAR_HOOK_URL".to_owned(), p.self_url.clone()),
@@ -523,7 +703,10 @@ impl PlatformHandler {
                 let (parts, body) = resp.into_parts();
                 http::Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
             }
-            Err(e) => plain(StatusCode::INTERNAL_SERVER_ERROR, format!("mini-MAR: git failed: {e}")),
+            Err(e) => plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("mini-MAR: git failed: {e}"),
+            ),
         }
     }
 }
@@ -571,16 +754,31 @@ mod tests {
     fn tokens_in_bearer_and_basic() {
         let mut h = HeaderMap::new();
         assert!(!authorized(&h, "t0k"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t0k"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer t0k"),
+        );
         assert!(authorized(&h, "t0k"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("BEARER t0k"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("BEARER t0k"),
+        );
         assert!(authorized(&h, "t0k"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t0x"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer t0x"),
+        );
         assert!(!authorized(&h, "t0k"));
         // "git:t0k"
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic Z2l0OnQwaw=="));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic Z2l0OnQwaw=="),
+        );
         assert!(authorized(&h, "t0k"));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic Z2l0OnQwaA=="));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic Z2l0OnQwaA=="),
+        );
         assert!(!authorized(&h, "t0k"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
         assert!(!authorized(&h, "t0k"));

@@ -59,6 +59,18 @@ pub struct Apps {
     run_as: Option<(u32, u32)>,
 }
 
+/// A pushed tree, unpacked and ready to build.
+pub struct Source {
+    /// The unpacked tree; the build happens in place.
+    pub build_dir: PathBuf,
+    /// Scratch space for the build.
+    pub work_dir: PathBuf,
+    /// The pushed commit.
+    pub commit: String,
+    /// How long receiving the tree took (for the timings line).
+    pub received: Duration,
+}
+
 /// What a successful deploy reports.
 pub struct Deployed {
     /// The new release.
@@ -67,7 +79,12 @@ pub struct Deployed {
 
 impl Apps {
     /// Creates the manager and starts the task that turns instance events into routes.
-    pub fn new(cfg: Arc<Config>, store: Arc<Store>, logs: Arc<Logs>, routes: Arc<RouteTable>) -> Arc<Self> {
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Arc<Store>,
+        logs: Arc<Logs>,
+        routes: Arc<RouteTable>,
+    ) -> Arc<Self> {
         let (events, mut rx) = mpsc::unbounded_channel::<Event>();
         let run_as = build_user(&cfg);
         let apps = Arc::new(Self {
@@ -105,7 +122,8 @@ impl Apps {
             .entry(app.clone())
             .or_default()
             .clone();
-        m.try_lock_owned().map_err(|_| DeployError::Busy(app.to_string()))
+        m.try_lock_owned()
+            .map_err(|_| DeployError::Busy(app.to_string()))
     }
 
     /// Recomputes where `app`'s traffic goes from its running instances and publishes it.
@@ -122,11 +140,17 @@ impl Apps {
                 hint: format!("The app {app} has no release yet. Deploy it with `git push`."),
             }),
             Some(run) => {
-                let web: Vec<&Instance> = run.instances.iter().filter(|i| i.spec().process_type == "web").collect();
+                let web: Vec<&Instance> = run
+                    .instances
+                    .iter()
+                    .filter(|i| i.spec().process_type == "web")
+                    .collect();
                 let ups: Vec<Upstream> = web
                     .iter()
                     .filter_map(|i| match i.state() {
-                        State::Up { port: Some(port), .. } => Some(Upstream {
+                        State::Up {
+                            port: Some(port), ..
+                        } => Some(Upstream {
                             addr: ([127, 0, 0, 1], port).into(),
                             dyno: i.spec().dyno(),
                         }),
@@ -135,17 +159,23 @@ impl Apps {
                     .collect();
                 if !ups.is_empty() || web.is_empty() {
                     AppTarget::Upstreams(ups)
-                } else if web.iter().any(|i| matches!(i.state(), State::Crashed { .. })) {
+                } else if web
+                    .iter()
+                    .any(|i| matches!(i.state(), State::Crashed { .. }))
+                {
                     AppTarget::Unavailable(Unavailable {
                         code: "H10",
                         desc: "App crashed",
-                        hint: format!("Every web process of {app} has crashed. See `mar logs -a {app}`; it is being restarted."),
+                        hint: format!(
+                            "Every web process of {app} has crashed. See `mar logs -a {app}`; it is being restarted."
+                        ),
                     })
                 } else {
                     AppTarget::Unavailable(Unavailable {
                         code: "H20",
                         desc: "App boot in progress",
-                        hint: "The app's web process is starting. Try again in a moment.".to_owned(),
+                        hint: "The app's web process is starting. Try again in a moment."
+                            .to_owned(),
                     })
                 }
             }
@@ -176,13 +206,17 @@ impl Apps {
     pub async fn deploy_source(
         &self,
         app: &AppName,
-        build_dir: PathBuf,
-        work_dir: PathBuf,
-        commit: &str,
+        source: Source,
         out: &Output,
         cancel: &CancellationToken,
-        received: Duration,
     ) -> Result<Deployed, DeployError> {
+        let Source {
+            build_dir,
+            work_dir,
+            commit,
+            received,
+        } = source;
+        let commit = commit.as_str();
         let config = self.store.config(app)?;
         let t_build = Instant::now();
         out.step(format!("Building on the {} stack", mar_core::STACK));
@@ -212,7 +246,10 @@ impl Apps {
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
         std::fs::rename(&build_dir, &run_dir)?;
-        out.step(format!("Compiled slug size is {}", mar_build::human_size(size)));
+        out.step(format!(
+            "Compiled slug size is {}",
+            mar_build::human_size(size)
+        ));
         let slug_time = t_slug.elapsed();
 
         let mut release_config = config;
@@ -241,7 +278,11 @@ impl Apps {
 
     /// Changes config vars (a `None` value unsets) as a new release, restarting the app with
     /// the new environment if it runs code.
-    pub async fn set_config(&self, app: &AppName, changes: BTreeMap<String, Option<String>>) -> Result<Release, DeployError> {
+    pub async fn set_config(
+        &self,
+        app: &AppName,
+        changes: BTreeMap<String, Option<String>>,
+    ) -> Result<Release, DeployError> {
         let _guard = self.lock(app)?;
         let mut config = self.store.config(app)?;
         let (mut set, mut unset) = (Vec::new(), Vec::new());
@@ -261,7 +302,11 @@ impl Apps {
         let description = match (set.is_empty(), unset.is_empty()) {
             (false, true) => format!("Set {} config vars", set.join(", ")),
             (true, false) => format!("Unset {} config vars", unset.join(", ")),
-            (false, false) => format!("Set {} and unset {} config vars", set.join(", "), unset.join(", ")),
+            (false, false) => format!(
+                "Set {} and unset {} config vars",
+                set.join(", "),
+                unset.join(", ")
+            ),
             (true, true) => "Config unchanged".to_owned(),
         };
         let current = self.store.current_release(app)?;
@@ -269,7 +314,10 @@ impl Apps {
             description,
             slug: current.as_ref().and_then(|r| r.slug.clone()),
             slug_size: current.as_ref().map_or(0, |r| r.slug_size),
-            process_types: current.as_ref().map(|r| r.process_types.clone()).unwrap_or_default(),
+            process_types: current
+                .as_ref()
+                .map(|r| r.process_types.clone())
+                .unwrap_or_default(),
             config,
             commit: current.as_ref().and_then(|r| r.commit.clone()),
             buildpacks: current.map(|r| r.buildpacks).unwrap_or_default(),
@@ -293,10 +341,24 @@ impl Apps {
 
     /// Starts the processes of a release, waits for them to boot, records the release and
     /// switches traffic to it, then stops the previous instances.
-    async fn launch(&self, app: &AppName, new: NewRelease, out: &Output) -> Result<(Timings, Release), DeployError> {
-        let version = self.store.current_release(app)?.map_or(1, |r| r.version + 1);
+    async fn launch(
+        &self,
+        app: &AppName,
+        new: NewRelease,
+        out: &Output,
+    ) -> Result<(Timings, Release), DeployError> {
+        let version = self
+            .store
+            .current_release(app)?
+            .map_or(1, |r| r.version + 1);
         let t_boot = Instant::now();
-        let instances = self.start_instances(app, version, &new.process_types, &new.config, new.slug.as_deref())?;
+        let instances = self.start_instances(
+            app,
+            version,
+            &new.process_types,
+            &new.config,
+            new.slug.as_deref(),
+        )?;
         if instances.iter().any(|i| i.spec().process_type == "web") {
             out.step("Waiting for the web process to accept connections on $PORT");
         }
@@ -321,18 +383,29 @@ impl Apps {
         let boot = t_boot.elapsed();
         let t_switch = Instant::now();
         let release = self.store.create_release(app, new)?;
-        let old = self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
-            app.clone(),
-            Running {
-                release: release.version,
-                instances,
-            },
-        );
+        let old = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                app.clone(),
+                Running {
+                    release: release.version,
+                    instances,
+                },
+            );
         self.publish(app);
         let switch = t_switch.elapsed();
         out.step(format!("Launching... done, v{}", release.version));
         out.detail(format!("{} deployed to mini-MAR", self.web_url(app)));
-        self.logs.append(app, "mar[api]", &format!("Release v{} created: {}", release.version, release.description));
+        self.logs.append(
+            app,
+            "mar[api]",
+            &format!(
+                "Release v{} created: {}",
+                release.version, release.description
+            ),
+        );
         if let Some(old) = old {
             // Old instances finish in-flight work on their own schedule; the deploy is done.
             tokio::spawn(async move {
@@ -361,7 +434,9 @@ impl Apps {
         config: &BTreeMap<String, String>,
         slug: Option<&str>,
     ) -> Result<Vec<Instance>, DeployError> {
-        let Some(slug) = slug else { return Ok(Vec::new()) };
+        let Some(slug) = slug else {
+            return Ok(Vec::new());
+        };
         let dir = self.ensure_run_dir(app, Path::new(slug))?;
         let formation = self.store.formation(app)?;
         let mut instances = Vec::new();
@@ -379,7 +454,11 @@ impl Apps {
                     stop_grace: self.cfg.stop_timeout,
                     release: version,
                 };
-                instances.push(Instance::spawn(spec, self.logs.clone(), self.events.clone()));
+                instances.push(Instance::spawn(
+                    spec,
+                    self.logs.clone(),
+                    self.events.clone(),
+                ));
             }
         }
         Ok(instances)
@@ -414,19 +493,36 @@ impl Apps {
             let name = app.name;
             match self.store.current_release(&name) {
                 Ok(Some(rel)) if rel.slug.is_some() => {
-                    let res = self.start_instances(&name, rel.version, &rel.process_types, &rel.config, rel.slug.as_deref());
+                    let res = self.start_instances(
+                        &name,
+                        rel.version,
+                        &rel.process_types,
+                        &rel.config,
+                        rel.slug.as_deref(),
+                    );
                     match res {
                         Ok(instances) => {
-                            self.logs.append(&name, "mar[api]", &format!("Restoring release v{} after start", rel.version));
-                            self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                                name.clone(),
-                                Running {
-                                    release: rel.version,
-                                    instances,
-                                },
+                            self.logs.append(
+                                &name,
+                                "mar[api]",
+                                &format!("Restoring release v{} after start", rel.version),
                             );
+                            self.running
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(
+                                    name.clone(),
+                                    Running {
+                                        release: rel.version,
+                                        instances,
+                                    },
+                                );
                         }
-                        Err(e) => self.logs.append(&name, "mar[api]", &format!("Cannot restore v{}: {e}", rel.version)),
+                        Err(e) => self.logs.append(
+                            &name,
+                            "mar[api]",
+                            &format!("Cannot restore v{}: {e}", rel.version),
+                        ),
                     }
                 }
                 Ok(_) => {}
@@ -438,7 +534,11 @@ impl Apps {
 
     /// Stops an app's processes and forgets its routes (before destroying it).
     pub async fn stop_app(&self, app: &AppName) {
-        let run = self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(app);
+        let run = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(app);
         self.routes.remove(app);
         if let Some(run) = run {
             futures_util::future::join_all(run.instances.iter().map(|i| i.stop())).await;
@@ -454,13 +554,20 @@ impl Apps {
             .drain()
             .map(|(_, r)| r)
             .collect();
-        let stops = all.iter().flat_map(|r| r.instances.iter()).map(|i| i.stop());
+        let stops = all
+            .iter()
+            .flat_map(|r| r.instances.iter())
+            .map(|i| i.stop());
         futures_util::future::join_all(stops).await;
     }
 
     /// `http://APP.DOMAIN:PORT/`.
     pub fn web_url(&self, app: &AppName) -> String {
-        format!("http://{app}.{}{}/", self.cfg.domain, port_suffix(self.cfg.listen.port()))
+        format!(
+            "http://{app}.{}{}/",
+            self.cfg.domain,
+            port_suffix(self.cfg.listen.port())
+        )
     }
 }
 
@@ -471,7 +578,11 @@ struct Timings {
 
 /// `:8080`, or nothing for port 80.
 pub(crate) fn port_suffix(port: u16) -> String {
-    if port == 80 { String::new() } else { format!(":{port}") }
+    if port == 80 {
+        String::new()
+    } else {
+        format!(":{port}")
+    }
 }
 
 fn build_id(commit: &str) -> String {
@@ -479,7 +590,11 @@ fn build_id(commit: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    let short: String = commit.chars().filter(char::is_ascii_hexdigit).take(7).collect();
+    let short: String = commit
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(7)
+        .collect();
     format!("{ms}-{short}")
 }
 
@@ -493,14 +608,19 @@ fn build_user(cfg: &Config) -> Option<(u32, u32)> {
     let user = match nix::unistd::User::from_name(&cfg.build_user) {
         Ok(Some(u)) => u,
         _ => {
-            tracing::warn!("build user {:?} does not exist; builds run as root", cfg.build_user);
+            tracing::warn!(
+                "build user {:?} does not exist; builds run as root",
+                cfg.build_user
+            );
             return None;
         }
     };
     use std::os::unix::fs::PermissionsExt;
     let mut dir = Some(cfg.data_dir.as_path());
     while let Some(d) = dir {
-        let searchable = std::fs::metadata(d).map(|m| m.permissions().mode() & 0o001 != 0).unwrap_or(false);
+        let searchable = std::fs::metadata(d)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false);
         if !searchable {
             eprintln!(
                 "mar: builds run as root, because {} is not searchable by the build user {:?} (chmod o+x it to isolate builds)",

@@ -79,7 +79,11 @@ pub struct Config {
 
 impl Config {
     /// Loads `mar.yaml` from `data_dir` (if present) and applies `overrides` on top.
-    pub fn load(data_dir: &Path, overrides: &Overrides, mar_exe: PathBuf) -> Result<Self, ConfigError> {
+    pub fn load(
+        data_dir: &Path,
+        overrides: &Overrides,
+        mar_exe: PathBuf,
+    ) -> Result<Self, ConfigError> {
         let path = data_dir.join("mar.yaml");
         let file: FileConfig = match std::fs::read_to_string(&path) {
             Ok(text) if text.trim().is_empty() => FileConfig::default(),
@@ -131,7 +135,11 @@ mod tests {
     #[test]
     fn unknown_key_is_named() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("mar.yaml"), "listen: 127.0.0.1:0\nlisten_port: 9\n").unwrap();
+        std::fs::write(
+            d.path().join("mar.yaml"),
+            "listen: 127.0.0.1:0\nlisten_port: 9\n",
+        )
+        .unwrap();
         let err = Config::load(d.path(), &Overrides::default(), "mar".into()).unwrap_err();
         assert!(err.to_string().contains("listen_port"), "{err}");
     }
@@ -139,10 +147,17 @@ mod tests {
     #[test]
     fn flags_win_over_file() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("mar.yaml"), "listen: 127.0.0.1:7000\ndomain: example.test\nboot_timeout: 5\n").unwrap();
+        std::fs::write(
+            d.path().join("mar.yaml"),
+            "listen: 127.0.0.1:7000\ndomain: example.test\nboot_timeout: 5\n",
+        )
+        .unwrap();
         let c = Config::load(
             d.path(),
-            &Overrides { listen: Some("127.0.0.1:0".into()), domain: None },
+            &Overrides {
+                listen: Some("127.0.0.1:0".into()),
+                domain: None,
+            },
             "mar".into(),
         )
         .unwrap();

@@ -116,7 +116,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         path: data_dir.clone(),
         source,
     };
-    for d in [paths.root().to_owned(), paths.logs(), paths.builds(), paths.root().join("apps")] {
+    for d in [
+        paths.root().to_owned(),
+        paths.logs(),
+        paths.builds(),
+        paths.root().join("apps"),
+    ] {
         std::fs::create_dir_all(&d).map_err(dd)?;
     }
     // Leftovers of builds interrupted by a crash or kill of the previous run.
@@ -130,7 +135,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     let store = Arc::new(Store::open(&paths.db())?);
     // The state database is the platform's alone; apps must not read it.
     for f in ["mar.db", "mar.db-wal", "mar.db-shm"] {
-        let _ = std::fs::set_permissions(paths.root().join(f), std::fs::Permissions::from_mode(0o600));
+        let _ =
+            std::fs::set_permissions(paths.root().join(f), std::fs::Permissions::from_mode(0o600));
     }
     let logs = Arc::new(Logs::open(&paths.logs()).map_err(dd)?);
     let routes = Arc::new(RouteTable::new(&cfg.domain));
@@ -138,15 +144,27 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
-        .map_err(|source| RuntimeError::Bind { addr: cfg.listen, source })?;
-    let addr = listener
-        .local_addr()
-        .map_err(|source| RuntimeError::Bind { addr: cfg.listen, source })?;
+        .map_err(|source| RuntimeError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| RuntimeError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
     let mut cfg = cfg;
     cfg.listen = addr;
     let cfg = Arc::new(cfg);
-    let self_ip = if addr.ip().is_unspecified() { "127.0.0.1".to_owned() } else { addr.ip().to_string() };
-    let self_url = if addr.is_ipv6() { format!("http://[{self_ip}]:{}", addr.port()) } else { format!("http://{self_ip}:{}", addr.port()) };
+    let self_ip = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        addr.ip().to_string()
+    };
+    let self_url = if addr.is_ipv6() {
+        format!("http://[{self_ip}]:{}", addr.port())
+    } else {
+        format!("http://{self_ip}:{}", addr.port())
+    };
     let serve_info = serde_json::json!({ "url": self_url, "pid": std::process::id() });
     std::fs::write(paths.serve_file(), serve_info.to_string()).map_err(dd)?;
 

@@ -13,7 +13,9 @@ pub struct Paths {
 impl Paths {
     /// The layout rooted at `root`.
     pub fn new(root: &Path) -> Self {
-        Self { root: root.to_owned() }
+        Self {
+            root: root.to_owned(),
+        }
     }
 
     /// The data directory itself.

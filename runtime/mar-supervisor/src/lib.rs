@@ -193,7 +193,9 @@ impl Instance {
 
     /// How many times it was restarted after crashing.
     pub fn restarts(&self) -> u32 {
-        self.shared.restarts.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared
+            .restarts
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits for the outcome of the first boot: `Ok` once up (for web: accepting on `$PORT`).
@@ -241,7 +243,8 @@ impl Actor {
 
     fn log(&self, text: &str) {
         let spec = self.spec();
-        self.logs.append(&spec.app, &format!("mar[{}]", spec.dyno()), text);
+        self.logs
+            .append(&spec.app, &format!("mar[{}]", spec.dyno()), text);
     }
 
     fn set_state(&self, state: State) {
@@ -270,7 +273,11 @@ impl Actor {
 
     async fn run(self) {
         let mut crashes: u32 = 0;
-        let mut port = if self.spec().is_web() { free_port() } else { None };
+        let mut port = if self.spec().is_web() {
+            free_port()
+        } else {
+            None
+        };
         loop {
             match self.run_once(&mut port).await {
                 Ended::Stopped => break,
@@ -281,7 +288,10 @@ impl Actor {
                     });
                     let delay = backoff(crashes);
                     if !delay.is_zero() {
-                        self.log(&format!("Restarting in {}s after {crashes} crashes", delay.as_secs()));
+                        self.log(&format!(
+                            "Restarting in {}s after {crashes} crashes",
+                            delay.as_secs()
+                        ));
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -342,8 +352,14 @@ impl Actor {
         let pid = child.id().unwrap_or(0);
         let source = format!("app[{}]", spec.dyno());
         for stream in [
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
         ]
         .into_iter()
         .flatten()
@@ -509,20 +525,39 @@ mod tests {
         let logs = Arc::new(Logs::open(&d.path().join("logs")).unwrap());
         let (tx, _rx) = mpsc::unbounded_channel();
         let inst = Instance::spawn(
-            spec(d.path(), "web", "echo \"greeting=$GREETING dyno=$DYNO\"; exec python3 -m http.server $PORT --bind 127.0.0.1"),
+            spec(
+                d.path(),
+                "web",
+                "echo \"greeting=$GREETING dyno=$DYNO\"; exec python3 -m http.server $PORT --bind 127.0.0.1",
+            ),
             logs.clone(),
             tx,
         );
         inst.first_boot().await.unwrap();
-        let State::Up { port: Some(port), .. } = inst.state() else { panic!("not up") };
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let State::Up {
+            port: Some(port), ..
+        } = inst.state()
+        else {
+            panic!("not up")
+        };
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
         inst.stop().await;
         assert_eq!(inst.state(), State::Down);
         let app = AppName::parse("t").unwrap();
-        let text: Vec<String> = logs.recent(&app, 100, 0).unwrap().into_iter().map(|l| l.render()).collect();
+        let text: Vec<String> = logs
+            .recent(&app, 100, 0)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.render())
+            .collect();
         let all = text.join("\n");
         assert!(all.contains("app[web.1]: greeting=hi dyno=web.1"), "{all}");
-        assert!(all.contains("mar[web.1]: State changed from starting to up"), "{all}");
+        assert!(
+            all.contains("mar[web.1]: State changed from starting to up"),
+            "{all}"
+        );
     }
 
     #[tokio::test]
@@ -533,7 +568,10 @@ mod tests {
         let mut s = spec(d.path(), "web", "sleep 30");
         s.boot_timeout = Duration::from_millis(300);
         let inst = Instance::spawn(s, logs, tx);
-        assert!(matches!(inst.first_boot().await, Err(BootError::Timeout(_))));
+        assert!(matches!(
+            inst.first_boot().await,
+            Err(BootError::Timeout(_))
+        ));
         inst.stop().await;
     }
 
@@ -542,11 +580,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let logs = Arc::new(Logs::open(&d.path().join("logs")).unwrap());
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut s = spec(d.path(), "worker", "trap '' TERM; while true; do sleep 0.1; done");
+        let mut s = spec(
+            d.path(),
+            "worker",
+            "trap '' TERM; while true; do sleep 0.1; done",
+        );
         s.stop_grace = Duration::from_millis(300);
         let inst = Instance::spawn(s, logs, tx);
         inst.first_boot().await.unwrap();
-        let State::Up { pid, .. } = inst.state() else { panic!("not up") };
+        let State::Up { pid, .. } = inst.state() else {
+            panic!("not up")
+        };
         inst.stop().await;
         // The whole group is gone: signal 0 to the group fails.
         assert!(killpg(Pid::from_raw(pid as i32), None).is_err());

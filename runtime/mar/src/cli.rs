@@ -119,7 +119,9 @@ fn default_data_dir() -> PathBuf {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
     match &cli.command {
-        Command::Serve { listen, domain } => return serve(&data_dir, listen.clone(), domain.clone()).await,
+        Command::Serve { listen, domain } => {
+            return serve(&data_dir, listen.clone(), domain.clone()).await;
+        }
         Command::Hook { name } if name == "pre-receive" => return crate::hook::pre_receive().await,
         Command::Hook { name } => bail!("unknown hook {name:?}"),
         Command::AuthToken => {
@@ -161,15 +163,24 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("Web URL:   {}", info.web_url);
             println!("Git URL:   {}", info.git_url);
             println!("State:     {}", info.state);
-            println!("Release:   {}", info.release.map_or("none".to_owned(), |v| format!("v{v}")));
-            let dynos: Vec<String> = info.structure.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!(
+                "Release:   {}",
+                info.release.map_or("none".to_owned(), |v| format!("v{v}"))
+            );
+            let dynos: Vec<String> = info
+                .structure
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             println!("Formation: {}", dynos.join(" "));
             println!("Created:   {}", info.created_at);
         }
         Command::AppsDestroy { name, confirm } => {
             let app = AppName::parse(&name)?;
             if confirm.as_deref() != Some(app.as_str()) {
-                bail!("this destroys {app}, its releases, repository and logs; run again with --confirm {app}");
+                bail!(
+                    "this destroys {app}, its releases, repository and logs; run again with --confirm {app}"
+                );
             }
             client.destroy_app(app.as_str()).await?;
             if json {
@@ -184,7 +195,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (scheme, rest) = base.split_once("://").unwrap_or(("http", base.as_str()));
             let token = api_token(&data_dir)?;
             let url = format!("{scheme}://git:{token}@{rest}/{}.git", info.name);
-            let repo = git2::Repository::discover(".").context("not inside a git repository; run `git init` first")?;
+            let repo = git2::Repository::discover(".")
+                .context("not inside a git repository; run `git init` first")?;
             if repo.find_remote("mar").is_ok() {
                 repo.remote_set_url("mar", &url)?;
             } else {
@@ -215,20 +227,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let keys: Vec<String> = changes.keys().cloned().collect();
             eprint!("Setting {} and restarting {app}... ", keys.join(", "));
             let config = client.update_config(app.as_str(), &changes).await?;
-            let release = client.releases(app.as_str()).await?.first().map(|r| r.version);
+            let release = client
+                .releases(app.as_str())
+                .await?
+                .first()
+                .map(|r| r.version);
             eprintln!("done, v{}", release.unwrap_or(0));
             if json {
                 return print_json(&config);
             }
-            let shown: BTreeMap<String, String> = config.into_iter().filter(|(k, _)| keys.contains(k)).collect();
+            let shown: BTreeMap<String, String> = config
+                .into_iter()
+                .filter(|(k, _)| keys.contains(k))
+                .collect();
             print_config(&app, &shown);
         }
         Command::ConfigUnset { keys } => {
             let app = resolve_app(cli.app)?;
-            let changes: BTreeMap<String, Option<String>> = keys.iter().map(|k| (k.clone(), None)).collect();
+            let changes: BTreeMap<String, Option<String>> =
+                keys.iter().map(|k| (k.clone(), None)).collect();
             eprint!("Unsetting {} and restarting {app}... ", keys.join(", "));
             let config = client.update_config(app.as_str(), &changes).await?;
-            let release = client.releases(app.as_str()).await?.first().map(|r| r.version);
+            let release = client
+                .releases(app.as_str())
+                .await?
+                .first()
+                .map(|r| r.version);
             eprintln!("done, v{}", release.unwrap_or(0));
             if json {
                 return print_json(&config);
@@ -243,7 +267,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("=== {app} Releases");
             for r in releases {
                 let mark = if r.current { " (current)" } else { "" };
-                println!("v{:<4} {:<40} {}{mark}", r.version, r.description, r.created_at);
+                println!(
+                    "v{:<4} {:<40} {}{mark}",
+                    r.version, r.description, r.created_at
+                );
             }
         }
         Command::Ps => {
@@ -258,10 +285,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("=== {}: `{}`", p.process_type, p.command);
                     last_type = p.process_type.clone();
                 }
-                let uptime = p.uptime_secs.map_or(String::new(), |s| format!(" for {s}s"));
+                let uptime = p
+                    .uptime_secs
+                    .map_or(String::new(), |s| format!(" for {s}s"));
                 let port = p.port.map_or(String::new(), |p| format!(" port {p}"));
                 let pid = p.pid.map_or(String::new(), |p| format!(" pid {p}"));
-                println!("{}: {}{uptime} (v{}){port}{pid} restarts {}", p.dyno, p.state, p.release, p.restarts);
+                println!(
+                    "{}: {}{uptime} (v{}){port}{pid} restarts {}",
+                    p.dyno, p.state, p.release, p.restarts
+                );
             }
         }
         Command::Logs { num, tail } => {
@@ -317,7 +349,12 @@ fn resolve_app(name: Option<String>) -> anyhow::Result<AppName> {
 
 fn token(data_dir: &Path) -> anyhow::Result<String> {
     let path = data_dir.join("token");
-    let t = std::fs::read_to_string(&path).with_context(|| format!("cannot read the admin token at {} (has `mar serve` run with this data directory?)", path.display()))?;
+    let t = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read the admin token at {} (has `mar serve` run with this data directory?)",
+            path.display()
+        )
+    })?;
     Ok(t.trim().to_owned())
 }
 
@@ -337,36 +374,55 @@ fn client(data_dir: &Path) -> anyhow::Result<Client> {
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!("no running mar server found ({} is missing): start `mar serve`, or set MAR_API_URL and MAR_TOKEN", path.display())
             })?;
-            let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))?;
-            v["url"].as_str().context("serve.json has no url")?.to_owned()
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is corrupt", path.display()))?;
+            v["url"]
+                .as_str()
+                .context("serve.json has no url")?
+                .to_owned()
         }
     };
     Ok(Client::new(&url, &api_token(data_dir)?))
 }
 
-async fn serve(data_dir: &Path, listen: Option<String>, domain: Option<String>) -> anyhow::Result<ExitCode> {
+async fn serve(
+    data_dir: &Path,
+    listen: Option<String>,
+    domain: Option<String>,
+) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MAR_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MAR_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let data_dir = std::fs::canonicalize(data_dir)?;
     let exe = std::env::current_exe().context("cannot find the mar executable")?;
-    let cfg = match mar_runtime::Config::load(&data_dir, &mar_runtime::Overrides { listen, domain }, exe) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("mar: {e}");
-            // EX_USAGE: bad configuration, nothing was started.
-            return Ok(ExitCode::from(64));
-        }
-    };
+    let cfg =
+        match mar_runtime::Config::load(&data_dir, &mar_runtime::Overrides { listen, domain }, exe)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("mar: {e}");
+                // EX_USAGE: bad configuration, nothing was started.
+                return Ok(ExitCode::from(64));
+            }
+        };
     let domain = cfg.domain.clone();
     let shutdown = CancellationToken::new();
     let started = mar_runtime::start(cfg, shutdown.clone()).await?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "mar listening on http://{}", started.addr)?;
-        writeln!(out, "apps are served at http://APP.{domain}:{}/; data in {}", started.addr.port(), data_dir.display())?;
+        writeln!(
+            out,
+            "apps are served at http://APP.{domain}:{}/; data in {}",
+            started.addr.port(),
+            data_dir.display()
+        )?;
         out.flush()?;
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -26,7 +26,8 @@ fn say(line: &str) {
 
 /// Runs the pre-receive hook.
 pub async fn pre_receive() -> anyhow::Result<ExitCode> {
-    let url = std::env::var("MAR_HOOK_URL").context("MAR_HOOK_URL is not set: this command is run by git during a push to mar")?;
+    let url = std::env::var("MAR_HOOK_URL")
+        .context("MAR_HOOK_URL is not set: this command is run by git during a push to mar")?;
     let token = std::env::var("MAR_HOOK_TOKEN").context("MAR_HOOK_TOKEN is not set")?;
     let app = std::env::var("MAR_APP").context("MAR_APP is not set")?;
 
@@ -42,12 +43,16 @@ pub async fn pre_receive() -> anyhow::Result<ExitCode> {
     for (_, new, name) in &updates {
         let branch = name.strip_prefix("refs/heads/");
         if !matches!(branch, Some("main") | Some("master")) {
-            say(&format!(" !     mini-MAR deploys only the main or master branch, not {name}."));
+            say(&format!(
+                " !     mini-MAR deploys only the main or master branch, not {name}."
+            ));
             say(" !     Push your branch to main instead: git push mar HEAD:main");
             return Ok(ExitCode::FAILURE);
         }
         if new == ZERO {
-            say(&format!(" !     Deleting {name} is not allowed: it is the deployed branch."));
+            say(&format!(
+                " !     Deleting {name} is not allowed: it is the deployed branch."
+            ));
             return Ok(ExitCode::FAILURE);
         }
         if deploy.is_some() {
@@ -56,7 +61,9 @@ pub async fn pre_receive() -> anyhow::Result<ExitCode> {
         }
         deploy = Some(new.clone());
     }
-    let Some(commit) = deploy else { return Ok(ExitCode::SUCCESS) };
+    let Some(commit) = deploy else {
+        return Ok(ExitCode::SUCCESS);
+    };
 
     let mut archive = tokio::process::Command::new("git")
         .args(["archive", "--format=tar", &commit])
@@ -65,7 +72,8 @@ pub async fn pre_receive() -> anyhow::Result<ExitCode> {
         .spawn()
         .context("cannot run git archive")?;
     let stdout = archive.stdout.take().context("git archive has no stdout")?;
-    let body = StreamBody::new(tokio_util::io::ReaderStream::new(stdout).map_ok(Frame::data)).boxed_unsync();
+    let body = StreamBody::new(tokio_util::io::ReaderStream::new(stdout).map_ok(Frame::data))
+        .boxed_unsync();
     let client = mar_sdk::Client::new(&url, &token);
     let mut out = match client.build(&app, &commit, body).await {
         Ok(out) => out,

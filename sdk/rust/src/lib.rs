@@ -98,7 +98,9 @@ impl Lines {
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -120,7 +122,13 @@ impl Client {
         &self.base
     }
 
-    async fn send(&self, method: Method, path: &str, body: RequestBody, ctype: &str) -> Result<hyper::Response<Incoming>, SdkError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: RequestBody,
+        ctype: &str,
+    ) -> Result<hyper::Response<Incoming>, SdkError> {
         let url = format!("{}{}", self.base, path);
         let req = Request::builder()
             .method(method)
@@ -130,10 +138,14 @@ impl Client {
             .header(header::CONTENT_TYPE, ctype)
             .body(body)
             .map_err(|_| SdkError::Url(url.clone()))?;
-        let resp = self.http.request(req).await.map_err(|source| SdkError::Connect {
-            url: self.base.clone(),
-            source,
-        })?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|source| SdkError::Connect {
+                url: self.base.clone(),
+                source,
+            })?;
         if resp.status().is_client_error() || resp.status().is_server_error() {
             let status = resp.status();
             let bytes = resp.into_body().collect().await?.to_bytes();
@@ -153,12 +165,19 @@ impl Client {
         Ok(resp)
     }
 
-    async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> Result<T, SdkError> {
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, SdkError> {
         let bytes = match body {
             Some(v) => Bytes::from(serde_json::to_vec(&v)?),
             None => Bytes::new(),
         };
-        let body = Full::new(bytes).map_err(|never| match never {}).boxed_unsync();
+        let body = Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync();
         let resp = self.send(method, path, body, "application/json").await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
@@ -170,66 +189,123 @@ impl Client {
 
     /// `GET /v1/apps`.
     pub async fn apps(&self) -> Result<Vec<AppInfo>, SdkError> {
-        Ok(self.json::<Results<AppInfo>>(Method::GET, "/v1/apps", None).await?.results)
+        Ok(self
+            .json::<Results<AppInfo>>(Method::GET, "/v1/apps", None)
+            .await?
+            .results)
     }
 
     /// `POST /v1/apps`.
     pub async fn create_app(&self, name: &str) -> Result<AppInfo, SdkError> {
-        self.json(Method::POST, "/v1/apps", Some(serde_json::json!({ "name": name }))).await
+        self.json(
+            Method::POST,
+            "/v1/apps",
+            Some(serde_json::json!({ "name": name })),
+        )
+        .await
     }
 
     /// `GET /v1/apps/APP`.
     pub async fn app(&self, name: &str) -> Result<AppInfo, SdkError> {
-        self.json(Method::GET, &format!("/v1/apps/{}", enc(name)), None).await
+        self.json(Method::GET, &format!("/v1/apps/{}", enc(name)), None)
+            .await
     }
 
     /// `DELETE /v1/apps/APP`.
     pub async fn destroy_app(&self, name: &str) -> Result<(), SdkError> {
-        self.json::<serde_json::Value>(Method::DELETE, &format!("/v1/apps/{}", enc(name)), None).await?;
+        self.json::<serde_json::Value>(Method::DELETE, &format!("/v1/apps/{}", enc(name)), None)
+            .await?;
         Ok(())
     }
 
     /// `GET /v1/apps/APP/config`.
     pub async fn config(&self, app: &str) -> Result<BTreeMap<String, String>, SdkError> {
-        self.json(Method::GET, &format!("/v1/apps/{}/config", enc(app)), None).await
+        self.json(Method::GET, &format!("/v1/apps/{}/config", enc(app)), None)
+            .await
     }
 
     /// `PATCH /v1/apps/APP/config`: sets the given vars, unsets those mapped to `None`, makes a
     /// release and restarts the app. Returns the new config.
-    pub async fn update_config(&self, app: &str, changes: &BTreeMap<String, Option<String>>) -> Result<BTreeMap<String, String>, SdkError> {
-        self.json(Method::PATCH, &format!("/v1/apps/{}/config", enc(app)), Some(serde_json::to_value(changes)?)).await
+    pub async fn update_config(
+        &self,
+        app: &str,
+        changes: &BTreeMap<String, Option<String>>,
+    ) -> Result<BTreeMap<String, String>, SdkError> {
+        self.json(
+            Method::PATCH,
+            &format!("/v1/apps/{}/config", enc(app)),
+            Some(serde_json::to_value(changes)?),
+        )
+        .await
     }
 
     /// `GET /v1/apps/APP/releases`, newest first.
     pub async fn releases(&self, app: &str) -> Result<Vec<ReleaseInfo>, SdkError> {
-        Ok(self.json::<Results<ReleaseInfo>>(Method::GET, &format!("/v1/apps/{}/releases", enc(app)), None).await?.results)
+        Ok(self
+            .json::<Results<ReleaseInfo>>(
+                Method::GET,
+                &format!("/v1/apps/{}/releases", enc(app)),
+                None,
+            )
+            .await?
+            .results)
     }
 
     /// `GET /v1/apps/APP/ps`.
     pub async fn processes(&self, app: &str) -> Result<Vec<ProcessInfo>, SdkError> {
-        Ok(self.json::<Results<ProcessInfo>>(Method::GET, &format!("/v1/apps/{}/ps", enc(app)), None).await?.results)
+        Ok(self
+            .json::<Results<ProcessInfo>>(Method::GET, &format!("/v1/apps/{}/ps", enc(app)), None)
+            .await?
+            .results)
     }
 
     /// `GET /v1/apps/APP/logs?limit=&offset=`, oldest first.
-    pub async fn logs(&self, app: &str, limit: usize, offset: usize) -> Result<Vec<LogEntry>, SdkError> {
+    pub async fn logs(
+        &self,
+        app: &str,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<LogEntry>, SdkError> {
         let path = format!("/v1/apps/{}/logs?limit={limit}&offset={offset}", enc(app));
-        Ok(self.json::<Results<LogEntry>>(Method::GET, &path, None).await?.results)
+        Ok(self
+            .json::<Results<LogEntry>>(Method::GET, &path, None)
+            .await?
+            .results)
     }
 
     /// `GET /v1/apps/APP/logs/stream?lines=N`: the last N lines, then new ones as they come.
     pub async fn follow_logs(&self, app: &str, lines: usize) -> Result<Lines, SdkError> {
-        let body = Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync();
+        let body = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync();
         let path = format!("/v1/apps/{}/logs/stream?lines={lines}", enc(app));
-        let resp = self.send(Method::GET, &path, body, "application/json").await?;
-        Ok(Lines { body: resp.into_body(), buf: Vec::new(), done: false })
+        let resp = self
+            .send(Method::GET, &path, body, "application/json")
+            .await?;
+        Ok(Lines {
+            body: resp.into_body(),
+            buf: Vec::new(),
+            done: false,
+        })
     }
 
     /// `POST /v1/apps/APP/builds?commit=SHA` with a tar of the source: builds and deploys,
     /// streaming the output. The last line starts with [`BUILD_RESULT_MARK`].
-    pub async fn build(&self, app: &str, commit: &str, tar: RequestBody) -> Result<Lines, SdkError> {
+    pub async fn build(
+        &self,
+        app: &str,
+        commit: &str,
+        tar: RequestBody,
+    ) -> Result<Lines, SdkError> {
         let path = format!("/v1/apps/{}/builds?commit={}", enc(app), enc(commit));
-        let resp = self.send(Method::POST, &path, tar, "application/x-tar").await?;
-        Ok(Lines { body: resp.into_body(), buf: Vec::new(), done: false })
+        let resp = self
+            .send(Method::POST, &path, tar, "application/x-tar")
+            .await?;
+        Ok(Lines {
+            body: resp.into_body(),
+            buf: Vec::new(),
+            done: false,
+        })
     }
 }
 

@@ -1,0 +1,228 @@
+//! Deploying the examples with `git push`: build output, traffic through the router, the
+//! environment apps get, config changes, and apps coming back after a restart of `mar serve`.
+
+use mar_tests::{MarServer, repo_root};
+
+fn example(name: &str) -> std::path::PathBuf {
+    repo_root().join("examples").join(name)
+}
+
+#[tokio::test]
+async fn shell_app_deploys_and_gets_port_dyno_and_config() {
+    let mar = MarServer::start();
+    mar.create_app("hello");
+    let repo = mar.repo_from(&example("shell-hello"));
+    let push = repo.push(&mar.git_url("hello"), "main");
+    assert!(push.ok(), "push failed:\n{}", push.all());
+    let out = push.stderr;
+    for line in [
+        "remote: -----> Building on the mar-24 stack",
+        "remote: -----> Procfile app detected",
+        "remote: -----> Discovering process types",
+        "remote:        Procfile declares types -> web, worker",
+        "remote: -----> Compiled slug size is ",
+        "remote: -----> Launching... done, v1",
+        &format!(
+            "remote:        http://hello.localhost:{}/ deployed to mini-MAR",
+            mar.addr.port()
+        ),
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+
+    let r = mar.get("hello.localhost", "/").await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("Hello from mini-MAR"), "{}", r.body);
+    let port = mar.get("hello.localhost", "/env/PORT").await;
+    assert!(
+        port.body.trim().parse::<u16>().is_ok(),
+        "PORT = {:?}",
+        port.body
+    );
+    assert_eq!(
+        mar.get("hello.localhost", "/env/DYNO").await.body.trim(),
+        "web.1"
+    );
+    // The router's forwarded headers reach the app.
+    let xff = mar.get("hello.localhost:1234", "/env/NOPE").await;
+    assert_eq!(xff.status, 404, "an app's own 404 passes through untouched");
+
+    // A POST body streams to the app and back.
+    let big = "x".repeat(300_000);
+    let echo = mar.http("POST", "hello.localhost", "/echo", &big).await;
+    assert_eq!(echo.status, 200);
+    assert_eq!(echo.body.len(), big.len());
+
+    // Config vars: a new release, a restart, the new environment.
+    let set = mar.mar_in(
+        &[
+            "config:set",
+            "GREETING=bonjour tout le monde",
+            "-a",
+            "hello",
+        ],
+        &repo.dir,
+    );
+    assert!(set.ok(), "{}", set.all());
+    assert!(set.stderr.contains("done, v2"), "{}", set.all());
+    assert_eq!(
+        mar.get("hello.localhost", "/env/GREETING")
+            .await
+            .body
+            .trim(),
+        "bonjour tout le monde"
+    );
+    let releases = mar.mar(&["releases", "-a", "hello", "--json"]);
+    let releases: serde_json::Value = serde_json::from_str(&releases.stdout).unwrap();
+    assert_eq!(releases[0]["version"], 2);
+    assert_eq!(releases[0]["description"], "Set GREETING config vars");
+    assert!(
+        releases[1]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Deploy ")
+    );
+
+    // The app is found from the git remote when -a is not given.
+    let remote = mar.mar_in(&["git:remote", "hello"], &repo.dir);
+    assert!(remote.ok(), "{}", remote.all());
+    let unset = mar.mar_in(&["config:unset", "GREETING"], &repo.dir);
+    assert!(unset.ok(), "{}", unset.all());
+    assert_eq!(
+        mar.get("hello.localhost", "/env/GREETING").await.status,
+        404
+    );
+    let config = mar.mar_in(&["config", "--json"], &repo.dir);
+    assert_eq!(config.stdout.trim(), "{}");
+
+    let ps = mar.mar_in(&["ps", "--json"], &repo.dir);
+    let ps: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
+    assert_eq!(ps[0]["dyno"], "web.1");
+    assert_eq!(ps[0]["state"], "up");
+    assert_eq!(ps[0]["release"], 3);
+
+    // Logs: app output and platform lines, in the CLI and in the old MAR API shape.
+    let logs = mar.mar_in(&["logs", "-n", "200"], &repo.dir);
+    assert!(
+        logs.stdout.contains(" app[web.1]: shell-hello listening"),
+        "{}",
+        logs.stdout
+    );
+    assert!(
+        logs.stdout
+            .contains(" mar[web.1]: State changed from starting to up"),
+        "{}",
+        logs.stdout
+    );
+    let api = mar
+        .api("GET", "/v1/apps/hello/logs?limit=5&offset=0", "")
+        .await;
+    assert_eq!(api.status, 200);
+    let results = api.json()["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 5);
+    assert!(results[0]["time"].as_str().unwrap().ends_with('Z'));
+    assert!(results[0]["log"].as_str().unwrap().contains(": "));
+    let bad = mar.api("GET", "/v1/apps/hello/logs?limit=lots", "").await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+}
+
+#[tokio::test]
+async fn restart_of_mar_serve_brings_apps_back_and_shutdown_stops_them() {
+    let mar = MarServer::start();
+    mar.create_app("survivor");
+    let repo = mar.repo_from(&example("shell-hello"));
+    assert!(repo.push(&mar.git_url("survivor"), "main").ok());
+    assert_eq!(mar.get("survivor.localhost", "/").await.status, 200);
+
+    let mar = mar.restart();
+    // The app boots again in the background; until then the router answers H20.
+    let r = mar_tests::eventually(std::time::Duration::from_secs(20), || async {
+        let r = mar.get("survivor.localhost", "/").await;
+        (r.status != 503).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let apps = mar.mar(&["apps", "--json"]);
+    assert!(apps.stdout.contains("\"survivor\""), "{}", apps.stdout);
+
+    // After a graceful stop no app process is left behind.
+    let data_dir = mar.data_dir.clone();
+    let status = mar.stop();
+    assert!(status.success(), "{status}");
+    let ps = std::process::Command::new("pgrep")
+        .args(["-f", &data_dir.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(
+        ps.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+}
+
+#[tokio::test]
+async fn python_app_builds_with_pip_and_serves() {
+    let mar = MarServer::start();
+    mar.create_app("py");
+    let repo = mar.repo_from(&example("python-hello"));
+    let push = repo.push(&mar.git_url("py"), "main");
+    assert!(push.ok(), "push failed:\n{}", push.all());
+    assert!(
+        push.stderr.contains("remote: -----> Python app detected"),
+        "{}",
+        push.stderr
+    );
+    assert!(
+        push.stderr.contains("remote: -----> Launching... done, v1"),
+        "{}",
+        push.stderr
+    );
+    let r = mar.get("py.localhost", "/").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("Hello from mini-MAR (Python)"),
+        "{}",
+        r.body
+    );
+
+    // A second push uses the warm build cache.
+    repo.write("CHANGES.txt", "second deploy\n");
+    repo.commit("second");
+    let push = repo.push(&mar.git_url("py"), "main");
+    assert!(push.ok(), "{}", push.all());
+    assert!(
+        push.stderr.contains("Using cached virtualenv"),
+        "{}",
+        push.stderr
+    );
+    assert!(
+        push.stderr.contains("Launching... done, v2"),
+        "{}",
+        push.stderr
+    );
+    assert_eq!(
+        mar.get("py.localhost", "/env/DYNO").await.body.trim(),
+        "web.1"
+    );
+}
+
+#[tokio::test]
+async fn node_app_installs_from_npm_and_serves() {
+    let mar = MarServer::start();
+    mar.create_app("node");
+    let repo = mar.repo_from(&example("node-hello"));
+    let push = repo.push(&mar.git_url("node"), "main");
+    assert!(push.ok(), "push failed:\n{}", push.all());
+    assert!(
+        push.stderr.contains("remote: -----> Node.js app detected"),
+        "{}",
+        push.stderr
+    );
+    let r = mar.get("node.localhost", "/").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("Hello from mini-MAR (Node.js"),
+        "{}",
+        r.body
+    );
+}

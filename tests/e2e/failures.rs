@@ -1,0 +1,225 @@
+//! Bad input gets a clear error and loses nothing: every failed push is rejected with a
+//! message, and the previous release keeps serving.
+
+use mar_tests::{MarServer, repo_root};
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    repo_root().join("tests/fixtures/apps").join(name)
+}
+
+/// Deploys shell-hello as v1 so that each failure below can prove v1 still serves.
+async fn serving_app(mar: &MarServer, app: &str) {
+    mar.create_app(app);
+    let repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    let push = repo.push(&mar.git_url(app), "main");
+    assert!(push.ok(), "{}", push.all());
+}
+
+async fn assert_still_serving_v1(mar: &MarServer, app: &str) {
+    let r = mar.get(&format!("{app}.localhost"), "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("Hello from mini-MAR"));
+    let releases = mar.mar(&["releases", "-a", app, "--json"]);
+    let releases: serde_json::Value = serde_json::from_str(&releases.stdout).unwrap();
+    assert_eq!(
+        releases.as_array().unwrap().len(),
+        1,
+        "a failed push made a release: {releases}"
+    );
+}
+
+fn assert_rejected(push: &mar_tests::CmdOutput, expected: &[&str]) {
+    assert!(!push.ok(), "push should fail:\n{}", push.all());
+    assert!(
+        push.stderr
+            .contains("[remote rejected] main -> main (pre-receive hook declined)"),
+        "{}",
+        push.stderr
+    );
+    for e in expected {
+        assert!(
+            push.stderr.contains(e),
+            "missing {e:?} in:\n{}",
+            push.stderr
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_procfiles_are_refused_with_their_line() {
+    let mar = MarServer::start();
+    serving_app(&mar, "proc").await;
+    let bad = mar.repo_from(&fixture("bad-procfile"));
+    let push = bad.push(&mar.git_url("proc"), "main");
+    assert_rejected(
+        &push,
+        &[
+            "remote:  !     Procfile line 2: expected `TYPE: command`, found \"this line has no colon\"",
+            "the previous release keeps serving",
+        ],
+    );
+    let dup = mar.repo_from(&fixture("duplicate-procfile"));
+    let push = dup.push(&mar.git_url("proc"), "main");
+    assert_rejected(
+        &push,
+        &["Procfile line 3: process type web is declared twice (first on line 1)"],
+    );
+    assert_still_serving_v1(&mar, "proc").await;
+}
+
+#[tokio::test]
+async fn undetectable_app_and_failing_buildpacks_are_rejected() {
+    let mar = MarServer::start();
+    serving_app(&mar, "fails").await;
+    let none = mar.repo_from(&fixture("no-buildpack"));
+    let push = none.push(&mar.git_url("fails"), "main");
+    assert_rejected(&push, &["Unable to select a buildpack"]);
+
+    let failing = repo_root().join("tests/fixtures/buildpacks/failing");
+    let set = mar.mar(&[
+        "config:set",
+        &format!("BUILDPACK_URL={}", failing.display()),
+        "-a",
+        "fails",
+    ]);
+    assert!(set.ok(), "{}", set.all());
+    let repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    // A different commit from v1's, so git has something to push.
+    repo.write("VERSION", "2\n");
+    repo.commit("second");
+    let push = repo.push(&mar.git_url("fails"), "main");
+    assert_rejected(
+        &push,
+        &[
+            "remote: -----> Failing on purpose",
+            "Failing buildpack failed to compile the app (exit status",
+        ],
+    );
+    let r = mar.get("fails.localhost", "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
+async fn pip_failure_rejects_the_push() {
+    let mar = MarServer::start();
+    serving_app(&mar, "pipfail").await;
+    let repo = mar.repo_from(&fixture("failing-build"));
+    let push = repo.push(&mar.git_url("pipfail"), "main");
+    assert_rejected(
+        &push,
+        &[
+            "remote: -----> Python app detected",
+            "Python buildpack failed to compile",
+        ],
+    );
+    assert_still_serving_v1(&mar, "pipfail").await;
+}
+
+#[tokio::test]
+async fn web_that_never_binds_or_crashes_fails_the_deploy() {
+    let mar = MarServer::start_with(Some("boot_timeout: 2\n"));
+    serving_app(&mar, "boot").await;
+    let never = mar.repo_from(&fixture("never-binds"));
+    let push = never.push(&mar.git_url("boot"), "main");
+    assert_rejected(
+        &push,
+        &[
+            "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within 2 seconds of launch",
+            "The previous release keeps serving",
+        ],
+    );
+    let crash = mar.repo_from(&fixture("crash-at-once"));
+    let push = crash.push(&mar.git_url("boot"), "main");
+    assert_rejected(
+        &push,
+        &[
+            "process exited during boot: 3",
+            "app[web.1]: about to crash",
+        ],
+    );
+    assert_still_serving_v1(&mar, "boot").await;
+}
+
+#[tokio::test]
+async fn hanging_build_is_killed_and_a_concurrent_push_is_refused() {
+    let mar = MarServer::start_with(Some("build_timeout: 8\n"));
+    mar.create_app("slow");
+    let hanging = repo_root().join("tests/fixtures/buildpacks/hanging");
+    assert!(
+        mar.mar(&[
+            "config:set",
+            &format!("BUILDPACK_URL={}", hanging.display()),
+            "-a",
+            "slow"
+        ])
+        .ok()
+    );
+    let repo = mar.repo_from(&fixture("hanging-build"));
+
+    // Start the hanging push and wait until its build is running (its output says so).
+    let mut first = repo
+        .cmd(&["push", &mar.git_url("slow"), "main"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = first.stderr.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 1024];
+    while !seen.contains("Hanging on purpose") {
+        use std::io::Read;
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "first push ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let second = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    let push = second.push(&mar.git_url("slow"), "main");
+    assert_rejected(&push, &["another deploy of slow is in progress"]);
+
+    let mut rest = String::new();
+    use std::io::Read;
+    stderr.read_to_string(&mut rest).unwrap();
+    let status = first.wait().unwrap();
+    assert!(!status.success());
+    assert!(
+        rest.contains("build timed out after 8s and was stopped"),
+        "{seen}{rest}"
+    );
+    // The killed buildpack left no process behind.
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", "sleep infinity"])
+        .output()
+        .unwrap();
+    assert!(left.stdout.is_empty(), "hanging buildpack still running");
+}
+
+#[tokio::test]
+async fn other_branches_and_branch_deletion_are_refused() {
+    let mar = MarServer::start();
+    serving_app(&mar, "branches").await;
+    let repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    let push = repo.push(&mar.git_url("branches"), "main:feature");
+    assert!(!push.ok());
+    assert!(
+        push.stderr
+            .contains("mini-MAR deploys only the main or master branch, not refs/heads/feature"),
+        "{}",
+        push.stderr
+    );
+    let push = repo.push(&mar.git_url("branches"), ":main");
+    assert!(!push.ok());
+    assert!(
+        push.stderr
+            .contains("Deleting refs/heads/main is not allowed"),
+        "{}",
+        push.stderr
+    );
+    // master deploys like main.
+    let push = repo.push(&mar.git_url("branches"), "main:master");
+    assert!(push.ok(), "{}", push.all());
+    assert!(
+        push.stderr.contains("Launching... done, v2"),
+        "{}",
+        push.stderr
+    );
+}

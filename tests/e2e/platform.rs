@@ -1,0 +1,214 @@
+//! The platform itself: start-up and shutdown, auth, names, error pages, the API's shape.
+
+use mar_tests::{MarServer, mar_bin, repo_root};
+
+#[tokio::test]
+async fn serve_reports_its_port_and_stops_cleanly() {
+    let mar = MarServer::start();
+    assert_ne!(mar.addr.port(), 0);
+    let r = mar.get("localhost", "/healthz").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    // The token file is private to the server's user.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(mar.data_dir.join("token"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = mar.mar(&["auth:token"]);
+    assert_eq!(token.stdout.trim(), mar.token());
+    let status = mar.stop();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
+async fn unknown_config_key_is_named_and_nothing_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("mar.yaml"),
+        "listen: 127.0.0.1:0\nlisten_prot: 1\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(mar_bin())
+        .args(["serve", "--data-dir"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `listen_prot`"), "{err}");
+}
+
+#[tokio::test]
+async fn api_and_git_need_the_token() {
+    let mar = MarServer::start();
+    let none = mar.http("GET", "localhost", "/v1/apps", "").await;
+    assert_eq!(none.status, 401);
+    assert!(
+        none.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing API token")
+    );
+    let wrong = mar_tests::http(
+        mar.addr,
+        "GET",
+        "localhost",
+        "/v1/apps",
+        &[("authorization", "Bearer nope")],
+        Default::default(),
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert!(
+        wrong.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid API token")
+    );
+
+    mar.create_app("guarded");
+    let repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    let url = format!("http://git:wrong-token@{}/guarded.git", mar.addr);
+    let push = repo.push(&url, "main");
+    assert!(!push.ok());
+    assert!(
+        push.stderr
+            .contains("remote: mini-MAR: authentication failed"),
+        "{}",
+        push.stderr
+    );
+    // CLI with a wrong token says so.
+    let out = std::process::Command::new(mar_bin())
+        .args(["apps"])
+        .env("MAR_API_URL", format!("http://{}", mar.addr))
+        .env("MAR_TOKEN", "nope")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid API token"));
+}
+
+#[tokio::test]
+async fn app_names_are_dns_labels() {
+    let mar = MarServer::start();
+    for bad in [
+        "Bad_Name",
+        "1abc",
+        "a.b",
+        "..",
+        "this-name-is-far-too-long-for-a-label",
+    ] {
+        let out = mar.mar(&["apps:create", bad]);
+        assert!(!out.ok(), "{bad} was accepted");
+        assert!(
+            out.stderr.contains("lowercase letters, digits and '-'"),
+            "{bad}: {}",
+            out.stderr
+        );
+        let api = mar
+            .api("POST", "/v1/apps", &format!("{{\"name\":{bad:?}}}"))
+            .await;
+        assert_eq!(api.status, 400, "{bad}: {}", api.body);
+    }
+    mar.create_app("good-name-1");
+    let dup = mar.mar(&["apps:create", "good-name-1"]);
+    assert!(
+        dup.stderr.contains("app good-name-1 already exists"),
+        "{}",
+        dup.stderr
+    );
+    let garbage = mar.api("POST", "/v1/apps", "{not json").await;
+    assert_eq!(garbage.status, 400);
+    assert_eq!(garbage.json()["error"]["reason"], "BadRequest");
+}
+
+#[tokio::test]
+async fn router_error_pages_and_git_paths() {
+    let mar = MarServer::start();
+    let r = mar.get("nosuch.localhost", "/").await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("No such app"), "{}", r.body);
+    mar.create_app("empty");
+    let r = mar.get("empty.localhost", "/").await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body.contains("H14") && r.body.contains("git push"),
+        "{}",
+        r.body
+    );
+    let json = mar_tests::http(
+        mar.addr,
+        "GET",
+        "empty.localhost",
+        "/",
+        &[("accept", "application/json")],
+        Default::default(),
+    )
+    .await;
+    assert_eq!(json.json()["error"]["code"], "H14");
+
+    let auth = format!("Bearer {}", mar.token());
+    for path in [
+        "/../empty.git/info/refs",
+        "/empty.git/../../etc/passwd",
+        "/empty.git/objects/info/packs",
+    ] {
+        let r = mar_tests::http(
+            mar.addr,
+            "GET",
+            "localhost",
+            path,
+            &[("authorization", &auth)],
+            Default::default(),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{path}: {}", r.body);
+    }
+    let r = mar_tests::http(
+        mar.addr,
+        "GET",
+        "localhost",
+        "/ghost.git/info/refs?service=git-receive-pack",
+        &[("authorization", &auth)],
+        Default::default(),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("no such app ghost"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn old_mar_api_shapes_and_destroy() {
+    let mar = MarServer::start();
+    mar.create_app("legacy");
+    // The old Node SDK adds a trailing slash and sends JSON without a Content-Type.
+    let info = mar.api("GET", "/v1/apps/legacy/", "").await;
+    assert_eq!(info.status, 200, "{}", info.body);
+    assert_eq!(info.json()["id"], "legacy");
+    assert_eq!(info.json()["structure"]["web"], 1);
+    let put = mar
+        .api("PUT", "/v1/apps/legacy/env_vars", "{\"A\":\"1\",\"B\":2}")
+        .await;
+    assert_eq!(put.status, 200, "{}", put.body);
+    assert_eq!(put.json()["B"], "2");
+    let del = mar
+        .api("PUT", "/v1/apps/legacy/env_vars", "{\"A\":null}")
+        .await;
+    assert!(del.json().get("A").is_none());
+    let bad = mar
+        .api("PATCH", "/v1/apps/legacy/config", "{\"../x\":\"1\"}")
+        .await;
+    assert_eq!(bad.status, 400);
+
+    let refused = mar.mar(&["apps:destroy", "legacy"]);
+    assert!(
+        !refused.ok() && refused.stderr.contains("--confirm legacy"),
+        "{}",
+        refused.all()
+    );
+    let ok = mar.mar(&["apps:destroy", "legacy", "--confirm", "legacy"]);
+    assert!(ok.ok(), "{}", ok.all());
+    assert_eq!(mar.api("GET", "/v1/apps/legacy", "").await.status, 404);
+    assert!(!mar.data_dir.join("repos/legacy.git").exists());
+}
