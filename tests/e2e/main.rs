@@ -6,7 +6,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod buildpacks;
 mod deploy;
 mod failures;
+mod lifecycle;
 mod platform;
+mod tidy;
 mod websocket;

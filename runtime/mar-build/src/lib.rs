@@ -406,8 +406,12 @@ async fn fetch(
         if !local.join("bin/compile").is_file() {
             return Err(fail("it has no bin/compile".into()));
         }
+        // A private copy, as a clone would be: buildpacks write their `export` file into
+        // their own directory, and the build user may not write to the original.
+        let dest = spec.work_dir.join(format!("buildpack-{index}"));
+        copy_dir(local, &dest).map_err(|e| fail(format!("cannot copy it: {e}")))?;
         return Ok(Buildpack {
-            dir: local.to_owned(),
+            dir: dest,
             label: url.to_owned(),
         });
     }
@@ -481,6 +485,24 @@ fn parse_release(yaml: &str) -> Result<ReleaseInfo, String> {
         default_process_types: parsed.default_process_types.unwrap_or_default(),
         config_vars,
     })
+}
+
+fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dest) = (entry.path(), to.join(entry.file_name()));
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            copy_dir(&src, &dest)?;
+        } else if ty.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dest)?;
+        } else {
+            // Keeps the mode bits, so bin/* stay executable.
+            std::fs::copy(&src, &dest)?;
+        }
+    }
+    Ok(())
 }
 
 fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {

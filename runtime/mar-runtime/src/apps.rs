@@ -157,7 +157,15 @@ impl Apps {
                         _ => None,
                     })
                     .collect();
-                if !ups.is_empty() || web.is_empty() {
+                if web.is_empty() && !self.release_has_web(app) {
+                    AppTarget::Unavailable(Unavailable {
+                        code: "H14",
+                        desc: "No web processes running",
+                        hint: format!(
+                            "The current release of {app} declares no `web` process type. Add `web: COMMAND` to its Procfile and push again."
+                        ),
+                    })
+                } else if !ups.is_empty() || web.is_empty() {
                     AppTarget::Upstreams(ups)
                 } else if web
                     .iter()
@@ -181,6 +189,10 @@ impl Apps {
             }
         };
         self.routes.set(app, target);
+    }
+
+    fn release_has_web(&self, app: &AppName) -> bool {
+        matches!(self.store.current_release(app), Ok(Some(r)) if r.process_types.contains_key("web"))
     }
 
     /// Instances of `app` now running.

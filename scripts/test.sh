@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one command that runs every test on a fresh Debian machine of this project's kind:
+# installs what the tests need (git, Python venv, Node.js/npm, Qt 5 with WebSockets), builds the
+# workspace once (one profile: the tests run the `mar` binary it produces), then runs the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for pkg in git python3 python3-venv python3-pip build-essential procps qtbase5-dev qt5-qmake \
+           libqt5websockets5-dev libqt5webchannel5-dev; do
+  have "$pkg" || need+=("$pkg")
+done
+# Node.js may come from another source than Debian; only install Debian's when none is there.
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+echo "==> building"
+cargo build --workspace --all-targets --locked
+echo "==> testing"
+cargo test --workspace --locked "$@"

@@ -1,0 +1,89 @@
+//! The Heroku classic buildpack contract, end to end: `.buildpacks` with a git URL and a
+//! local path, `export` between buildpacks, ENV_DIR, STACK and SOURCE_VERSION, an
+//! unprivileged build user, `bin/release` config defaults, the Procfile winning over
+//! buildpack defaults, and `.slugignore`.
+
+use mar_tests::{MarServer, repo_root};
+
+#[tokio::test]
+async fn multi_buildpack_contract() {
+    let mar = MarServer::start();
+    mar.create_app("multi");
+    assert!(
+        mar.mar(&["config:set", "GREETING=hi there", "-a", "multi"])
+            .ok()
+    );
+
+    // The exporter buildpack is fetched with git (a file:// URL with a #ref), the reporter
+    // is a local directory.
+    let fixtures = repo_root().join("tests/fixtures/buildpacks");
+    let exporter = mar.repo_from(&fixtures.join("exporter"));
+    let exporter_url = format!("file://{}#main", exporter.dir.display());
+    let app = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    app.write(
+        ".buildpacks",
+        &format!("{exporter_url}\n{}\n", fixtures.join("reporter").display()),
+    );
+    app.write(".slugignore", "*.psd\n/docs\n");
+    app.write("art/big.psd", "pretend this is large");
+    app.write("docs/manual.txt", "not needed at run time");
+    app.commit("with buildpacks");
+    let sha = app.git(&["rev-parse", "HEAD"]).stdout.trim().to_owned();
+
+    let push = app.push(&mar.git_url("multi"), "main");
+    assert!(push.ok(), "{}", push.all());
+    let out = &push.stderr;
+    for expected in [
+        "remote: -----> Removed 2 paths listed in .slugignore",
+        "remote: -----> Exporter app detected",
+        &format!("remote:        stack=mar-24 source_version={sha} user=nobody"),
+        "remote:        greeting=hi there",
+        "remote:        git_dir=absent",
+        "remote: -----> Reporter app detected",
+        "remote: -----> Reporter sees MAR_EXPORTED=from-exporter",
+        "remote:        Default types for buildpack -> web",
+        "remote:        Procfile declares types -> web, worker",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    // The Procfile's web won over the reporter's default.
+    let r = mar.get("multi.localhost", "/").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        mar.get("multi.localhost", "/env/FROM_RELEASE").await.body,
+        "yes"
+    );
+    assert_eq!(
+        mar.get("multi.localhost", "/env/GREETING").await.body,
+        "hi there"
+    );
+    let run = std::fs::read_dir(mar.data_dir.join("apps/multi/run"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(run.join("server.py").is_file());
+    assert!(!run.join("docs").exists() && !run.join("art/big.psd").exists());
+}
+
+#[tokio::test]
+async fn app_without_web_type_warns_and_router_says_why() {
+    let mar = MarServer::start();
+    mar.create_app("workers");
+    let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/worker-only"));
+    let push = repo.push(&mar.git_url("workers"), "main");
+    assert!(push.ok(), "{}", push.all());
+    assert!(
+        push.stderr.contains("Warning: no `web` process type"),
+        "{}",
+        push.stderr
+    );
+    let r = mar.get("workers.localhost", "/").await;
+    assert_eq!(r.status, 503);
+    assert!(
+        r.body.contains("declares no `web` process type"),
+        "{}",
+        r.body
+    );
+}
