@@ -28,14 +28,18 @@ pub fn mar_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().unwrap();
-    // target/debug/deps/e2e-HASH -> target/debug/mar
-    let bin = exe.parent().unwrap().parent().unwrap().join("mar");
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` before the tests",
-        bin.display()
-    );
-    bin
+    // A test binary is target/debug/deps/e2e-HASH, a benchmark target/debug/NAME: look beside
+    // it, then one level up, for target/debug/mar.
+    let dir = exe.parent().unwrap();
+    let bin = [dir.join("mar"), dir.parent().unwrap().join("mar")]
+        .into_iter()
+        .find(|p| p.is_file());
+    bin.unwrap_or_else(|| {
+        panic!(
+            "no mar binary near {}: run `cargo build --workspace --bins` first",
+            exe.display()
+        )
+    })
 }
 
 /// A running `mar serve`. Dropping it kills the server (and prints its stderr when the test

@@ -276,7 +276,15 @@ impl Apps {
             commit: Some(commit.to_owned()),
             buildpacks: built.buildpacks,
         };
-        let timings = self.launch(app, new, out).await?;
+        let timings = match self.launch(app, new, out).await {
+            Ok(t) => t,
+            Err(e) => {
+                // Nothing refers to this build's slug: it never became a release.
+                let _ = std::fs::remove_file(&slug);
+                let _ = std::fs::remove_dir_all(&run_dir);
+                return Err(e);
+            }
+        };
         out.detail(format!(
             "Timings: receive {:.1}s, build {:.1}s, slug {:.1}s, boot {:.1}s, switch {:.1}s",
             received.as_secs_f64(),

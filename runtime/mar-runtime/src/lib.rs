@@ -130,6 +130,17 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+    // Builds run as an unprivileged user that must reach its build directory, its cache under
+    // apps/APP/cache and the buildpacks, and nothing else: logs and repositories stay private,
+    // apps/ can be traversed but not listed.
+    for (dir, mode) in [
+        (paths.logs(), 0o700),
+        (paths.repos(), 0o700),
+        (paths.root().join("apps"), 0o711),
+    ] {
+        std::fs::create_dir_all(&dir).map_err(dd)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).map_err(dd)?;
+    }
     unpack_buildpacks(&paths).map_err(dd)?;
     let token = load_or_create_token(&paths).map_err(dd)?;
     let store = Arc::new(Store::open(&paths.db())?);
