@@ -36,7 +36,7 @@ async fn multi_buildpack_contract() {
     for expected in [
         "remote: -----> Removed 2 paths listed in .slugignore",
         "remote: -----> Exporter app detected",
-        &format!("remote:        stack=mar-24 source_version={sha} user=nobody"),
+        &format!("remote:        stack=mar-24 source_version={sha} uid=20000"),
         "remote:        greeting=hi there",
         "remote:        git_dir=absent",
         "remote: -----> Reporter app detected",

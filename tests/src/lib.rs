@@ -42,6 +42,22 @@ pub fn mar_bin() -> PathBuf {
     })
 }
 
+/// Where test data directories go: `target/tmp`, not `/tmp`, because apps get a private `/tmp`
+/// mounted over the real one, which would hide a data directory that lives there.
+pub fn scratch_root() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe
+        .ancestors()
+        .find(|a| {
+            a.file_name()
+                .is_some_and(|n| n == "debug" || n == "release")
+        })
+        .unwrap_or_else(|| exe.parent().unwrap());
+    let root = profile.parent().unwrap().join("tmp");
+    std::fs::create_dir_all(&root).unwrap();
+    root
+}
+
 /// A running `mar serve`. Dropping it kills the server (and prints its stderr when the test
 /// failed); [`MarServer::stop`] is the graceful path and checks the exit status.
 pub struct MarServer {
@@ -65,7 +81,7 @@ impl MarServer {
     pub fn start_with(mar_yaml: Option<&str>) -> Self {
         let tmp = tempfile::Builder::new()
             .prefix("mar-e2e-")
-            .tempdir()
+            .tempdir_in(scratch_root())
             .unwrap();
         // Builds run as an unprivileged user when the data directory is reachable by others.
         use std::os::unix::fs::PermissionsExt;

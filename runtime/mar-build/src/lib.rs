@@ -188,6 +188,11 @@ pub async fn build(
         for d in [&spec.build_dir, &spec.cache_dir, &spec.work_dir] {
             chown_tree(d, uid, gid)?;
         }
+        // Another app's build runs as another user: nothing of this one is open to it.
+        use std::os::unix::fs::PermissionsExt;
+        for d in [&spec.cache_dir, &spec.work_dir] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+        }
     }
 
     let mut names = Vec::new();

@@ -153,6 +153,17 @@ impl Logs {
         limit: usize,
         offset: usize,
     ) -> Result<Vec<LogLine>, LogError> {
+        self.recent_where(app, limit, offset, |_| true)
+    }
+
+    /// Like [`Logs::recent`], counting only the lines `keep` accepts.
+    pub fn recent_where(
+        &self,
+        app: &AppName,
+        limit: usize,
+        offset: usize,
+        keep: impl Fn(&LogLine) -> bool,
+    ) -> Result<Vec<LogLine>, LogError> {
         let mut lines = Vec::new();
         for path in [self.dir.join(format!("{app}.log.1")), self.path(app)] {
             match File::open(&path) {
@@ -162,7 +173,7 @@ impl Logs {
                             app: app.to_string(),
                             source,
                         })?;
-                        if let Some(l) = LogLine::parse(&line) {
+                        if let Some(l) = LogLine::parse(&line).filter(|l| keep(l)) {
                             lines.push(l);
                         }
                     }

@@ -13,7 +13,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::table::{Resolution, Resolved, RouteTable, Unavailable, Upstream};
+use crate::table::{InFlight, Resolution, Resolved, RouteTable, Unavailable, Upstream};
 use crate::{Body, InProcess, error_response};
 
 /// Time allowed for an app to start its response (Heroku's H12 after 30 s).
@@ -21,11 +21,14 @@ const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed to open a connection to an instance.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What goes to an instance: the client's body, or nothing when a bodyless request is retried.
+type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
+
 /// The proxy: resolves each request's Host and sends it on. Cheap to share behind an `Arc`.
 pub struct Proxy {
     table: Arc<RouteTable>,
     platform: Arc<dyn InProcess>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, UpstreamBody>,
 }
 
 impl Proxy {
@@ -76,7 +79,9 @@ impl Proxy {
             Resolved::App { target, .. } => match target {
                 Resolution::InProcess(h) => h.call(req, client).await,
                 Resolution::Unavailable(u) => unavailable(&u, &request_id(req.headers()), json),
-                Resolution::Upstream(up) => self.forward(req, up, client, local).await,
+                Resolution::Upstream(up, guard) => {
+                    self.forward(req, up, guard, client, local).await
+                }
             },
         }
     }
@@ -85,6 +90,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         up: Upstream,
+        guard: InFlight,
         client: SocketAddr,
         local: SocketAddr,
     ) -> Response<Body> {
@@ -122,13 +128,59 @@ impl Proxy {
                 headers.insert(header::UPGRADE, u);
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
-            return self.forward_upgrade(req, up, &rid, json).await;
+            return self.forward_upgrade(req, up, guard, &rid, json).await;
         }
-        match tokio::time::timeout(FIRST_BYTE_TIMEOUT, self.client.request(req)).await {
+        // A request without a body can be sent again if the instance refused the connection
+        // (it is being replaced, or just crashed): keep what is needed to rebuild it.
+        let retry = is_bodyless(&req).then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().clone(),
+            )
+        });
+        let req = req.map(UpstreamBody::Left);
+        let (up, guard, res) =
+            match tokio::time::timeout(FIRST_BYTE_TIMEOUT, self.client.request(req)).await {
+                Ok(Err(e)) if e.is_connect() && retry.is_some() => {
+                    match (self.another(&host, &up), retry) {
+                        (Some((next, next_guard)), Some((method, uri, headers))) => {
+                            let mut again =
+                                Request::new(UpstreamBody::Right(http_body_util::Empty::new()));
+                            *again.method_mut() = method;
+                            *again.headers_mut() = headers;
+                            let Ok(uri) = format!(
+                                "http://{}{}",
+                                next.addr,
+                                uri.path_and_query().map_or("/", |p| p.as_str())
+                            )
+                            .parse::<Uri>() else {
+                                return refused(&up, &rid, json);
+                            };
+                            *again.uri_mut() = uri;
+                            drop(guard);
+                            let res = tokio::time::timeout(
+                                FIRST_BYTE_TIMEOUT,
+                                self.client.request(again),
+                            )
+                            .await;
+                            (next, next_guard, res)
+                        }
+                        _ => (up.clone(), guard, Ok(Err(e))),
+                    }
+                }
+                res => (up, guard, res),
+            };
+        match res {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+                // The request stays in flight until its response body is done or dropped.
+                let body = body.map_err(Into::into).map_frame(move |f| {
+                    let _ = &guard;
+                    f
+                });
+                Response::from_parts(parts, body.boxed_unsync())
             }
             Ok(Err(e)) => upstream_error(&e, &up, &rid, json),
             Err(_) => error_response(
@@ -152,6 +204,7 @@ impl Proxy {
         &self,
         mut req: Request<Incoming>,
         up: Upstream,
+        guard: InFlight,
         rid: &str,
         json: bool,
     ) -> Response<Body> {
@@ -197,6 +250,8 @@ impl Proxy {
         }
         let backend_upgrade = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
+            // A WebSocket counts as in flight for as long as it is open.
+            let _guard = guard;
             let (Ok(client_io), Ok(backend_io)) = tokio::join!(client_upgrade, backend_upgrade)
             else {
                 return;
@@ -208,6 +263,31 @@ impl Proxy {
         let (parts, _) = resp.into_parts();
         Response::from_parts(parts, crate::full(bytes::Bytes::new()))
     }
+}
+
+impl Proxy {
+    /// Another upstream of the same app than `tried`, for a retry.
+    fn another(&self, host: &Option<String>, tried: &Upstream) -> Option<(Upstream, InFlight)> {
+        for _ in 0..4 {
+            match self.table.resolve(host.as_deref()) {
+                Resolved::App {
+                    target: Resolution::Upstream(up, g),
+                    ..
+                } if up.addr != tried.addr => return Some((up, g)),
+                Resolved::App {
+                    target: Resolution::Upstream(..),
+                    ..
+                } => continue,
+                _ => return None,
+            }
+        }
+        None
+    }
+}
+
+/// A request whose body is known to be empty, so it can be rebuilt and sent again.
+fn is_bodyless<B: hyper::body::Body>(req: &Request<B>) -> bool {
+    req.body().is_end_stream() || req.body().size_hint().exact() == Some(0)
 }
 
 fn unavailable(u: &Unavailable, rid: &str, json: bool) -> Response<Body> {

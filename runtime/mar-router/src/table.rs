@@ -24,12 +24,36 @@ pub struct Unavailable {
 }
 
 /// One upstream instance.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Upstream {
     /// Where it listens.
     pub addr: SocketAddr,
     /// Its dyno name (`web.1`) for logs.
     pub dyno: String,
+    /// Requests (and WebSockets) in flight to it, so that a deploy can wait for them before
+    /// stopping the instance. Shared by every copy of this upstream.
+    pub load: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    /// An upstream with no requests in flight.
+    pub fn new(addr: SocketAddr, dyno: impl Into<String>) -> Self {
+        Self {
+            addr,
+            dyno: dyno.into(),
+            load: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// Counts one request in flight to an upstream until dropped.
+#[derive(Debug)]
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Where an app's traffic goes.
@@ -65,8 +89,8 @@ pub enum Resolved {
 
 /// A resolved app target, with one upstream already picked.
 pub enum Resolution {
-    /// Send to this instance.
-    Upstream(Upstream),
+    /// Send to this instance; the guard counts the request as in flight.
+    Upstream(Upstream, InFlight),
     /// Call this handler.
     InProcess(Arc<dyn InProcess>),
     /// Answer with this error.
@@ -134,19 +158,20 @@ impl RouteTable {
         let Ok(app) = AppName::parse(label) else {
             return Resolved::NoSuchApp(host);
         };
-        let entry = self
-            .apps
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&app)
-            .cloned();
-        let Some(entry) = entry else {
+        let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = apps.get(&app) else {
             return Resolved::NoSuchApp(host);
         };
         let target = match &entry.target {
             AppTarget::Upstreams(ups) if !ups.is_empty() => {
                 let i = entry.next.fetch_add(1, Ordering::Relaxed) % ups.len();
-                Resolution::Upstream(ups[i].clone())
+                let up = ups[i].clone();
+                // Counted before the table lock is released (see `set`), so a deploy that
+                // switches away from this upstream and then waits for its load to reach zero
+                // cannot miss this request.
+                up.load.fetch_add(1, Ordering::AcqRel);
+                let guard = InFlight(up.load.clone());
+                Resolution::Upstream(up, guard)
             }
             AppTarget::Upstreams(_) => Resolution::Unavailable(Unavailable {
                 code: "H14",
@@ -178,10 +203,10 @@ mod tests {
     use super::*;
 
     fn up(port: u16) -> Upstream {
-        Upstream {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dyno: format!("web.{port}"),
-        }
+        Upstream::new(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            format!("web.{port}"),
+        )
     }
 
     #[test]
@@ -204,18 +229,26 @@ mod tests {
     fn apps_round_robin_and_unknowns() {
         let t = RouteTable::new("localhost");
         let app = AppName::parse("echo").unwrap();
-        t.set(&app, AppTarget::Upstreams(vec![up(1), up(2)]));
+        let ups = vec![up(1), up(2)];
+        t.set(&app, AppTarget::Upstreams(ups.clone()));
         let mut seen = Vec::new();
+        let mut guards = Vec::new();
         for _ in 0..4 {
             match t.resolve(Some("echo.localhost:8080")) {
                 Resolved::App {
-                    target: Resolution::Upstream(u),
+                    target: Resolution::Upstream(u, g),
                     ..
-                } => seen.push(u.addr.port()),
+                } => {
+                    seen.push(u.addr.port());
+                    guards.push(g);
+                }
                 _ => panic!("not routed"),
             }
         }
         assert_eq!(seen, [1, 2, 1, 2]);
+        assert_eq!(ups[0].load.load(Ordering::SeqCst), 2);
+        guards.clear();
+        assert_eq!(ups[0].load.load(Ordering::SeqCst), 0);
         for h in [
             "nope.localhost",
             "a.b.localhost",

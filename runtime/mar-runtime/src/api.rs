@@ -23,8 +23,8 @@ use mar_git::GitServer;
 use mar_logs::Logs;
 use mar_router::{Body, InProcess, ResponseFuture};
 use mar_sdk::types::{
-    AppInfo, BuildResult, CreateApp, ErrorBody, ErrorDetail, LogEntry, ProcessInfo, ReleaseInfo,
-    Results,
+    AppInfo, BuildResult, CreateApp, ErrorBody, ErrorDetail, FormationEntry, LogEntry, ProcessInfo,
+    ReleaseInfo, Results, RunResult,
 };
 use mar_store::{Store, StoreError};
 use mar_supervisor::State as PState;
@@ -102,11 +102,16 @@ impl From<DeployError> for ApiError {
         match e {
             DeployError::Busy(_) => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
             DeployError::Store(s) => s.into(),
-            DeployError::Boot(_) | DeployError::Build(_) => Self::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "DeployFailed",
-                e.to_string(),
-            ),
+            DeployError::Invalid(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())
+            }
+            DeployError::Boot(_) | DeployError::Build(_) | DeployError::ReleasePhase(_) => {
+                Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "DeployFailed",
+                    e.to_string(),
+                )
+            }
             DeployError::Io(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",
@@ -272,7 +277,18 @@ pub fn router(p: Arc<Platform>) -> axum::Router {
         .route("/v1/apps/{app}/config", get(get_config).patch(patch_config))
         .route("/v1/apps/{app}/env_vars", get(get_config).put(patch_config))
         .route("/v1/apps/{app}/releases", get(list_releases))
+        .route("/v1/apps/{app}/releases/{version}", get(show_release))
+        .route("/v1/apps/{app}/rollback", post(rollback))
         .route("/v1/apps/{app}/ps", get(list_processes))
+        .route("/v1/apps/{app}/ps/restart", post(restart_processes))
+        .route("/v1/apps/{app}/restart", post(restart_processes))
+        .route(
+            "/v1/apps/{app}/formation",
+            get(get_formation).patch(patch_formation),
+        )
+        .route("/v1/apps/{app}/scale", post(patch_formation))
+        .route("/v1/apps/{app}/run", post(run_command))
+        .route("/v1/apps/{app}/exec", post(exec_command))
         .route("/v1/apps/{app}/logs", get(get_logs))
         .route("/v1/apps/{app}/logs/stream", get(stream_logs))
         .route("/v1/apps/{app}/builds", post(create_build))
@@ -299,7 +315,7 @@ async fn create_app(
     let req: CreateApp = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("expected {{\"name\": \"APP\"}}: {e}")))?;
     let app = app_name(&req.name)?;
-    p.store.create_app(&app)?;
+    p.store.create_app(&app, p.apps.uid_base())?;
     p.git.create_repo(&app).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -379,6 +395,9 @@ async fn patch_config(
             serde_json::Value::String(s) => Some(s),
             other => Some(other.to_string()),
         };
+        if let Some(v) = &v {
+            crate::settings::validate(&k, v).map_err(ApiError::bad_request)?;
+        }
         changes.insert(k, v);
     }
     p.apps.set_config(&app, changes).await?;
@@ -405,6 +424,7 @@ async fn list_releases(
             slug_size: r.slug_size,
             process_types: r.process_types,
             buildpacks: r.buildpacks,
+            config: None,
         })
         .collect();
     Ok(Json(Results { results }))
@@ -438,6 +458,7 @@ async fn list_processes(
                 pid,
                 uptime_secs: uptime,
                 restarts: i.restarts(),
+                memory_bytes: i.memory(),
             }
         })
         .collect();
@@ -449,6 +470,37 @@ struct LogQuery {
     limit: Option<String>,
     offset: Option<String>,
     lines: Option<String>,
+    ps: Option<String>,
+    source: Option<String>,
+}
+
+impl LogQuery {
+    /// The `ps` and `source` filters as a predicate; `ps=web` matches every web instance.
+    fn filter(&self) -> ApiResult<impl Fn(&mar_logs::LogLine) -> bool + Send + Sync + 'static> {
+        let source = match self.source.as_deref() {
+            None | Some("") => None,
+            Some(s @ ("app" | "mar")) => Some(format!("{s}[")),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "source must be app or mar, not {other:?}"
+                )));
+            }
+        };
+        let ps = self.ps.clone().filter(|p| !p.is_empty());
+        Ok(move |l: &mar_logs::LogLine| {
+            let inner = l
+                .source
+                .split_once('[')
+                .map(|(_, r)| r.trim_end_matches(']'))
+                .unwrap_or("");
+            source
+                .as_ref()
+                .is_none_or(|s| l.source.starts_with(s.as_str()))
+                && ps.as_ref().is_none_or(|p| {
+                    inner == p || (!p.contains('.') && inner.split('.').next() == Some(p.as_str()))
+                })
+        })
+    }
 }
 
 fn number(name: &str, v: Option<&String>, default: usize, max: usize) -> ApiResult<usize> {
@@ -475,13 +527,17 @@ async fn get_logs(
     let app = existing(&p, &app)?;
     let limit = number("limit", q.limit.as_ref(), 100, 100_000)?;
     let offset = number("offset", q.offset.as_ref(), 0, usize::MAX)?;
-    let lines = p.logs.recent(&app, limit, offset).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            e.to_string(),
-        )
-    })?;
+    let keep = q.filter()?;
+    let lines = p
+        .logs
+        .recent_where(&app, limit, offset, keep)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+        })?;
     let results = lines
         .into_iter()
         .map(|l| LogEntry {
@@ -507,21 +563,29 @@ async fn stream_logs(
             e.to_string(),
         )
     })?;
-    let backlog = p.logs.recent(&app, n, 0).unwrap_or_default();
+    let keep = Arc::new(q.filter()?);
+    let k2 = keep.clone();
+    let backlog = p
+        .logs
+        .recent_where(&app, n, 0, move |l| k2(l))
+        .unwrap_or_default();
     let head = futures_util::stream::iter(
         backlog
             .into_iter()
             .map(|l| Ok::<_, std::io::Error>(Bytes::from(l.render() + "\n"))),
     );
-    let tail = futures_util::stream::unfold(live, |mut rx| async move {
-        let text = match rx.recv().await {
-            Ok(line) => line.render() + "\n",
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                format!("... {n} lines skipped (reader too slow) ...\n")
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok(Bytes::from(text)), rx))
+    let tail = futures_util::stream::unfold((live, keep), |(mut rx, keep)| async move {
+        loop {
+            let text = match rx.recv().await {
+                Ok(line) if !keep(&line) => continue,
+                Ok(line) => line.render() + "\n",
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    format!("... {n} lines skipped (reader too slow) ...\n")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            return Some((Ok(Bytes::from(text)), (rx, keep)));
+        }
     });
     let mut resp = AxumBody::from_stream(head.chain(tail)).into_response();
     resp.headers_mut().insert(
@@ -534,6 +598,247 @@ async fn stream_logs(
 #[derive(serde::Deserialize)]
 struct BuildQuery {
     commit: Option<String>,
+}
+
+async fn show_release(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path((app, version)): Path<(String, String)>,
+) -> ApiResult<Json<ReleaseInfo>> {
+    let app = existing(&p, &app)?;
+    let version: i64 = version.trim_start_matches('v').parse().map_err(|_| {
+        ApiError::bad_request(format!("{version:?} is not a release version like 3 or v3"))
+    })?;
+    let current = p.store.current_release(&app)?.map(|r| r.version);
+    let r = p.store.release(&app, version)?;
+    Ok(Json(release_info(r, current)))
+}
+
+fn release_info(r: mar_store::Release, current: Option<i64>) -> ReleaseInfo {
+    ReleaseInfo {
+        current: Some(r.version) == current,
+        version: r.version,
+        description: r.description,
+        created_at: r.created_at,
+        commit: r.commit,
+        slug_size: r.slug_size,
+        process_types: r.process_types,
+        buildpacks: r.buildpacks,
+        config: Some(r.config),
+    }
+}
+
+/// Reads a JSON object body whatever its Content-Type (old clients send none); empty means `{}`.
+fn json_body(body: &Bytes) -> ApiResult<serde_json::Map<String, serde_json::Value>> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("expected a JSON object: {e}")))
+}
+
+async fn rollback(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<ReleaseInfo>> {
+    let app = existing(&p, &app)?;
+    let version = match json_body(&body)?.get("version") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .or_else(|| {
+                    v.as_str()
+                        .and_then(|s| s.trim_start_matches('v').parse().ok())
+                })
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("version must be a release number, not {v}"))
+                })?,
+        ),
+    };
+    let r = p.apps.rollback(&app, version).await?;
+    let current = Some(r.version);
+    Ok(Json(release_info(r, current)))
+}
+
+async fn restart_processes(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let app = existing(&p, &app)?;
+    let body = json_body(&body)?;
+    let target = body
+        .get("target")
+        .and_then(|t| t.as_str())
+        .filter(|t| !t.is_empty());
+    let restarted = p.apps.restart(&app, target).await?;
+    Ok(Json(serde_json::json!({ "restarted": restarted })))
+}
+
+fn formation_results(p: &Platform, app: &AppName) -> ApiResult<Results<FormationEntry>> {
+    let formation = p.store.formation(app)?;
+    let types = p
+        .store
+        .current_release(app)?
+        .map(|r| r.process_types)
+        .unwrap_or_default();
+    let mut names: Vec<&String> = formation
+        .keys()
+        .chain(types.keys())
+        .filter(|t| *t != "release")
+        .collect();
+    names.sort();
+    names.dedup();
+    let results = names
+        .into_iter()
+        .map(|t| FormationEntry {
+            process_type: t.clone(),
+            quantity: formation.get(t).copied().unwrap_or(0),
+            command: types.get(t).cloned(),
+        })
+        .collect();
+    Ok(Results { results })
+}
+
+async fn get_formation(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Results<FormationEntry>>> {
+    let app = existing(&p, &app)?;
+    Ok(Json(formation_results(&p, &app)?))
+}
+
+/// Accepts `{"web": 3}`, the old MAR API's `{"web": "3"}`, and Heroku's
+/// `{"updates": [{"type": "web", "quantity": 3}]}`.
+async fn patch_formation(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Results<FormationEntry>>> {
+    let app = existing(&p, &app)?;
+    let body = json_body(&body)?;
+    let quantity = |t: &str, v: &serde_json::Value| -> ApiResult<u32> {
+        v.as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("quantity of {t} must be a whole number, not {v}"))
+            })
+    };
+    let mut changes = BTreeMap::new();
+    if let Some(updates) = body.get("updates").and_then(|u| u.as_array()) {
+        for u in updates {
+            let t = u
+                .get("type")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| ApiError::bad_request("each update needs a type"))?;
+            let q = u
+                .get("quantity")
+                .ok_or_else(|| ApiError::bad_request("each update needs a quantity"))?;
+            changes.insert(t.to_owned(), quantity(t, q)?);
+        }
+    } else {
+        for (t, v) in &body {
+            changes.insert(t.clone(), quantity(t, v)?);
+        }
+    }
+    if changes.is_empty() {
+        return Err(ApiError::bad_request("nothing to scale: send {\"web\": 2}"));
+    }
+    p.apps.scale(&app, changes).await?;
+    Ok(Json(formation_results(&p, &app)?))
+}
+
+fn command_of(body: &Bytes, key: &str) -> ApiResult<String> {
+    json_body(body)?
+        .get(key)
+        .and_then(|c| c.as_str())
+        .filter(|c| !c.trim().is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::bad_request(format!("expected {{\"{key}\": \"COMMAND\"}}")))
+}
+
+/// `POST /v1/apps/APP/run`: a one-off process; output streams back, the last line carries the
+/// exit status. Hanging up kills the process.
+async fn run_command(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let app = existing(&p, &app)?;
+    let command = command_of(&body, "command")?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let cancel = CancellationToken::new();
+    {
+        let (tx, cancel) = (tx.clone(), cancel.clone());
+        tokio::spawn(async move {
+            tx.closed().await;
+            cancel.cancel();
+        });
+    }
+    tokio::spawn(async move {
+        let result = match p.apps.run_command(&app, &command, tx.clone(), cancel).await {
+            Ok(code) => RunResult {
+                exit_code: Some(code),
+                error: None,
+            },
+            Err(e) => RunResult {
+                exit_code: None,
+                error: Some(e.to_string()),
+            },
+        };
+        let _ = tx.send(format!(
+            "{}{}",
+            mar_sdk::types::BUILD_RESULT_MARK,
+            serde_json::to_string(&result).unwrap_or_default()
+        ));
+    });
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|l| (Ok::<_, std::io::Error>(Bytes::from(l + "\n")), rx))
+    });
+    let mut resp = AxumBody::from_stream(lines).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+/// The old MAR API's `POST /apps/<id>/exec {"cmd"}` → `{"stdout","stderr"}`. Output of both
+/// streams arrives interleaved in `stdout`, as a terminal would show it.
+async fn exec_command(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<serde_json::Value>> {
+    let app = existing(&p, &app)?;
+    let command = command_of(&body, "cmd")?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let collect = tokio::spawn(async move {
+        let mut out = String::new();
+        while let Some(l) = rx.recv().await {
+            out.push_str(&l);
+            out.push('\n');
+        }
+        out
+    });
+    let code = p
+        .apps
+        .run_command(&app, &command, tx, CancellationToken::new())
+        .await?;
+    let stdout = collect.await.unwrap_or_default();
+    Ok(Json(
+        serde_json::json!({ "stdout": stdout, "stderr": "", "exitCode": code }),
+    ))
 }
 
 /// `POST /v1/apps/APP/builds`: the body is a tar of the source. Builds and deploys, streaming

@@ -1,11 +1,14 @@
-//! The app lifecycle: deploys (build → slug → boot → release → switch), config changes,
-//! bringing apps back at start, and stopping everything at shutdown.
+//! The app lifecycle: deploys (build → slug → release phase → boot → health checks → release →
+//! switch → drain → stop old), config changes, scaling, rolling restarts, rollbacks, one-off
+//! processes, bringing apps back at start, and stopping everything at shutdown.
 //!
-//! Traffic only moves once every new web instance accepts connections; a deploy that fails
-//! at any step leaves the previous release serving. One deploy per app runs at a time.
+//! Traffic only moves once every new web instance accepts connections and passes its health
+//! checks; a deploy that fails at any step leaves the previous release serving. One deploy,
+//! config change, scale, restart or rollback per app runs at a time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,25 +17,33 @@ use mar_core::AppName;
 use mar_logs::Logs;
 use mar_router::{AppTarget, RouteTable, Unavailable, Upstream};
 use mar_store::{NewRelease, Release, Store, StoreError};
-use mar_supervisor::{Event, Instance, ProcessSpec, State};
+use mar_supervisor::{Cgroups, Event, Instance, ProcessSpec, Sandbox, State};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::healthcheck;
 use crate::paths::Paths;
+use crate::settings::{AppSettings, Defaults};
 
-/// Why a deploy or config change failed; each message is for the user.
+/// Why a lifecycle operation failed; each message is for the user.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
-    /// Another deploy of the same app is running.
+    /// Another operation on the same app is running.
     #[error("another deploy of {0} is in progress; try again when it has finished")]
     Busy(String),
     /// The build failed.
     #[error(transparent)]
     Build(#[from] mar_build::BuildError),
-    /// New instances did not come up.
+    /// New instances did not come up or failed their health checks.
     #[error("{0}")]
     Boot(String),
+    /// The release phase failed.
+    #[error("{0}")]
+    ReleasePhase(String),
+    /// The request does not make sense for this app (unknown process type, no release...).
+    #[error("{0}")]
+    Invalid(String),
     /// State error.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -41,12 +52,19 @@ pub enum DeployError {
     Io(#[from] std::io::Error),
 }
 
-struct Running {
-    release: i64,
-    instances: Vec<Instance>,
+/// One running instance and the count of requests in flight to it.
+#[derive(Clone)]
+struct Slot {
+    instance: Instance,
+    load: Arc<AtomicUsize>,
 }
 
-/// All apps' processes and deploys. Shared behind an `Arc`.
+struct Running {
+    release: Release,
+    slots: Vec<Slot>,
+}
+
+/// All apps' processes and lifecycle operations. Shared behind an `Arc`.
 pub struct Apps {
     cfg: Arc<Config>,
     paths: Paths,
@@ -56,7 +74,9 @@ pub struct Apps {
     running: Mutex<HashMap<AppName, Running>>,
     deploying: Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
     events: mpsc::UnboundedSender<Event>,
-    run_as: Option<(u32, u32)>,
+    cgroups: Option<Cgroups>,
+    isolate: bool,
+    one_offs: AtomicU32,
 }
 
 /// A pushed tree, unpacked and ready to build.
@@ -77,8 +97,14 @@ pub struct Deployed {
     pub release: Release,
 }
 
+/// First uid given to apps when `mar` runs as root.
+const APP_UID_BASE: u32 = 20_000;
+/// Most instances of one process type.
+const MAX_SCALE: u32 = 100;
+
 impl Apps {
-    /// Creates the manager and starts the task that turns instance events into routes.
+    /// Creates the manager, kills what a previous run of `mar serve` left behind, and starts
+    /// the task that turns instance events into routes.
     pub fn new(
         cfg: Arc<Config>,
         store: Arc<Store>,
@@ -86,7 +112,17 @@ impl Apps {
         routes: Arc<RouteTable>,
     ) -> Arc<Self> {
         let (events, mut rx) = mpsc::unbounded_channel::<Event>();
-        let run_as = build_user(&cfg);
+        let isolate = can_isolate(&cfg);
+        let cgroups = nix::unistd::geteuid()
+            .is_root()
+            .then(|| Cgroups::detect(&cgroup_name(&cfg.data_dir)))
+            .filter(Cgroups::available);
+        if let Some(cg) = &cgroups {
+            let killed = cg.sweep();
+            if killed > 0 {
+                eprintln!("mar: stopped {killed} app processes left by a previous run");
+            }
+        }
         let apps = Arc::new(Self {
             paths: Paths::new(&cfg.data_dir),
             cfg,
@@ -96,7 +132,9 @@ impl Apps {
             running: Mutex::new(HashMap::new()),
             deploying: Mutex::new(HashMap::new()),
             events,
-            run_as,
+            cgroups,
+            isolate,
+            one_offs: AtomicU32::new(0),
         });
         let weak = Arc::downgrade(&apps);
         tokio::spawn(async move {
@@ -108,12 +146,12 @@ impl Apps {
         apps
     }
 
-    /// The user builds run as, if any.
-    pub fn build_identity(&self) -> Option<(u32, u32)> {
-        self.run_as
+    /// Where a new app's own uid starts, when apps get one.
+    pub fn uid_base(&self) -> Option<u32> {
+        self.isolate.then_some(APP_UID_BASE)
     }
 
-    /// Takes the app's deploy lock, or says another deploy holds it.
+    /// Takes the app's lifecycle lock, or says another operation holds it.
     pub fn lock(&self, app: &AppName) -> Result<tokio::sync::OwnedMutexGuard<()>, DeployError> {
         let m = self
             .deploying
@@ -124,6 +162,13 @@ impl Apps {
             .clone();
         m.try_lock_owned()
             .map_err(|_| DeployError::Busy(app.to_string()))
+    }
+
+    fn defaults(&self) -> Defaults {
+        Defaults {
+            boot_timeout: self.cfg.boot_timeout,
+            stop_timeout: self.cfg.stop_timeout,
+        }
     }
 
     /// Recomputes where `app`'s traffic goes from its running instances and publishes it.
@@ -140,24 +185,27 @@ impl Apps {
                 hint: format!("The app {app} has no release yet. Deploy it with `git push`."),
             }),
             Some(run) => {
-                let web: Vec<&Instance> = run
-                    .instances
+                let web: Vec<&Slot> = run
+                    .slots
                     .iter()
-                    .filter(|i| i.spec().process_type == "web")
+                    .filter(|s| s.instance.spec().process_type == "web")
                     .collect();
                 let ups: Vec<Upstream> = web
                     .iter()
-                    .filter_map(|i| match i.state() {
+                    .filter_map(|s| match s.instance.state() {
                         State::Up {
                             port: Some(port), ..
                         } => Some(Upstream {
                             addr: ([127, 0, 0, 1], port).into(),
-                            dyno: i.spec().dyno(),
+                            dyno: s.instance.spec().dyno(),
+                            load: s.load.clone(),
                         }),
                         _ => None,
                     })
                     .collect();
-                if web.is_empty() && !self.release_has_web(app) {
+                if !ups.is_empty() {
+                    AppTarget::Upstreams(ups)
+                } else if !run.release.process_types.contains_key("web") {
                     AppTarget::Unavailable(Unavailable {
                         code: "H14",
                         desc: "No web processes running",
@@ -165,11 +213,17 @@ impl Apps {
                             "The current release of {app} declares no `web` process type. Add `web: COMMAND` to its Procfile and push again."
                         ),
                     })
-                } else if !ups.is_empty() || web.is_empty() {
-                    AppTarget::Upstreams(ups)
+                } else if web.is_empty() {
+                    AppTarget::Unavailable(Unavailable {
+                        code: "H14",
+                        desc: "No web processes running",
+                        hint: format!(
+                            "{app} is scaled to zero web processes. Scale up with `mar ps:scale web=1 -a {app}`."
+                        ),
+                    })
                 } else if web
                     .iter()
-                    .any(|i| matches!(i.state(), State::Crashed { .. }))
+                    .any(|s| matches!(s.instance.state(), State::Crashed { .. }))
                 {
                     AppTarget::Unavailable(Unavailable {
                         code: "H10",
@@ -191,30 +245,22 @@ impl Apps {
         self.routes.set(app, target);
     }
 
-    fn release_has_web(&self, app: &AppName) -> bool {
-        matches!(self.store.current_release(app), Ok(Some(r)) if r.process_types.contains_key("web"))
-    }
-
-    /// Instances of `app` now running.
+    /// Instances of `app` now running, in process type and index order.
     pub fn instances(&self, app: &AppName) -> Vec<Instance> {
-        self.running
+        let mut v: Vec<Instance> = self
+            .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(app)
-            .map(|r| r.instances.clone())
-            .unwrap_or_default()
+            .map(|r| r.slots.iter().map(|s| s.instance.clone()).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| {
+            (&a.spec().process_type, a.spec().index).cmp(&(&b.spec().process_type, b.spec().index))
+        });
+        v
     }
 
-    /// The release running now, if any.
-    pub fn running_release(&self, app: &AppName) -> Option<i64> {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(app)
-            .map(|r| r.release)
-    }
-
-    /// Builds the tree in `build_dir` and deploys it as a new release.
+    /// Builds the tree in `source` and deploys it as a new release.
     pub async fn deploy_source(
         &self,
         app: &AppName,
@@ -228,7 +274,7 @@ impl Apps {
             commit,
             received,
         } = source;
-        let commit = commit.as_str();
+        let stored = self.store.get_app(app)?;
         let config = self.store.config(app)?;
         let t_build = Instant::now();
         out.step(format!("Building on the {} stack", mar_core::STACK));
@@ -238,16 +284,26 @@ impl Apps {
             work_dir: work_dir.clone(),
             builtin_buildpacks: self.paths.buildpacks(),
             config: config.clone(),
-            source_version: commit.to_owned(),
+            source_version: commit.clone(),
             timeout: self.cfg.build_timeout,
-            run_as: self.run_as,
+            run_as: stored.uid.map(|u| (u, u)),
         };
         let built = mar_build::build(&spec, out, cancel).await?;
+        let checks = match std::fs::read_to_string(build_dir.join("app.json")) {
+            Ok(text) => healthcheck::parse_app_json(&text).map_err(DeployError::Invalid)?,
+            Err(_) => Vec::new(),
+        };
+        if !checks.is_empty() {
+            out.detail(format!(
+                "app.json declares {} web healthcheck(s)",
+                checks.len()
+            ));
+        }
         let build_time = t_build.elapsed();
 
         let t_slug = Instant::now();
         out.step("Compressing...");
-        let id = build_id(commit);
+        let id = build_id(&commit);
         let slug = self.paths.slug(app, &id);
         let run_dir = self.paths.run_dir(app, &id);
         for d in [slug.parent(), run_dir.parent()].into_iter().flatten() {
@@ -258,6 +314,7 @@ impl Apps {
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
         std::fs::rename(&build_dir, &run_dir)?;
+        self.secure_app_dirs(app, &run_dir, stored.uid)?;
         out.step(format!(
             "Compiled slug size is {}",
             mar_build::human_size(size)
@@ -273,10 +330,16 @@ impl Apps {
             slug_size: size,
             process_types: built.process_types,
             config: release_config,
-            commit: Some(commit.to_owned()),
+            commit: Some(commit.clone()),
             buildpacks: built.buildpacks,
+            healthchecks: serde_json::to_string(&checks).unwrap_or_else(|_| "null".to_owned()),
         };
-        let timings = match self.launch(app, new, out).await {
+        let result = async {
+            self.release_phase(app, &new, out, cancel).await?;
+            self.launch(app, new, out).await
+        }
+        .await;
+        let (timings, release) = match result {
             Ok(t) => t,
             Err(e) => {
                 // Nothing refers to this build's slug: it never became a release.
@@ -290,10 +353,46 @@ impl Apps {
             received.as_secs_f64(),
             build_time.as_secs_f64(),
             slug_time.as_secs_f64(),
-            timings.0.boot.as_secs_f64(),
-            timings.0.switch.as_secs_f64()
+            timings.boot.as_secs_f64(),
+            timings.switch.as_secs_f64()
         ));
-        Ok(Deployed { release: timings.1 })
+        Ok(Deployed { release })
+    }
+
+    /// Runs the Procfile's `release` command, if any, in the new slug with the new config;
+    /// a non-zero exit aborts the deploy.
+    async fn release_phase(
+        &self,
+        app: &AppName,
+        new: &NewRelease,
+        out: &Output,
+        cancel: &CancellationToken,
+    ) -> Result<(), DeployError> {
+        let Some(command) = new.process_types.get("release") else {
+            return Ok(());
+        };
+        out.step("Running release command...");
+        let spec = self.spec(app, new, "release", 1, command, self.next_version(app)?)?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let relay = {
+            let out = out.clone();
+            tokio::spawn(async move {
+                while let Some(line) = rx.recv().await {
+                    out.detail(line);
+                }
+            })
+        };
+        let res = mar_supervisor::one_off(&spec, tx, self.cfg.build_timeout, cancel.clone()).await;
+        let _ = relay.await;
+        match res {
+            Ok(0) => Ok(()),
+            Ok(code) => Err(DeployError::ReleasePhase(format!(
+                "Release command failed (exit status {code}); the release was not deployed"
+            ))),
+            Err(e) => Err(DeployError::ReleasePhase(format!(
+                "Release command failed: {e}"
+            ))),
+        }
     }
 
     /// Changes config vars (a `None` value unsets) as a new release, restarting the app with
@@ -330,79 +429,300 @@ impl Apps {
             (true, true) => "Config unchanged".to_owned(),
         };
         let current = self.store.current_release(app)?;
-        let new = NewRelease {
-            description,
-            slug: current.as_ref().and_then(|r| r.slug.clone()),
-            slug_size: current.as_ref().map_or(0, |r| r.slug_size),
-            process_types: current
-                .as_ref()
-                .map(|r| r.process_types.clone())
-                .unwrap_or_default(),
-            config,
-            commit: current.as_ref().and_then(|r| r.commit.clone()),
-            buildpacks: current.map(|r| r.buildpacks).unwrap_or_default(),
+        let new = match current {
+            Some(r) => NewRelease {
+                description,
+                slug: r.slug,
+                slug_size: r.slug_size,
+                process_types: r.process_types,
+                config,
+                commit: r.commit,
+                buildpacks: r.buildpacks,
+                healthchecks: r.healthchecks,
+            },
+            None => NewRelease {
+                description,
+                config,
+                healthchecks: "null".to_owned(),
+                ..Default::default()
+            },
         };
         if new.slug.is_none() {
             return Ok(self.store.create_release(app, new)?);
         }
-        let (out, mut rx) = Output::channel();
-        let logs = self.logs.clone();
-        let name = app.clone();
-        let relay = tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                logs.append(&name, "mar[api]", line.trim());
-            }
-        });
-        let res = self.launch(app, new, &out).await;
-        drop(out);
-        let _ = relay.await;
-        Ok(res?.1)
+        let out = self.log_output(app);
+        Ok(self.launch(app, new, &out).await?.1)
     }
 
-    /// Starts the processes of a release, waits for them to boot, records the release and
-    /// switches traffic to it, then stops the previous instances.
+    /// Rolls back to `version` (default: the release before the current one) by making a new
+    /// release from its slug and config.
+    pub async fn rollback(
+        &self,
+        app: &AppName,
+        version: Option<i64>,
+    ) -> Result<Release, DeployError> {
+        let _guard = self.lock(app)?;
+        let current = self
+            .store
+            .current_release(app)?
+            .ok_or_else(|| DeployError::Invalid(format!("{app} has no releases to roll back")))?;
+        let target = version.unwrap_or(current.version - 1);
+        if target < 1 || target > current.version {
+            return Err(DeployError::Invalid(format!(
+                "cannot roll back to v{target}: {app}'s releases are v1 to v{}",
+                current.version
+            )));
+        }
+        if target == current.version {
+            return Err(DeployError::Invalid(format!(
+                "v{target} is already the current release of {app}"
+            )));
+        }
+        let old = self.store.release(app, target)?;
+        if let Some(slug) = &old.slug
+            && !Path::new(slug).is_file()
+        {
+            return Err(DeployError::Invalid(format!(
+                "cannot roll back to v{target}: its slug was pruned (the last {} releases keep theirs)",
+                self.cfg.keep_releases
+            )));
+        }
+        let new = NewRelease {
+            description: format!("Rollback to v{target}"),
+            slug: old.slug,
+            slug_size: old.slug_size,
+            process_types: old.process_types,
+            config: old.config,
+            commit: old.commit,
+            buildpacks: old.buildpacks,
+            healthchecks: old.healthchecks,
+        };
+        if new.slug.is_none() {
+            return Ok(self.store.create_release(app, new)?);
+        }
+        let out = self.log_output(app);
+        Ok(self.launch(app, new, &out).await?.1)
+    }
+
+    /// Sets instance counts and starts or stops instances to match, without a new release.
+    pub async fn scale(
+        &self,
+        app: &AppName,
+        changes: BTreeMap<String, u32>,
+    ) -> Result<BTreeMap<String, u32>, DeployError> {
+        let _guard = self.lock(app)?;
+        let current = self.store.current_release(app)?;
+        for (ty, n) in &changes {
+            mar_core::ProcessType::parse(ty).map_err(|e| DeployError::Invalid(e.to_string()))?;
+            if ty == "release" {
+                return Err(DeployError::Invalid(
+                    "`release` runs once per deploy and cannot be scaled".to_owned(),
+                ));
+            }
+            if let Some(r) = &current
+                && !r.process_types.contains_key(ty)
+            {
+                let known: Vec<&str> = r
+                    .process_types
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|t| *t != "release")
+                    .collect();
+                return Err(DeployError::Invalid(format!(
+                    "no such process type {ty}: the current release has {}",
+                    known.join(", ")
+                )));
+            }
+            if *n > MAX_SCALE {
+                return Err(DeployError::Invalid(format!(
+                    "cannot scale {ty} to {n}: at most {MAX_SCALE} instances per type"
+                )));
+            }
+        }
+        self.store.set_formation(app, &changes)?;
+        let Some(release) = current.filter(|r| r.slug.is_some()) else {
+            return Ok(self.store.formation(app)?);
+        };
+        let (mut to_stop, settings) = (Vec::new(), self.settings(&release.config));
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(run) = running.get_mut(app) else {
+                return Ok(self.store.formation(app)?);
+            };
+            for (ty, want) in &changes {
+                let Some(command) = release.process_types.get(ty) else {
+                    continue;
+                };
+                let have: Vec<u32> = run
+                    .slots
+                    .iter()
+                    .filter(|s| &s.instance.spec().process_type == ty)
+                    .map(|s| s.instance.spec().index)
+                    .collect();
+                for index in 1..=*want {
+                    if !have.contains(&index) {
+                        let spec = self.spec_from_release(app, &release, ty, index, command)?;
+                        run.slots.push(self.spawn(spec));
+                    }
+                }
+                let (keep, stop): (Vec<Slot>, Vec<Slot>) = run.slots.drain(..).partition(|s| {
+                    &s.instance.spec().process_type != ty || s.instance.spec().index <= *want
+                });
+                run.slots = keep;
+                to_stop.extend(stop);
+            }
+        }
+        self.publish(app);
+        self.retire(app, to_stop, settings.wait_to_retire);
+        self.logs.append(
+            app,
+            "mar[api]",
+            &format!(
+                "Scaled to {}",
+                changes
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        );
+        Ok(self.store.formation(app)?)
+    }
+
+    /// Restarts instances one at a time: each gets a replacement that must boot (and pass the
+    /// health checks) before the old one is drained and stopped. `target` is a type (`web`), an
+    /// instance (`web.2`) or `None` for all.
+    pub async fn restart(
+        &self,
+        app: &AppName,
+        target: Option<&str>,
+    ) -> Result<Vec<String>, DeployError> {
+        let _guard = self.lock(app)?;
+        let (release, slots) = {
+            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            let run = running
+                .get(app)
+                .ok_or_else(|| DeployError::Invalid(format!("{app} has no running processes")))?;
+            (run.release.clone(), run.slots.clone())
+        };
+        let chosen: Vec<Slot> = slots
+            .into_iter()
+            .filter(|s| match target {
+                None => true,
+                Some(t) if t.contains('.') => s.instance.spec().dyno() == t,
+                Some(t) => s.instance.spec().process_type == t,
+            })
+            .collect();
+        if chosen.is_empty() {
+            return Err(DeployError::Invalid(format!(
+                "no running process matches {}",
+                target.unwrap_or("any")
+            )));
+        }
+        let settings = self.settings(&release.config);
+        let checks = healthcheck::from_release(&release.healthchecks);
+        let out = self.log_output(app);
+        let mut restarted = Vec::new();
+        for old in chosen {
+            let s = old.instance.spec();
+            let spec =
+                self.spec_from_release(app, &release, &s.process_type, s.index, &s.command)?;
+            let new = self.spawn(spec);
+            if let Err(e) = self
+                .ready(app, std::slice::from_ref(&new), &checks, &out)
+                .await
+            {
+                new.instance.stop().await;
+                return Err(DeployError::Boot(format!(
+                    "{e}; the running instance keeps serving"
+                )));
+            }
+            {
+                let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(run) = running.get_mut(app) {
+                    run.slots.retain(|x| x.instance.id() != old.instance.id());
+                    run.slots.push(new);
+                }
+            }
+            self.publish(app);
+            restarted.push(old.instance.spec().dyno());
+            self.logs.append(
+                app,
+                "mar[api]",
+                &format!("Restarted {}", old.instance.spec().dyno()),
+            );
+            self.retire(app, vec![old], settings.wait_to_retire);
+        }
+        Ok(restarted)
+    }
+
+    /// Runs a one-off command in the app's current slug and environment, as `run.N`.
+    pub async fn run_command(
+        &self,
+        app: &AppName,
+        command: &str,
+        out: mpsc::UnboundedSender<String>,
+        cancel: CancellationToken,
+    ) -> Result<i32, DeployError> {
+        let release = self
+            .store
+            .current_release(app)?
+            .filter(|r| r.slug.is_some())
+            .ok_or_else(|| {
+                DeployError::Invalid(format!(
+                    "{app} has no code yet: deploy it with `git push` first"
+                ))
+            })?;
+        let index = self.one_offs.fetch_add(1, Ordering::Relaxed) + 1;
+        let spec = self.spec_from_release(app, &release, "run", index, command)?;
+        self.logs.append(
+            app,
+            "mar[api]",
+            &format!("Starting process with command `{command}` as run.{index}"),
+        );
+        let code = mar_supervisor::one_off(&spec, out, Duration::from_secs(3600), cancel)
+            .await
+            .map_err(|e| DeployError::Boot(e.to_string()))?;
+        self.logs.append(
+            app,
+            "mar[api]",
+            &format!("run.{index} exited with status {code}"),
+        );
+        Ok(code)
+    }
+
+    /// Starts the processes of a release, waits for them to boot and pass their health checks,
+    /// records the release and switches traffic to it, then drains and stops the previous
+    /// instances.
     async fn launch(
         &self,
         app: &AppName,
         new: NewRelease,
         out: &Output,
     ) -> Result<(Timings, Release), DeployError> {
-        let version = self
-            .store
-            .current_release(app)?
-            .map_or(1, |r| r.version + 1);
+        let version = self.next_version(app)?;
         let t_boot = Instant::now();
-        let instances = self.start_instances(
-            app,
-            version,
-            &new.process_types,
-            &new.config,
-            new.slug.as_deref(),
-        )?;
-        if instances.iter().any(|i| i.spec().process_type == "web") {
+        let slots = self.start_slots(app, &new, version)?;
+        let checks = healthcheck::from_release(&new.healthchecks);
+        if slots
+            .iter()
+            .any(|s| s.instance.spec().process_type == "web")
+        {
             out.step("Waiting for the web process to accept connections on $PORT");
         }
-        let mut failure = None;
-        for inst in &instances {
-            if let Err(e) = inst.first_boot().await {
-                failure = Some(format!("{} failed to start: {e}", inst.spec().dyno()));
-                break;
-            }
-        }
-        if let Some(msg) = failure {
+        if let Err(msg) = self.ready(app, &slots, &checks, out).await {
             out.line(format!(" !     {msg}"));
-            for line in self.recent_app_output(app) {
-                out.line(format!(" !     {line}"));
+            for line in self.logs.recent(app, 8, 0).unwrap_or_default() {
+                out.line(format!(" !     {}", line.render()));
             }
             out.line(" !     The previous release keeps serving.");
-            for inst in &instances {
-                inst.stop().await;
-            }
+            futures_util::future::join_all(slots.iter().map(|s| s.instance.stop())).await;
             return Err(DeployError::Boot(msg));
         }
         let boot = t_boot.elapsed();
         let t_switch = Instant::now();
         let release = self.store.create_release(app, new)?;
+        let settings = self.settings(&release.config);
         let old = self
             .running
             .lock()
@@ -410,8 +730,8 @@ impl Apps {
             .insert(
                 app.clone(),
                 Running {
-                    release: release.version,
-                    instances,
+                    release: release.clone(),
+                    slots,
                 },
             );
         self.publish(app);
@@ -427,66 +747,271 @@ impl Apps {
             ),
         );
         if let Some(old) = old {
-            // Old instances finish in-flight work on their own schedule; the deploy is done.
-            tokio::spawn(async move {
-                for inst in old.instances {
-                    tokio::spawn(async move { inst.stop().await });
-                }
-            });
+            self.retire(app, old.slots, settings.wait_to_retire);
         }
+        self.prune(app);
         Ok((Timings { boot, switch }, release))
     }
 
-    fn recent_app_output(&self, app: &AppName) -> Vec<String> {
-        self.logs
-            .recent(app, 8, 0)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|l| l.render())
-            .collect()
-    }
-
-    fn start_instances(
+    /// Waits for new instances to boot; web instances must also pass the health checks.
+    async fn ready(
         &self,
         app: &AppName,
-        version: i64,
-        types: &BTreeMap<String, String>,
-        config: &BTreeMap<String, String>,
-        slug: Option<&str>,
-    ) -> Result<Vec<Instance>, DeployError> {
-        let Some(slug) = slug else {
-            return Ok(Vec::new());
-        };
-        let dir = self.ensure_run_dir(app, Path::new(slug))?;
-        let formation = self.store.formation(app)?;
-        let mut instances = Vec::new();
-        for (ty, command) in types {
-            let count = formation.get(ty).copied().unwrap_or(0);
-            for index in 1..=count {
-                let spec = ProcessSpec {
-                    app: app.clone(),
-                    process_type: ty.clone(),
-                    index,
-                    command: command.clone(),
-                    dir: dir.clone(),
-                    env: config.clone(),
-                    boot_timeout: self.cfg.boot_timeout,
-                    stop_grace: self.cfg.stop_timeout,
-                    release: version,
-                };
-                instances.push(Instance::spawn(
-                    spec,
-                    self.logs.clone(),
-                    self.events.clone(),
+        slots: &[Slot],
+        checks: &[healthcheck::Check],
+        out: &Output,
+    ) -> Result<(), String> {
+        for s in slots {
+            s.instance
+                .first_boot()
+                .await
+                .map_err(|e| format!("{} failed to start: {e}", s.instance.spec().dyno()))?;
+        }
+        if checks.is_empty() {
+            return Ok(());
+        }
+        out.step("Running healthchecks");
+        let host = format!("{app}.{}", self.cfg.domain);
+        for s in slots
+            .iter()
+            .filter(|s| s.instance.spec().process_type == "web")
+        {
+            let State::Up {
+                port: Some(port), ..
+            } = s.instance.state()
+            else {
+                return Err(format!(
+                    "{} stopped before its healthchecks",
+                    s.instance.spec().dyno()
                 ));
+            };
+            let say = |line: String| out.detail(line);
+            healthcheck::run(
+                checks,
+                ([127, 0, 0, 1], port).into(),
+                &host,
+                &s.instance.spec().dyno(),
+                &say,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Stops instances that no longer get traffic once the requests in flight to them are
+    /// done (or `wait` has passed), in the background.
+    fn retire(&self, app: &AppName, slots: Vec<Slot>, wait: Duration) {
+        if slots.is_empty() {
+            return;
+        }
+        let logs = self.logs.clone();
+        let app = app.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + wait;
+            let busy = |slots: &[Slot]| {
+                slots
+                    .iter()
+                    .map(|s| s.load.load(Ordering::Acquire))
+                    .sum::<usize>()
+            };
+            while busy(&slots) > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let left = busy(&slots);
+            if left > 0 {
+                logs.append(&app, "mar[api]", &format!("{left} requests still in flight after {}s; stopping the old processes anyway", wait.as_secs()));
+            }
+            futures_util::future::join_all(slots.iter().map(|s| s.instance.stop())).await;
+        });
+    }
+
+    /// Deletes slugs (and their unpacked copies) that none of the last `keep_releases`
+    /// releases uses.
+    fn prune(&self, app: &AppName) {
+        let Ok(releases) = self.store.releases(app) else {
+            return;
+        };
+        let keep: HashSet<PathBuf> = releases
+            .iter()
+            .take(self.cfg.keep_releases)
+            .filter_map(|r| r.slug.as_ref().map(PathBuf::from))
+            .collect();
+        let dir = self.paths.app(app).join("slugs");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if keep.contains(&path) {
+                continue;
+            }
+            if let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".tar.gz"))
+            {
+                let _ = std::fs::remove_dir_all(self.paths.run_dir(app, id));
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
+    fn next_version(&self, app: &AppName) -> Result<i64, DeployError> {
+        Ok(self
+            .store
+            .current_release(app)?
+            .map_or(1, |r| r.version + 1))
+    }
+
+    fn settings(&self, config: &BTreeMap<String, String>) -> AppSettings {
+        AppSettings::from_config(config, &self.defaults())
+    }
+
+    /// An output whose lines go to the app's log (for operations not started by a push).
+    fn log_output(&self, app: &AppName) -> Output {
+        let (out, mut rx) = Output::channel();
+        let logs = self.logs.clone();
+        let name = app.clone();
+        tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                logs.append(&name, "mar[api]", line.trim());
+            }
+        });
+        out
+    }
+
+    fn spec(
+        &self,
+        app: &AppName,
+        new: &NewRelease,
+        ty: &str,
+        index: u32,
+        command: &str,
+        version: i64,
+    ) -> Result<ProcessSpec, DeployError> {
+        let slug = new
+            .slug
+            .as_deref()
+            .ok_or_else(|| DeployError::Invalid(format!("{app} has no code yet")))?;
+        let uid = self.store.get_app(app)?.uid;
+        let dir = self.ensure_run_dir(app, Path::new(slug), uid)?;
+        let settings = self.settings(&new.config);
+        let private_tmp = self.private_tmp();
+        let mut env = new.config.clone();
+        if let (Some(uid), false) = (uid, private_tmp) {
+            // No mount namespace for /tmp here: give the app a private temporary directory
+            // that well-behaved programs use instead.
+            let tmp = self.paths.app(app).join("tmp");
+            std::fs::create_dir_all(&tmp)?;
+            std::os::unix::fs::lchown(&tmp, Some(uid), Some(uid))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
+            env.insert("TMPDIR".to_owned(), tmp.to_string_lossy().into_owned());
+        }
+        Ok(ProcessSpec {
+            app: app.clone(),
+            process_type: ty.to_owned(),
+            index,
+            command: command.to_owned(),
+            dir,
+            env,
+            boot_timeout: settings.boot_timeout,
+            stop_grace: settings.stop_timeout,
+            release: version,
+            sandbox: Sandbox {
+                user: uid.map(|u| (u, u)),
+                private_tmp,
+                nofile: settings.limits.nofile,
+            },
+            limits: settings.limits,
+            cgroups: self.cgroups.clone(),
+        })
+    }
+
+    /// A private /tmp needs a mount over /tmp, which would hide the data directory (and so the
+    /// app's own slug) if it lives under /tmp.
+    fn private_tmp(&self) -> bool {
+        self.isolate && !self.cfg.data_dir.starts_with("/tmp")
+    }
+
+    fn spec_from_release(
+        &self,
+        app: &AppName,
+        r: &Release,
+        ty: &str,
+        index: u32,
+        command: &str,
+    ) -> Result<ProcessSpec, DeployError> {
+        let new = NewRelease {
+            slug: r.slug.clone(),
+            config: r.config.clone(),
+            ..Default::default()
+        };
+        self.spec(app, &new, ty, index, command, r.version)
+    }
+
+    fn spawn(&self, spec: ProcessSpec) -> Slot {
+        Slot {
+            instance: Instance::spawn(spec, self.logs.clone(), self.events.clone()),
+            load: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn start_slots(
+        &self,
+        app: &AppName,
+        new: &NewRelease,
+        version: i64,
+    ) -> Result<Vec<Slot>, DeployError> {
+        if new.slug.is_none() {
+            return Ok(Vec::new());
+        }
+        let formation = self.store.formation(app)?;
+        let mut slots = Vec::new();
+        for (ty, command) in &new.process_types {
+            if ty == "release" {
+                continue;
+            }
+            for index in 1..=formation.get(ty).copied().unwrap_or(0) {
+                slots.push(self.spawn(self.spec(app, new, ty, index, command, version)?));
             }
         }
-        Ok(instances)
+        Ok(slots)
+    }
+
+    /// Makes the app's directories private: apps/APP traversable only, the run directory and
+    /// the cache owned by the app's user and closed to everyone else.
+    fn secure_app_dirs(
+        &self,
+        app: &AppName,
+        run_dir: &Path,
+        uid: Option<u32>,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let set =
+            |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+        set(&self.paths.app(app), 0o711)?;
+        set(&self.paths.app(app).join("slugs"), 0o700)?;
+        set(&self.paths.app(app).join("run"), 0o711)?;
+        if let Some(uid) = uid {
+            std::os::unix::fs::lchown(run_dir, Some(uid), Some(uid))?;
+        }
+        set(run_dir, 0o700)?;
+        let cache = self.paths.cache(app);
+        if cache.is_dir() {
+            set(&cache, 0o700)?;
+        }
+        Ok(())
     }
 
     /// The directory a slug runs from, unpacking the slug if it is not there (after a
-    /// rollback or a cleanup).
-    fn ensure_run_dir(&self, app: &AppName, slug: &Path) -> Result<PathBuf, DeployError> {
+    /// rollback to a pruned copy, or a cleanup).
+    fn ensure_run_dir(
+        &self,
+        app: &AppName,
+        slug: &Path,
+        uid: Option<u32>,
+    ) -> Result<PathBuf, DeployError> {
         let id = slug
             .file_name()
             .and_then(|n| n.to_str())
@@ -496,6 +1021,10 @@ impl Apps {
         let dir = self.paths.run_dir(app, &id);
         if !dir.is_dir() {
             mar_build::unpack_slug(slug, &dir)?;
+            if let Some(uid) = uid {
+                chown_tree(&dir, uid)?;
+            }
+            self.secure_app_dirs(app, &dir, uid)?;
         }
         Ok(dir)
     }
@@ -513,15 +1042,14 @@ impl Apps {
             let name = app.name;
             match self.store.current_release(&name) {
                 Ok(Some(rel)) if rel.slug.is_some() => {
-                    let res = self.start_instances(
-                        &name,
-                        rel.version,
-                        &rel.process_types,
-                        &rel.config,
-                        rel.slug.as_deref(),
-                    );
-                    match res {
-                        Ok(instances) => {
+                    let new = NewRelease {
+                        slug: rel.slug.clone(),
+                        process_types: rel.process_types.clone(),
+                        config: rel.config.clone(),
+                        ..Default::default()
+                    };
+                    match self.start_slots(&name, &new, rel.version) {
+                        Ok(slots) => {
                             self.logs.append(
                                 &name,
                                 "mar[api]",
@@ -533,8 +1061,8 @@ impl Apps {
                                 .insert(
                                     name.clone(),
                                     Running {
-                                        release: rel.version,
-                                        instances,
+                                        release: rel,
+                                        slots,
                                     },
                                 );
                         }
@@ -561,7 +1089,7 @@ impl Apps {
             .remove(app);
         self.routes.remove(app);
         if let Some(run) = run {
-            futures_util::future::join_all(run.instances.iter().map(|i| i.stop())).await;
+            futures_util::future::join_all(run.slots.iter().map(|s| s.instance.stop())).await;
         }
     }
 
@@ -576,9 +1104,13 @@ impl Apps {
             .collect();
         let stops = all
             .iter()
-            .flat_map(|r| r.instances.iter())
-            .map(|i| i.stop());
+            .flat_map(|r| r.slots.iter())
+            .map(|s| s.instance.stop());
         futures_util::future::join_all(stops).await;
+        if let Some(cg) = &self.cgroups {
+            cg.sweep();
+            cg.remove_root();
+        }
     }
 
     /// `http://APP.DOMAIN:PORT/`.
@@ -618,23 +1150,37 @@ fn build_id(commit: &str) -> String {
     format!("{ms}-{short}")
 }
 
-/// When `mar` runs as root, builds run as an unprivileged user, provided that user can reach
-/// the data directory (every ancestor must be searchable by others). Otherwise they run as
-/// the current user and a warning says why.
-fn build_user(cfg: &Config) -> Option<(u32, u32)> {
-    if !nix::unistd::geteuid().is_root() {
-        return None;
+fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(root, Some(uid), Some(uid))?;
+    if root.is_symlink() || !root.is_dir() {
+        return Ok(());
     }
-    let user = match nix::unistd::User::from_name(&cfg.build_user) {
-        Ok(Some(u)) => u,
-        _ => {
-            tracing::warn!(
-                "build user {:?} does not exist; builds run as root",
-                cfg.build_user
-            );
-            return None;
-        }
-    };
+    for entry in std::fs::read_dir(root)? {
+        chown_tree(&entry?.path(), uid)?;
+    }
+    Ok(())
+}
+
+/// One cgroup root per data directory, so that several `mar serve` on one host (the tests run
+/// many) never sweep each other's processes.
+fn cgroup_name(data_dir: &Path) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in data_dir.as_os_str().as_encoded_bytes() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+    }
+    format!("mar-{h:016x}")
+}
+
+/// Apps get their own users (and a private /tmp) when `mar` runs as root and the data directory
+/// is reachable by other users (every ancestor searchable). Otherwise every app runs as the
+/// current user, and a warning at start says why.
+fn can_isolate(cfg: &Config) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "mar: not running as root: apps run as the current user, without per-app users or limits"
+        );
+        return false;
+    }
     use std::os::unix::fs::PermissionsExt;
     let mut dir = Some(cfg.data_dir.as_path());
     while let Some(d) = dir {
@@ -643,13 +1189,12 @@ fn build_user(cfg: &Config) -> Option<(u32, u32)> {
             .unwrap_or(false);
         if !searchable {
             eprintln!(
-                "mar: builds run as root, because {} is not searchable by the build user {:?} (chmod o+x it to isolate builds)",
-                d.display(),
-                cfg.build_user
+                "mar: apps run as root, because {} is not searchable by other users (chmod o+x it to give each app its own user)",
+                d.display()
             );
-            return None;
+            return false;
         }
         dir = d.parent();
     }
-    Some((user.uid.as_raw(), user.gid.as_raw()))
+    true
 }

@@ -43,8 +43,8 @@ pub struct FileConfig {
     pub stop_timeout: Option<u64>,
     /// Seconds a build may take.
     pub build_timeout: Option<u64>,
-    /// User that runs builds when `mar` runs as root.
-    pub build_user: Option<String>,
+    /// How many releases keep their slug for rollbacks.
+    pub keep_releases: Option<usize>,
 }
 
 /// Settings given on the command line or in the environment; `None` means "not given".
@@ -71,8 +71,8 @@ pub struct Config {
     pub stop_timeout: Duration,
     /// Time a build may take.
     pub build_timeout: Duration,
-    /// User that runs builds when `mar` runs as root.
-    pub build_user: String,
+    /// How many releases keep their slug for rollbacks.
+    pub keep_releases: usize,
     /// The `mar` executable, run as the git pre-receive hook.
     pub mar_exe: PathBuf,
 }
@@ -122,7 +122,7 @@ impl Config {
             boot_timeout: Duration::from_secs(file.boot_timeout.unwrap_or(60)),
             stop_timeout: Duration::from_secs(file.stop_timeout.unwrap_or(30)),
             build_timeout: Duration::from_secs(file.build_timeout.unwrap_or(15 * 60)),
-            build_user: file.build_user.unwrap_or_else(|| "nobody".to_owned()),
+            keep_releases: file.keep_releases.unwrap_or(10).max(1),
             mar_exe,
         })
     }

@@ -5,7 +5,9 @@
 pub mod api;
 pub mod apps;
 pub mod config;
+pub mod healthcheck;
 pub mod paths;
+pub mod settings;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

@@ -47,6 +47,8 @@ pub struct App {
     pub name: AppName,
     /// RFC 3339 creation time.
     pub created_at: String,
+    /// The unprivileged user id the app's builds and processes run as, when `mar` runs as root.
+    pub uid: Option<u32>,
 }
 
 /// A release: an immutable pairing of a slug with a config snapshot and process types.
@@ -68,6 +70,8 @@ pub struct Release {
     pub commit: Option<String>,
     /// Names of the buildpacks that built the slug.
     pub buildpacks: Vec<String>,
+    /// The app's health checks (`app.json` `healthchecks`), as JSON; `null` for none.
+    pub healthchecks: String,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
@@ -89,6 +93,8 @@ pub struct NewRelease {
     pub commit: Option<String>,
     /// See [`Release::buildpacks`].
     pub buildpacks: Vec<String>,
+    /// See [`Release::healthchecks`].
+    pub healthchecks: String,
 }
 
 /// The state database. Cheap to share behind an `Arc`.
@@ -128,6 +134,27 @@ CREATE TABLE IF NOT EXISTS formation (
 );
 ";
 
+/// Schema changes after the first, in order; `PRAGMA user_version` counts those applied, so
+/// a data directory from an older `mar` is brought up to date at start.
+const MIGRATIONS: &[&str] = &[
+    SCHEMA,
+    "ALTER TABLE apps ADD COLUMN uid INTEGER;
+     ALTER TABLE releases ADD COLUMN healthchecks TEXT NOT NULL DEFAULT 'null';",
+];
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let applied: usize = conn
+        .query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?
+        .max(0) as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))?;
+    }
+    Ok(())
+}
+
 fn now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
@@ -140,7 +167,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -152,38 +179,54 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Creates an app.
-    pub fn create_app(&self, name: &AppName) -> Result<App> {
+    /// Creates an app. With `uid_base`, it also gets its own user id: the lowest free one from
+    /// `uid_base` up.
+    pub fn create_app(&self, name: &AppName, uid_base: Option<u32>) -> Result<App> {
         let created_at = now();
-        let conn = self.conn();
-        let n = conn.execute(
-            "INSERT OR IGNORE INTO apps (name, created_at) VALUES (?1, ?2)",
-            params![name.as_str(), created_at],
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let uid: Option<u32> = match uid_base {
+            Some(base) => Some(tx.query_row(
+                "SELECT MAX(?1, COALESCE(MAX(uid) + 1, ?1)) FROM apps",
+                params![base],
+                |r| r.get(0),
+            )?),
+            None => None,
+        };
+        let n = tx.execute(
+            "INSERT OR IGNORE INTO apps (name, created_at, uid) VALUES (?1, ?2, ?3)",
+            params![name.as_str(), created_at, uid],
         )?;
         if n == 0 {
             return Err(StoreError::AppExists(name.to_string()));
         }
-        conn.execute(
+        tx.execute(
             "INSERT INTO formation (app, process_type, quantity) VALUES (?1, 'web', 1)",
             params![name.as_str()],
         )?;
+        tx.commit()?;
         Ok(App {
             name: name.clone(),
             created_at,
+            uid,
         })
     }
 
     /// All apps, by name.
     pub fn list_apps(&self) -> Result<Vec<App>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name, created_at FROM apps ORDER BY name")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+        let mut stmt = conn.prepare("SELECT name, created_at, uid FROM apps ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?;
         let mut apps = Vec::new();
         for row in rows {
-            let (name, created_at) = row?;
+            let (name, created_at, uid) = row?;
             // Names were validated on the way in; a row that fails now was edited by hand.
             if let Ok(name) = AppName::parse(&name) {
-                apps.push(App { name, created_at });
+                apps.push(App {
+                    name,
+                    created_at,
+                    uid,
+                });
             }
         }
         Ok(apps)
@@ -193,14 +236,15 @@ impl Store {
     pub fn get_app(&self, name: &AppName) -> Result<App> {
         self.conn()
             .query_row(
-                "SELECT created_at FROM apps WHERE name = ?1",
+                "SELECT created_at, uid FROM apps WHERE name = ?1",
                 params![name.as_str()],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?
-            .map(|created_at| App {
+            .map(|(created_at, uid)| App {
                 name: name.clone(),
                 created_at,
+                uid,
             })
             .ok_or_else(|| StoreError::NoSuchApp(name.to_string()))
     }
@@ -239,8 +283,8 @@ impl Store {
         )?;
         let created_at = now();
         tx.execute(
-            "INSERT INTO releases (app, version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO releases (app, version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at, healthchecks)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 app.as_str(),
                 version,
@@ -252,6 +296,7 @@ impl Store {
                 new.commit,
                 serde_json::to_string(&new.buildpacks)?,
                 created_at,
+                new.healthchecks,
             ],
         )?;
         tx.execute(
@@ -274,6 +319,7 @@ impl Store {
             config: new.config,
             commit: new.commit,
             buildpacks: new.buildpacks,
+            healthchecks: new.healthchecks,
             created_at,
         })
     }
@@ -283,7 +329,7 @@ impl Store {
         self.get_app(app)?;
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at
+            "SELECT version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at, healthchecks
              FROM releases WHERE app = ?1 ORDER BY version DESC",
         )?;
         let rows = stmt.query_map(params![app.as_str()], release_row)?;
@@ -300,13 +346,34 @@ impl Store {
         let row = self
             .conn()
             .query_row(
-                "SELECT version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at
+                "SELECT version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at, healthchecks
                  FROM releases WHERE app = ?1 ORDER BY version DESC LIMIT 1",
                 params![app.as_str()],
                 release_row,
             )
             .optional()?;
         row.map(RawRelease::decode).transpose()
+    }
+
+    /// One release by version.
+    pub fn release(&self, app: &AppName, version: i64) -> Result<Release> {
+        self.get_app(app)?;
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at, healthchecks
+                 FROM releases WHERE app = ?1 AND version = ?2",
+                params![app.as_str(), version],
+                release_row,
+            )
+            .optional()?;
+        match row {
+            Some(r) => r.decode(),
+            None => Err(StoreError::NoSuchRelease {
+                app: app.to_string(),
+                version,
+            }),
+        }
     }
 
     /// Process type → instance count. Types never scaled are absent (meaning 0).
@@ -347,6 +414,7 @@ struct RawRelease {
     commit: Option<String>,
     buildpacks: String,
     created_at: String,
+    healthchecks: String,
 }
 
 fn release_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRelease> {
@@ -360,6 +428,7 @@ fn release_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRelease> {
         commit: r.get(6)?,
         buildpacks: r.get(7)?,
         created_at: r.get(8)?,
+        healthchecks: r.get(9)?,
     })
 }
 
@@ -374,6 +443,7 @@ impl RawRelease {
             config: serde_json::from_str(&self.config)?,
             commit: self.commit,
             buildpacks: serde_json::from_str(&self.buildpacks)?,
+            healthchecks: self.healthchecks,
             created_at: self.created_at,
         })
     }
@@ -393,8 +463,11 @@ mod tests {
     fn releases_count_up_and_carry_config() {
         let (_d, s) = store();
         let app = AppName::parse("echo").unwrap();
-        s.create_app(&app).unwrap();
-        assert!(matches!(s.create_app(&app), Err(StoreError::AppExists(_))));
+        s.create_app(&app, None).unwrap();
+        assert!(matches!(
+            s.create_app(&app, None),
+            Err(StoreError::AppExists(_))
+        ));
         let mut config = BTreeMap::new();
         config.insert("A".to_owned(), "1".to_owned());
         let r1 = s
@@ -422,6 +495,15 @@ mod tests {
         assert_eq!(s.current_release(&app).unwrap().unwrap().version, 2);
         assert_eq!(s.config(&app).unwrap()["A"], "1");
         assert_eq!(s.formation(&app).unwrap()["web"], 1);
+        assert_eq!(s.release(&app, 1).unwrap().description, "Set A config vars");
+        assert!(matches!(
+            s.release(&app, 9),
+            Err(StoreError::NoSuchRelease { .. })
+        ));
+        let b = AppName::parse("b").unwrap();
+        let c = AppName::parse("c").unwrap();
+        assert_eq!(s.create_app(&b, Some(20000)).unwrap().uid, Some(20000));
+        assert_eq!(s.create_app(&c, Some(20000)).unwrap().uid, Some(20001));
         s.delete_app(&app).unwrap();
         assert!(matches!(s.get_app(&app), Err(StoreError::NoSuchApp(_))));
     }
@@ -433,7 +515,7 @@ mod tests {
         let app = AppName::parse("keep").unwrap();
         {
             let s = Store::open(&path).unwrap();
-            s.create_app(&app).unwrap();
+            s.create_app(&app, None).unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.list_apps().unwrap().len(), 1);

@@ -97,6 +97,54 @@ enum Command {
         /// Keep following new lines.
         #[arg(short = 't', long = "tail")]
         tail: bool,
+        /// Only this process (`web.1`) or process type (`web`).
+        #[arg(long)]
+        ps: Option<String>,
+        /// Only the app's output (`app`) or the platform's lines (`mar`).
+        #[arg(long, value_parser = ["app", "mar"])]
+        source: Option<String>,
+    },
+    /// Set instance counts: `mar ps:scale web=3 worker=1`.
+    #[command(name = "ps:scale")]
+    PsScale {
+        /// TYPE=N pairs; with none, shows the formation.
+        pairs: Vec<String>,
+    },
+    /// Restart processes one at a time, with no downtime: all, a type (`web`) or one (`web.2`).
+    #[command(name = "ps:restart")]
+    PsRestart {
+        /// What to restart.
+        target: Option<String>,
+    },
+    /// Set per-instance limits (memory, processes, open files); restarts the app.
+    #[command(name = "ps:resize")]
+    PsResize {
+        /// Memory per instance, like 512M or 1G.
+        #[arg(long)]
+        memory: Option<String>,
+        /// Processes and threads per instance.
+        #[arg(long)]
+        pids: Option<String>,
+        /// Open files per process.
+        #[arg(long)]
+        nofile: Option<String>,
+    },
+    /// Show one release.
+    #[command(name = "releases:info")]
+    ReleasesInfo {
+        /// `vN` or `N`.
+        version: String,
+    },
+    /// Roll back to an earlier release (default: the one before the current).
+    Rollback {
+        /// `vN` or `N`.
+        version: Option<String>,
+    },
+    /// Run a one-off command in the app's environment and slug: `mar run -a APP -- CMD…`.
+    Run {
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
     },
     /// Print the admin API token.
     #[command(name = "auth:token")]
@@ -296,10 +344,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Logs { num, tail } => {
+        Command::Logs {
+            num,
+            tail,
+            ps,
+            source,
+        } => {
             let app = resolve_app(cli.app)?;
+            let filter = mar_sdk::LogFilter { ps, source };
             if tail {
-                let mut lines = client.follow_logs(app.as_str(), num).await?;
+                let mut lines = client.follow_logs(app.as_str(), num, &filter).await?;
                 while let Some(line) = lines.next_line().await? {
                     let mut out = std::io::stdout().lock();
                     writeln!(out, "{line}")?;
@@ -307,7 +361,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(ExitCode::SUCCESS);
             }
-            let entries = client.logs(app.as_str(), num, 0).await?;
+            let entries = client.logs(app.as_str(), num, 0, &filter).await?;
             if json {
                 return print_json(&entries);
             }
@@ -315,9 +369,155 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{} {}", e.time, e.log);
             }
         }
+        Command::PsScale { pairs } => {
+            let app = resolve_app(cli.app)?;
+            let formation = if pairs.is_empty() {
+                client.formation(app.as_str()).await?
+            } else {
+                let mut counts = BTreeMap::new();
+                for pair in &pairs {
+                    let parsed = pair
+                        .split_once('=')
+                        .and_then(|(t, n)| n.parse::<u32>().ok().map(|n| (t.to_owned(), n)));
+                    let Some((t, n)) = parsed else {
+                        bail!("{pair:?} is not TYPE=N, like web=2");
+                    };
+                    counts.insert(t, n);
+                }
+                eprint!("Scaling {app} processes... ");
+                let f = client.scale(app.as_str(), &counts).await?;
+                eprintln!("done");
+                f
+            };
+            if json {
+                return print_json(&formation);
+            }
+            let shown: Vec<String> = formation
+                .iter()
+                .map(|f| format!("{}={}", f.process_type, f.quantity))
+                .collect();
+            println!("{}", shown.join(" "));
+        }
+        Command::PsRestart { target } => {
+            let app = resolve_app(cli.app)?;
+            eprint!(
+                "Restarting {} of {app}, one at a time... ",
+                target.as_deref().unwrap_or("every process")
+            );
+            let restarted = client.restart(app.as_str(), target.as_deref()).await?;
+            eprintln!("done");
+            if json {
+                return print_json(&restarted);
+            }
+            println!("restarted {}", restarted.join(", "));
+        }
+        Command::PsResize {
+            memory,
+            pids,
+            nofile,
+        } => {
+            let app = resolve_app(cli.app)?;
+            let mut changes = BTreeMap::new();
+            for (k, v) in [
+                ("MAR_MEMORY_LIMIT", memory),
+                ("MAR_PIDS_LIMIT", pids),
+                ("MAR_NOFILE_LIMIT", nofile),
+            ] {
+                if let Some(v) = v {
+                    changes.insert(k.to_owned(), Some(v));
+                }
+            }
+            if changes.is_empty() {
+                let config = client.config(app.as_str()).await?;
+                let shown: BTreeMap<String, String> = config
+                    .into_iter()
+                    .filter(|(k, _)| k.starts_with("MAR_") && k.ends_with("_LIMIT"))
+                    .collect();
+                if json {
+                    return print_json(&shown);
+                }
+                print_config(&app, &shown);
+                return Ok(ExitCode::SUCCESS);
+            }
+            eprint!("Resizing {app} and restarting... ");
+            let config = client.update_config(app.as_str(), &changes).await?;
+            eprintln!("done");
+            if json {
+                return print_json(&config);
+            }
+        }
+        Command::ReleasesInfo { version } => {
+            let app = resolve_app(cli.app)?;
+            let v = parse_version(&version)?;
+            let r = client.release(app.as_str(), v).await?;
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "=== Release v{}{}",
+                r.version,
+                if r.current { " (current)" } else { "" }
+            );
+            println!("Change:      {}", r.description);
+            println!("When:        {}", r.created_at);
+            println!("Commit:      {}", r.commit.as_deref().unwrap_or("-"));
+            println!("Buildpacks:  {}", r.buildpacks.join(", "));
+            println!("Slug size:   {} bytes", r.slug_size);
+            let types: Vec<String> = r
+                .process_types
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            println!("Processes:   {}", types.join("; "));
+            print_config(&app, &r.config.unwrap_or_default());
+        }
+        Command::Rollback { version } => {
+            let app = resolve_app(cli.app)?;
+            let v = version.as_deref().map(parse_version).transpose()?;
+            eprint!("Rolling back {app}... ");
+            let r = client.rollback(app.as_str(), v).await?;
+            eprintln!("done, v{}", r.version);
+            if json {
+                return print_json(&r);
+            }
+            println!("{}", r.description);
+        }
+        Command::Run { command } => {
+            let app = resolve_app(cli.app)?;
+            let mut lines = client.run(app.as_str(), &command.join(" ")).await?;
+            let mut result = None;
+            while let Some(line) = lines.next_line().await? {
+                match line.strip_prefix(mar_sdk::types::BUILD_RESULT_MARK) {
+                    Some(json) => {
+                        result = serde_json::from_str::<mar_sdk::types::RunResult>(json).ok()
+                    }
+                    None => {
+                        let mut out = std::io::stdout().lock();
+                        writeln!(out, "{line}")?;
+                        out.flush()?;
+                    }
+                }
+            }
+            return match result {
+                Some(mar_sdk::types::RunResult {
+                    exit_code: Some(code),
+                    ..
+                }) => Ok(ExitCode::from(
+                    u8::try_from(code.clamp(0, 255)).unwrap_or(1),
+                )),
+                Some(mar_sdk::types::RunResult { error: Some(e), .. }) => bail!("{e}"),
+                _ => bail!("the command's output ended without an exit status"),
+            };
+        }
         Command::Serve { .. } | Command::Hook { .. } | Command::AuthToken => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn parse_version(v: &str) -> anyhow::Result<i64> {
+    v.trim_start_matches('v')
+        .parse()
+        .with_context(|| format!("{v:?} is not a release version like v3"))
 }
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<ExitCode> {

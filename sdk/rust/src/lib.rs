@@ -95,6 +95,28 @@ impl Lines {
     }
 }
 
+/// Which log lines to show.
+#[derive(Debug, Clone, Default)]
+pub struct LogFilter {
+    /// Only this process (`web.1`) or type (`web`).
+    pub ps: Option<String>,
+    /// Only `app` (the app's output) or `mar` (the platform's lines).
+    pub source: Option<String>,
+}
+
+impl LogFilter {
+    fn query(&self) -> String {
+        let mut q = String::new();
+        if let Some(ps) = &self.ps {
+            q.push_str(&format!("&ps={}", enc(ps)));
+        }
+        if let Some(src) = &self.source {
+            q.push_str(&format!("&source={}", enc(src)));
+        }
+        q
+    }
+}
+
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -265,8 +287,13 @@ impl Client {
         app: &str,
         limit: usize,
         offset: usize,
+        filter: &LogFilter,
     ) -> Result<Vec<LogEntry>, SdkError> {
-        let path = format!("/v1/apps/{}/logs?limit={limit}&offset={offset}", enc(app));
+        let path = format!(
+            "/v1/apps/{}/logs?limit={limit}&offset={offset}{}",
+            enc(app),
+            filter.query()
+        );
         Ok(self
             .json::<Results<LogEntry>>(Method::GET, &path, None)
             .await?
@@ -274,13 +301,108 @@ impl Client {
     }
 
     /// `GET /v1/apps/APP/logs/stream?lines=N`: the last N lines, then new ones as they come.
-    pub async fn follow_logs(&self, app: &str, lines: usize) -> Result<Lines, SdkError> {
+    pub async fn follow_logs(
+        &self,
+        app: &str,
+        lines: usize,
+        filter: &LogFilter,
+    ) -> Result<Lines, SdkError> {
         let body = Full::new(Bytes::new())
             .map_err(|never| match never {})
             .boxed_unsync();
-        let path = format!("/v1/apps/{}/logs/stream?lines={lines}", enc(app));
+        let path = format!(
+            "/v1/apps/{}/logs/stream?lines={lines}{}",
+            enc(app),
+            filter.query()
+        );
         let resp = self
             .send(Method::GET, &path, body, "application/json")
+            .await?;
+        Ok(Lines {
+            body: resp.into_body(),
+            buf: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// `GET /v1/apps/APP/formation`.
+    pub async fn formation(&self, app: &str) -> Result<Vec<FormationEntry>, SdkError> {
+        Ok(self
+            .json::<Results<FormationEntry>>(
+                Method::GET,
+                &format!("/v1/apps/{}/formation", enc(app)),
+                None,
+            )
+            .await?
+            .results)
+    }
+
+    /// `PATCH /v1/apps/APP/formation`: sets instance counts.
+    pub async fn scale(
+        &self,
+        app: &str,
+        counts: &BTreeMap<String, u32>,
+    ) -> Result<Vec<FormationEntry>, SdkError> {
+        let path = format!("/v1/apps/{}/formation", enc(app));
+        Ok(self
+            .json::<Results<FormationEntry>>(
+                Method::PATCH,
+                &path,
+                Some(serde_json::to_value(counts)?),
+            )
+            .await?
+            .results)
+    }
+
+    /// `POST /v1/apps/APP/ps/restart`: rolling restart of a type, an instance, or all.
+    pub async fn restart(&self, app: &str, target: Option<&str>) -> Result<Vec<String>, SdkError> {
+        let path = format!("/v1/apps/{}/ps/restart", enc(app));
+        let v: serde_json::Value = self
+            .json(
+                Method::POST,
+                &path,
+                Some(serde_json::json!({ "target": target })),
+            )
+            .await?;
+        Ok(serde_json::from_value(v["restarted"].clone())?)
+    }
+
+    /// `GET /v1/apps/APP/releases/N`.
+    pub async fn release(&self, app: &str, version: i64) -> Result<ReleaseInfo, SdkError> {
+        self.json(
+            Method::GET,
+            &format!("/v1/apps/{}/releases/{version}", enc(app)),
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/apps/APP/rollback`: a new release from an old one's slug and config.
+    pub async fn rollback(&self, app: &str, version: Option<i64>) -> Result<ReleaseInfo, SdkError> {
+        let path = format!("/v1/apps/{}/rollback", enc(app));
+        self.json(
+            Method::POST,
+            &path,
+            Some(serde_json::json!({ "version": version })),
+        )
+        .await
+    }
+
+    /// `POST /v1/apps/APP/run`: runs a one-off command, streaming its output. The last line
+    /// starts with [`BUILD_RESULT_MARK`] and holds a [`RunResult`].
+    pub async fn run(&self, app: &str, command: &str) -> Result<Lines, SdkError> {
+        let body = Full::new(Bytes::from(serde_json::to_vec(
+            &serde_json::json!({ "command": command }),
+        )?))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+        let resp = self
+            .send(
+                Method::POST,
+                &format!("/v1/apps/{}/run", enc(app)),
+                body,
+                "application/json",
+            )
             .await?;
         Ok(Lines {
             body: resp.into_body(),

@@ -61,6 +61,30 @@ pub struct ReleaseInfo {
     pub buildpacks: Vec<String>,
     /// Whether it is the release running now.
     pub current: bool,
+    /// Its config vars (only in the single-release view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<BTreeMap<String, String>>,
+}
+
+/// One process type's instance count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FormationEntry {
+    /// `web`.
+    #[serde(rename = "type")]
+    pub process_type: String,
+    /// Instances.
+    pub quantity: u32,
+    /// The Procfile command, when the current release declares the type.
+    pub command: Option<String>,
+}
+
+/// How a one-off process ended, in the last line of its output stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Its exit status (128 + signal when killed); `None` if it could not run.
+    pub exit_code: Option<i32>,
+    /// Why it could not run.
+    pub error: Option<String>,
 }
 
 /// One process instance.
@@ -85,6 +109,8 @@ pub struct ProcessInfo {
     pub uptime_secs: Option<u64>,
     /// Restarts after crashes.
     pub restarts: u32,
+    /// Memory in use by the instance's processes, in bytes.
+    pub memory_bytes: Option<u64>,
 }
 
 /// A log line in the MAR API's shape.

@@ -1,0 +1,176 @@
+//! Per-app platform settings, kept as `MAR_*` config vars (as Dokku keeps `DOKKU_*` ones), so
+//! that changing one makes a release and restarts the app with it, like any config change.
+//! Parsing is pure and checked at `config:set`, so a bad value never reaches a deploy.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mar_supervisor::Limits;
+
+/// Seconds a web process has to accept connections on `$PORT`.
+pub const BOOT_TIMEOUT: &str = "MAR_BOOT_TIMEOUT";
+/// Seconds between SIGTERM and SIGKILL.
+pub const STOP_TIMEOUT: &str = "MAR_STOP_TIMEOUT";
+/// Longest wait, in seconds, for requests in flight to an old instance before it is stopped.
+pub const WAIT_TO_RETIRE: &str = "MAR_WAIT_TO_RETIRE";
+/// Memory per instance: `512M`, `1G`.
+pub const MEMORY_LIMIT: &str = "MAR_MEMORY_LIMIT";
+/// Processes and threads per instance.
+pub const PIDS_LIMIT: &str = "MAR_PIDS_LIMIT";
+/// Open files per process.
+pub const NOFILE_LIMIT: &str = "MAR_NOFILE_LIMIT";
+
+/// The settings in force for one app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppSettings {
+    /// See [`BOOT_TIMEOUT`].
+    pub boot_timeout: Duration,
+    /// See [`STOP_TIMEOUT`].
+    pub stop_timeout: Duration,
+    /// See [`WAIT_TO_RETIRE`].
+    pub wait_to_retire: Duration,
+    /// Memory, processes and open files per instance.
+    pub limits: Limits,
+}
+
+/// Defaults that apply where an app sets nothing.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Boot timeout.
+    pub boot_timeout: Duration,
+    /// Stop grace period.
+    pub stop_timeout: Duration,
+}
+
+/// Parses `512M`, `1G`, `1048576` (bytes) into bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 'k' | 'K') => (&s[..i], 1u64 << 10),
+        (i, 'm' | 'M') => (&s[..i], 1 << 20),
+        (i, 'g' | 'G') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(mult))
+}
+
+fn seconds(name: &str, v: &str, max: u64) -> Result<Duration, String> {
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n <= max)
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            format!("{name} must be a whole number of seconds from 0 to {max}, not {v:?}")
+        })
+}
+
+fn count(name: &str, v: &str, min: u64, max: u64) -> Result<u64, String> {
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| format!("{name} must be a whole number from {min} to {max}, not {v:?}"))
+}
+
+/// Checks one config var that is a setting; other names pass.
+pub fn validate(name: &str, value: &str) -> Result<(), String> {
+    match name {
+        BOOT_TIMEOUT => seconds(name, value, 3600).map(drop),
+        STOP_TIMEOUT => seconds(name, value, 3600).map(drop),
+        WAIT_TO_RETIRE => seconds(name, value, 3600).map(drop),
+        MEMORY_LIMIT => match parse_size(value) {
+            Some(b) if b >= 16 << 20 => Ok(()),
+            _ => Err(format!(
+                "{name} must be a size of at least 16M, like 512M or 1G, not {value:?}"
+            )),
+        },
+        PIDS_LIMIT => count(name, value, 8, 1 << 20).map(drop),
+        NOFILE_LIMIT => count(name, value, 64, 1 << 20).map(drop),
+        _ => Ok(()),
+    }
+}
+
+impl AppSettings {
+    /// The settings from an app's config vars over the defaults. Values were validated when
+    /// set; one that does not parse (edited by hand) falls back to the default.
+    pub fn from_config(config: &BTreeMap<String, String>, defaults: &Defaults) -> Self {
+        let get = |k: &str| config.get(k).map(String::as_str);
+        Self {
+            boot_timeout: get(BOOT_TIMEOUT)
+                .and_then(|v| seconds(BOOT_TIMEOUT, v, 3600).ok())
+                .unwrap_or(defaults.boot_timeout),
+            stop_timeout: get(STOP_TIMEOUT)
+                .and_then(|v| seconds(STOP_TIMEOUT, v, 3600).ok())
+                .unwrap_or(defaults.stop_timeout),
+            wait_to_retire: get(WAIT_TO_RETIRE)
+                .and_then(|v| seconds(WAIT_TO_RETIRE, v, 3600).ok())
+                .unwrap_or(Duration::from_secs(30)),
+            limits: Limits {
+                memory_bytes: Some(get(MEMORY_LIMIT).and_then(parse_size).unwrap_or(512 << 20)),
+                pids: Some(
+                    get(PIDS_LIMIT)
+                        .and_then(|v| count(PIDS_LIMIT, v, 8, 1 << 20).ok())
+                        .unwrap_or(512),
+                ),
+                nofile: Some(
+                    get(NOFILE_LIMIT)
+                        .and_then(|v| count(NOFILE_LIMIT, v, 64, 1 << 20).ok())
+                        .unwrap_or(10_000),
+                ),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("1g"), Some(1 << 30));
+        assert_eq!(parse_size("4096"), Some(4096));
+        for bad in ["", "M", "-1M", "1.5G", "0", "lots"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        assert!(validate(MEMORY_LIMIT, "256M").is_ok());
+        assert!(
+            validate(MEMORY_LIMIT, "1M")
+                .unwrap_err()
+                .contains("at least 16M")
+        );
+        assert!(
+            validate(BOOT_TIMEOUT, "soon")
+                .unwrap_err()
+                .contains("MAR_BOOT_TIMEOUT")
+        );
+        assert!(validate(PIDS_LIMIT, "2").is_err());
+        assert!(validate("GREETING", "anything").is_ok());
+    }
+
+    #[test]
+    fn config_over_defaults() {
+        let d = Defaults {
+            boot_timeout: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(30),
+        };
+        let c = BTreeMap::from([
+            (BOOT_TIMEOUT.to_owned(), "5".to_owned()),
+            (MEMORY_LIMIT.to_owned(), "1G".to_owned()),
+        ]);
+        let s = AppSettings::from_config(&c, &d);
+        assert_eq!(s.boot_timeout, Duration::from_secs(5));
+        assert_eq!(s.stop_timeout, Duration::from_secs(30));
+        assert_eq!(s.limits.memory_bytes, Some(1 << 30));
+        assert_eq!(s.limits.pids, Some(512));
+    }
+}

@@ -1,0 +1,249 @@
+//! Control groups: one per process instance, under a root group per `mar serve` data
+//! directory, holding the memory and process-count limits and every process the instance
+//! forks. Processes cannot leave their group, which is what makes two things reliable: reading
+//! an instance's memory, and finding every leftover process after `mar serve` was SIGKILLed.
+//!
+//! cgroup v1 (separate `memory` and `pids` hierarchies, as on this project's machines) and v2
+//! (the unified hierarchy) are both handled; where neither is writable, instances run without
+//! limits and a warning says so once.
+
+use std::path::{Path, PathBuf};
+
+/// Per-instance limits. `None` means no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory, in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Number of processes and threads.
+    pub pids: Option<u64>,
+    /// Open files (RLIMIT_NOFILE).
+    pub nofile: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+enum Layout {
+    V1 { memory: PathBuf, pids: PathBuf },
+    V2 { root: PathBuf },
+}
+
+/// The root groups of one `mar serve`.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    layout: Option<Layout>,
+}
+
+/// The groups of one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceGroup {
+    /// `cgroup.procs` files to write the new process's pid into.
+    pub(crate) procs: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+    v2: bool,
+    memory_dir: PathBuf,
+}
+
+fn writable_dir(p: &Path) -> bool {
+    std::fs::create_dir_all(p).is_ok() && p.join("cgroup.procs").exists()
+}
+
+impl Cgroups {
+    /// Finds (creating) the root groups named `name` under `/sys/fs/cgroup`.
+    pub fn detect(name: &str) -> Self {
+        Self::detect_at(Path::new("/sys/fs/cgroup"), name)
+    }
+
+    fn detect_at(base: &Path, name: &str) -> Self {
+        let v1_memory = base.join("memory");
+        let v1_pids = base.join("pids");
+        let layout = if v1_memory.join("cgroup.procs").exists()
+            && v1_pids.join("cgroup.procs").exists()
+        {
+            let (memory, pids) = (v1_memory.join(name), v1_pids.join(name));
+            (writable_dir(&memory) && writable_dir(&pids)).then_some(Layout::V1 { memory, pids })
+        } else if base.join("cgroup.controllers").exists() {
+            let root = base.join(name);
+            let ok = writable_dir(&root)
+                && std::fs::write(base.join("cgroup.subtree_control"), "+memory +pids").is_ok()
+                && std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids").is_ok();
+            ok.then_some(Layout::V2 { root })
+        } else {
+            None
+        };
+        if layout.is_none() {
+            eprintln!(
+                "mar: no writable cgroup hierarchy: app memory and process limits are not enforced"
+            );
+        }
+        Self { layout }
+    }
+
+    /// Whether limits can be enforced.
+    pub fn available(&self) -> bool {
+        self.layout.is_some()
+    }
+
+    /// Kills every process left in this server's groups (from a previous run that was killed
+    /// without stopping its apps) and removes the groups. Returns how many processes it killed.
+    pub fn sweep(&self) -> usize {
+        let roots: Vec<PathBuf> = match &self.layout {
+            Some(Layout::V1 { memory, pids }) => vec![memory.clone(), pids.clone()],
+            Some(Layout::V2 { root }) => vec![root.clone()],
+            None => return 0,
+        };
+        let mut killed = 0;
+        for root in roots {
+            let Ok(entries) = std::fs::read_dir(&root) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    let g = InstanceGroup {
+                        procs: vec![e.path().join("cgroup.procs")],
+                        dirs: vec![e.path()],
+                        v2: false,
+                        memory_dir: e.path(),
+                    };
+                    killed += g.kill_all();
+                    g.remove();
+                }
+            }
+        }
+        killed
+    }
+
+    /// Removes this server's (empty) root groups, at shutdown.
+    pub fn remove_root(&self) {
+        let roots: Vec<PathBuf> = match &self.layout {
+            Some(Layout::V1 { memory, pids }) => vec![memory.clone(), pids.clone()],
+            Some(Layout::V2 { root }) => vec![root.clone()],
+            None => return,
+        };
+        for r in roots {
+            let _ = std::fs::remove_dir(r);
+        }
+    }
+
+    /// Creates the groups of one instance with its limits.
+    pub fn create(
+        &self,
+        instance: &str,
+        limits: &Limits,
+    ) -> std::io::Result<Option<InstanceGroup>> {
+        let Some(layout) = &self.layout else {
+            return Ok(None);
+        };
+        let group = match layout {
+            Layout::V1 { memory, pids } => {
+                let (m, p) = (memory.join(instance), pids.join(instance));
+                std::fs::create_dir_all(&m)?;
+                std::fs::create_dir_all(&p)?;
+                if let Some(b) = limits.memory_bytes {
+                    std::fs::write(m.join("memory.limit_in_bytes"), b.to_string())?;
+                    // Without swap accounting the file is absent; the RAM limit still holds.
+                    let _ = std::fs::write(m.join("memory.memsw.limit_in_bytes"), b.to_string());
+                }
+                if let Some(n) = limits.pids {
+                    std::fs::write(p.join("pids.max"), n.to_string())?;
+                }
+                InstanceGroup {
+                    procs: vec![m.join("cgroup.procs"), p.join("cgroup.procs")],
+                    dirs: vec![m.clone(), p],
+                    v2: false,
+                    memory_dir: m,
+                }
+            }
+            Layout::V2 { root } => {
+                let d = root.join(instance);
+                std::fs::create_dir_all(&d)?;
+                if let Some(b) = limits.memory_bytes {
+                    std::fs::write(d.join("memory.max"), b.to_string())?;
+                    let _ = std::fs::write(d.join("memory.swap.max"), "0");
+                }
+                if let Some(n) = limits.pids {
+                    std::fs::write(d.join("pids.max"), n.to_string())?;
+                }
+                InstanceGroup {
+                    procs: vec![d.join("cgroup.procs")],
+                    dirs: vec![d.clone()],
+                    v2: true,
+                    memory_dir: d,
+                }
+            }
+        };
+        Ok(Some(group))
+    }
+}
+
+fn read_u64(p: &Path) -> Option<u64> {
+    std::fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+fn keyed(p: &Path, key: &str) -> Option<u64> {
+    std::fs::read_to_string(p)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse().ok()))
+}
+
+impl InstanceGroup {
+    /// Memory in use by the instance's processes, in bytes.
+    pub fn memory(&self) -> Option<u64> {
+        if self.v2 {
+            read_u64(&self.memory_dir.join("memory.current"))
+        } else {
+            read_u64(&self.memory_dir.join("memory.usage_in_bytes"))
+        }
+    }
+
+    /// How many times the kernel's OOM killer killed a process of the instance.
+    pub fn oom_kills(&self) -> u64 {
+        if self.v2 {
+            keyed(&self.memory_dir.join("memory.events"), "oom_kill ").unwrap_or(0)
+        } else {
+            keyed(&self.memory_dir.join("memory.oom_control"), "oom_kill ").unwrap_or(0)
+        }
+    }
+
+    /// How many times an allocation hit the memory limit.
+    pub fn limit_hits(&self) -> u64 {
+        if self.v2 {
+            keyed(&self.memory_dir.join("memory.events"), "max ").unwrap_or(0)
+        } else {
+            read_u64(&self.memory_dir.join("memory.failcnt")).unwrap_or(0)
+        }
+    }
+
+    /// SIGKILLs every process in the group; returns how many there were.
+    pub fn kill_all(&self) -> usize {
+        let mut n = 0;
+        for procs in &self.procs {
+            let Ok(text) = std::fs::read_to_string(procs) else {
+                continue;
+            };
+            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                if nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .is_ok()
+                {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Removes the (empty) groups.
+    pub fn remove(&self) {
+        for d in &self.dirs {
+            // A group still holding a dying process cannot be removed yet; retry briefly.
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
