@@ -9,7 +9,10 @@
 mod buildpacks;
 mod deploy;
 mod failures;
+mod formation;
+mod isolation;
 mod lifecycle;
 mod platform;
+mod releases;
 mod tidy;
 mod websocket;

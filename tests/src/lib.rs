@@ -125,6 +125,11 @@ impl MarServer {
         Self::start_in(tmp, data_dir)
     }
 
+    /// The process id of `mar serve`.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     /// The admin token.
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.data_dir.join("token"))
@@ -414,6 +419,88 @@ impl Resp {
     /// The body parsed as JSON.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One `GET` on a fresh connection, reporting failures instead of panicking (for load loops).
+pub async fn try_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Steady traffic to one host until stopped: every failure (connection error or a status
+/// other than 200) is recorded with what went wrong.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Vec<String>)>,
+}
+
+impl Load {
+    /// Sends `GET path` to `host` through `addr` every `every`, one request at a time per worker,
+    /// with `workers` workers.
+    pub fn start(
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        every: Duration,
+        workers: usize,
+    ) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for _ in 0..workers {
+            let (stop, host, path) = (stop.clone(), host.to_owned(), path.to_owned());
+            tasks.push(tokio::spawn(async move {
+                let (mut sent, mut failures) = (0usize, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    sent += 1;
+                    match try_get(addr, &host, &path).await {
+                        Ok((200, _)) => {}
+                        Ok((status, body)) => failures.push(format!(
+                            "{status}: {}",
+                            body.chars().take(200).collect::<String>()
+                        )),
+                        Err(e) => failures.push(e),
+                    }
+                    tokio::time::sleep(every).await;
+                }
+                (sent, failures)
+            }));
+        }
+        let task = tokio::spawn(async move {
+            let (mut sent, mut failures) = (0, Vec::new());
+            for t in tasks {
+                let (s, f) = t.await.unwrap();
+                sent += s;
+                failures.extend(f);
+            }
+            (sent, failures)
+        });
+        Self { stop, task }
+    }
+
+    /// Stops the traffic; returns how many requests were sent and the failures.
+    pub async fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap()
     }
 }
 

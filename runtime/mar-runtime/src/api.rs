@@ -775,13 +775,15 @@ async fn run_command(
     let command = command_of(&body, "command")?;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let cancel = CancellationToken::new();
-    {
+    // Hanging up kills the process. The watcher holds a sender, so it must be stopped once the
+    // run is over or the stream would never end.
+    let watcher = {
         let (tx, cancel) = (tx.clone(), cancel.clone());
         tokio::spawn(async move {
             tx.closed().await;
             cancel.cancel();
-        });
-    }
+        })
+    };
     tokio::spawn(async move {
         let result = match p.apps.run_command(&app, &command, tx.clone(), cancel).await {
             Ok(code) => RunResult {
@@ -793,6 +795,7 @@ async fn run_command(
                 error: Some(e.to_string()),
             },
         };
+        watcher.abort();
         let _ = tx.send(format!(
             "{}{}",
             mar_sdk::types::BUILD_RESULT_MARK,

@@ -508,25 +508,69 @@ impl Actor {
         }
     }
 
+    /// SIGTERM to the whole group, then waits for every process of the group (not just the
+    /// `bash` leader, which exits at once while the app may still be finishing requests) for
+    /// the grace period, then SIGKILL to whatever is left.
     async fn terminate(&self, child: &mut Child) {
         let grace = self.spec().stop_grace;
+        let pgid = child.id();
         self.log("Stopping all processes with SIGTERM");
         kill(child, Signal::SIGTERM);
-        match tokio::time::timeout(grace, child.wait()).await {
-            Ok(status) => self.log(&format!("Process exited with status {}", describe(status))),
-            Err(_) => {
+        let deadline = tokio::time::Instant::now() + grace;
+        let status = tokio::time::timeout_at(deadline, child.wait()).await;
+        let mut gone = status.is_ok();
+        if let Some(pgid) = pgid {
+            while gone && group_alive(pgid) {
+                if tokio::time::Instant::now() >= deadline {
+                    gone = false;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        match status {
+            Ok(status) if gone => {
+                self.log(&format!("Process exited with status {}", describe(status)))
+            }
+            _ => {
                 self.log(&format!(
                     "Error R12 (Exit timeout) -> At least one process failed to exit within {} seconds of SIGTERM",
                     grace.as_secs()
                 ));
                 self.log("Stopping remaining processes with SIGKILL");
-                kill(child, Signal::SIGKILL);
+                if let Some(pgid) = pgid {
+                    let _ = killpg(Pid::from_raw(pgid as i32), Signal::SIGKILL);
+                }
                 let _ = child.wait().await;
             }
         }
-        // The leader may exit on SIGTERM while children it forked linger: sweep the group.
-        kill(child, Signal::SIGKILL);
     }
+}
+
+/// Whether any live (not zombie) process is left in the process group `pgid`.
+fn group_alive(pgid: u32) -> bool {
+    group_members(pgid).any(|(state, _)| state != "Z")
+}
+
+/// `(state, rss pages)` of every process in the process group `pgid`, from /proc.
+fn group_members(pgid: u32) -> impl Iterator<Item = (String, u64)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(move |e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // Fields after the command name, which is in parentheses and may contain spaces:
+            // state (3), ppid (4), pgrp (5), ... rss (24).
+            let (_, rest) = stat.rsplit_once(')')?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            (fields.get(2)?.parse::<u32>().ok()? == pgid).then(|| {
+                (
+                    fields[0].to_owned(),
+                    fields.get(21).and_then(|f| f.parse().ok()).unwrap_or(0),
+                )
+            })
+        })
 }
 
 fn human_bytes(b: u64) -> String {
@@ -537,32 +581,9 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-/// Resident memory of every process in the process group `pgid`, from /proc.
+/// Resident memory of every process in the process group `pgid`.
 fn group_rss(pgid: u32) -> u64 {
-    let page = 4096u64;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    let mut total = 0;
-    for e in entries.flatten() {
-        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-            continue;
-        };
-        // Fields after the command name, which is in parentheses and may contain spaces.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // rest[0] is state (field 3); pgrp is field 5, rss field 24.
-        if fields.get(2).and_then(|f| f.parse::<u32>().ok()) == Some(pgid) {
-            total += fields
-                .get(21)
-                .and_then(|f| f.parse::<u64>().ok())
-                .unwrap_or(0)
-                * page;
-        }
-    }
-    total
+    group_members(pgid).map(|(_, pages)| pages * 4096).sum()
 }
 
 /// The command line of a process: `bash -c` sourcing `.profile.d` first, in the slug, with a

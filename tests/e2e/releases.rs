@@ -1,0 +1,203 @@
+//! Releases: history, info, rollback (old code and old config), slug pruning, the release
+//! phase, and one-off processes.
+
+use mar_tests::{MarServer, repo_root};
+
+#[tokio::test]
+async fn rollback_restores_old_code_and_config_and_pruned_slugs_are_refused() {
+    let mar = MarServer::start_with(Some("keep_releases: 3\n"));
+    mar.create_app("history");
+    let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/lifecycle"));
+    assert!(
+        mar.mar(&["config:set", "GREETING=first", "-a", "history"])
+            .ok()
+    ); // v1
+    assert!(repo.push(&mar.git_url("history"), "main").ok()); // v2
+    repo.write("Procfile", "web: CODE=second python3 server.py\n");
+    repo.commit("second");
+    assert!(repo.push(&mar.git_url("history"), "main").ok()); // v3
+    assert!(
+        mar.mar(&["config:set", "GREETING=second", "-a", "history"])
+            .ok()
+    ); // v4
+    assert_eq!(
+        mar.get("history.localhost", "/env/CODE").await.body,
+        "second"
+    );
+
+    let out = mar.mar(&["rollback", "v2", "-a", "history"]);
+    assert!(out.ok(), "{}", out.all());
+    assert!(out.stderr.contains("done, v5"), "{}", out.stderr);
+    assert_eq!(
+        mar.get("history.localhost", "/env/CODE").await.status,
+        404,
+        "old code"
+    );
+    assert_eq!(
+        mar.get("history.localhost", "/env/GREETING").await.body,
+        "first",
+        "old config"
+    );
+
+    let info = mar.mar(&["releases:info", "v5", "-a", "history"]);
+    assert!(
+        info.stdout.contains("Change:      Rollback to v2"),
+        "{}",
+        info.stdout
+    );
+    assert!(info.stdout.contains("GREETING: first"), "{}", info.stdout);
+    let releases: serde_json::Value =
+        serde_json::from_str(&mar.mar(&["releases", "--json", "-a", "history"]).stdout).unwrap();
+    let descs: Vec<&str> = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["description"].as_str().unwrap())
+        .collect();
+    assert_eq!(descs[0], "Rollback to v2");
+    assert_eq!(descs[1], "Set GREETING config vars");
+    assert!(descs[2].starts_with("Deploy "));
+
+    // v6 deploys new code, v7 changes config: the last 3 releases (v7, v6, v5) use two slugs,
+    // so the slug of v3 and v4 is pruned.
+    repo.write("Procfile", "web: CODE=third python3 server.py\n");
+    repo.commit("third");
+    assert!(repo.push(&mar.git_url("history"), "main").ok()); // v6
+    assert!(
+        mar.mar(&["config:set", "GREETING=third", "-a", "history"])
+            .ok()
+    ); // v7
+    let out = mar.mar(&["rollback", "v3", "-a", "history"]);
+    assert!(
+        !out.ok() && out.stderr.contains("its slug was pruned"),
+        "{}",
+        out.all()
+    );
+    let slugs = std::fs::read_dir(mar.data_dir.join("apps/history/slugs"))
+        .unwrap()
+        .count();
+    assert_eq!(slugs, 2);
+    // Plain `mar rollback` goes back one release: v6's code and v6's config.
+    let out = mar.mar(&["rollback", "-a", "history"]);
+    assert!(out.ok(), "{}", out.all());
+    assert!(out.stderr.contains("done, v8"), "{}", out.stderr);
+    assert_eq!(
+        mar.get("history.localhost", "/env/CODE").await.body,
+        "third"
+    );
+    assert_eq!(
+        mar.get("history.localhost", "/env/GREETING").await.body,
+        "first"
+    );
+    let out = mar.mar(&["rollback", "v99", "-a", "history"]);
+    assert!(
+        !out.ok() && out.stderr.contains("cannot roll back to v99"),
+        "{}",
+        out.all()
+    );
+}
+
+#[tokio::test]
+async fn release_phase_runs_before_the_new_processes_and_can_abort() {
+    let mar = MarServer::start();
+    mar.create_app("migrating");
+    let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/lifecycle"));
+    repo.write(
+        "Procfile",
+        "web: python3 server.py\nrelease: echo \"migrating as $DYNO\" && touch migrated\n",
+    );
+    repo.commit("with release phase");
+    let push = repo.push(&mar.git_url("migrating"), "main");
+    assert!(push.ok(), "{}", push.all());
+    assert!(
+        push.stderr
+            .contains("remote: -----> Running release command..."),
+        "{}",
+        push.stderr
+    );
+    assert!(
+        push.stderr
+            .contains("remote:        migrating as release.1"),
+        "{}",
+        push.stderr
+    );
+    assert_eq!(
+        mar.get("migrating.localhost", "/read?path=migrated")
+            .await
+            .status,
+        200
+    );
+
+    repo.write(
+        "Procfile",
+        "web: python3 server.py\nrelease: echo 'migration 42 failed' >&2; exit 3\n",
+    );
+    repo.commit("failing release phase");
+    let push = repo.push(&mar.git_url("migrating"), "main");
+    assert!(!push.ok());
+    assert!(
+        push.stderr.contains("remote:        migration 42 failed"),
+        "{}",
+        push.stderr
+    );
+    assert!(
+        push.stderr
+            .contains("Release command failed (exit status 3)"),
+        "{}",
+        push.stderr
+    );
+    let releases: serde_json::Value =
+        serde_json::from_str(&mar.mar(&["releases", "--json", "-a", "migrating"]).stdout).unwrap();
+    assert_eq!(releases.as_array().unwrap().len(), 1);
+    // `release` is not a process type that can be scaled.
+    let out = mar.mar(&["ps:scale", "release=1", "-a", "migrating"]);
+    assert!(
+        !out.ok() && out.stderr.contains("cannot be scaled"),
+        "{}",
+        out.all()
+    );
+}
+
+#[tokio::test]
+async fn one_off_commands_run_in_the_app_environment() {
+    let mar = MarServer::start();
+    mar.create_app("oneoff");
+    let none = mar.mar(&["run", "-a", "oneoff", "--", "true"]);
+    assert!(
+        !none.ok() && none.stderr.contains("has no code yet"),
+        "{}",
+        none.all()
+    );
+    let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/lifecycle"));
+    assert!(
+        mar.mar(&["config:set", "GREETING=from config", "-a", "oneoff"])
+            .ok()
+    );
+    assert!(repo.push(&mar.git_url("oneoff"), "main").ok());
+    let out = mar.mar(&[
+        "run",
+        "-a",
+        "oneoff",
+        "--",
+        "echo",
+        "$GREETING;",
+        "echo",
+        "dyno=$DYNO;",
+        "ls",
+        "server.py",
+    ]);
+    assert!(out.ok(), "{}", out.all());
+    assert_eq!(out.stdout, "from config\ndyno=run.1\nserver.py\n");
+    let failing = mar.mar(&[
+        "run", "-a", "oneoff", "--", "echo", "oops", ">&2;", "exit", "7",
+    ]);
+    assert_eq!(failing.status.code(), Some(7), "{}", failing.all());
+    assert!(failing.stdout.contains("oops"));
+    // The old MAR API's exec.
+    let r = mar
+        .api("POST", "/v1/apps/oneoff/exec", r#"{"cmd":"echo hi"}"#)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["stdout"], "hi\n");
+    assert_eq!(r.json()["exitCode"], 0);
+}
