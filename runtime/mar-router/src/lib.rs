@@ -5,10 +5,14 @@
 //! Invariant: `mar-router` knows nothing about how apps are built or run. It reads the
 //! [`RouteTable`] the runtime publishes and maps every failure to one error page.
 
+pub mod frames;
+pub mod metrics;
 mod pages;
 mod proxy;
+pub mod relay;
 mod server;
 mod table;
+mod tracked;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,10 +21,13 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
+pub use metrics::Metrics;
 pub use pages::error_response;
-pub use proxy::Proxy;
-pub use server::{Listening, serve};
-pub use table::{AppTarget, Resolution, Resolved, RouteTable, Unavailable, Upstream};
+pub use proxy::{Inbound, Proxy, Timeouts};
+pub use relay::WsOptions;
+pub use server::{Listening, ServerLimits, serve};
+pub use table::{AppOptions, AppTarget, Resolution, Resolved, RouteTable, Unavailable, Upstream};
+pub use tracked::LogSink;
 
 /// The error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,9 +1,10 @@
 //! Forwarding one request: Host resolution, forwarded headers, hop-by-hop stripping, the
-//! upstream call with its first-byte timeout, and WebSocket (HTTP Upgrade) relaying.
+//! upstream call with its first-byte timeout and one retry on a refused connection, body
+//! limits, WebSocket (HTTP Upgrade) relaying, and one access log line per request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -12,14 +13,35 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use mar_core::AppName;
+use tokio_util::sync::CancellationToken;
 
-use crate::table::{InFlight, Resolution, Resolved, RouteTable, Unavailable, Upstream};
+use crate::metrics::Metrics;
+use crate::relay::{self, Ended};
+use crate::table::{AppOptions, InFlight, Resolution, Resolved, RouteTable, Upstream};
+use crate::tracked::{LogSink, Record, Tracked};
 use crate::{Body, InProcess, error_response};
 
-/// Time allowed for an app to start its response (Heroku's H12 after 30 s).
-const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time allowed to open a connection to an instance.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Router-wide timeouts.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Time allowed for an app to start its response (Heroku's H12 after 30 s).
+    pub first_byte: Duration,
+    /// Longest pause inside a streamed response.
+    pub response_idle: Duration,
+    /// Time allowed to open a connection to an instance.
+    pub connect: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            first_byte: Duration::from_secs(30),
+            response_idle: Duration::from_secs(55),
+            connect: Duration::from_secs(5),
+        }
+    }
+}
 
 /// What goes to an instance: the client's body, or nothing when a bodyless request is retried.
 type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
@@ -29,23 +51,62 @@ pub struct Proxy {
     table: Arc<RouteTable>,
     platform: Arc<dyn InProcess>,
     client: Client<HttpConnector, UpstreamBody>,
+    log: LogSink,
+    metrics: Arc<Metrics>,
+    closing: CancellationToken,
+    timeouts: Timeouts,
+}
+
+/// Where a request came in: for `X-Forwarded-*` and the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The listener's address.
+    pub local: SocketAddr,
+    /// Whether the client connected over TLS.
+    pub tls: bool,
+}
+
+/// Facts about the request kept for the access log and error pages.
+struct Ctx {
+    app: AppName,
+    method: String,
+    path: String,
+    host: String,
+    rid: String,
+    json: bool,
+    start: Instant,
+    inbound: Inbound,
 }
 
 impl Proxy {
-    /// A proxy over `table`, sending platform requests to `platform`.
-    pub fn new(table: Arc<RouteTable>, platform: Arc<dyn InProcess>) -> Self {
+    /// A proxy over `table`, sending platform requests to `platform`; access log lines go to
+    /// `log`. `closing` is cancelled at shutdown: open WebSockets then get a Close (1012).
+    pub fn new(
+        table: Arc<RouteTable>,
+        platform: Arc<dyn InProcess>,
+        log: LogSink,
+        metrics: Arc<Metrics>,
+        closing: CancellationToken,
+        timeouts: Timeouts,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         // Small responses should not wait for Nagle's algorithm on the way to the app.
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_connect_timeout(Some(timeouts.connect));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(256)
             .build(connector);
         Self {
             table,
             platform,
             client,
+            log,
+            metrics,
+            closing,
+            timeouts,
         }
     }
 
@@ -54,18 +115,18 @@ impl Proxy {
         &self.table
     }
 
-    /// Handles one client request. `local` is the listener's address.
-    pub async fn handle(
-        &self,
-        req: Request<Incoming>,
-        client: SocketAddr,
-        local: SocketAddr,
-    ) -> Response<Body> {
+    /// The metrics it records.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Handles one client request.
+    pub async fn handle(&self, req: Request<Incoming>, inbound: Inbound) -> Response<Body> {
         let host = host_of(&req);
         let resolved = self.table.resolve(host.as_deref());
         let json = wants_json(req.headers());
         match resolved {
-            Resolved::Platform => self.platform.call(req, client).await,
+            Resolved::Platform => self.platform.call(req, inbound.client).await,
             Resolved::NoSuchApp(host) => error_response(
                 StatusCode::NOT_FOUND,
                 "no-such-app",
@@ -76,200 +137,210 @@ impl Proxy {
                 &request_id(req.headers()),
                 json,
             ),
-            Resolved::App { target, .. } => match target {
-                Resolution::InProcess(h) => h.call(req, client).await,
-                Resolution::Unavailable(u) => unavailable(&u, &request_id(req.headers()), json),
-                Resolution::Upstream(up, guard) => {
-                    self.forward(req, up, guard, client, local).await
+            Resolved::App {
+                app,
+                target,
+                options,
+            } => {
+                let ctx = Ctx {
+                    app,
+                    method: req.method().to_string(),
+                    path: req
+                        .uri()
+                        .path_and_query()
+                        .map_or("/", |p| p.as_str())
+                        .to_owned(),
+                    host: host.unwrap_or_default(),
+                    rid: request_id(req.headers()),
+                    json,
+                    start: Instant::now(),
+                    inbound,
+                };
+                match target {
+                    Resolution::InProcess(h) => h.call(req, inbound.client).await,
+                    Resolution::Unavailable(u) => self.fail(
+                        &ctx,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        u.code,
+                        u.desc,
+                        &u.hint,
+                        "",
+                    ),
+                    Resolution::Upstream(up, guard) => {
+                        let host = host_header(&ctx);
+                        self.forward(req, ctx, up, guard, &options, host).await
+                    }
                 }
-            },
+            }
         }
+    }
+
+    fn record(&self, ctx: &Ctx, dyno: &str, status: u16) -> Record {
+        Record {
+            sink: self.log.clone(),
+            metrics: self.metrics.app(&ctx.app),
+            app: ctx.app.clone(),
+            method: ctx.method.clone(),
+            path: ctx.path.clone(),
+            host: ctx.host.clone(),
+            request_id: ctx.rid.clone(),
+            fwd: ctx.inbound.client.ip().to_string(),
+            dyno: dyno.to_owned(),
+            protocol: if ctx.inbound.tls { "https" } else { "http" },
+            start: ctx.start,
+            service: ctx.start.elapsed(),
+            status,
+            bytes_in: 0,
+        }
+    }
+
+    /// A router error: logged with its code, answered with the error page.
+    fn fail(
+        &self,
+        ctx: &Ctx,
+        status: StatusCode,
+        code: &str,
+        desc: &str,
+        detail: &str,
+        dyno: &str,
+    ) -> Response<Body> {
+        self.record(ctx, dyno, status.as_u16())
+            .finish(Some((code, desc)), 0);
+        error_response(status, code, desc, detail, &ctx.rid, ctx.json)
     }
 
     async fn forward(
         &self,
         mut req: Request<Incoming>,
+        ctx: Ctx,
         up: Upstream,
         guard: InFlight,
-        client: SocketAddr,
-        local: SocketAddr,
+        options: &AppOptions,
+        host: Option<HeaderValue>,
     ) -> Response<Body> {
-        let rid = request_id(req.headers());
-        let json = wants_json(req.headers());
+        let too_big = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > options.max_body);
+        if too_big {
+            return self.fail(
+                &ctx,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "H413",
+                "Request body too large",
+                &format!(
+                    "This app accepts request bodies of at most {} bytes.",
+                    options.max_body
+                ),
+                &up.dyno,
+            );
+        }
         let upgrade = is_upgrade(req.headers());
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-            .to_owned();
-        let Ok(uri) = format!("http://{}{}", up.addr, path).parse::<Uri>() else {
-            return error_response(
+        let Ok(uri) = format!("http://{}{}", up.addr, ctx.path).parse::<Uri>() else {
+            return self.fail(
+                &ctx,
                 StatusCode::BAD_REQUEST,
-                "bad-request",
+                "H400",
                 "Bad request",
                 "The request target is not a valid path.",
-                &rid,
-                json,
+                &up.dyno,
             );
         };
-        let host = host_of(&req);
         *req.uri_mut() = uri;
         *req.version_mut() = Version::HTTP_11;
         let headers = req.headers_mut();
         let upgrade_value = headers.get(header::UPGRADE).cloned();
         strip_hop_by_hop(headers);
-        if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        if let Some(h) = host {
             headers.insert(header::HOST, h);
         }
-        add_forwarded(headers, client, local, &rid);
+        add_forwarded(headers, &ctx.inbound, &ctx.rid);
         if upgrade {
             if let Some(u) = upgrade_value {
                 headers.insert(header::UPGRADE, u);
                 headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             }
-            return self.forward_upgrade(req, up, guard, &rid, json).await;
+            return self.forward_upgrade(req, ctx, up, guard, options).await;
         }
         // A request without a body can be sent again if the instance refused the connection
         // (it is being replaced, or just crashed): keep what is needed to rebuild it.
-        let retry = is_bodyless(&req).then(|| {
-            (
-                req.method().clone(),
-                req.uri().clone(),
-                req.headers().clone(),
-            )
-        });
+        let retry = is_bodyless(&req).then(|| (req.method().clone(), req.headers().clone()));
         let req = req.map(UpstreamBody::Left);
-        let (up, guard, res) =
-            match tokio::time::timeout(FIRST_BYTE_TIMEOUT, self.client.request(req)).await {
-                Ok(Err(e)) if e.is_connect() && retry.is_some() => {
-                    match (self.another(&host, &up), retry) {
-                        (Some((next, next_guard)), Some((method, uri, headers))) => {
-                            let mut again =
-                                Request::new(UpstreamBody::Right(http_body_util::Empty::new()));
-                            *again.method_mut() = method;
-                            *again.headers_mut() = headers;
-                            let Ok(uri) = format!(
-                                "http://{}{}",
-                                next.addr,
-                                uri.path_and_query().map_or("/", |p| p.as_str())
-                            )
-                            .parse::<Uri>() else {
-                                return refused(&up, &rid, json);
-                            };
-                            *again.uri_mut() = uri;
-                            drop(guard);
-                            let res = tokio::time::timeout(
-                                FIRST_BYTE_TIMEOUT,
-                                self.client.request(again),
-                            )
-                            .await;
-                            (next, next_guard, res)
-                        }
-                        _ => (up.clone(), guard, Ok(Err(e))),
+        let first = self.timeouts.first_byte;
+        let (up, guard, res) = match tokio::time::timeout(first, self.client.request(req)).await {
+            Ok(Err(e)) if e.is_connect() => {
+                up.set_aside();
+                match (retry, self.another(&ctx.host, &up)) {
+                    (Some((method, headers)), Some((next, next_guard))) => {
+                        let mut again =
+                            Request::new(UpstreamBody::Right(http_body_util::Empty::new()));
+                        *again.method_mut() = method;
+                        *again.headers_mut() = headers;
+                        let Ok(uri) = format!("http://{}{}", next.addr, ctx.path).parse::<Uri>()
+                        else {
+                            return self.refused(&ctx, &up);
+                        };
+                        *again.uri_mut() = uri;
+                        drop(guard);
+                        let res = tokio::time::timeout(first, self.client.request(again)).await;
+                        (next, next_guard, res)
                     }
+                    _ => return self.refused(&ctx, &up),
                 }
-                res => (up, guard, res),
-            };
+            }
+            res => (up, guard, res),
+        };
         match res {
             Ok(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                // The request stays in flight until its response body is done or dropped.
-                let body = body.map_err(Into::into).map_frame(move |f| {
-                    let _ = &guard;
-                    f
-                });
+                let record = self.record(&ctx, &up.dyno, parts.status.as_u16());
+                let body = Tracked::new(body.map_err(Into::into).boxed_unsync(), Some(guard), record, self.timeouts.response_idle);
                 Response::from_parts(parts, body.boxed_unsync())
             }
-            Ok(Err(e)) => upstream_error(&e, &up, &rid, json),
-            Err(_) => error_response(
+            Ok(Err(e)) if e.is_connect() => {
+                up.set_aside();
+                self.refused(&ctx, &up)
+            }
+            Ok(Err(_)) => self.fail(
+                &ctx,
+                StatusCode::BAD_GATEWAY,
+                "H13",
+                "Connection closed without response",
+                &format!("The app's instance {} closed the connection before sending a complete response.", up.dyno),
+                &up.dyno,
+            ),
+            Err(_) => self.fail(
+                &ctx,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "H12",
                 "Request timeout",
-                &format!(
-                    "The app ({}) did not start its response within {} seconds.",
-                    up.dyno,
-                    FIRST_BYTE_TIMEOUT.as_secs()
-                ),
-                &rid,
-                json,
+                &format!("The app ({}) did not start its response within {} seconds.", up.dyno, first.as_secs()),
+                &up.dyno,
             ),
         }
     }
 
-    /// Relays an HTTP Upgrade (WebSocket): send the handshake on a fresh connection, and on
-    /// `101` splice the two upgraded byte streams together.
-    async fn forward_upgrade(
-        &self,
-        mut req: Request<Incoming>,
-        up: Upstream,
-        guard: InFlight,
-        rid: &str,
-        json: bool,
-    ) -> Response<Body> {
-        let client_upgrade = hyper::upgrade::on(&mut req);
-        let stream =
-            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(up.addr))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                _ => return refused(&up, rid, json),
-            };
-        let _ = stream.set_nodelay(true);
-        let Ok((mut sender, conn)) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-        else {
-            return refused(&up, rid, json);
-        };
-        tokio::spawn(async move {
-            // Errors here are the backend closing the connection; the client sees them as EOF.
-            let _ = conn.with_upgrades().await;
-        });
-        let (parts, _) = req.into_parts();
-        let upstream_req = Request::from_parts(parts, http_body_util::Empty::<bytes::Bytes>::new());
-        let mut resp =
-            match tokio::time::timeout(FIRST_BYTE_TIMEOUT, sender.send_request(upstream_req)).await
-            {
-                Ok(Ok(r)) => r,
-                Ok(Err(_)) => return refused(&up, rid, json),
-                Err(_) => {
-                    return error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "H12",
-                        "Request timeout",
-                        "The app did not answer the WebSocket handshake in time.",
-                        rid,
-                        json,
-                    );
-                }
-            };
-        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let (parts, body) = resp.into_parts();
-            return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-        }
-        let backend_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            // A WebSocket counts as in flight for as long as it is open.
-            let _guard = guard;
-            let (Ok(client_io), Ok(backend_io)) = tokio::join!(client_upgrade, backend_upgrade)
-            else {
-                return;
-            };
-            let mut client_io = TokioIo::new(client_io);
-            let mut backend_io = TokioIo::new(backend_io);
-            let _ = tokio::io::copy_bidirectional(&mut client_io, &mut backend_io).await;
-        });
-        let (parts, _) = resp.into_parts();
-        Response::from_parts(parts, crate::full(bytes::Bytes::new()))
+    fn refused(&self, ctx: &Ctx, up: &Upstream) -> Response<Body> {
+        self.fail(
+            ctx,
+            StatusCode::BAD_GATEWAY,
+            "H21",
+            "Connection refused",
+            &format!(
+                "The app's instance {} refused the connection; it may be restarting.",
+                up.dyno
+            ),
+            &up.dyno,
+        )
     }
-}
 
-impl Proxy {
     /// Another upstream of the same app than `tried`, for a retry.
-    fn another(&self, host: &Option<String>, tried: &Upstream) -> Option<(Upstream, InFlight)> {
+    fn another(&self, host: &str, tried: &Upstream) -> Option<(Upstream, InFlight)> {
         for _ in 0..4 {
-            match self.table.resolve(host.as_deref()) {
+            match self.table.resolve(Some(host)) {
                 Resolved::App {
                     target: Resolution::Upstream(up, g),
                     ..
@@ -283,6 +354,119 @@ impl Proxy {
         }
         None
     }
+
+    /// Relays an HTTP Upgrade (WebSocket): send the handshake on a fresh connection, and on
+    /// `101` relay the two upgraded byte streams with the MAR idle rule.
+    async fn forward_upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        ctx: Ctx,
+        up: Upstream,
+        guard: InFlight,
+        options: &AppOptions,
+    ) -> Response<Body> {
+        let client_upgrade = hyper::upgrade::on(&mut req);
+        let stream = match tokio::time::timeout(
+            self.timeouts.connect,
+            tokio::net::TcpStream::connect(up.addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            _ => {
+                up.set_aside();
+                return self.refused(&ctx, &up);
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok((mut sender, conn)) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+        else {
+            return self.refused(&ctx, &up);
+        };
+        tokio::spawn(async move {
+            // Errors here are the backend closing the connection; the client sees them as EOF.
+            let _ = conn.with_upgrades().await;
+        });
+        let (parts, _) = req.into_parts();
+        let upstream_req = Request::from_parts(parts, http_body_util::Empty::<bytes::Bytes>::new());
+        let mut resp =
+            match tokio::time::timeout(self.timeouts.first_byte, sender.send_request(upstream_req))
+                .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => return self.refused(&ctx, &up),
+                Err(_) => {
+                    return self.fail(
+                        &ctx,
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "H12",
+                        "Request timeout",
+                        "The app did not answer the WebSocket handshake in time.",
+                        &up.dyno,
+                    );
+                }
+            };
+        let record = self.record(&ctx, &up.dyno, resp.status().as_u16());
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (parts, body) = resp.into_parts();
+            let body = Tracked::new(
+                body.map_err(Into::into).boxed_unsync(),
+                Some(guard),
+                record,
+                self.timeouts.response_idle,
+            );
+            return Response::from_parts(parts, body.boxed_unsync());
+        }
+        let backend_upgrade = hyper::upgrade::on(&mut resp);
+        let ws = options.ws;
+        let (closing, metrics) = (self.closing.clone(), self.metrics.app(&ctx.app));
+        tokio::spawn(async move {
+            // A WebSocket counts as in flight for as long as it is open.
+            let _guard = guard;
+            let (Ok(client_io), Ok(backend_io)) = tokio::join!(client_upgrade, backend_upgrade)
+            else {
+                return;
+            };
+            let retire = CancellationToken::new();
+            let stop = retire.clone();
+            let watch = tokio::spawn(async move {
+                tokio::select! {
+                    _ = up.retire.cancelled() => {}
+                    _ = closing.cancelled() => {}
+                }
+                stop.cancel();
+            });
+            metrics.websocket(1);
+            let (ended, moved) = relay::relay(
+                TokioIo::new(client_io),
+                TokioIo::new(backend_io),
+                ws,
+                retire,
+            )
+            .await;
+            watch.abort();
+            metrics.websocket(-1);
+            metrics.bytes(moved.up, moved.down);
+            match ended {
+                Ended::Idle => record.finish(Some(("H15", "Idle connection")), moved.down),
+                Ended::Violation(v) => record.finish(
+                    Some((
+                        "H16",
+                        if v.close_code() == 1009 {
+                            "WebSocket frame or message too large"
+                        } else {
+                            "WebSocket protocol error"
+                        },
+                    )),
+                    moved.down,
+                ),
+                _ => record.finish(None, moved.down),
+            }
+        });
+        let (parts, _) = resp.into_parts();
+        Response::from_parts(parts, crate::full(bytes::Bytes::new()))
+    }
 }
 
 /// A request whose body is known to be empty, so it can be rebuilt and sent again.
@@ -290,51 +474,8 @@ fn is_bodyless<B: hyper::body::Body>(req: &Request<B>) -> bool {
     req.body().is_end_stream() || req.body().size_hint().exact() == Some(0)
 }
 
-fn unavailable(u: &Unavailable, rid: &str, json: bool) -> Response<Body> {
-    error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        u.code,
-        u.desc,
-        &u.hint,
-        rid,
-        json,
-    )
-}
-
-fn refused(up: &Upstream, rid: &str, json: bool) -> Response<Body> {
-    error_response(
-        StatusCode::BAD_GATEWAY,
-        "H21",
-        "Connection refused",
-        &format!(
-            "The app's instance {} refused the connection; it may be restarting.",
-            up.dyno
-        ),
-        rid,
-        json,
-    )
-}
-
-fn upstream_error(
-    e: &hyper_util::client::legacy::Error,
-    up: &Upstream,
-    rid: &str,
-    json: bool,
-) -> Response<Body> {
-    if e.is_connect() {
-        return refused(up, rid, json);
-    }
-    error_response(
-        StatusCode::BAD_GATEWAY,
-        "H13",
-        "Connection closed without response",
-        &format!(
-            "The app's instance {} closed the connection before sending a complete response.",
-            up.dyno
-        ),
-        rid,
-        json,
-    )
+fn host_header(ctx: &Ctx) -> Option<HeaderValue> {
+    HeaderValue::from_str(&ctx.host).ok()
 }
 
 fn host_of<B>(req: &Request<B>) -> Option<String> {
@@ -411,8 +552,8 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, local: SocketAddr, rid: &str) {
-    let ip = client.ip().to_string();
+fn add_forwarded(headers: &mut HeaderMap, inbound: &Inbound, rid: &str) {
+    let ip = inbound.client.ip().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
         _ => ip,
@@ -424,8 +565,11 @@ fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, local: SocketAddr,
         .to_string();
     let pairs = [
         ("x-forwarded-for", xff),
-        ("x-forwarded-proto", "http".to_owned()),
-        ("x-forwarded-port", local.port().to_string()),
+        (
+            "x-forwarded-proto",
+            if inbound.tls { "https" } else { "http" }.to_owned(),
+        ),
+        ("x-forwarded-port", inbound.local.port().to_string()),
         ("x-request-id", rid.to_owned()),
         ("x-request-start", start),
     ];
@@ -476,12 +620,13 @@ mod tests {
     fn forwarded_headers_append() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        add_forwarded(
-            &mut h,
-            "127.0.0.1:5000".parse().unwrap(),
-            "127.0.0.1:8080".parse().unwrap(),
-            "rid",
-        );
+        let inbound = Inbound {
+            client: "127.0.0.1:5000".parse().unwrap(),
+            local: "127.0.0.1:8080".parse().unwrap(),
+            tls: true,
+        };
+        add_forwarded(&mut h, &inbound, "rid");
+        assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-port"], "8080");
         assert_eq!(h["via"], "1.1 mar");

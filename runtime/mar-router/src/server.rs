@@ -21,13 +21,34 @@ pub struct Listening {
     pub addr: SocketAddr,
 }
 
+/// Limits that protect the listener from slow or oversized request heads.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// A client must send its request head within this time (slowloris).
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line and headers); past it the answer is 431.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 << 10,
+        }
+    }
+}
+
 /// Serves `listener` until `shutdown` fires, then lets in-flight requests finish for up to
-/// `grace` before returning.
+/// `grace` before returning. With `tls`, every connection is a TLS one (h2 or http/1.1 by
+/// ALPN).
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     shutdown: CancellationToken,
     grace: Duration,
+    limits: ServerLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let local = match listener.local_addr() {
         Ok(a) => a,
@@ -37,7 +58,15 @@ pub async fn serve(
         }
     };
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .max_header_list_size(limits.max_header_bytes as u32);
     loop {
         let (stream, peer) = tokio::select! {
             res = listener.accept() => match res {
@@ -53,18 +82,49 @@ pub async fn serve(
         };
         // Small request/response pairs should not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
+        let (proxy, builder, graceful) = (proxy.clone(), builder.clone(), &graceful);
+        let tls_flag = tls.is_some();
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer, local).await) }
+            let inbound = crate::Inbound {
+                client: peer,
+                local,
+                tls: tls_flag,
+            };
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, inbound).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("connection from {peer}: {e}");
+        match &tls {
+            None => {
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!("connection from {peer}: {e}");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    // The handshake gets the same time limit as a request head.
+                    let Ok(Ok(tls_stream)) =
+                        tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                            .await
+                    else {
+                        return;
+                    };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), svc)
+                        .into_owned();
+                    if let Err(e) = watcher.watch(conn).await {
+                        tracing::debug!("TLS connection from {peer}: {e}");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown())

@@ -5,12 +5,14 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use mar_core::AppName;
+use tokio_util::sync::CancellationToken;
 
 use crate::InProcess;
+use crate::relay::WsOptions;
 
 /// Why an app cannot take traffic right now, with the Heroku-style code users search for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,10 @@ pub struct Upstream {
     /// Requests (and WebSockets) in flight to it, so that a deploy can wait for them before
     /// stopping the instance. Shared by every copy of this upstream.
     pub load: Arc<AtomicUsize>,
+    /// Cancelled when the instance is retired: its WebSockets get a Close (1012).
+    pub retire: CancellationToken,
+    /// Until when (ms since the Unix epoch) it is set aside after refusing a connection.
+    pub refused_until: Arc<AtomicU64>,
 }
 
 impl Upstream {
@@ -42,6 +48,46 @@ impl Upstream {
             addr,
             dyno: dyno.into(),
             load: Arc::new(AtomicUsize::new(0)),
+            retire: CancellationToken::new(),
+            refused_until: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Sets the instance aside for a moment after it refused a connection, so that the
+    /// requests right after go to the others.
+    pub fn set_aside(&self) {
+        self.refused_until
+            .store(now_ms() + SET_ASIDE_MS, Ordering::Relaxed);
+    }
+
+    fn set_aside_now(&self, now: u64) -> bool {
+        self.refused_until.load(Ordering::Relaxed) > now
+    }
+}
+
+/// How long a refusing instance is skipped.
+const SET_ASIDE_MS: u64 = 2_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Per-app router settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppOptions {
+    /// WebSocket idle timeout, keepalive and limits.
+    pub ws: WsOptions,
+    /// Largest request body, in bytes (413 past it).
+    pub max_body: u64,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            ws: WsOptions::default(),
+            max_body: 100 << 20,
         }
     }
 }
@@ -69,6 +115,7 @@ pub enum AppTarget {
 
 struct AppEntry {
     target: AppTarget,
+    options: Arc<AppOptions>,
     next: AtomicUsize,
 }
 
@@ -82,6 +129,8 @@ pub enum Resolved {
         app: AppName,
         /// Where to send the request.
         target: Resolution,
+        /// The app's router settings.
+        options: Arc<AppOptions>,
     },
     /// `APP.DOMAIN` for an app that does not exist, or a Host we do not serve.
     NoSuchApp(String),
@@ -101,6 +150,8 @@ pub enum Resolution {
 pub struct RouteTable {
     domain: String,
     apps: RwLock<HashMap<AppName, Arc<AppEntry>>>,
+    /// Custom domains: exact host → app.
+    custom: RwLock<HashMap<String, AppName>>,
 }
 
 impl RouteTable {
@@ -109,6 +160,7 @@ impl RouteTable {
         Self {
             domain: domain.to_ascii_lowercase(),
             apps: RwLock::new(HashMap::new()),
+            custom: RwLock::new(HashMap::new()),
         }
     }
 
@@ -117,16 +169,28 @@ impl RouteTable {
         &self.domain
     }
 
-    /// Publishes where `app`'s traffic goes now. Takes effect for the next request.
+    /// Publishes where `app`'s traffic goes now, with default settings.
     pub fn set(&self, app: &AppName, target: AppTarget) {
+        self.set_with(app, target, AppOptions::default());
+    }
+
+    /// Publishes where `app`'s traffic goes now and its settings. Takes effect for the next
+    /// request.
+    pub fn set_with(&self, app: &AppName, target: AppTarget, options: AppOptions) {
         let entry = Arc::new(AppEntry {
             target,
+            options: Arc::new(options),
             next: AtomicUsize::new(0),
         });
         self.apps
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(app.clone(), entry);
+    }
+
+    /// Replaces the custom domains (host → app).
+    pub fn set_custom_domains(&self, domains: HashMap<String, AppName>) {
+        *self.custom.write().unwrap_or_else(|e| e.into_inner()) = domains;
     }
 
     /// Forgets an app (destroyed).
@@ -149,14 +213,26 @@ impl RouteTable {
         {
             return Resolved::Platform;
         }
-        let Some(label) = host
-            .strip_suffix(self.domain.as_str())
-            .and_then(|h| h.strip_suffix('.'))
-        else {
-            return Resolved::NoSuchApp(host);
-        };
-        let Ok(app) = AppName::parse(label) else {
-            return Resolved::NoSuchApp(host);
+        let custom = self
+            .custom
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&host)
+            .cloned();
+        let app = match custom {
+            Some(app) => app,
+            None => {
+                let Some(label) = host
+                    .strip_suffix(self.domain.as_str())
+                    .and_then(|h| h.strip_suffix('.'))
+                else {
+                    return Resolved::NoSuchApp(host);
+                };
+                let Ok(app) = AppName::parse(label) else {
+                    return Resolved::NoSuchApp(host);
+                };
+                app
+            }
         };
         let apps = self.apps.read().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = apps.get(&app) else {
@@ -164,7 +240,14 @@ impl RouteTable {
         };
         let target = match &entry.target {
             AppTarget::Upstreams(ups) if !ups.is_empty() => {
-                let i = entry.next.fetch_add(1, Ordering::Relaxed) % ups.len();
+                let start = entry.next.fetch_add(1, Ordering::Relaxed);
+                let now = now_ms();
+                // Round-robin, skipping instances set aside after a refused connection (unless
+                // every one is).
+                let i = (0..ups.len())
+                    .map(|k| (start + k) % ups.len())
+                    .find(|i| !ups[*i].set_aside_now(now))
+                    .unwrap_or(start % ups.len());
                 let up = ups[i].clone();
                 // Counted before the table lock is released (see `set`), so a deploy that
                 // switches away from this upstream and then waits for its load to reach zero
@@ -183,7 +266,11 @@ impl RouteTable {
             AppTarget::InProcess(h) => Resolution::InProcess(h.clone()),
             AppTarget::Unavailable(u) => Resolution::Unavailable(u.clone()),
         };
-        Resolved::App { app, target }
+        Resolved::App {
+            app,
+            target,
+            options: entry.options.clone(),
+        }
     }
 }
 

@@ -36,6 +36,7 @@ use crate::paths::Paths;
 
 /// Everything the platform's handlers share.
 pub struct Platform {
+    pub(crate) metrics: Arc<mar_router::Metrics>,
     pub(crate) store: Arc<Store>,
     pub(crate) logs: Arc<Logs>,
     pub(crate) apps: Arc<Apps>,
@@ -272,6 +273,7 @@ impl Platform {
 pub fn router(p: Arc<Platform>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .route("/v1/apps", get(list_apps).post(create_app))
         .route("/v1/apps/{app}", get(show_app).delete(destroy_app))
         .route("/v1/apps/{app}/config", get(get_config).patch(patch_config))
@@ -296,6 +298,17 @@ pub fn router(p: Arc<Platform>) -> axum::Router {
             ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such API endpoint")
         })
         .with_state(p)
+}
+
+/// Prometheus metrics of the router. Like `/healthz`, it needs no token, so a scraper needs no
+/// secret; it shows app names and traffic counts only.
+async fn metrics(State(p): State<Arc<Platform>>) -> Response {
+    let mut resp = p.metrics.render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
 }
 
 async fn list_apps(_: Admin, State(p): State<Arc<Platform>>) -> ApiResult<Json<Results<AppInfo>>> {

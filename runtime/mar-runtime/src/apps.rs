@@ -52,11 +52,13 @@ pub enum DeployError {
     Io(#[from] std::io::Error),
 }
 
-/// One running instance and the count of requests in flight to it.
+/// One running instance, the count of requests in flight to it, and the signal that closes
+/// its WebSockets when it is retired.
 #[derive(Clone)]
 struct Slot {
     instance: Instance,
     load: Arc<AtomicUsize>,
+    retire: CancellationToken,
 }
 
 struct Running {
@@ -99,6 +101,8 @@ pub struct Deployed {
 
 /// First uid given to apps when `mar` runs as root.
 const APP_UID_BASE: u32 = 20_000;
+/// How long WebSockets to a retired instance stay open before they get a Close (1012).
+const WEBSOCKET_DRAIN: Duration = Duration::from_secs(5);
 /// Most instances of one process type.
 const MAX_SCALE: u32 = 100;
 
@@ -168,6 +172,7 @@ impl Apps {
         Defaults {
             boot_timeout: self.cfg.boot_timeout,
             stop_timeout: self.cfg.stop_timeout,
+            router: self.cfg.router.clone(),
         }
     }
 
@@ -199,6 +204,8 @@ impl Apps {
                             addr: ([127, 0, 0, 1], port).into(),
                             dyno: s.instance.spec().dyno(),
                             load: s.load.clone(),
+                            retire: s.retire.clone(),
+                            refused_until: Default::default(),
                         }),
                         _ => None,
                     })
@@ -242,7 +249,11 @@ impl Apps {
                 }
             }
         };
-        self.routes.set(app, target);
+        let options = running
+            .get(app)
+            .map(|r| self.settings(&r.release.config).router)
+            .unwrap_or_else(|| self.cfg.router.clone());
+        self.routes.set_with(app, target, options);
     }
 
     /// Instances of `app` now running, in process type and index order.
@@ -814,6 +825,16 @@ impl Apps {
                     .map(|s| s.load.load(Ordering::Acquire))
                     .sum::<usize>()
             };
+            // HTTP requests finish on their own; WebSockets would stay for hours, so after a
+            // short drain period they get a Close (1012, service restart) and reconnect to the
+            // new instances.
+            let ws_drain = Instant::now() + wait.min(WEBSOCKET_DRAIN);
+            while busy(&slots) > 0 && Instant::now() < ws_drain {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            for s in &slots {
+                s.retire.cancel();
+            }
             while busy(&slots) > 0 && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -954,6 +975,7 @@ impl Apps {
         Slot {
             instance: Instance::spawn(spec, self.logs.clone(), self.events.clone()),
             load: Arc::new(AtomicUsize::new(0)),
+            retire: CancellationToken::new(),
         }
     }
 

@@ -45,6 +45,36 @@ pub struct FileConfig {
     pub build_timeout: Option<u64>,
     /// How many releases keep their slug for rollbacks.
     pub keep_releases: Option<usize>,
+    /// Address for HTTPS.
+    pub https_listen: Option<String>,
+    /// Seconds for an app to start its response (H12).
+    pub request_timeout: Option<u64>,
+    /// Seconds a streamed response may pause.
+    pub response_idle_timeout: Option<u64>,
+    /// Seconds a client has to send its request head.
+    pub header_read_timeout: Option<u64>,
+    /// Largest request head, like `64K`.
+    pub max_header_size: Option<String>,
+    /// Largest request body, like `100M` (apps may set MAR_MAX_BODY_SIZE).
+    pub max_body_size: Option<String>,
+    /// Seconds without a WebSocket frame before the router closes it (apps may set
+    /// MAR_WEBSOCKET_IDLE_TIMEOUT).
+    pub websocket_idle_timeout: Option<u64>,
+    /// TLS certificates per domain; without any, a self-signed one is made.
+    #[serde(default)]
+    pub tls_certificates: Vec<TlsCertificate>,
+}
+
+/// A certificate and key (PEM files) for some host names, picked by SNI.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCertificate {
+    /// Host names it serves (`example.com`, `*.example.com`).
+    pub domains: Vec<String>,
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// Settings given on the command line or in the environment; `None` means "not given".
@@ -54,6 +84,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// `--domain`.
     pub domain: Option<String>,
+    /// `--https-listen`.
+    pub https_listen: Option<String>,
 }
 
 /// The runtime's effective configuration.
@@ -73,6 +105,16 @@ pub struct Config {
     pub build_timeout: Duration,
     /// How many releases keep their slug for rollbacks.
     pub keep_releases: usize,
+    /// HTTPS listen address, if any.
+    pub https_listen: Option<SocketAddr>,
+    /// Certificates from `mar.yaml`.
+    pub tls_certificates: Vec<TlsCertificate>,
+    /// Router timeouts.
+    pub timeouts: mar_router::Timeouts,
+    /// Listener limits.
+    pub server_limits: mar_router::ServerLimits,
+    /// Router defaults for every app.
+    pub router: mar_router::AppOptions,
     /// The `mar` executable, run as the git pre-receive hook.
     pub mar_exe: PathBuf,
 }
@@ -115,6 +157,40 @@ impl Config {
                 message: format!("domain: {domain:?} is not a host name"),
             });
         }
+        let https_listen = match overrides.https_listen.clone().or(file.https_listen) {
+            Some(text) => Some(text.parse().map_err(|_| ConfigError::Invalid {
+                path: path.clone(),
+                message: format!("https_listen: {text:?} is not an address like 127.0.0.1:8443"),
+            })?),
+            None => None,
+        };
+        let size = |key: &str, v: Option<String>, default: u64| -> Result<u64, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(v) => crate::settings::parse_size(&v).ok_or_else(|| ConfigError::Invalid {
+                    path: path.clone(),
+                    message: format!("{key}: {v:?} is not a size like 64K or 10M"),
+                }),
+            }
+        };
+        let mut timeouts = mar_router::Timeouts::default();
+        if let Some(s) = file.request_timeout {
+            timeouts.first_byte = Duration::from_secs(s.max(1));
+        }
+        if let Some(s) = file.response_idle_timeout {
+            timeouts.response_idle = Duration::from_secs(s.max(1));
+        }
+        let mut server_limits = mar_router::ServerLimits::default();
+        if let Some(s) = file.header_read_timeout {
+            server_limits.header_read_timeout = Duration::from_secs(s.max(1));
+        }
+        server_limits.max_header_bytes =
+            size("max_header_size", file.max_header_size, 64 << 10)? as usize;
+        let mut router = mar_router::AppOptions::default();
+        router.max_body = size("max_body_size", file.max_body_size, router.max_body)?;
+        if let Some(s) = file.websocket_idle_timeout {
+            router.ws.idle_timeout = Duration::from_secs(s.max(1));
+        }
         Ok(Self {
             data_dir: data_dir.to_owned(),
             listen,
@@ -123,6 +199,11 @@ impl Config {
             stop_timeout: Duration::from_secs(file.stop_timeout.unwrap_or(30)),
             build_timeout: Duration::from_secs(file.build_timeout.unwrap_or(15 * 60)),
             keep_releases: file.keep_releases.unwrap_or(10).max(1),
+            https_listen,
+            tls_certificates: file.tls_certificates,
+            timeouts,
+            server_limits,
+            router,
             mar_exe,
         })
     }
@@ -156,7 +237,7 @@ mod tests {
             d.path(),
             &Overrides {
                 listen: Some("127.0.0.1:0".into()),
-                domain: None,
+                ..Default::default()
             },
             "mar".into(),
         )

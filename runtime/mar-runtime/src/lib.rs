@@ -8,6 +8,7 @@ pub mod config;
 pub mod healthcheck;
 pub mod paths;
 pub mod settings;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -46,6 +47,9 @@ pub enum RuntimeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The state database failed to open.
     #[error(transparent)]
     Store(#[from] mar_store::StoreError),
@@ -100,6 +104,8 @@ fn unpack_buildpacks(paths: &Paths) -> std::io::Result<()> {
 pub struct Started {
     /// The address the listener got (the real port when 0 was asked for).
     pub addr: SocketAddr,
+    /// The HTTPS listener's address, if there is one.
+    pub https_addr: Option<SocketAddr>,
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -165,6 +171,26 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         addr: cfg.listen,
         source,
     })?;
+    let bind = |a: SocketAddr| async move {
+        tokio::net::TcpListener::bind(a)
+            .await
+            .map_err(|source| RuntimeError::Bind { addr: a, source })
+    };
+    let https = match cfg.https_listen {
+        Some(a) => {
+            let acceptor = tls::acceptor(
+                &paths.root().join("tls"),
+                &cfg.domain,
+                &cfg.tls_certificates,
+            )?;
+            let l = bind(a).await?;
+            let local = l
+                .local_addr()
+                .map_err(|source| RuntimeError::Bind { addr: a, source })?;
+            Some((l, acceptor, local))
+        }
+        None => None,
+    };
     let mut cfg = cfg;
     cfg.listen = addr;
     let cfg = Arc::new(cfg);
@@ -183,7 +209,10 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
 
     let apps = apps::Apps::new(cfg.clone(), store.clone(), logs.clone(), routes.clone());
     apps.restore().await;
+    let metrics = Arc::new(mar_router::Metrics::default());
+    let logs_for_router = logs.clone();
     let platform = Arc::new(api::Platform {
+        metrics: metrics.clone(),
         store,
         logs,
         apps: apps.clone(),
@@ -198,11 +227,42 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         api: api::router(platform.clone()),
         platform,
     });
-    let proxy = Arc::new(Proxy::new(routes, handler));
+    let sink_logs = logs_for_router;
+    let sink: mar_router::LogSink =
+        Arc::new(move |app, line| sink_logs.append(app, "mar[router]", line));
+    let proxy = Arc::new(Proxy::new(
+        routes,
+        handler,
+        sink,
+        metrics,
+        shutdown.clone(),
+        cfg.timeouts,
+    ));
+    let https_addr = https.as_ref().map(|(_, _, a)| *a);
+    let limits = cfg.server_limits;
     let done = tokio::spawn(async move {
-        mar_router::serve(listener, proxy, shutdown, DRAIN_GRACE).await;
+        let plain = mar_router::serve(
+            listener,
+            proxy.clone(),
+            shutdown.clone(),
+            DRAIN_GRACE,
+            limits,
+            None,
+        );
+        match https {
+            Some((l, acceptor, _)) => {
+                let secure =
+                    mar_router::serve(l, proxy, shutdown, DRAIN_GRACE, limits, Some(acceptor));
+                tokio::join!(plain, secure);
+            }
+            None => plain.await,
+        }
         apps.stop_all().await;
         let _ = std::fs::remove_file(paths.serve_file());
     });
-    Ok(Started { addr, done })
+    Ok(Started {
+        addr,
+        https_addr,
+        done,
+    })
 }

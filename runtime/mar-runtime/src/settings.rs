@@ -19,6 +19,14 @@ pub const MEMORY_LIMIT: &str = "MAR_MEMORY_LIMIT";
 pub const PIDS_LIMIT: &str = "MAR_PIDS_LIMIT";
 /// Open files per process.
 pub const NOFILE_LIMIT: &str = "MAR_NOFILE_LIMIT";
+/// Seconds without a WebSocket frame after which the router closes the connection.
+pub const WS_IDLE_TIMEOUT: &str = "MAR_WEBSOCKET_IDLE_TIMEOUT";
+/// `router` makes the router ping WebSocket clients itself; `app` (default) leaves it to the app.
+pub const WS_KEEPALIVE: &str = "MAR_WEBSOCKET_KEEPALIVE";
+/// Largest WebSocket message (all fragments).
+pub const WS_MAX_MESSAGE: &str = "MAR_WEBSOCKET_MAX_MESSAGE";
+/// Largest request body.
+pub const MAX_BODY_SIZE: &str = "MAR_MAX_BODY_SIZE";
 
 /// The settings in force for one app.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +39,8 @@ pub struct AppSettings {
     pub wait_to_retire: Duration,
     /// Memory, processes and open files per instance.
     pub limits: Limits,
+    /// What the router enforces for this app.
+    pub router: mar_router::AppOptions,
 }
 
 /// Defaults that apply where an app sets nothing.
@@ -40,6 +50,8 @@ pub struct Defaults {
     pub boot_timeout: Duration,
     /// Stop grace period.
     pub stop_timeout: Duration,
+    /// Router settings from `mar.yaml`.
+    pub router: mar_router::AppOptions,
 }
 
 /// Parses `512M`, `1G`, `1048576` (bytes) into bytes.
@@ -89,6 +101,21 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
             )),
         },
         PIDS_LIMIT => count(name, value, 8, 1 << 20).map(drop),
+        WS_IDLE_TIMEOUT => match seconds(name, value, 86_400) {
+            Ok(d) if d.as_secs() >= 1 => Ok(()),
+            _ => Err(format!(
+                "{name} must be a whole number of seconds from 1 to 86400, not {value:?}"
+            )),
+        },
+        WS_KEEPALIVE => match value {
+            "router" | "app" => Ok(()),
+            _ => Err(format!(
+                "{name} must be `router` (the router pings clients) or `app`, not {value:?}"
+            )),
+        },
+        WS_MAX_MESSAGE | MAX_BODY_SIZE => parse_size(value)
+            .map(drop)
+            .ok_or_else(|| format!("{name} must be a size like 10M, not {value:?}")),
         NOFILE_LIMIT => count(name, value, 64, 1 << 20).map(drop),
         _ => Ok(()),
     }
@@ -121,6 +148,26 @@ impl AppSettings {
                         .and_then(|v| count(NOFILE_LIMIT, v, 64, 1 << 20).ok())
                         .unwrap_or(10_000),
                 ),
+            },
+            router: {
+                let mut r = defaults.router.clone();
+                if let Some(d) = get(WS_IDLE_TIMEOUT)
+                    .and_then(|v| seconds(WS_IDLE_TIMEOUT, v, 86_400).ok())
+                    .filter(|d| !d.is_zero())
+                {
+                    r.ws.idle_timeout = d;
+                }
+                if let Some(k) = get(WS_KEEPALIVE) {
+                    r.ws.keepalive = k == "router";
+                }
+                if let Some(m) = get(WS_MAX_MESSAGE).and_then(parse_size) {
+                    r.ws.max_message = m;
+                    r.ws.max_frame = r.ws.max_frame.min(m);
+                }
+                if let Some(b) = get(MAX_BODY_SIZE).and_then(parse_size) {
+                    r.max_body = b;
+                }
+                r
             },
         }
     }
@@ -162,6 +209,7 @@ mod tests {
         let d = Defaults {
             boot_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(30),
+            router: mar_router::AppOptions::default(),
         };
         let c = BTreeMap::from([
             (BOOT_TIMEOUT.to_owned(), "5".to_owned()),
@@ -172,5 +220,15 @@ mod tests {
         assert_eq!(s.stop_timeout, Duration::from_secs(30));
         assert_eq!(s.limits.memory_bytes, Some(1 << 30));
         assert_eq!(s.limits.pids, Some(512));
+        assert_eq!(s.router.ws.idle_timeout, Duration::from_secs(60));
+        let c = BTreeMap::from([
+            (WS_IDLE_TIMEOUT.to_owned(), "5".to_owned()),
+            (WS_KEEPALIVE.to_owned(), "router".to_owned()),
+        ]);
+        let s = AppSettings::from_config(&c, &d);
+        assert_eq!(s.router.ws.idle_timeout, Duration::from_secs(5));
+        assert!(s.router.ws.keepalive);
+        assert!(validate(WS_KEEPALIVE, "sometimes").is_err());
+        assert!(validate(WS_IDLE_TIMEOUT, "0").is_err());
     }
 }

@@ -39,6 +39,9 @@ enum Command {
         /// Apps are served at APP.DOMAIN [default: localhost, or `domain` in mar.yaml].
         #[arg(long, env = "MAR_DOMAIN")]
         domain: Option<String>,
+        /// Also serve HTTPS (and h2) here [or `https_listen` in mar.yaml].
+        #[arg(long, env = "MAR_HTTPS_LISTEN")]
+        https_listen: Option<String>,
     },
     /// List apps.
     Apps,
@@ -167,8 +170,17 @@ fn default_data_dir() -> PathBuf {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let data_dir = cli.data_dir.clone().unwrap_or_else(default_data_dir);
     match &cli.command {
-        Command::Serve { listen, domain } => {
-            return serve(&data_dir, listen.clone(), domain.clone()).await;
+        Command::Serve {
+            listen,
+            domain,
+            https_listen,
+        } => {
+            let overrides = mar_runtime::Overrides {
+                listen: listen.clone(),
+                domain: domain.clone(),
+                https_listen: https_listen.clone(),
+            };
+            return serve(&data_dir, overrides).await;
         }
         Command::Hook { name } if name == "pre-receive" => return crate::hook::pre_receive().await,
         Command::Hook { name } => bail!("unknown hook {name:?}"),
@@ -585,11 +597,7 @@ fn client(data_dir: &Path) -> anyhow::Result<Client> {
     Ok(Client::new(&url, &api_token(data_dir)?))
 }
 
-async fn serve(
-    data_dir: &Path,
-    listen: Option<String>,
-    domain: Option<String>,
-) -> anyhow::Result<ExitCode> {
+async fn serve(data_dir: &Path, overrides: mar_runtime::Overrides) -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("MAR_LOG")
@@ -601,22 +609,23 @@ async fn serve(
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
     let data_dir = std::fs::canonicalize(data_dir)?;
     let exe = std::env::current_exe().context("cannot find the mar executable")?;
-    let cfg =
-        match mar_runtime::Config::load(&data_dir, &mar_runtime::Overrides { listen, domain }, exe)
-        {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("mar: {e}");
-                // EX_USAGE: bad configuration, nothing was started.
-                return Ok(ExitCode::from(64));
-            }
-        };
+    let cfg = match mar_runtime::Config::load(&data_dir, &overrides, exe) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mar: {e}");
+            // EX_USAGE: bad configuration, nothing was started.
+            return Ok(ExitCode::from(64));
+        }
+    };
     let domain = cfg.domain.clone();
     let shutdown = CancellationToken::new();
     let started = mar_runtime::start(cfg, shutdown.clone()).await?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "mar listening on http://{}", started.addr)?;
+        if let Some(a) = started.https_addr {
+            writeln!(out, "mar listening on https://{a}")?;
+        }
         writeln!(
             out,
             "apps are served at http://APP.{domain}:{}/; data in {}",

@@ -1,0 +1,162 @@
+//! The response body of a proxied request, wrapped: it keeps the request counted as in flight,
+//! cuts a streamed response that stalls longer than the idle window, and when it ends (or the
+//! client goes away first: H27) writes the access log line and the metrics.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use mar_core::AppName;
+
+use crate::metrics::AppMetrics;
+use crate::table::InFlight;
+use crate::{Body, BoxError};
+
+/// Where access log lines go: the app's log, as `mar[router]` lines.
+pub type LogSink = Arc<dyn Fn(&AppName, &str) + Send + Sync>;
+
+/// What the access log line says about a request, filled in as it goes.
+pub(crate) struct Record {
+    pub sink: LogSink,
+    pub metrics: Arc<AppMetrics>,
+    pub app: AppName,
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub request_id: String,
+    pub fwd: String,
+    pub dyno: String,
+    pub protocol: &'static str,
+    pub start: Instant,
+    pub service: Duration,
+    pub status: u16,
+    pub bytes_in: u64,
+}
+
+impl Record {
+    /// Writes the line: `at=info` normally, `at=error code=… desc=…` for router errors.
+    pub fn finish(&self, error: Option<(&str, &str)>, bytes_out: u64) {
+        let at = match error {
+            Some((code, desc)) => format!("at=error code={code} desc=\"{desc}\""),
+            None => "at=info".to_owned(),
+        };
+        let line = format!(
+            "{at} method={} path=\"{}\" host={} request_id={} fwd=\"{}\" dyno={} connect=0ms service={}ms status={} bytes={bytes_out} protocol={}",
+            self.method,
+            self.path.replace('"', "%22"),
+            self.host,
+            self.request_id,
+            self.fwd,
+            if self.dyno.is_empty() {
+                "-"
+            } else {
+                &self.dyno
+            },
+            self.service.as_millis(),
+            self.status,
+            self.protocol,
+        );
+        (self.sink)(&self.app, &line);
+        self.metrics
+            .request(self.status, self.start.elapsed(), self.bytes_in, bytes_out);
+    }
+}
+
+/// A response body that accounts for itself.
+pub(crate) struct Tracked {
+    inner: Body,
+    _in_flight: Option<InFlight>,
+    record: Option<Record>,
+    bytes: u64,
+    idle_window: Duration,
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    ended: bool,
+}
+
+impl Tracked {
+    pub fn new(
+        inner: Body,
+        in_flight: Option<InFlight>,
+        record: Record,
+        idle_window: Duration,
+    ) -> Self {
+        Self {
+            inner,
+            _in_flight: in_flight,
+            record: Some(record),
+            bytes: 0,
+            idle_window,
+            idle: None,
+            ended: false,
+        }
+    }
+}
+
+impl HttpBody for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                this.idle = None;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                if let Some(r) = this.record.take() {
+                    r.finish(None, this.bytes);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Pending => {
+                // A streamed response may pause, but not forever: past the idle window the
+                // router gives up on it (and the client sees the connection end).
+                let window = this.idle_window;
+                let sleep = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(window)));
+                if sleep.as_mut().poll(cx).is_ready() {
+                    if let Some(r) = this.record.take() {
+                        r.finish(Some(("H12", "Response idle timeout")), this.bytes);
+                    }
+                    return Poll::Ready(Some(Err("response idle timeout".into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+use std::future::Future;
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.take() {
+            if self.ended || self.inner.is_end_stream() {
+                r.finish(None, self.bytes);
+            } else {
+                r.finish(Some(("H27", "Client Request Interrupted")), self.bytes);
+            }
+        }
+    }
+}
