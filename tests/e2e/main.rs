@@ -14,5 +14,6 @@ mod isolation;
 mod lifecycle;
 mod platform;
 mod releases;
+mod router;
 mod tidy;
 mod websocket;

@@ -67,6 +67,9 @@ pub struct MarServer {
     pub data_dir: PathBuf,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it listens for HTTPS, when started with `--https-listen`.
+    pub https_addr: Option<SocketAddr>,
+    extra: Vec<String>,
     child: Option<Child>,
     stderr: Arc<Mutex<String>>,
 }
@@ -79,6 +82,11 @@ impl MarServer {
 
     /// Starts a server whose data directory holds `mar_yaml` as `mar.yaml`.
     pub fn start_with(mar_yaml: Option<&str>) -> Self {
+        Self::start_with_args(mar_yaml, &[])
+    }
+
+    /// Starts a server with `mar.yaml` and extra `mar serve` arguments.
+    pub fn start_with_args(mar_yaml: Option<&str>, extra: &[&str]) -> Self {
         let tmp = tempfile::Builder::new()
             .prefix("mar-e2e-")
             .tempdir_in(scratch_root())
@@ -91,17 +99,24 @@ impl MarServer {
         if let Some(y) = mar_yaml {
             std::fs::write(data_dir.join("mar.yaml"), y).unwrap();
         }
-        Self::start_in(Arc::new(tmp), data_dir)
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        Self::start_in_with(Arc::new(tmp), data_dir, extra)
     }
 
     /// Starts a server on an existing data directory (a restart).
     pub fn start_in(tmp: Arc<tempfile::TempDir>, data_dir: PathBuf) -> Self {
-        let (child, addr, stderr) =
-            spawn_serve(&data_dir).unwrap_or_else(|e| panic!("mar serve did not start: {e}"));
+        Self::start_in_with(tmp, data_dir, Vec::new())
+    }
+
+    fn start_in_with(tmp: Arc<tempfile::TempDir>, data_dir: PathBuf, extra: Vec<String>) -> Self {
+        let (child, addr, https_addr, stderr) = spawn_serve(&data_dir, &extra)
+            .unwrap_or_else(|e| panic!("mar serve did not start: {e}"));
         Self {
             tmp,
             data_dir,
             addr,
+            https_addr,
+            extra,
             child: Some(child),
             stderr,
         }
@@ -119,10 +134,10 @@ impl MarServer {
 
     /// Stops this server and starts another on the same data directory.
     pub fn restart(self) -> Self {
-        let (tmp, data_dir) = (self.tmp.clone(), self.data_dir.clone());
+        let (tmp, data_dir, extra) = (self.tmp.clone(), self.data_dir.clone(), self.extra.clone());
         let status = self.stop();
         assert!(status.success(), "mar serve exited with {status}");
-        Self::start_in(tmp, data_dir)
+        Self::start_in_with(tmp, data_dir, extra)
     }
 
     /// The process id of `mar serve`.
@@ -251,10 +266,13 @@ impl Drop for MarServer {
     }
 }
 
-fn spawn_serve(data_dir: &Path) -> Result<(Child, SocketAddr, Arc<Mutex<String>>), String> {
+type Spawned = (Child, SocketAddr, Option<SocketAddr>, Arc<Mutex<String>>);
+
+fn spawn_serve(data_dir: &Path, extra: &[String]) -> Result<Spawned, String> {
     let mut child = Command::new(mar_bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(extra)
         .env_remove("MAR_HOME")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -275,14 +293,30 @@ fn spawn_serve(data_dir: &Path) -> Result<(Child, SocketAddr, Arc<Mutex<String>>
                 .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
+    let want_https = extra.iter().any(|a| a == "--https-listen");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    // Readiness is the line the server prints once its listener is bound: no sleeping.
+    let (mut http, mut https) = (None, None);
+    // Readiness is the line the server prints once its listeners are bound: no sleeping.
     for line in lines.by_ref() {
         let line = line.map_err(|e| e.to_string())?;
         if let Some(url) = line.strip_prefix("mar listening on http://") {
-            let addr: SocketAddr = url.trim().parse().map_err(|e| format!("{url}: {e}"))?;
+            http = Some(
+                url.trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("{url}: {e}"))?,
+            );
+        } else if let Some(url) = line.strip_prefix("mar listening on https://") {
+            https = Some(
+                url.trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|e| format!("{url}: {e}"))?,
+            );
+        }
+        if let Some(addr) = http
+            && (!want_https || https.is_some())
+        {
             std::thread::spawn(move || for _ in lines {});
-            return Ok((child, addr, stderr));
+            return Ok((child, addr, https, stderr));
         }
     }
     let status = child.wait().map_err(|e| e.to_string())?;

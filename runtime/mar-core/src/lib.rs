@@ -4,7 +4,7 @@
 
 mod name;
 
-pub use name::{AppName, NameError, ProcessType};
+pub use name::{AppName, Hostname, NameError, ProcessType};
 
 /// The stack name reported to buildpacks in `STACK`, like Heroku's `heroku-24`.
 pub const STACK: &str = "mar-24";

@@ -13,6 +13,11 @@ pub enum NameError {
         "invalid app name {0:?}: use 1 to 30 lowercase letters, digits and '-', starting with a letter and not ending with '-'"
     )]
     App(String),
+    /// A custom domain that is not a host name.
+    #[error(
+        "invalid domain {0:?}: use a host name like www.example.com (lowercase labels of letters, digits and '-', separated by dots)"
+    )]
+    Hostname(String),
     /// A process type that is not a DNS label.
     #[error(
         "invalid process type {0:?}: use 1 to 30 lowercase letters, digits and '-', starting with a letter"
@@ -98,6 +103,46 @@ impl fmt::Display for ProcessType {
     }
 }
 
+/// A validated custom domain: a lowercase DNS host name with at least two labels.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hostname(String);
+
+impl Hostname {
+    /// Validates `s` (case-insensitive) as a host name.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        let lower = s.trim_end_matches('.').to_ascii_lowercase();
+        let labels: Vec<&str> = lower.split('.').collect();
+        let ok = lower.len() <= 253
+            && labels.len() >= 2
+            && labels.iter().all(|l| {
+                let b = l.as_bytes();
+                !b.is_empty()
+                    && b.len() <= 63
+                    && b[0] != b'-'
+                    && b[b.len() - 1] != b'-'
+                    && b.iter()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+            })
+            && !labels.iter().all(|l| l.bytes().all(|c| c.is_ascii_digit()));
+        if ok {
+            Ok(Self(lower))
+        } else {
+            Err(NameError::Hostname(s.to_owned()))
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Hostname {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +151,26 @@ mod tests {
     fn accepts_dns_labels() {
         for ok in ["a", "echo", "my-app-2", "a23456789012345678901234567890"] {
             assert!(AppName::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn host_names() {
+        assert_eq!(
+            Hostname::parse("WWW.Example.com.").unwrap().as_str(),
+            "www.example.com"
+        );
+        for bad in [
+            "example",
+            "127.0.0.1",
+            "a..b",
+            "-a.com",
+            "a_b.com",
+            "a b.com",
+            "../x.com",
+            "",
+        ] {
+            assert!(Hostname::parse(bad).is_err(), "{bad}");
         }
     }
 

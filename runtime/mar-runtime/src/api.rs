@@ -88,7 +88,12 @@ impl From<StoreError> for ApiError {
             StoreError::NoSuchApp(_) | StoreError::NoSuchRelease { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "NotFound", e.to_string())
             }
-            StoreError::AppExists(_) => Self::new(StatusCode::CONFLICT, "Conflict", e.to_string()),
+            StoreError::AppExists(_) | StoreError::DomainTaken { .. } => {
+                Self::new(StatusCode::CONFLICT, "Conflict", e.to_string())
+            }
+            StoreError::NoSuchDomain { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "NotFound", e.to_string())
+            }
             _ => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "InternalError",
@@ -290,6 +295,11 @@ pub fn router(p: Arc<Platform>) -> axum::Router {
         )
         .route("/v1/apps/{app}/scale", post(patch_formation))
         .route("/v1/apps/{app}/run", post(run_command))
+        .route("/v1/apps/{app}/domains", get(list_domains).post(add_domain))
+        .route(
+            "/v1/apps/{app}/domains/{name}",
+            axum::routing::delete(remove_domain),
+        )
         .route("/v1/apps/{app}/exec", post(exec_command))
         .route("/v1/apps/{app}/logs", get(get_logs))
         .route("/v1/apps/{app}/logs/stream", get(stream_logs))
@@ -359,6 +369,8 @@ async fn destroy_app(
     let _guard = p.apps.lock(&app)?;
     p.apps.stop_app(&app).await;
     p.store.delete_app(&app)?;
+    p.apps.publish_domains();
+    p.metrics.remove(&app);
     let _ = p.git.delete_repo(&app);
     p.logs.remove(&app);
     let _ = std::fs::remove_dir_all(p.paths.app(&app));
@@ -689,6 +701,69 @@ async fn restart_processes(
         .filter(|t| !t.is_empty());
     let restarted = p.apps.restart(&app, target).await?;
     Ok(Json(serde_json::json!({ "restarted": restarted })))
+}
+
+fn domain_results(p: &Platform, app: &AppName) -> ApiResult<Results<serde_json::Value>> {
+    let results = p
+        .store
+        .all_domains()?
+        .into_iter()
+        .filter(|(_, a)| a == app.as_str())
+        .map(|(name, _)| serde_json::json!({ "name": name }))
+        .collect();
+    Ok(Results { results })
+}
+
+async fn list_domains(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Results<serde_json::Value>>> {
+    let app = existing(&p, &app)?;
+    Ok(Json(domain_results(&p, &app)?))
+}
+
+fn hostname(p: &Platform, name: &str) -> ApiResult<mar_core::Hostname> {
+    let host = mar_core::Hostname::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let platform = &p.domain;
+    if host.as_str() == platform || host.as_str().ends_with(&format!(".{platform}")) {
+        return Err(ApiError::bad_request(format!(
+            "{host} is under the platform's own domain {platform}; apps get APP.{platform} already"
+        )));
+    }
+    Ok(host)
+}
+
+/// `POST /v1/apps/APP/domains {"name": "www.example.com"}` (the old MAR API's shape).
+async fn add_domain(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Results<serde_json::Value>>)> {
+    let app = existing(&p, &app)?;
+    let name = command_of(&body, "name")?;
+    let host = hostname(&p, &name)?;
+    p.store.add_domain(&app, &host)?;
+    p.apps.publish_domains();
+    p.logs
+        .append(&app, "mar[api]", &format!("Added domain {host}"));
+    Ok((StatusCode::CREATED, Json(domain_results(&p, &app)?)))
+}
+
+async fn remove_domain(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path((app, name)): Path<(String, String)>,
+) -> ApiResult<Json<Results<serde_json::Value>>> {
+    let app = existing(&p, &app)?;
+    let host =
+        mar_core::Hostname::parse(&name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    p.store.remove_domain(&app, &host)?;
+    p.apps.publish_domains();
+    p.logs
+        .append(&app, "mar[api]", &format!("Removed domain {host}"));
+    Ok(Json(domain_results(&p, &app)?))
 }
 
 fn formation_results(p: &Platform, app: &AppName) -> ApiResult<Results<FormationEntry>> {

@@ -256,6 +256,20 @@ impl Apps {
         self.routes.set_with(app, target, options);
     }
 
+    /// Publishes every custom domain to the router.
+    pub fn publish_domains(&self) {
+        match self.store.all_domains() {
+            Ok(all) => {
+                let map = all
+                    .into_iter()
+                    .filter_map(|(host, app)| AppName::parse(&app).ok().map(|a| (host, a)))
+                    .collect();
+                self.routes.set_custom_domains(map);
+            }
+            Err(e) => tracing::error!("cannot read custom domains: {e}"),
+        }
+    }
+
     /// Instances of `app` now running, in process type and index order.
     pub fn instances(&self, app: &AppName) -> Vec<Instance> {
         let mut v: Vec<Instance> = self
@@ -1053,6 +1067,7 @@ impl Apps {
 
     /// Brings every app back at its current release (at start).
     pub async fn restore(&self) {
+        self.publish_domains();
         let apps = match self.store.list_apps() {
             Ok(a) => a,
             Err(e) => {

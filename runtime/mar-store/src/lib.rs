@@ -32,6 +32,22 @@ pub enum StoreError {
     /// The database failed.
     #[error("state database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A custom domain is in use already.
+    #[error("domain {domain} is already used by app {app}")]
+    DomainTaken {
+        /// The domain.
+        domain: String,
+        /// The app that has it.
+        app: String,
+    },
+    /// The app has no such custom domain.
+    #[error("app {app} has no domain {domain}")]
+    NoSuchDomain {
+        /// The domain.
+        domain: String,
+        /// The app.
+        app: String,
+    },
     /// A stored JSON column did not parse (the file was edited by hand or is corrupt).
     #[error("state database holds malformed JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -140,6 +156,11 @@ const MIGRATIONS: &[&str] = &[
     SCHEMA,
     "ALTER TABLE apps ADD COLUMN uid INTEGER;
      ALTER TABLE releases ADD COLUMN healthchecks TEXT NOT NULL DEFAULT 'null';",
+    "CREATE TABLE domains (
+         hostname TEXT PRIMARY KEY,
+         app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+         created_at TEXT NOT NULL
+     );",
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -355,6 +376,53 @@ impl Store {
         row.map(RawRelease::decode).transpose()
     }
 
+    /// Adds a custom domain to an app.
+    pub fn add_domain(&self, app: &AppName, domain: &mar_core::Hostname) -> Result<()> {
+        self.get_app(app)?;
+        let conn = self.conn();
+        let owner: Option<String> = conn
+            .query_row(
+                "SELECT app FROM domains WHERE hostname = ?1",
+                params![domain.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(owner) = owner {
+            return Err(StoreError::DomainTaken {
+                domain: domain.to_string(),
+                app: owner,
+            });
+        }
+        conn.execute(
+            "INSERT INTO domains (hostname, app, created_at) VALUES (?1, ?2, ?3)",
+            params![domain.as_str(), app.as_str(), now()],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a custom domain from an app.
+    pub fn remove_domain(&self, app: &AppName, domain: &mar_core::Hostname) -> Result<()> {
+        let n = self.conn().execute(
+            "DELETE FROM domains WHERE hostname = ?1 AND app = ?2",
+            params![domain.as_str(), app.as_str()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchDomain {
+                domain: domain.to_string(),
+                app: app.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every custom domain with its app (for the router).
+    pub fn all_domains(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT hostname, app FROM domains ORDER BY hostname")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// One release by version.
     pub fn release(&self, app: &AppName, version: i64) -> Result<Release> {
         self.get_app(app)?;
@@ -504,8 +572,22 @@ mod tests {
         let c = AppName::parse("c").unwrap();
         assert_eq!(s.create_app(&b, Some(20000)).unwrap().uid, Some(20000));
         assert_eq!(s.create_app(&c, Some(20000)).unwrap().uid, Some(20001));
+        let d = mar_core::Hostname::parse("www.example.com").unwrap();
+        s.add_domain(&app, &d).unwrap();
+        assert!(matches!(
+            s.add_domain(&b, &d),
+            Err(StoreError::DomainTaken { .. })
+        ));
+        assert_eq!(
+            s.all_domains().unwrap(),
+            vec![("www.example.com".to_owned(), "echo".to_owned())]
+        );
         s.delete_app(&app).unwrap();
         assert!(matches!(s.get_app(&app), Err(StoreError::NoSuchApp(_))));
+        assert!(
+            s.all_domains().unwrap().is_empty(),
+            "domains go with their app"
+        );
     }
 
     #[test]

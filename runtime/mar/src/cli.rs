@@ -149,6 +149,25 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// List an app's custom domains.
+    Domains {
+        /// The app (or -a).
+        name: Option<String>,
+    },
+    /// Route a custom domain to an app: `mar domains:add APP www.example.com`.
+    #[command(name = "domains:add")]
+    DomainsAdd {
+        /// `APP DOMAIN`, or `DOMAIN` with -a.
+        #[arg(required = true, num_args = 1..=2)]
+        args: Vec<String>,
+    },
+    /// Stop routing a custom domain: `mar domains:remove APP www.example.com`.
+    #[command(name = "domains:remove")]
+    DomainsRemove {
+        /// `APP DOMAIN`, or `DOMAIN` with -a.
+        #[arg(required = true, num_args = 1..=2)]
+        args: Vec<String>,
+    },
     /// Print the admin API token.
     #[command(name = "auth:token")]
     AuthToken,
@@ -381,6 +400,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{} {}", e.time, e.log);
             }
         }
+        Command::Domains { name } => {
+            let app = resolve_app(name.or(cli.app))?;
+            let domains = client.domains(app.as_str()).await?;
+            if json {
+                return print_json(&domains);
+            }
+            println!("=== {app} Custom Domains");
+            for d in domains {
+                println!("{d}");
+            }
+        }
+        Command::DomainsAdd { args } => {
+            let (app, domain) = app_and_domain(args, cli.app)?;
+            let domains = client.add_domain(app.as_str(), &domain).await?;
+            if json {
+                return print_json(&domains);
+            }
+            println!("Added {domain} to {app}: point its DNS at this server");
+        }
+        Command::DomainsRemove { args } => {
+            let (app, domain) = app_and_domain(args, cli.app)?;
+            let domains = client.remove_domain(app.as_str(), &domain).await?;
+            if json {
+                return print_json(&domains);
+            }
+            println!("Removed {domain} from {app}");
+        }
         Command::PsScale { pairs } => {
             let app = resolve_app(cli.app)?;
             let formation = if pairs.is_empty() {
@@ -524,6 +570,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { .. } | Command::Hook { .. } | Command::AuthToken => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `[APP] DOMAIN` (the app may also come from -a or the git remote).
+fn app_and_domain(mut args: Vec<String>, app: Option<String>) -> anyhow::Result<(AppName, String)> {
+    let domain = args.pop().context("which domain?")?;
+    let app = resolve_app(args.pop().or(app))?;
+    Ok((app, domain))
 }
 
 fn parse_version(v: &str) -> anyhow::Result<i64> {

@@ -325,6 +325,47 @@ impl Client {
         })
     }
 
+    /// `GET /v1/apps/APP/domains`: the app's custom domains.
+    pub async fn domains(&self, app: &str) -> Result<Vec<String>, SdkError> {
+        let r: Results<serde_json::Value> = self
+            .json(Method::GET, &format!("/v1/apps/{}/domains", enc(app)), None)
+            .await?;
+        Ok(r.results
+            .iter()
+            .filter_map(|d| d["name"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// `POST /v1/apps/APP/domains`.
+    pub async fn add_domain(&self, app: &str, name: &str) -> Result<Vec<String>, SdkError> {
+        let r: Results<serde_json::Value> = self
+            .json(
+                Method::POST,
+                &format!("/v1/apps/{}/domains", enc(app)),
+                Some(serde_json::json!({ "name": name })),
+            )
+            .await?;
+        Ok(r.results
+            .iter()
+            .filter_map(|d| d["name"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// `DELETE /v1/apps/APP/domains/NAME`.
+    pub async fn remove_domain(&self, app: &str, name: &str) -> Result<Vec<String>, SdkError> {
+        let r: Results<serde_json::Value> = self
+            .json(
+                Method::DELETE,
+                &format!("/v1/apps/{}/domains/{}", enc(app), enc(name)),
+                None,
+            )
+            .await?;
+        Ok(r.results
+            .iter()
+            .filter_map(|d| d["name"].as_str().map(str::to_owned))
+            .collect())
+    }
+
     /// `GET /v1/apps/APP/formation`.
     pub async fn formation(&self, app: &str) -> Result<Vec<FormationEntry>, SdkError> {
         Ok(self

@@ -1,0 +1,452 @@
+//! The router with real clients and real app processes: the MAR WebSocket idle rule and
+//! router keepalive, access log lines and metrics, h2c, HTTPS with SNI and h2 over ALPN,
+//! request limits and slow clients, an instance dying mid-request, and custom domains.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use mar_tests::{MarServer, eventually, repo_root};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+async fn deployed(mar: &MarServer, app: &str, config: &[&str]) {
+    mar.create_app(app);
+    if !config.is_empty() {
+        let mut args = vec!["config:set"];
+        args.extend_from_slice(config);
+        args.extend_from_slice(&["-a", app]);
+        let out = mar.mar(&args);
+        assert!(out.ok(), "{}", out.all());
+    }
+    let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/lifecycle"));
+    let push = repo.push(&mar.git_url(app), "main");
+    assert!(push.ok(), "{}", push.all());
+}
+
+async fn ws(
+    mar: &MarServer,
+    app: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut req = format!("ws://{}/ws", mar.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("host", format!("{app}.localhost").parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_idle_rule_app_pings_and_router_keepalive() {
+    let mar = MarServer::start();
+    deployed(&mar, "silent", &["MAR_WEBSOCKET_IDLE_TIMEOUT=2"]).await;
+    deployed(
+        &mar,
+        "pinging",
+        &["MAR_WEBSOCKET_IDLE_TIMEOUT=2", "WS_PING_EVERY=0.5"],
+    )
+    .await;
+    deployed(
+        &mar,
+        "kept",
+        &[
+            "MAR_WEBSOCKET_IDLE_TIMEOUT=2",
+            "MAR_WEBSOCKET_KEEPALIVE=router",
+        ],
+    )
+    .await;
+
+    // Echo works, then silence is cut at the idle timeout with a Close (1001).
+    let mut c = ws(&mar, "silent").await;
+    c.send(Message::text("hello")).await.unwrap();
+    assert_eq!(c.next().await.unwrap().unwrap(), Message::text("hello"));
+    let t = Instant::now();
+    let Some(Ok(Message::Close(Some(frame)))) = c.next().await else {
+        panic!("no close frame")
+    };
+    assert_eq!(u16::from(frame.code), 1001);
+    assert_eq!(frame.reason.as_str(), "idle timeout");
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1800) && waited < Duration::from_secs(5),
+        "cut after {waited:?}"
+    );
+    let logs = eventually(Duration::from_secs(5), || async {
+        let l = mar.mar(&["logs", "-a", "silent", "--ps", "router"]).stdout;
+        l.contains("code=H15").then_some(l)
+    })
+    .await;
+    assert!(
+        logs.contains(
+            "mar[router]: at=error code=H15 desc=\"Idle connection\" method=GET path=\"/ws\""
+        ),
+        "{logs}"
+    );
+
+    // An app that pings more often than the timeout keeps its client (tungstenite answers
+    // the pings while we read).
+    for app in ["pinging", "kept"] {
+        let mut c = ws(&mar, app).await;
+        let t = Instant::now();
+        let mut pings = 0;
+        while t.elapsed() < Duration::from_secs(5) {
+            match tokio::time::timeout(Duration::from_secs(1), c.next()).await {
+                Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+                Ok(Some(Ok(m))) => panic!("{app}: unexpected {m:?}"),
+                Ok(other) => panic!("{app}: connection ended after {:?}: {other:?}", t.elapsed()),
+                Err(_) => {}
+            }
+        }
+        assert!(pings >= 2, "{app}: {pings} pings in 5 s");
+        c.send(Message::text("still here")).await.unwrap();
+        loop {
+            match c.next().await.unwrap().unwrap() {
+                Message::Ping(_) => continue,
+                m => {
+                    assert_eq!(m, Message::text("still here"), "{app}");
+                    break;
+                }
+            }
+        }
+        c.close(None).await.unwrap();
+    }
+    let metrics = mar.get("localhost", "/metrics").await.body;
+    assert!(
+        metrics.contains("mar_websockets_open{app=\"silent\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn access_log_metrics_h2c_and_big_bodies() {
+    let mar = MarServer::start();
+    deployed(&mar, "logged", &[]).await;
+    let r = mar.get("logged.localhost", "/?q=1").await;
+    assert_eq!(r.status, 200);
+    let rid = r
+        .headers
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    assert!(
+        rid.is_none(),
+        "the router adds X-Request-Id to the request, not the response"
+    );
+    let logs = eventually(Duration::from_secs(5), || async {
+        let l = mar.mar(&["logs", "-a", "logged", "--ps", "router"]).stdout;
+        l.contains("path=\"/?q=1\"").then_some(l)
+    })
+    .await;
+    let line = logs.lines().find(|l| l.contains("path=\"/?q=1\"")).unwrap();
+    for part in [
+        "mar[router]: at=info method=GET",
+        "host=logged.localhost",
+        "fwd=\"127.0.0.1\"",
+        "dyno=web.1",
+        "status=200",
+        "protocol=http",
+        "request_id=",
+    ] {
+        assert!(line.contains(part), "{part} missing in {line}");
+    }
+    let bytes: usize = line
+        .split("bytes=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(bytes, r.body.len());
+    let metrics = mar.get("localhost", "/metrics").await.body;
+    assert!(
+        metrics.contains("mar_http_requests_total{app=\"logged\",status=\"2xx\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mar_http_request_duration_seconds_count{app=\"logged\"} 1"),
+        "{metrics}"
+    );
+
+    // h2c with prior knowledge.
+    let stream = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://logged.localhost/env/DYNO")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes(),
+        "web.1"
+    );
+
+    // A 5 MB body both ways, streamed.
+    let big = Bytes::from(vec![b'z'; 5 << 20]);
+    let r = mar_tests::http(
+        mar.addr,
+        "POST",
+        "logged.localhost",
+        "/echo",
+        &[],
+        big.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), big.len());
+}
+
+#[tokio::test]
+async fn limits_slow_clients_and_malformed_requests() {
+    let mar = MarServer::start_with(Some("header_read_timeout: 1\nmax_header_size: 16K\n"));
+    deployed(&mar, "guarded", &["MAR_MAX_BODY_SIZE=1K"]).await;
+    let body = Bytes::from(vec![b'x'; 2048]);
+    let r = mar_tests::http(mar.addr, "POST", "guarded.localhost", "/echo", &[], body).await;
+    assert_eq!(r.status, 413, "{}", r.body);
+
+    let huge = "h".repeat(32 << 10);
+    let mut s = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
+    s.write_all(
+        format!("GET / HTTP/1.1\r\nHost: guarded.localhost\r\nX-Huge: {huge}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        &answer[..answer.len().min(100)]
+    );
+
+    // A client that sends half a request head is cut after the header read timeout, while
+    // other requests go on.
+    let mut slow = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: guarded.loc")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    assert_eq!(mar.get("guarded.localhost", "/").await.status, 200);
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "slow client held for {:?}",
+        t.elapsed()
+    );
+
+    // Broken chunked encoding is refused and disturbs nothing else.
+    let mut s = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: guarded.localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot hex\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 502"),
+        "{answer}"
+    );
+    assert_eq!(mar.get("guarded.localhost", "/").await.status, 200);
+    let r = mar.get("..%2f..", "/").await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_dying_mid_request_gives_502_promptly() {
+    let mar = MarServer::start();
+    deployed(&mar, "dying", &[]).await;
+    let ps: serde_json::Value =
+        serde_json::from_str(&mar.mar(&["ps", "-a", "dying", "--json"]).stdout).unwrap();
+    let pid = ps[0]["pid"].as_u64().unwrap();
+    let addr = mar.addr;
+    let pending =
+        tokio::spawn(
+            async move { mar_tests::try_get(addr, "dying.localhost", "/slow?ms=20000").await },
+        );
+    // Let the request reach the app before killing it.
+    eventually(Duration::from_secs(5), || async {
+        let l = mar.mar(&["logs", "-a", "dying", "--source", "app"]).stdout;
+        l.contains("slow request started").then_some(())
+    })
+    .await;
+    let t = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (status, body) = pending.await.unwrap().unwrap();
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("H13"), "{body}");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "502 after {:?}",
+        t.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn custom_domains_route_to_apps() {
+    let mar = MarServer::start();
+    deployed(&mar, "branded", &[]).await;
+    let out = mar.mar(&["domains:add", "branded", "www.example.test"]);
+    assert!(out.ok(), "{}", out.all());
+    let r = mar.get("www.example.test", "/env/DYNO").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "web.1"));
+    let list = mar.mar(&["domains", "branded", "--json"]);
+    assert_eq!(
+        list.stdout.trim().replace([' ', '\n'], ""),
+        "[\"www.example.test\"]"
+    );
+    mar.create_app("other");
+    let dup = mar.mar(&["domains:add", "other", "www.example.test"]);
+    assert!(
+        !dup.ok() && dup.stderr.contains("already used by app branded"),
+        "{}",
+        dup.all()
+    );
+    for bad in ["not a domain", "other.localhost", "127.0.0.1"] {
+        let out = mar.mar(&["domains:add", "other", bad]);
+        assert!(!out.ok(), "{bad} was accepted");
+    }
+    // Domains survive a restart.
+    let mar = mar.restart();
+    let r = eventually(Duration::from_secs(20), || async {
+        let r = mar.get("www.example.test", "/").await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert!(r.body.contains("lifecycle fixture"));
+    assert!(
+        mar.mar(&["domains:remove", "branded", "www.example.test"])
+            .ok()
+    );
+    assert_eq!(mar.get("www.example.test", "/").await.status, 404);
+}
+
+fn tls_client(roots: &[std::path::PathBuf]) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::pem::PemObject;
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(r).unwrap() {
+            store.add(c.unwrap()).unwrap();
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(store)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn https_with_sni_h2_and_the_self_signed_fallback() {
+    // Two certificates for two domains, chosen by SNI; everything else gets the self-signed one.
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = String::from("tls_certificates:\n");
+    let mut roots = Vec::new();
+    for name in ["one.example.test", "two.example.test"] {
+        let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let (c, k) = (
+            dir.path().join(format!("{name}.crt")),
+            dir.path().join(format!("{name}.key")),
+        );
+        std::fs::write(&c, ck.cert.pem()).unwrap();
+        std::fs::write(&k, ck.signing_key.serialize_pem()).unwrap();
+        yaml.push_str(&format!(
+            "  - domains: [{name}]\n    cert: {}\n    key: {}\n",
+            c.display(),
+            k.display()
+        ));
+        roots.push(c);
+    }
+    // A two-label domain: TLS clients refuse a wildcard directly under a top-level name such
+    // as `*.localhost`.
+    let mar = MarServer::start_with_args(
+        Some(&yaml),
+        &["--https-listen", "127.0.0.1:0", "--domain", "apps.test"],
+    );
+    let https = mar.https_addr.expect("https address printed");
+    deployed(&mar, "secure", &[]).await;
+    assert!(mar.mar(&["domains:add", "secure", "one.example.test"]).ok());
+    assert!(mar.mar(&["domains:add", "secure", "two.example.test"]).ok());
+    roots.push(mar.data_dir.join("tls/self-signed.crt"));
+    let connector = tls_client(&roots);
+
+    for (sni, host) in [
+        ("one.example.test", "one.example.test"),
+        ("two.example.test", "two.example.test"),
+        ("secure.apps.test", "secure.apps.test"),
+    ] {
+        let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+        let tls = connector
+            .connect(name, tcp)
+            .await
+            .unwrap_or_else(|e| panic!("{sni}: {e}"));
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        assert!(
+            h2,
+            "{sni}: ALPN picked {:?}",
+            tls.get_ref().1.alpn_protocol()
+        );
+        let (mut sender, conn) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tls),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::get(format!("https://{host}/env/DYNO"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "{sni}");
+        assert_eq!(
+            resp.into_body().collect().await.unwrap().to_bytes(),
+            "web.1"
+        );
+    }
+    // The app sees the scheme the client used.
+    let tcp = tokio::net::TcpStream::connect(https).await.unwrap();
+    // The platform API answers over HTTPS too, on the bare domain.
+    let tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("apps.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("https://apps.test/healthz")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+}
