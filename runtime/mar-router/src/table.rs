@@ -358,4 +358,48 @@ mod tests {
             Resolved::NoSuchApp(_)
         ));
     }
+
+    #[test]
+    fn refusing_upstream_is_set_aside() {
+        let t = RouteTable::new("localhost");
+        let app = AppName::parse("echo").unwrap();
+        let ups = vec![up(1), up(2)];
+        t.set(&app, AppTarget::Upstreams(ups.clone()));
+        ups[0].set_aside();
+        for _ in 0..4 {
+            let Resolved::App {
+                target: Resolution::Upstream(u, _),
+                ..
+            } = t.resolve(Some("echo.localhost"))
+            else {
+                panic!("not routed");
+            };
+            assert_eq!(u.addr.port(), 2);
+        }
+        // With every instance set aside, requests still go somewhere rather than nowhere.
+        ups[1].set_aside();
+        assert!(matches!(
+            t.resolve(Some("echo.localhost")),
+            Resolved::App {
+                target: Resolution::Upstream(..),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn custom_domains_win_over_the_platform_domain_rule() {
+        let t = RouteTable::new("localhost");
+        let app = AppName::parse("shop").unwrap();
+        t.set(&app, AppTarget::Upstreams(vec![up(7)]));
+        t.set_custom_domains(HashMap::from([("www.shop.test".to_owned(), app.clone())]));
+        assert!(matches!(
+            t.resolve(Some("WWW.shop.test:443")),
+            Resolved::App { .. }
+        ));
+        assert!(matches!(
+            t.resolve(Some("shop.test")),
+            Resolved::NoSuchApp(_)
+        ));
+    }
 }
