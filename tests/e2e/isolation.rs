@@ -5,20 +5,7 @@
 
 use std::time::Duration;
 
-use mar_tests::{MarServer, eventually, repo_root};
-
-async fn deployed(mar: &MarServer, app: &str, config: &[&str]) {
-    mar.create_app(app);
-    if !config.is_empty() {
-        let mut args = vec!["config:set"];
-        args.extend_from_slice(config);
-        args.extend_from_slice(&["-a", app]);
-        assert!(mar.mar(&args).ok());
-    }
-    let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/lifecycle"));
-    let push = repo.push(&mar.git_url(app), "main");
-    assert!(push.ok(), "{}", push.all());
-}
+use mar_tests::{MarServer, eventually};
 
 fn run_dir(mar: &MarServer, app: &str) -> std::path::PathBuf {
     std::fs::read_dir(mar.data_dir.join("apps").join(app).join("run"))
@@ -32,8 +19,8 @@ fn run_dir(mar: &MarServer, app: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn apps_cannot_read_each_other_or_the_platform() {
     let mar = MarServer::start();
-    deployed(&mar, "alice", &[]).await;
-    deployed(&mar, "mallory", &["MAR_NOFILE_LIMIT=256"]).await;
+    mar.deploy_lifecycle("alice", &[]);
+    mar.deploy_lifecycle("mallory", &["MAR_NOFILE_LIMIT=256"]);
     let uid_a = mar.get("alice.localhost", "/whoami").await.body;
     let uid_m = mar.get("mallory.localhost", "/whoami").await.body;
     assert_ne!(uid_a, "0");
@@ -94,12 +81,7 @@ async fn apps_cannot_read_each_other_or_the_platform() {
 #[tokio::test]
 async fn memory_and_process_limits_hold() {
     let mar = MarServer::start();
-    deployed(
-        &mar,
-        "hungry",
-        &["MAR_MEMORY_LIMIT=96M", "MAR_PIDS_LIMIT=32"],
-    )
-    .await;
+    mar.deploy_lifecycle("hungry", &["MAR_MEMORY_LIMIT=96M", "MAR_PIDS_LIMIT=32"]);
 
     // A fork bomb stops at the process limit, and the app keeps serving.
     let forked: usize = mar
@@ -161,7 +143,7 @@ async fn memory_and_process_limits_hold() {
 #[tokio::test]
 async fn sigkilled_server_leaves_no_app_process_after_restart() {
     let mar = MarServer::start();
-    deployed(&mar, "orphan", &[]).await;
+    mar.deploy_lifecycle("orphan", &[]);
     assert_eq!(mar.get("orphan.localhost", "/").await.status, 200);
     let (tmp, data_dir) = (mar.tmp.clone(), mar.data_dir.clone());
     let server_pid = mar.pid();

@@ -8,24 +8,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
-use mar_tests::{MarServer, eventually, repo_root};
+use mar_tests::{MarServer, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-async fn deployed(mar: &MarServer, app: &str, config: &[&str]) {
-    mar.create_app(app);
-    if !config.is_empty() {
-        let mut args = vec!["config:set"];
-        args.extend_from_slice(config);
-        args.extend_from_slice(&["-a", app]);
-        let out = mar.mar(&args);
-        assert!(out.ok(), "{}", out.all());
-    }
-    let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/lifecycle"));
-    let push = repo.push(&mar.git_url(app), "main");
-    assert!(push.ok(), "{}", push.all());
-}
 
 async fn ws(
     mar: &MarServer,
@@ -44,22 +30,18 @@ async fn ws(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_idle_rule_app_pings_and_router_keepalive() {
     let mar = MarServer::start();
-    deployed(&mar, "silent", &["MAR_WEBSOCKET_IDLE_TIMEOUT=2"]).await;
-    deployed(
-        &mar,
+    mar.deploy_lifecycle("silent", &["MAR_WEBSOCKET_IDLE_TIMEOUT=2"]);
+    mar.deploy_lifecycle(
         "pinging",
         &["MAR_WEBSOCKET_IDLE_TIMEOUT=2", "WS_PING_EVERY=0.5"],
-    )
-    .await;
-    deployed(
-        &mar,
+    );
+    mar.deploy_lifecycle(
         "kept",
         &[
             "MAR_WEBSOCKET_IDLE_TIMEOUT=2",
             "MAR_WEBSOCKET_KEEPALIVE=router",
         ],
-    )
-    .await;
+    );
 
     // Echo works, then silence is cut at the idle timeout with a Close (1001).
     let mut c = ws(&mar, "silent").await;
@@ -125,7 +107,7 @@ async fn websocket_idle_rule_app_pings_and_router_keepalive() {
 #[tokio::test]
 async fn access_log_metrics_h2c_and_big_bodies() {
     let mar = MarServer::start();
-    deployed(&mar, "logged", &[]).await;
+    mar.deploy_lifecycle("logged", &[]);
     let r = mar.get("logged.localhost", "/?q=1").await;
     assert_eq!(r.status, 200);
     let rid = r
@@ -175,13 +157,7 @@ async fn access_log_metrics_h2c_and_big_bodies() {
 
     // h2c with prior knowledge.
     let stream = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2(stream).await;
     let req = http::Request::get("http://logged.localhost/env/DYNO")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -211,7 +187,7 @@ async fn access_log_metrics_h2c_and_big_bodies() {
 #[tokio::test]
 async fn limits_slow_clients_and_malformed_requests() {
     let mar = MarServer::start_with(Some("header_read_timeout: 1\nmax_header_size: 16K\n"));
-    deployed(&mar, "guarded", &["MAR_MAX_BODY_SIZE=1K"]).await;
+    mar.deploy_lifecycle("guarded", &["MAR_MAX_BODY_SIZE=1K"]);
     let body = Bytes::from(vec![b'x'; 2048]);
     let r = mar_tests::http(mar.addr, "POST", "guarded.localhost", "/echo", &[], body).await;
     assert_eq!(r.status, 413, "{}", r.body);
@@ -269,7 +245,7 @@ async fn limits_slow_clients_and_malformed_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instance_dying_mid_request_gives_502_promptly() {
     let mar = MarServer::start();
-    deployed(&mar, "dying", &[]).await;
+    mar.deploy_lifecycle("dying", &[]);
     let ps: serde_json::Value =
         serde_json::from_str(&mar.mar(&["ps", "-a", "dying", "--json"]).stdout).unwrap();
     let pid = ps[0]["pid"].as_u64().unwrap();
@@ -305,7 +281,7 @@ async fn instance_dying_mid_request_gives_502_promptly() {
 #[tokio::test]
 async fn custom_domains_route_to_apps() {
     let mar = MarServer::start();
-    deployed(&mar, "branded", &[]).await;
+    mar.deploy_lifecycle("branded", &[]);
     let out = mar.mar(&["domains:add", "branded", "www.example.test"]);
     assert!(out.ok(), "{}", out.all());
     let r = mar.get("www.example.test", "/env/DYNO").await;
@@ -339,6 +315,21 @@ async fn custom_domains_route_to_apps() {
             .ok()
     );
     assert_eq!(mar.get("www.example.test", "/").await.status, 404);
+}
+
+/// An HTTP/2 connection over `io` (h2c or TLS with ALPN h2).
+async fn h2<IO>(io: IO) -> hyper::client::conn::http2::SendRequest<Full<Bytes>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
 }
 
 fn tls_client(roots: &[std::path::PathBuf]) -> tokio_rustls::TlsConnector {
@@ -388,7 +379,7 @@ async fn https_with_sni_h2_and_the_self_signed_fallback() {
         &["--https-listen", "127.0.0.1:0", "--domain", "apps.test"],
     );
     let https = mar.https_addr.expect("https address printed");
-    deployed(&mar, "secure", &[]).await;
+    mar.deploy_lifecycle("secure", &[]);
     assert!(mar.mar(&["domains:add", "secure", "one.example.test"]).ok());
     assert!(mar.mar(&["domains:add", "secure", "two.example.test"]).ok());
     roots.push(mar.data_dir.join("tls/self-signed.crt"));
@@ -405,19 +396,13 @@ async fn https_with_sni_h2_and_the_self_signed_fallback() {
             .connect(name, tcp)
             .await
             .unwrap_or_else(|e| panic!("{sni}: {e}"));
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let alpn_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         assert!(
-            h2,
+            alpn_h2,
             "{sni}: ALPN picked {:?}",
             tls.get_ref().1.alpn_protocol()
         );
-        let (mut sender, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            hyper_util::rt::TokioIo::new(tls),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
+        let mut sender = h2(tls).await;
         let req = http::Request::get(format!("https://{host}/env/DYNO"))
             .body(Full::new(Bytes::new()))
             .unwrap();
@@ -438,13 +423,7 @@ async fn https_with_sni_h2_and_the_self_signed_fallback() {
         )
         .await
         .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2(tls).await;
     let req = http::Request::get("https://apps.test/healthz")
         .body(Full::new(Bytes::new()))
         .unwrap();

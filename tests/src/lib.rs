@@ -183,6 +183,22 @@ impl MarServer {
         assert!(out.ok(), "apps:create {name}: {}", out.all());
     }
 
+    /// Creates `app`, sets `config` (`K=V` pairs) and pushes the lifecycle fixture app, whose
+    /// routes the lifecycle, isolation and router tests use.
+    pub fn deploy_lifecycle(&self, app: &str, config: &[&str]) {
+        self.create_app(app);
+        if !config.is_empty() {
+            let mut args = vec!["config:set"];
+            args.extend_from_slice(config);
+            args.extend_from_slice(&["-a", app]);
+            let out = self.mar(&args);
+            assert!(out.ok(), "{}", out.all());
+        }
+        let repo = self.repo_from(&repo_root().join("tests/fixtures/apps/lifecycle"));
+        let push = repo.push(&self.git_url(app), "main");
+        assert!(push.ok(), "{}", push.all());
+    }
+
     /// Copies `src` (an example or fixture) into a new git repository, committed on `main`.
     pub fn repo_from(&self, src: &Path) -> GitRepo {
         let name = src.file_name().unwrap().to_string_lossy().into_owned();

@@ -102,23 +102,19 @@ where
                         return (Ended::Closed, moved);
                     }
                 }
-                Ok(n) => {
-                    match up.feed(&cbuf[..n]) {
-                        Ok(seen) if seen.frames > 0 => {
-                            last = Instant::now();
-                            pinged = false;
+                Ok(n) => match pass(&cbuf[..n], &mut up, &mut bw).await {
+                    Ok(framed) => {
+                        if framed {
+                            (last, pinged) = (Instant::now(), false);
                         }
-                        Ok(_) => {}
-                        Err(v) => {
-                            close_both(&mut cw, &mut bw, &up, &down, v.close_code(), "limit exceeded").await;
-                            return (Ended::Violation(v), moved);
-                        }
+                        moved.up += n as u64;
                     }
-                    if bw.write_all(&cbuf[..n]).await.is_err() {
-                        return (Ended::Broken, moved);
+                    Err(Stop::Violation(v)) => {
+                        close_both(&mut cw, &mut bw, &up, &down, v.close_code(), "limit exceeded").await;
+                        return (Ended::Violation(v), moved);
                     }
-                    moved.up += n as u64;
-                }
+                    Err(Stop::Broken) => return (Ended::Broken, moved),
+                },
                 Err(_) => return (Ended::Broken, moved),
             },
             r = br.read(&mut bbuf), if !backend_eof => match r {
@@ -129,23 +125,19 @@ where
                         return (Ended::Closed, moved);
                     }
                 }
-                Ok(n) => {
-                    match down.feed(&bbuf[..n]) {
-                        Ok(seen) if seen.frames > 0 => {
-                            last = Instant::now();
-                            pinged = false;
+                Ok(n) => match pass(&bbuf[..n], &mut down, &mut cw).await {
+                    Ok(framed) => {
+                        if framed {
+                            (last, pinged) = (Instant::now(), false);
                         }
-                        Ok(_) => {}
-                        Err(v) => {
-                            close_both(&mut cw, &mut bw, &up, &down, v.close_code(), "limit exceeded").await;
-                            return (Ended::Violation(v), moved);
-                        }
+                        moved.down += n as u64;
                     }
-                    if cw.write_all(&bbuf[..n]).await.is_err() {
-                        return (Ended::Broken, moved);
+                    Err(Stop::Violation(v)) => {
+                        close_both(&mut cw, &mut bw, &up, &down, v.close_code(), "limit exceeded").await;
+                        return (Ended::Violation(v), moved);
                     }
-                    moved.down += n as u64;
-                }
+                    Err(Stop::Broken) => return (Ended::Broken, moved),
+                },
                 Err(_) => return (Ended::Broken, moved),
             },
             _ = tokio::time::sleep_until(ping_at), if ping_at < idle_at => {
@@ -165,6 +157,22 @@ where
             }
         }
     }
+}
+
+enum Stop {
+    Violation(Violation),
+    Broken,
+}
+
+/// Tracks one chunk of one direction and writes it on; says whether a frame passed.
+async fn pass<W: AsyncWrite + Unpin>(
+    data: &[u8],
+    tracker: &mut FrameTracker,
+    to: &mut W,
+) -> Result<bool, Stop> {
+    let seen = tracker.feed(data).map_err(Stop::Violation)?;
+    to.write_all(data).await.map_err(|_| Stop::Broken)?;
+    Ok(seen.frames > 0)
 }
 
 /// Sends a Close to each side that sits between frames, then closes the write halves.

@@ -390,29 +390,8 @@ impl Actor {
         };
         let pid = child.id().unwrap_or(0);
         let source = format!("app[{}]", spec.dyno());
-        for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let logs = self.logs.clone();
-            let app = spec.app.clone();
-            let source = source.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(stream).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    logs.append(&app, &source, &line);
-                }
-            });
-        }
+        let (logs, app) = (self.logs.clone(), spec.app.clone());
+        pump_output(&mut child, move |line| logs.append(&app, &source, &line));
 
         if let Some(p) = *port {
             let started = Instant::now();
@@ -645,28 +624,9 @@ pub async fn one_off(
     let procs = group.as_ref().map(|g| g.procs.clone()).unwrap_or_default();
     sandbox::apply(&mut cmd, &spec.sandbox, &procs).map_err(|e| BootError::Spawn(e.to_string()))?;
     let mut child = cmd.spawn().map_err(|e| BootError::Spawn(e.to_string()))?;
-    let mut pumps = Vec::new();
-    for stream in [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        let out = out.clone();
-        pumps.push(tokio::spawn(async move {
-            let mut lines = BufReader::new(stream).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let _ = out.send(line);
-            }
-        }));
-    }
+    let pumps = pump_output(&mut child, move |line| {
+        let _ = out.send(line);
+    });
     let result = tokio::select! {
         status = child.wait() => {
             use std::os::unix::process::ExitStatusExt;
@@ -694,6 +654,37 @@ pub async fn one_off(
         let _ = p.await;
     }
     result
+}
+
+/// Sends every line the child writes to stdout or stderr to `sink`, from two tasks that end
+/// with the streams.
+fn pump_output(
+    child: &mut Child,
+    sink: impl Fn(String) + Clone + Send + 'static,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn AsyncRead + Send + Unpin>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|stream| {
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            // A stream with invalid UTF-8 ends here; the process's exit status still counts.
+            while let Ok(Some(line)) = lines.next_line().await {
+                sink(line);
+            }
+        })
+    })
+    .collect()
 }
 
 fn kill(child: &Child, sig: Signal) {
