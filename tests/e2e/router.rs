@@ -192,6 +192,18 @@ async fn limits_slow_clients_and_malformed_requests() {
     let r = mar_tests::http(mar.addr, "POST", "guarded.localhost", "/echo", &[], body).await;
     assert_eq!(r.status, 413, "{}", r.body);
 
+    // Without a Content-Length, the body is counted as it streams.
+    let mut s = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
+    let chunk = "x".repeat(800);
+    s.write_all(format!("POST /echo HTTP/1.1\r\nHost: guarded.localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n320\r\n{chunk}\r\n320\r\n{chunk}\r\n0\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+
     let huge = "h".repeat(32 << 10);
     let mut s = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
     s.write_all(

@@ -44,7 +44,9 @@ impl Default for Timeouts {
 }
 
 /// What goes to an instance: the client's body, or nothing when a bodyless request is retried.
-type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
+/// Bodies without a Content-Length (chunked) are counted as they stream, against the same limit.
+type UpstreamBody =
+    http_body_util::Either<http_body_util::Limited<Incoming>, http_body_util::Empty<bytes::Bytes>>;
 
 /// The proxy: resolves each request's Host and sends it on. Cheap to share behind an `Arc`.
 pub struct Proxy {
@@ -267,7 +269,8 @@ impl Proxy {
         // A request without a body can be sent again if the instance refused the connection
         // (it is being replaced, or just crashed): keep what is needed to rebuild it.
         let retry = is_bodyless(&req).then(|| (req.method().clone(), req.headers().clone()));
-        let req = req.map(UpstreamBody::Left);
+        let max_body = usize::try_from(options.max_body).unwrap_or(usize::MAX);
+        let req = req.map(|b| UpstreamBody::Left(http_body_util::Limited::new(b, max_body)));
         let first = self.timeouts.first_byte;
         let (up, guard, res) = match tokio::time::timeout(first, self.client.request(req)).await {
             Ok(Err(e)) if e.is_connect() => {
@@ -304,6 +307,14 @@ impl Proxy {
                 up.set_aside();
                 self.refused(&ctx, &up)
             }
+            Ok(Err(e)) if body_too_large(&e) => self.fail(
+                &ctx,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "H413",
+                "Request body too large",
+                &format!("This app accepts request bodies of at most {} bytes.", options.max_body),
+                &up.dyno,
+            ),
             Ok(Err(_)) => self.fail(
                 &ctx,
                 StatusCode::BAD_GATEWAY,
@@ -467,6 +478,18 @@ impl Proxy {
         let (parts, _) = resp.into_parts();
         Response::from_parts(parts, crate::full(bytes::Bytes::new()))
     }
+}
+
+/// Whether the upstream call failed because the client's body went past the limit.
+fn body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A request whose body is known to be empty, so it can be rebuilt and sent again.
