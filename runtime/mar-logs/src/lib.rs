@@ -132,8 +132,10 @@ impl Logs {
             }
             log.file.write_all(format!("{rendered}\n").as_bytes())?;
             log.written += rendered.len() as u64 + 1;
-            // No followers is the normal case; the error only says so.
-            let _ = log.live.send(Arc::new(line));
+            // No followers is the normal case: skip the allocation then.
+            if log.live.receiver_count() > 0 {
+                let _ = log.live.send(Arc::new(line));
+            }
             Ok(())
         });
         if let Err(e) | Ok(Err(e)) = res.map(|r| r.map(|_| ())) {

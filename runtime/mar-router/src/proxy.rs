@@ -564,15 +564,43 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
             return v.to_owned();
         }
     }
-    let mut buf = [0u8; 16];
-    if getrandom::fill(&mut buf).is_err() {
-        let t = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        buf.copy_from_slice(&t.to_le_bytes());
+    new_request_id()
+}
+
+/// A fresh 32-hex-digit request id. Ids need to be unique, not secret, so a per-thread
+/// xorshift generator seeded once from the OS stands in for a syscall per request.
+fn new_request_id() -> String {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<(u64, u64)> = Cell::new({
+            let mut seed = [0u8; 16];
+            if getrandom::fill(&mut seed).is_err() {
+                let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+                seed = t.to_le_bytes();
+            }
+            let a = u64::from_le_bytes([seed[0], seed[1], seed[2], seed[3], seed[4], seed[5], seed[6], seed[7]]);
+            let b = u64::from_le_bytes([seed[8], seed[9], seed[10], seed[11], seed[12], seed[13], seed[14], seed[15]]);
+            (a | 1, b | 1)
+        });
     }
-    buf.iter().map(|b| format!("{b:02x}")).collect()
+    let next = || {
+        STATE.with(|st| {
+            let (mut a, b) = st.get();
+            let out = a.wrapping_add(b);
+            a ^= a << 23;
+            let n = a ^ b ^ (a >> 17) ^ (b >> 26);
+            st.set((b, n));
+            out
+        })
+    };
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(32);
+    for word in [next(), next()] {
+        for i in (0..16).rev() {
+            id.push(HEX[((word >> (i * 4)) & 0xF) as usize] as char);
+        }
+    }
+    id
 }
 
 fn add_forwarded(headers: &mut HeaderMap, inbound: &Inbound, rid: &str) {
@@ -632,6 +660,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-request-id", HeaderValue::from_static("short"));
         assert_eq!(request_id(&h).len(), 32);
+        assert_ne!(request_id(&h), request_id(&h));
         h.insert(
             "x-request-id",
             HeaderValue::from_static("abcdefghijklmnopqrstuvwxyz-0123"),

@@ -86,13 +86,13 @@ where
     let mut last = Instant::now();
     let mut pinged = false;
     let mut moved = Moved::default();
+    // One timer for the idle rule and the keepalive ping, reset only when it fires: frames
+    // just move `last`, so a busy connection costs no timer work per frame.
+    let timer = tokio::time::sleep_until(last + first_due(&opts));
+    tokio::pin!(timer);
+    let retired = retire.cancelled();
+    tokio::pin!(retired);
     loop {
-        let idle_at = last + opts.idle_timeout;
-        let ping_at = if opts.keepalive && !pinged {
-            last + opts.idle_timeout / 2
-        } else {
-            idle_at
-        };
         tokio::select! {
             r = cr.read(&mut cbuf), if !client_eof => match r {
                 Ok(0) => {
@@ -140,18 +140,24 @@ where
                 },
                 Err(_) => return (Ended::Broken, moved),
             },
-            _ = tokio::time::sleep_until(ping_at), if ping_at < idle_at => {
-                // Router keepalive: only between two of the app's frames.
-                if down.at_boundary() && cw.write_all(&ping_frame(b"mar-keepalive", false)).await.is_err() {
-                    return (Ended::Broken, moved);
+            _ = &mut timer => {
+                let now = Instant::now();
+                if now >= last + opts.idle_timeout {
+                    close_both(&mut cw, &mut bw, &up, &down, 1001, "idle timeout").await;
+                    return (Ended::Idle, moved);
                 }
-                pinged = true;
+                let ping_at = last + opts.idle_timeout / 2;
+                if opts.keepalive && !pinged && now >= ping_at {
+                    // Router keepalive: only between two of the app's frames.
+                    if down.at_boundary() && cw.write_all(&ping_frame(b"mar-keepalive", false)).await.is_err() {
+                        return (Ended::Broken, moved);
+                    }
+                    pinged = true;
+                }
+                let next = if opts.keepalive && !pinged && ping_at > now { ping_at } else { last + opts.idle_timeout };
+                timer.as_mut().reset(next);
             }
-            _ = tokio::time::sleep_until(idle_at) => {
-                close_both(&mut cw, &mut bw, &up, &down, 1001, "idle timeout").await;
-                return (Ended::Idle, moved);
-            }
-            _ = retire.cancelled() => {
+            _ = &mut retired => {
                 close_both(&mut cw, &mut bw, &up, &down, 1012, "service restart").await;
                 return (Ended::Restart, moved);
             }
@@ -173,6 +179,15 @@ async fn pass<W: AsyncWrite + Unpin>(
     let seen = tracker.feed(data).map_err(Stop::Violation)?;
     to.write_all(data).await.map_err(|_| Stop::Broken)?;
     Ok(seen.frames > 0)
+}
+
+/// When the timer should first fire: the keepalive ping or the idle cut.
+fn first_due(opts: &WsOptions) -> Duration {
+    if opts.keepalive {
+        opts.idle_timeout / 2
+    } else {
+        opts.idle_timeout
+    }
 }
 
 /// Sends a Close to each side that sits between frames, then closes the write halves.

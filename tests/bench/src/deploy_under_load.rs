@@ -104,7 +104,7 @@ async fn main() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     loader.await.unwrap();
 
-    let s = samples.lock().unwrap();
+    let s = std::mem::take(&mut *samples.lock().unwrap());
     let failed = s.all.iter().filter(|x| !x.2).count();
     let all: Vec<Duration> = s.all.iter().map(|x| x.1).collect();
     let during: Vec<Duration> = s
@@ -136,7 +136,6 @@ async fn main() {
     for e in s.errors.iter().take(5) {
         println!("  failure: {e}");
     }
-    drop(s);
 
     // ps:restart until the new instance serves (the command returns after the switch).
     let t = Instant::now();
