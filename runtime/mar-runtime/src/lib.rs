@@ -227,9 +227,18 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         api: api::router(platform.clone()),
         platform,
     });
-    let sink_logs = logs_for_router;
-    let sink: mar_router::LogSink =
-        Arc::new(move |app, line| sink_logs.append(app, "mar[router]", line));
+    // Access log lines leave the request path through a channel; one task writes them, so a
+    // request never waits for a file write or the log's lock.
+    let (access_tx, mut access_rx) =
+        tokio::sync::mpsc::unbounded_channel::<(mar_core::AppName, String)>();
+    tokio::spawn(async move {
+        while let Some((app, line)) = access_rx.recv().await {
+            logs_for_router.append(&app, "mar[router]", &line);
+        }
+    });
+    let sink: mar_router::LogSink = Arc::new(move |app, line| {
+        let _ = access_tx.send((app.clone(), line.to_owned()));
+    });
     let proxy = Arc::new(Proxy::new(
         routes,
         handler,
