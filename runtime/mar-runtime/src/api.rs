@@ -890,17 +890,7 @@ async fn run_command(
             serde_json::to_string(&result).unwrap_or_default()
         ));
     });
-    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|l| (Ok::<_, std::io::Error>(Bytes::from(l + "\n")), rx))
-    });
-    let mut resp = AxumBody::from_stream(lines).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    Ok(resp)
+    Ok(line_stream(rx))
 }
 
 /// The old MAR API's `POST /apps/<id>/exec {"cmd"}` → `{"stdout","stderr"}`. Output of both
@@ -930,6 +920,22 @@ async fn exec_command(
     Ok(Json(
         serde_json::json!({ "stdout": stdout, "stderr": "", "exitCode": code }),
     ))
+}
+
+/// A streamed `text/plain` response of the lines sent to `rx`, one per line, until every
+/// sender is gone.
+fn line_stream(rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Response {
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|l| (Ok::<_, std::io::Error>(Bytes::from(l + "\n")), rx))
+    });
+    let mut resp = AxumBody::from_stream(lines).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
 }
 
 /// `POST /v1/apps/APP/builds`: the body is a tar of the source. Builds and deploys, streaming
@@ -1036,17 +1042,7 @@ async fn create_build(
         watcher.abort();
         let _ = tokio::fs::remove_dir_all(&work).await;
     });
-    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|l| (Ok::<_, std::io::Error>(Bytes::from(l + "\n")), rx))
-    });
-    let mut resp = AxumBody::from_stream(lines).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    Ok(resp)
+    Ok(line_stream(rx))
 }
 
 /// The platform as the router's in-process handler.
