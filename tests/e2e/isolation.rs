@@ -53,9 +53,10 @@ async fn apps_cannot_read_each_other_or_the_platform() {
         200
     );
 
-    // /tmp is private to each instance.
+    // /tmp is private to each instance. The name is new each run, so no leftover can pass.
+    let secret = format!("alice-secret-{}", std::process::id());
     assert_eq!(
-        mar.get("alice.localhost", "/tmp-write?name=alice-secret")
+        mar.get("alice.localhost", &format!("/tmp-write?name={secret}"))
             .await
             .status,
         200
@@ -64,15 +65,15 @@ async fn apps_cannot_read_each_other_or_the_platform() {
         mar.get("alice.localhost", "/tmp-list")
             .await
             .body
-            .contains("alice-secret")
+            .contains(&secret)
     );
     assert!(
         !mar.get("mallory.localhost", "/tmp-list")
             .await
             .body
-            .contains("alice-secret")
+            .contains(&secret)
     );
-    assert!(!std::path::Path::new("/tmp/alice-secret").exists());
+    assert!(!std::path::Path::new("/tmp").join(&secret).exists());
 
     assert_eq!(mar.get("mallory.localhost", "/nofile").await.body, "256");
     assert_eq!(mar.get("alice.localhost", "/nofile").await.body, "10000");
