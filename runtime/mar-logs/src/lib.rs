@@ -116,12 +116,32 @@ impl Logs {
     /// A failure to write is reported on the platform's stderr: losing a log line must not
     /// take an app down.
     pub fn append(&self, app: &AppName, source: &str, text: &str) {
-        let line = LogLine {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            source: source.to_owned(),
-            text: text.trim_end_matches(['\n', '\r']).to_owned(),
-        };
-        let rendered = line.render();
+        self.append_batch(app, source, std::iter::once(text));
+    }
+
+    /// Appends several lines from one source with a single write: the router's access log
+    /// writer drains its queue this way, so a busy app costs one syscall per batch, not per
+    /// request.
+    pub fn append_batch<'a>(
+        &self,
+        app: &AppName,
+        source: &str,
+        texts: impl IntoIterator<Item = &'a str>,
+    ) {
+        let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let lines: Vec<LogLine> = texts
+            .into_iter()
+            .map(|text| LogLine {
+                time: time.clone(),
+                source: source.to_owned(),
+                text: text.trim_end_matches(['\n', '\r']).to_owned(),
+            })
+            .collect();
+        let mut buf = String::new();
+        for l in &lines {
+            buf.push_str(&l.render());
+            buf.push('\n');
+        }
         let rotate_to = self.dir.join(format!("{app}.log.1"));
         let path = self.path(app);
         let res = self.with_app(app, |log| -> std::io::Result<()> {
@@ -130,11 +150,13 @@ impl Logs {
                 log.file = OpenOptions::new().create(true).append(true).open(&path)?;
                 log.written = 0;
             }
-            log.file.write_all(format!("{rendered}\n").as_bytes())?;
-            log.written += rendered.len() as u64 + 1;
-            // No followers is the normal case: skip the allocation then.
+            log.file.write_all(buf.as_bytes())?;
+            log.written += buf.len() as u64;
+            // No followers is the normal case: skip the allocations then.
             if log.live.receiver_count() > 0 {
-                let _ = log.live.send(Arc::new(line));
+                for l in lines {
+                    let _ = log.live.send(Arc::new(l));
+                }
             }
             Ok(())
         });

@@ -232,8 +232,24 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     let (access_tx, mut access_rx) =
         tokio::sync::mpsc::unbounded_channel::<(mar_core::AppName, String)>();
     tokio::spawn(async move {
-        while let Some((app, line)) = access_rx.recv().await {
-            logs_for_router.append(&app, "mar[router]", &line);
+        let mut batch = Vec::with_capacity(256);
+        while access_rx.recv_many(&mut batch, 256).await > 0 {
+            // Lines of one app stay in order; each app's run is one write.
+            let mut start = 0;
+            while start < batch.len() {
+                let app = batch[start].0.clone();
+                let end = batch[start..]
+                    .iter()
+                    .position(|(a, _)| *a != app)
+                    .map_or(batch.len(), |n| start + n);
+                logs_for_router.append_batch(
+                    &app,
+                    "mar[router]",
+                    batch[start..end].iter().map(|(_, l)| l.as_str()),
+                );
+                start = end;
+            }
+            batch.clear();
         }
     });
     let sink: mar_router::LogSink = Arc::new(move |app, line| {
