@@ -441,15 +441,9 @@ async fn list_releases(
         .releases(&app)?
         .into_iter()
         .map(|r| ReleaseInfo {
-            current: Some(r.version) == current,
-            version: r.version,
-            description: r.description,
-            created_at: r.created_at,
-            commit: r.commit,
-            slug_size: r.slug_size,
-            process_types: r.process_types,
-            buildpacks: r.buildpacks,
+            // The list stays small: config vars only in the single-release view.
             config: None,
+            ..release_info(r, current)
         })
         .collect();
     Ok(Json(Results { results }))
