@@ -590,6 +590,25 @@ pub async fn http(
     }
 }
 
+/// Pids of the processes whose working directory is `dir` or below it: app processes run in
+/// their slug under the data directory, which is how a test finds them (their command lines
+/// do not name the data directory).
+pub fn processes_under(dir: &Path) -> Vec<u32> {
+    let Ok(dir) = std::fs::canonicalize(dir) else {
+        return Vec::new();
+    };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cwd = std::fs::read_link(e.path().join("cwd")).ok()?;
+            cwd.starts_with(&dir).then_some(pid)
+        })
+        .collect()
+}
+
 /// Retries `check` until it returns `Some`, for up to `patience`: the one place where the
 /// suite polls, for state that changes in the background (a process restarting).
 pub async fn eventually<T, F, Fut>(patience: Duration, mut check: F) -> T

@@ -25,7 +25,7 @@ pub use metrics::Metrics;
 pub use pages::error_response;
 pub use proxy::{Inbound, Proxy, Timeouts};
 pub use relay::WsOptions;
-pub use server::{Listening, ServerLimits, serve};
+pub use server::{ServerLimits, serve};
 pub use table::{AppOptions, AppTarget, Resolution, Resolved, RouteTable, Unavailable, Upstream};
 pub use tracked::LogSink;
 

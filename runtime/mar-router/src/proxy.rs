@@ -112,16 +112,6 @@ impl Proxy {
         }
     }
 
-    /// The route table this proxy reads.
-    pub fn table(&self) -> &Arc<RouteTable> {
-        &self.table
-    }
-
-    /// The metrics it records.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     /// Handles one client request.
     pub async fn handle(&self, req: Request<Incoming>, inbound: Inbound) -> Response<Body> {
         let host = host_of(&req);

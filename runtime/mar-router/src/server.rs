@@ -1,7 +1,6 @@
 //! The accept loop: HTTP/1.1 and HTTP/2 (prior knowledge) on one listener, with upgrades,
 //! surviving per-connection errors, and draining in-flight requests on shutdown.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,13 +12,6 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::Proxy;
-
-/// A bound listener's address.
-#[derive(Debug, Clone, Copy)]
-pub struct Listening {
-    /// The real address, also when port 0 was asked for.
-    pub addr: SocketAddr,
-}
 
 /// Limits that protect the listener from slow or oversized request heads.
 #[derive(Debug, Clone, Copy)]
