@@ -441,3 +441,139 @@ async fn https_with_sni_h2_and_the_self_signed_fallback() {
         .unwrap();
     assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
 }
+
+/// One HTTP/1.1 connection, requests sent one after another.
+async fn h1_conn(mar: &MarServer) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    req: http::Request<Full<Bytes>>,
+) -> (u16, http::HeaderMap, String) {
+    sender.ready().await.expect("the connection is still open");
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status.as_u16(),
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn keep_alive_framing_pipelining_and_the_platform_on_one_connection() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("framed", &[]);
+    let get = |path: &str, host: &str| {
+        http::Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut c = h1_conn(&mar).await;
+    // Forwarded headers in, hop-by-hop headers (and those `Connection` names) out.
+    let req = http::Request::get("/headers")
+        .header("host", "framed.localhost")
+        .header("x-forwarded-for", "10.0.0.1")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "1")
+        .header("x-request-id", "abcdefghijklmnopqrstuvwxyz")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, _, seen) = send(&mut c, req).await;
+    assert_eq!(status, 200);
+    for line in [
+        "host: framed.localhost",
+        "x-forwarded-for: 10.0.0.1, 127.0.0.1",
+        "x-forwarded-proto: http",
+        &format!("x-forwarded-port: {}", mar.addr.port()),
+        "x-request-id: abcdefghijklmnopqrstuvwxyz",
+        "via: 1.1 mar",
+    ] {
+        assert!(seen.lines().any(|l| l == line), "{line} missing in\n{seen}");
+    }
+    assert!(seen.contains("x-request-start: "), "{seen}");
+    for gone in ["x-secret", "connection", "keep-alive"] {
+        assert!(
+            !seen.lines().any(|l| l.starts_with(&format!("{gone}:"))),
+            "{gone} passed through:\n{seen}"
+        );
+    }
+    // A body the app ends by closing reaches the client chunked, and the client's connection
+    // stays open; chunked bodies pass through.
+    let (status, headers, body) = send(&mut c, get("/unframed", "framed.localhost")).await;
+    assert_eq!((status, body.as_str()), (200, "no length, ended by close"));
+    assert_eq!(headers["transfer-encoding"], "chunked");
+    let (status, _, body) = send(&mut c, get("/chunked?n=3", "framed.localhost")).await;
+    assert_eq!((status, body.as_str()), (200, "chunk 0;chunk 1;chunk 2;"));
+    let req = http::Request::post("/echo")
+        .header("host", "framed.localhost")
+        .header("transfer-encoding", "chunked")
+        .body(Full::new(Bytes::from_static(b"sent in chunks")))
+        .unwrap();
+    let (status, _, body) = send(&mut c, req).await;
+    assert_eq!((status, body.as_str()), (200, "sent in chunks"));
+    let req = http::Request::head("/")
+        .header("host", "framed.localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, headers, body) = send(&mut c, req).await;
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert!(headers.contains_key("content-length"));
+    // Apps that close keep-alive connections (here right after a response): requests never
+    // fail on a pooled connection that the app closed.
+    for _ in 0..20 {
+        let (status, _, body) = send(&mut c, get("/bye", "framed.localhost")).await;
+        assert_eq!((status, body.as_str()), (200, "bye"));
+        let (status, _, body) = send(&mut c, get("/env/DYNO", "framed.localhost")).await;
+        assert_eq!((status, body.as_str()), (200, "web.1"));
+    }
+    // The platform, an unknown app and an app again, on the same connection.
+    let (status, _, _) = send(&mut c, get("/healthz", "localhost")).await;
+    assert_eq!(status, 200);
+    let (status, _, body) = send(&mut c, get("/", "nosuchapp.localhost")).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, _, body) = send(&mut c, get("/env/DYNO", "framed.localhost")).await;
+    assert_eq!((status, body.as_str()), (200, "web.1"));
+
+    // Pipelined requests are answered in order.
+    let mut s = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
+    s.write_all(
+        b"GET /env/DYNO HTTP/1.1\r\nHost: framed.localhost\r\n\r\n\
+          GET /chunked?n=2 HTTP/1.1\r\nHost: framed.localhost\r\n\r\n\
+          GET /env/PORT_NOT_SET HTTP/1.1\r\nHost: framed.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    // Bodies have no line end, so the next status line may follow one directly.
+    let statuses: Vec<&str> = answer
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| answer[i..].lines().next())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 200 OK",
+            "HTTP/1.1 404 Not Found"
+        ],
+        "{answer}"
+    );
+    let web = answer.find("web.1").unwrap();
+    let chunks = answer.find("chunk 1;").unwrap();
+    assert!(web < chunks, "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+}

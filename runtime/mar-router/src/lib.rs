@@ -6,6 +6,7 @@
 //! [`RouteTable`] the runtime publishes and maps every failure to one error page.
 
 pub mod frames;
+mod h1;
 pub mod metrics;
 mod pages;
 mod proxy;

@@ -50,13 +50,15 @@ type UpstreamBody =
 
 /// The proxy: resolves each request's Host and sends it on. Cheap to share behind an `Arc`.
 pub struct Proxy {
-    table: Arc<RouteTable>,
+    pub(crate) table: Arc<RouteTable>,
     platform: Arc<dyn InProcess>,
     client: Client<HttpConnector, UpstreamBody>,
+    /// Idle connections to instances, for the HTTP/1.1 fast path.
+    pub(crate) pool: crate::h1::Pool,
     log: LogSink,
     metrics: Arc<Metrics>,
     closing: CancellationToken,
-    timeouts: Timeouts,
+    pub(crate) timeouts: Timeouts,
 }
 
 /// Where a request came in: for `X-Forwarded-*` and the access log.
@@ -71,15 +73,15 @@ pub struct Inbound {
 }
 
 /// Facts about the request kept for the access log and error pages.
-struct Ctx {
-    app: AppName,
-    method: String,
-    path: String,
-    host: String,
-    rid: String,
-    json: bool,
-    start: Instant,
-    inbound: Inbound,
+pub(crate) struct Ctx {
+    pub app: AppName,
+    pub method: String,
+    pub path: String,
+    pub host: String,
+    pub rid: String,
+    pub json: bool,
+    pub start: Instant,
+    pub inbound: Inbound,
 }
 
 impl Proxy {
@@ -105,6 +107,7 @@ impl Proxy {
             table,
             platform,
             client,
+            pool: crate::h1::Pool::default(),
             log,
             metrics,
             closing,
@@ -167,7 +170,27 @@ impl Proxy {
         }
     }
 
-    fn record(&self, ctx: &Ctx, dyno: &str, status: u16) -> Record {
+    /// The access log record of a request whose context is no longer needed.
+    pub(crate) fn record_owned(&self, ctx: Ctx, dyno: &str, status: u16) -> Record {
+        Record {
+            sink: self.log.clone(),
+            metrics: self.metrics.app(&ctx.app),
+            fwd: ctx.inbound.client.ip().to_string(),
+            protocol: if ctx.inbound.tls { "https" } else { "http" },
+            service: ctx.start.elapsed(),
+            start: ctx.start,
+            app: ctx.app,
+            method: ctx.method,
+            path: ctx.path,
+            host: ctx.host,
+            request_id: ctx.rid,
+            dyno: dyno.to_owned(),
+            status,
+            bytes_in: 0,
+        }
+    }
+
+    pub(crate) fn record(&self, ctx: &Ctx, dyno: &str, status: u16) -> Record {
         Record {
             sink: self.log.clone(),
             metrics: self.metrics.app(&ctx.app),
@@ -187,7 +210,7 @@ impl Proxy {
     }
 
     /// A router error: logged with its code, answered with the error page.
-    fn fail(
+    pub(crate) fn fail(
         &self,
         ctx: &Ctx,
         status: StatusCode,
@@ -324,7 +347,7 @@ impl Proxy {
         }
     }
 
-    fn refused(&self, ctx: &Ctx, up: &Upstream) -> Response<Body> {
+    pub(crate) fn refused(&self, ctx: &Ctx, up: &Upstream) -> Response<Body> {
         self.fail(
             ctx,
             StatusCode::BAD_GATEWAY,
@@ -339,7 +362,7 @@ impl Proxy {
     }
 
     /// Another upstream of the same app than `tried`, for a retry.
-    fn another(&self, host: &str, tried: &Upstream) -> Option<(Upstream, InFlight)> {
+    pub(crate) fn another(&self, host: &str, tried: &Upstream) -> Option<(Upstream, InFlight)> {
         for _ in 0..4 {
             match self.table.resolve(Some(host)) {
                 Resolved::App {
@@ -546,20 +569,17 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// A usable incoming `X-Request-Id` (20 to 200 safe characters, as Heroku accepts), or a new one.
 pub(crate) fn request_id(headers: &HeaderMap) -> String {
-    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-        let ok = (20..=200).contains(&v.len())
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+=/-_".contains(&b));
-        if ok {
-            return v.to_owned();
-        }
+    if let Some(v) = headers.get("x-request-id").and_then(|v| v.to_str().ok())
+        && crate::h1::valid_request_id(v)
+    {
+        return v.to_owned();
     }
     new_request_id()
 }
 
 /// A fresh 32-hex-digit request id. Ids need to be unique, not secret, so a per-thread
 /// xorshift generator seeded once from the OS stands in for a syscall per request.
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<(u64, u64)> = Cell::new({

@@ -1,5 +1,6 @@
-//! The accept loop: HTTP/1.1 and HTTP/2 (prior knowledge) on one listener, with upgrades,
-//! surviving per-connection errors, and draining in-flight requests on shutdown.
+//! The accept loop: every connection starts on the HTTP/1.1 fast path ([`crate::h1`]) and moves
+//! to hyper for HTTP/2 (prior knowledge or ALPN) and everything the fast path hands over;
+//! per-connection errors stay per connection, and shutdown drains in-flight requests.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,11 +8,14 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::Proxy;
+use crate::h1::{self, Outcome};
 
 /// Limits that protect the listener from slow or oversized request heads.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +54,7 @@ pub async fn serve(
         }
     };
     let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -74,33 +79,30 @@ pub async fn serve(
         };
         // Small request/response pairs should not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        let (proxy, builder, graceful) = (proxy.clone(), builder.clone(), &graceful);
-        let tls_flag = tls.is_some();
-        let svc = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let inbound = crate::Inbound {
-                client: peer,
-                local,
-                tls: tls_flag,
-            };
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, inbound).await) }
-        });
+        let inbound = crate::Inbound {
+            client: peer,
+            local,
+            tls: tls.is_some(),
+        };
+        let general = General {
+            proxy: proxy.clone(),
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            inbound,
+        };
+        let shutdown = shutdown.clone();
         match &tls {
             None => {
-                let conn = builder
-                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                    .into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!("connection from {peer}: {e}");
+                connections.spawn(async move {
+                    let fast = h1::serve(&general.proxy, stream, inbound, limits, &shutdown);
+                    if let Outcome::HandOff(io) = fast.await {
+                        general.serve(io).await;
                     }
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     // The handshake gets the same time limit as a request head.
                     let Ok(Ok(tls_stream)) =
                         tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
@@ -108,21 +110,54 @@ pub async fn serve(
                     else {
                         return;
                     };
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(tls_stream), svc)
-                        .into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!("TLS connection from {peer}: {e}");
+                    if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        general.serve(tls_stream).await;
+                        return;
+                    }
+                    let fast = h1::serve(&general.proxy, tls_stream, inbound, limits, &shutdown);
+                    if let Outcome::HandOff(io) = fast.await {
+                        general.serve(io).await;
                     }
                 });
             }
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    connections.close();
+    let drained = async {
+        graceful.shutdown().await;
+        connections.wait().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("connections still open after {grace:?}; closing them");
+    }
+}
+
+/// The general path: hyper serves the connection (HTTP/2, and whatever the HTTP/1.1 fast
+/// path hands over) with [`Proxy::handle`], under graceful shutdown.
+struct General {
+    proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    inbound: crate::Inbound,
+}
+
+impl General {
+    async fn serve<IO>(self, io: IO)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (proxy, inbound) = (self.proxy, self.inbound);
+        let svc = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, inbound).await) }
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned();
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!("connection from {}: {e}", inbound.client);
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::table::InFlight;
 use crate::{Body, BoxError};
 
 /// Where access log lines go: the app's log, as `mar[router]` lines.
-pub type LogSink = Arc<dyn Fn(&AppName, &str) + Send + Sync>;
+pub type LogSink = Arc<dyn Fn(&AppName, String) + Send + Sync>;
 
 /// What the access log line says about a request, filled in as it goes.
 pub(crate) struct Record {
@@ -39,14 +39,17 @@ pub(crate) struct Record {
 impl Record {
     /// Writes the line: `at=info` normally, `at=error code=… desc=…` for router errors.
     pub fn finish(&self, error: Option<(&str, &str)>, bytes_out: u64) {
-        let at = match error {
-            Some((code, desc)) => format!("at=error code={code} desc=\"{desc}\""),
-            None => "at=info".to_owned(),
+        use std::fmt::Write;
+        let mut line = String::with_capacity(256);
+        let _ = match error {
+            Some((code, desc)) => write!(line, "at=error code={code} desc=\"{desc}\""),
+            None => write!(line, "at=info"),
         };
-        let line = format!(
-            "{at} method={} path=\"{}\" host={} request_id={} fwd=\"{}\" dyno={} connect=0ms service={}ms status={} bytes={bytes_out} protocol={}",
+        let _ = write!(
+            line,
+            " method={} path=\"{}\" host={} request_id={} fwd=\"{}\" dyno={} connect=0ms service={}ms status={} bytes={bytes_out} protocol={}",
             self.method,
-            self.path.replace('"', "%22"),
+            Escaped(&self.path),
             self.host,
             self.request_id,
             self.fwd,
@@ -59,9 +62,24 @@ impl Record {
             self.status,
             self.protocol,
         );
-        (self.sink)(&self.app, &line);
+        (self.sink)(&self.app, line);
         self.metrics
             .request(self.status, self.start.elapsed(), self.bytes_in, bytes_out);
+    }
+}
+
+/// A path with its double quotes escaped, so the log line stays parseable.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find('"') {
+            f.write_str(&rest[..i])?;
+            f.write_str("%22")?;
+            rest = &rest[i + 1..];
+        }
+        f.write_str(rest)
     }
 }
 

@@ -60,6 +60,10 @@ pub enum RuntimeError {
 
 /// Time in-flight requests get to finish at shutdown.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// How long router access log lines wait to be written together.
+const ACCESS_LOG_LINGER: Duration = Duration::from_millis(50);
+/// Most access log lines written in one go.
+const ACCESS_LOG_BATCH: usize = 4096;
 
 /// Reads the admin token, creating it (mode 0600) on first start.
 pub fn load_or_create_token(paths: &Paths) -> std::io::Result<String> {
@@ -232,8 +236,18 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     let (access_tx, mut access_rx) =
         tokio::sync::mpsc::unbounded_channel::<(mar_core::AppName, String)>();
     tokio::spawn(async move {
-        let mut batch = Vec::with_capacity(256);
-        while access_rx.recv_many(&mut batch, 256).await > 0 {
+        let mut batch = Vec::with_capacity(1024);
+        while access_rx.recv_many(&mut batch, ACCESS_LOG_BATCH).await > 0 {
+            // Linger before writing, as nginx's `access_log ... flush=`: the lines of a busy
+            // moment go out in one write per app instead of one per request, and senders do
+            // not wake this task meanwhile.
+            tokio::time::sleep(ACCESS_LOG_LINGER).await;
+            while batch.len() < ACCESS_LOG_BATCH {
+                match access_rx.try_recv() {
+                    Ok(line) => batch.push(line),
+                    Err(_) => break,
+                }
+            }
             // Lines of one app stay in order; each app's run is one write.
             let mut start = 0;
             while start < batch.len() {
@@ -253,7 +267,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         }
     });
     let sink: mar_router::LogSink = Arc::new(move |app, line| {
-        let _ = access_tx.send((app.clone(), line.to_owned()));
+        let _ = access_tx.send((app.clone(), line));
     });
     let proxy = Arc::new(Proxy::new(
         routes,

@@ -1,0 +1,639 @@
+//! The HTTP/1.1 fast path for proxied app traffic. One task per client connection reads a
+//! request head, writes the rewritten head and body to a pooled connection to the app, and
+//! streams the response back: no task hand-offs, no header maps, and in the common case one
+//! read and one write on each side per request. It takes only plain HTTP/1.1 requests for apps
+//! behind ports; anything else (HTTP/2, HTTP/1.0, upgrades, `Expect`, odd framing, the
+//! platform, in-process handlers, error cases decided before forwarding) goes to the general
+//! hyper path with the bytes already read put back in front.
+//!
+//! Invariant: the fast path and the general path answer the same requests the same way: same
+//! forwarded headers, same error pages and codes, same access log line.
+
+mod chunked;
+mod head;
+mod pool;
+mod prefixed;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BytesMut};
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::Body;
+use crate::proxy::{Ctx, Inbound, Proxy, new_request_id};
+use crate::server::ServerLimits;
+use crate::table::{AppOptions, InFlight, Resolution, Resolved, Upstream};
+use chunked::{Chunked, LAST_CHUNK, encode_chunk};
+use head::{Forwarded, Parsed, RequestBody, RequestHead, ResponseBody, ResponseParsed};
+
+pub(crate) use head::valid_request_id;
+pub(crate) use pool::Pool;
+pub(crate) use prefixed::Prefixed;
+
+/// A keep-alive connection with no request for this long is closed (nginx's default).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(75);
+/// Bytes read at a time from an app.
+const READ_CHUNK: usize = 16 << 10;
+/// Largest response head accepted from an app.
+const MAX_RESPONSE_HEAD: usize = 64 << 10;
+/// Body bytes copied next to a head so both go out in one write.
+const COALESCE: usize = 16 << 10;
+
+/// How the fast path left a connection.
+pub(crate) enum Outcome<IO> {
+    /// Closed, or the client went away.
+    Done,
+    /// The next request is for the general path: serve the connection from there on.
+    HandOff(Prefixed<IO>),
+}
+
+/// Buffers reused across the requests of one connection.
+#[derive(Default)]
+struct Scratch {
+    /// The request head (and body bytes) for the app.
+    up: Vec<u8>,
+    /// What the app sent.
+    from_app: BytesMut,
+    /// The response head (and body bytes) for the client.
+    down: Vec<u8>,
+}
+
+/// Serves a client connection until it closes or needs the general path.
+pub(crate) async fn serve<IO>(
+    proxy: &Proxy,
+    mut io: IO,
+    inbound: Inbound,
+    limits: ServerLimits,
+    shutdown: &CancellationToken,
+) -> Outcome<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut scratch = Scratch::default();
+    let mut first = true;
+    loop {
+        let head = match read_head(&mut io, &mut buf, limits, first, shutdown).await {
+            Some(Parsed::Fast(h)) => h,
+            Some(_) => return Outcome::HandOff(Prefixed::new(buf.split().freeze(), io)),
+            None => return Outcome::Done,
+        };
+        first = false;
+        let Resolved::App {
+            app,
+            target: Resolution::Upstream(up, guard),
+            options,
+        } = proxy.table.resolve(Some(&head.host))
+        else {
+            return Outcome::HandOff(Prefixed::new(buf.split().freeze(), io));
+        };
+        if matches!(head.body, RequestBody::Length(n) if n > options.max_body) {
+            // The general path answers 413 with its page and log line.
+            return Outcome::HandOff(Prefixed::new(buf.split().freeze(), io));
+        }
+        let ctx = Ctx {
+            app,
+            rid: head.request_id.clone().unwrap_or_else(new_request_id),
+            method: head.method.clone(),
+            path: head.target.clone(),
+            host: head.host.clone(),
+            json: head.json,
+            start: Instant::now(),
+            inbound,
+        };
+        let exchange = Exchange {
+            proxy,
+            ctx,
+            options: &options,
+            is_head: head.is_head,
+        };
+        let keep = exchange
+            .run(&mut io, &mut buf, &head, up, guard, &mut scratch)
+            .await;
+        if !keep || head.close || shutdown.is_cancelled() {
+            let _ = io.shutdown().await;
+            return Outcome::Done;
+        }
+    }
+}
+
+/// Reads until a whole request head is buffered. `None` when the connection closed, went
+/// idle past the keep-alive timeout, was too slow with its head, or the server is stopping.
+async fn read_head<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    limits: ServerLimits,
+    first: bool,
+    shutdown: &CancellationToken,
+) -> Option<Parsed> {
+    // A new connection must send its head in time (slowloris); between requests the client
+    // may idle, and the head timer starts with the next request's first byte.
+    let mut deadline = (first || !buf.is_empty())
+        .then(|| tokio::time::Instant::now() + limits.header_read_timeout);
+    loop {
+        if !buf.is_empty() {
+            match head::parse_request(buf) {
+                Parsed::Partial if buf.len() < limits.max_header_bytes => {}
+                // Too big: the general path answers 431.
+                Parsed::Partial => return Some(Parsed::Slow),
+                parsed => return Some(parsed),
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + KEEPALIVE_IDLE);
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(until, io.read_buf(buf)) => r,
+            _ = shutdown.cancelled(), if buf.is_empty() => return None,
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return None,
+        }
+        deadline.get_or_insert_with(|| tokio::time::Instant::now() + limits.header_read_timeout);
+    }
+}
+
+/// Why forwarding stopped before the response.
+enum Failure {
+    /// The app's instance refused the connection.
+    Refused,
+    /// The instance closed or broke the connection, or sent something that is not HTTP.
+    Broken,
+    /// No response head within the first-byte timeout.
+    Timeout,
+    /// The client's chunked body is malformed.
+    BadBody,
+    /// The client's body went past the app's limit.
+    TooLarge,
+    /// The client went away or stalled; nothing more can be said to it.
+    ClientGone,
+}
+
+/// One request on the fast path.
+struct Exchange<'a> {
+    proxy: &'a Proxy,
+    ctx: Ctx,
+    options: &'a AppOptions,
+    is_head: bool,
+}
+
+/// Request body still to be sent.
+enum BodyIn {
+    Done,
+    Length(u64),
+    Chunked(Chunked),
+}
+
+impl BodyIn {
+    fn is_done(&self) -> bool {
+        match self {
+            BodyIn::Done => true,
+            BodyIn::Length(n) => *n == 0,
+            BodyIn::Chunked(c) => c.is_done(),
+        }
+    }
+
+    /// How many bytes at the front of `bytes` belong to the body.
+    fn take(&mut self, bytes: &[u8], sent: &mut u64, max: u64) -> Result<usize, Failure> {
+        let n = match self {
+            BodyIn::Done => 0,
+            BodyIn::Length(left) => {
+                let n = (*left).min(bytes.len() as u64);
+                *left -= n;
+                *sent += n;
+                n as usize
+            }
+            BodyIn::Chunked(c) => {
+                let n = c.feed(bytes).map_err(|_| Failure::BadBody)?;
+                *sent = c.payload();
+                n
+            }
+        };
+        if *sent > max {
+            return Err(Failure::TooLarge);
+        }
+        Ok(n)
+    }
+}
+
+impl Exchange<'_> {
+    /// Forwards the request and relays the response. Returns whether the client connection
+    /// can carry another request.
+    async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        io: &mut IO,
+        buf: &mut BytesMut,
+        head: &RequestHead,
+        mut up: Upstream,
+        mut guard: InFlight,
+        scratch: &mut Scratch,
+    ) -> bool {
+        let proxy = self.proxy;
+        let start_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        scratch.up.clear();
+        head::write_upstream_head(
+            &buf[..head.len],
+            &Forwarded {
+                client_ip: self.ctx.inbound.client.ip(),
+                port: self.ctx.inbound.local.port(),
+                tls: self.ctx.inbound.tls,
+                request_id: &self.ctx.rid,
+                start_ms,
+            },
+            &mut scratch.up,
+        );
+        buf.advance(head.len);
+        let mut body = match head.body {
+            RequestBody::Empty => BodyIn::Done,
+            RequestBody::Length(n) => BodyIn::Length(n),
+            RequestBody::Chunked => BodyIn::Chunked(Chunked::default()),
+        };
+        let mut bytes_in = 0;
+        let max_body = self.options.max_body;
+        let buffered = match body.take(buf, &mut bytes_in, max_body) {
+            Ok(n) => n,
+            Err(f) => return self.failed(io, f, &up).await,
+        };
+        scratch.up.extend_from_slice(&buf[..buffered]);
+        buf.advance(buffered);
+        // A request that is entirely in `scratch.up` can be sent again: to another instance
+        // when one refuses the connection, or on a fresh connection when a pooled one turns
+        // out to have been closed by the app.
+        let replayable = body.is_done();
+        let mut attempts = 0;
+        let (mut stream, response) = loop {
+            attempts += 1;
+            let (mut stream, reused) = match proxy.pool.take(up.addr) {
+                Some(s) => (s, true),
+                None => match connect(up.addr, proxy.timeouts.connect).await {
+                    Ok(s) => (s, false),
+                    Err(_) => {
+                        up.set_aside();
+                        if replayable
+                            && attempts < 3
+                            && let Some((next, next_guard)) = proxy.another(&self.ctx.host, &up)
+                        {
+                            (up, guard) = (next, next_guard);
+                            continue;
+                        }
+                        return self.failed(io, Failure::Refused, &up).await;
+                    }
+                },
+            };
+            let sent = stream.write_all(&scratch.up).await.is_ok();
+            if sent && !body.is_done() {
+                match pump_body(
+                    io,
+                    buf,
+                    &mut stream,
+                    &mut body,
+                    &mut bytes_in,
+                    max_body,
+                    proxy.timeouts.response_idle,
+                )
+                .await
+                {
+                    Ok(()) => {}
+                    Err(f) => return self.failed(io, f, &up).await,
+                }
+            }
+            let got = if sent {
+                read_response_head(
+                    &mut stream,
+                    &mut scratch.from_app,
+                    self.is_head,
+                    proxy.timeouts.first_byte,
+                    io,
+                )
+                .await
+            } else {
+                Err(Failure::Broken)
+            };
+            match got {
+                Ok(h) => break (stream, h),
+                // A pooled connection the app had closed: nothing reached it.
+                Err(Failure::Broken)
+                    if reused && replayable && scratch.from_app.is_empty() && attempts < 3 =>
+                {
+                    continue;
+                }
+                Err(f) => return self.failed(io, f, &up).await,
+            }
+        };
+        let rechunk = response.body == ResponseBody::UntilClose;
+        scratch.down.clear();
+        head::write_client_head(
+            &scratch.from_app[..response.len],
+            rechunk,
+            head.close,
+            &mut scratch.down,
+        );
+        scratch.from_app.advance(response.len);
+        let relayed = relay_body(
+            io,
+            &mut stream,
+            response.body,
+            &mut scratch.from_app,
+            &mut scratch.down,
+            proxy.timeouts.response_idle,
+        )
+        .await;
+        let mut record = proxy.record_owned(self.ctx, &up.dyno, response.status);
+        record.bytes_in = bytes_in;
+        match relayed {
+            Ok(bytes_out) => {
+                record.finish(None, bytes_out);
+                if response.keep_alive && scratch.from_app.is_empty() && !up.retire.is_cancelled() {
+                    proxy.pool.put(up.addr, stream);
+                }
+                drop(guard);
+                true
+            }
+            Err((Failure::ClientGone, bytes_out)) => {
+                record.finish(Some(("H27", "Client Request Interrupted")), bytes_out);
+                false
+            }
+            Err((_, bytes_out)) => {
+                record.finish(
+                    Some(("H13", "Connection closed without response")),
+                    bytes_out,
+                );
+                scratch.from_app.clear();
+                false
+            }
+        }
+    }
+
+    /// Answers a failure with the router's error page and log line. Returns whether the
+    /// client connection can go on (only when the request was read completely).
+    async fn failed<IO: AsyncWrite + Unpin>(self, io: &mut IO, f: Failure, up: &Upstream) -> bool {
+        let p = self.proxy;
+        let dyno = up.dyno.as_str();
+        let (resp, keep) = match f {
+            Failure::Refused => (p.refused(&self.ctx, up), false),
+            Failure::Broken => (
+                p.fail(
+                    &self.ctx,
+                    StatusCode::BAD_GATEWAY,
+                    "H13",
+                    "Connection closed without response",
+                    &format!(
+                        "The app's instance {dyno} closed the connection before sending a complete response."
+                    ),
+                    dyno,
+                ),
+                false,
+            ),
+            Failure::Timeout => (
+                p.fail(
+                    &self.ctx,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "H12",
+                    "Request timeout",
+                    &format!(
+                        "The app ({dyno}) did not start its response within {} seconds.",
+                        p.timeouts.first_byte.as_secs()
+                    ),
+                    dyno,
+                ),
+                false,
+            ),
+            Failure::BadBody => (
+                p.fail(
+                    &self.ctx,
+                    StatusCode::BAD_REQUEST,
+                    "H400",
+                    "Bad request",
+                    "The request body's chunked encoding is malformed.",
+                    dyno,
+                ),
+                false,
+            ),
+            Failure::TooLarge => (
+                p.fail(
+                    &self.ctx,
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "H413",
+                    "Request body too large",
+                    &format!(
+                        "This app accepts request bodies of at most {} bytes.",
+                        self.options.max_body
+                    ),
+                    dyno,
+                ),
+                false,
+            ),
+            Failure::ClientGone => {
+                p.record(&self.ctx, dyno, 499)
+                    .finish(Some(("H27", "Client Request Interrupted")), 0);
+                return false;
+            }
+        };
+        write_page(io, resp, !keep).await && keep
+    }
+}
+
+async fn connect(addr: std::net::SocketAddr, limit: Duration) -> std::io::Result<TcpStream> {
+    let s = tokio::time::timeout(limit, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    // Small requests should not wait for Nagle's algorithm.
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Sends the rest of a request body as the client sends it.
+async fn pump_body<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    buf: &mut BytesMut,
+    stream: &mut TcpStream,
+    body: &mut BodyIn,
+    sent: &mut u64,
+    max: u64,
+    idle: Duration,
+) -> Result<(), Failure> {
+    while !body.is_done() {
+        if buf.is_empty() {
+            buf.reserve(READ_CHUNK);
+            match tokio::time::timeout(idle, io.read_buf(buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Err(Failure::ClientGone),
+            }
+        }
+        let n = body.take(buf, sent, max)?;
+        stream
+            .write_all(&buf[..n])
+            .await
+            .map_err(|_| Failure::Broken)?;
+        buf.advance(n);
+    }
+    Ok(())
+}
+
+/// Reads the app's response head into `from_app`, passing interim (1xx) responses on to the
+/// client.
+async fn read_response_head<IO: AsyncWrite + Unpin>(
+    stream: &mut TcpStream,
+    from_app: &mut BytesMut,
+    to_head: bool,
+    first_byte: Duration,
+    io: &mut IO,
+) -> Result<head::ResponseHead, Failure> {
+    from_app.clear();
+    let deadline = tokio::time::Instant::now() + first_byte;
+    loop {
+        if !from_app.is_empty() {
+            match head::parse_response(from_app, to_head) {
+                ResponseParsed::Complete(h) if h.status == 101 => return Err(Failure::Broken),
+                ResponseParsed::Complete(h) if (100..200).contains(&h.status) => {
+                    io.write_all(&from_app[..h.len])
+                        .await
+                        .map_err(|_| Failure::ClientGone)?;
+                    from_app.advance(h.len);
+                    continue;
+                }
+                ResponseParsed::Complete(h) => return Ok(h),
+                ResponseParsed::Invalid => return Err(Failure::Broken),
+                ResponseParsed::Partial if from_app.len() > MAX_RESPONSE_HEAD => {
+                    return Err(Failure::Broken);
+                }
+                ResponseParsed::Partial => {}
+            }
+        }
+        from_app.reserve(READ_CHUNK);
+        match tokio::time::timeout_at(deadline, stream.read_buf(from_app)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Err(Failure::Broken),
+            Err(_) => return Err(Failure::Timeout),
+        }
+    }
+}
+
+/// Relays the response body after its head (in `down`), framed as the app framed it (or
+/// chunked, when the app ends it by closing). Returns the body bytes sent, or why it stopped.
+async fn relay_body<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    stream: &mut TcpStream,
+    framing: ResponseBody,
+    from_app: &mut BytesMut,
+    down: &mut Vec<u8>,
+    idle: Duration,
+) -> Result<u64, (Failure, u64)> {
+    let mut left = match framing {
+        ResponseBody::Length(n) => n,
+        _ => 0,
+    };
+    let mut tracker = Chunked::default();
+    let mut sent = 0u64;
+    let mut eof = false;
+    loop {
+        let take = match framing {
+            ResponseBody::Empty => 0,
+            ResponseBody::Length(_) => left.min(from_app.len() as u64) as usize,
+            ResponseBody::Chunked => tracker
+                .feed(from_app)
+                .map_err(|_| (Failure::Broken, sent))?,
+            ResponseBody::UntilClose => from_app.len(),
+        };
+        left -= (take as u64).min(left);
+        sent += take as u64;
+        let done = match framing {
+            ResponseBody::Empty => true,
+            ResponseBody::Length(_) => left == 0,
+            ResponseBody::Chunked => tracker.is_done(),
+            ResponseBody::UntilClose => eof,
+        };
+        if framing == ResponseBody::UntilClose {
+            encode_chunk(&from_app[..take], down);
+            if done {
+                down.extend_from_slice(LAST_CHUNK);
+            }
+        } else if take <= COALESCE {
+            down.extend_from_slice(&from_app[..take]);
+        } else {
+            if !down.is_empty() {
+                write_within(io, down, idle).await.map_err(|f| (f, sent))?;
+                down.clear();
+            }
+            write_within(io, &from_app[..take], idle)
+                .await
+                .map_err(|f| (f, sent))?;
+        }
+        from_app.advance(take);
+        if !down.is_empty() {
+            write_within(io, down, idle).await.map_err(|f| (f, sent))?;
+            down.clear();
+        }
+        if done {
+            return Ok(sent);
+        }
+        if !from_app.is_empty() {
+            // Bytes past the end of a framed body: the app is confused.
+            return Err((Failure::Broken, sent));
+        }
+        from_app.reserve(READ_CHUNK);
+        match tokio::time::timeout(idle, stream.read_buf(from_app)).await {
+            Ok(Ok(0)) if framing == ResponseBody::UntilClose => eof = true,
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return Err((Failure::Broken, sent)),
+        }
+    }
+}
+
+/// Writes to the client, which must take the bytes within `idle`.
+async fn write_within<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    bytes: &[u8],
+    idle: Duration,
+) -> Result<(), Failure> {
+    match tokio::time::timeout(idle, io.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Failure::ClientGone),
+    }
+}
+
+/// Writes a router page (error pages are small, whole bodies).
+async fn write_page<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    resp: http::Response<Body>,
+    close: bool,
+) -> bool {
+    use std::io::Write;
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    let mut out = Vec::with_capacity(body.len() + 256);
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    );
+    for (name, value) in &parts.headers {
+        if name != http::header::CONTENT_LENGTH && name != http::header::CONNECTION {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    let _ = write!(out, "content-length: {}\r\n", body.len());
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&body);
+    io.write_all(&out).await.is_ok()
+}
