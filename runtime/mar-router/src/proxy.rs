@@ -56,8 +56,9 @@ pub struct Proxy {
     /// Idle connections to instances, for the HTTP/1.1 fast path.
     pub(crate) pool: crate::h1::Pool,
     log: LogSink,
-    metrics: Arc<Metrics>,
-    closing: CancellationToken,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Cancelled at shutdown.
+    pub(crate) closing: CancellationToken,
     pub(crate) timeouts: Timeouts,
 }
 
@@ -446,50 +447,65 @@ impl Proxy {
         let ws = options.ws;
         let (closing, metrics) = (self.closing.clone(), self.metrics.app(&ctx.app));
         tokio::spawn(async move {
-            // A WebSocket counts as in flight for as long as it is open.
-            let _guard = guard;
             let (Ok(client_io), Ok(backend_io)) = tokio::join!(client_upgrade, backend_upgrade)
             else {
                 return;
             };
-            let retire = CancellationToken::new();
-            let stop = retire.clone();
-            let watch = tokio::spawn(async move {
-                tokio::select! {
-                    _ = up.retire.cancelled() => {}
-                    _ = closing.cancelled() => {}
-                }
-                stop.cancel();
-            });
-            metrics.websocket(1);
-            let (ended, moved) = relay::relay(
+            websocket_session(
                 TokioIo::new(client_io),
                 TokioIo::new(backend_io),
                 ws,
-                retire,
+                (up, guard),
+                closing,
+                metrics,
+                record,
             )
             .await;
-            watch.abort();
-            metrics.websocket(-1);
-            metrics.bytes(moved.up, moved.down);
-            match ended {
-                Ended::Idle => record.finish(Some(("H15", "Idle connection")), moved.down),
-                Ended::Violation(v) => record.finish(
-                    Some((
-                        "H16",
-                        if v.close_code() == 1009 {
-                            "WebSocket frame or message too large"
-                        } else {
-                            "WebSocket protocol error"
-                        },
-                    )),
-                    moved.down,
-                ),
-                _ => record.finish(None, moved.down),
-            }
         });
         let (parts, _) = resp.into_parts();
         Response::from_parts(parts, crate::full(bytes::Bytes::new()))
+    }
+}
+
+/// Relays an upgraded WebSocket connection until it ends, counting it as in flight to its
+/// instance and as open in the metrics, then writes its access log line (H15 for the idle
+/// cut, H16 for a limit or protocol violation).
+pub(crate) async fn websocket_session<C, B>(
+    client: C,
+    backend: B,
+    ws: crate::WsOptions,
+    (up, _in_flight): (Upstream, InFlight),
+    closing: CancellationToken,
+    metrics: Arc<crate::metrics::AppMetrics>,
+    record: Record,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    metrics.websocket(1);
+    let retire = async {
+        tokio::select! {
+            _ = up.retire.cancelled() => {}
+            _ = closing.cancelled() => {}
+        }
+    };
+    let (ended, moved) = relay::relay(client, backend, ws, retire).await;
+    metrics.websocket(-1);
+    metrics.bytes(moved.up, moved.down);
+    match ended {
+        Ended::Idle => record.finish(Some(("H15", "Idle connection")), moved.down),
+        Ended::Violation(v) => record.finish(
+            Some((
+                "H16",
+                if v.close_code() == 1009 {
+                    "WebSocket frame or message too large"
+                } else {
+                    "WebSocket protocol error"
+                },
+            )),
+            moved.down,
+        ),
+        _ => record.finish(None, moved.down),
     }
 }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::frames::{FrameTracker, Violation, close_frame, ping_frame};
 
@@ -65,12 +64,13 @@ pub struct Moved {
 /// Small buffers keep idle connections cheap; a busy connection just reads more often.
 const BUF: usize = 4096;
 
-/// Relays until the connection ends, and says how.
+/// Relays until the connection ends, and says how. When `retire` completes (the instance is
+/// retired, or the router stops), both sides get a Close (1012).
 pub async fn relay<C, B>(
     client: C,
     backend: B,
     opts: WsOptions,
-    retire: CancellationToken,
+    retire: impl std::future::Future<Output = ()>,
 ) -> (Ended, Moved)
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -90,7 +90,7 @@ where
     // just move `last`, so a busy connection costs no timer work per frame.
     let timer = tokio::time::sleep_until(last + first_due(&opts));
     tokio::pin!(timer);
-    let retired = retire.cancelled();
+    let retired = retire;
     tokio::pin!(retired);
     loop {
         tokio::select! {
@@ -222,6 +222,7 @@ where
 mod tests {
     use super::*;
     use futures_util::{SinkExt, StreamExt};
+    use tokio_util::sync::CancellationToken;
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
@@ -241,7 +242,7 @@ mod tests {
             relay_client_side,
             relay_backend_side,
             opts,
-            retire.clone(),
+            retire.clone().cancelled_owned(),
         ));
         let c =
             tokio_tungstenite::WebSocketStream::from_raw_socket(client, Role::Client, None).await;

@@ -95,8 +95,10 @@ pub async fn serve(
             None => {
                 connections.spawn(async move {
                     let fast = h1::serve(&general.proxy, stream, inbound, limits, &shutdown);
-                    if let Outcome::HandOff(io) = fast.await {
-                        general.serve(io).await;
+                    match fast.await {
+                        Outcome::Done => {}
+                        Outcome::HandOff(io) => general.serve(io).await,
+                        Outcome::WebSocket(ws) => ws.run(&general.proxy).await,
                     }
                 });
             }
@@ -115,8 +117,10 @@ pub async fn serve(
                         return;
                     }
                     let fast = h1::serve(&general.proxy, tls_stream, inbound, limits, &shutdown);
-                    if let Outcome::HandOff(io) = fast.await {
-                        general.serve(io).await;
+                    match fast.await {
+                        Outcome::Done => {}
+                        Outcome::HandOff(io) => general.serve(io).await,
+                        Outcome::WebSocket(ws) => ws.run(&general.proxy).await,
                     }
                 });
             }

@@ -23,7 +23,7 @@ const USAGE: &str = "\
 router-http: proxied HTTP, direct vs nginx vs mini-MAR, same run, medians of clean rounds.
 
   router-http [--rounds 3] [--duration 10] [--warmup 3] [--threads 1]
-              [--conns 64,1000] [--close-conns 16] [--targets direct,nginx,mar]
+              [--conns 64,1000] [--close-conns 16] [--targets direct,nginx,mar-1t,mar]
               [--quiet-timeout 120] [--no-quiet]
 
   router-http load --addr HOST:PORT [--host NAME] [--path /] [--conns 64] [--close]
@@ -103,9 +103,9 @@ fn bench(args: &Args) {
         .map(|c| c.parse().expect("--conns takes numbers"))
         .collect();
     let close_conns: usize = args.get("close-conns", 16);
-    let targets = args.list("targets", "direct,nginx,mar");
+    let targets = args.list("targets", "direct,nginx,mar-1t,mar");
     args.finish(USAGE);
-    if targets.iter().any(|t| t == "mar") {
+    if targets.iter().any(|t| t.starts_with("mar")) {
         subject::check_mar_bin();
     }
     report::catch_ctrl_c();
@@ -147,8 +147,9 @@ fn bench(args: &Args) {
             &[("@BACKEND@", port.clone()), ("@WS_BACKEND@", port)],
         )
     });
-    let mar = targets.iter().any(|t| t == "mar").then(|| {
-        let m = Mar::start();
+    // mini-MAR twice: with one worker thread (as nginx's one worker), then with the defaults.
+    let start_mar = |extra: &[&str]| {
+        let m = Mar::start_with_args(extra);
         m.deploy("hello", &subject::nginx_app(BACKEND_CONF));
         let addr = m.addr();
         m.wait_for("hello", || {
@@ -156,8 +157,12 @@ fn bench(args: &Args) {
                 .is_some_and(|(s, b)| s == 200 && b == "hello")
         });
         m
-    });
-
+    };
+    let mar_1t = targets
+        .iter()
+        .any(|t| t == "mar-1t")
+        .then(|| start_mar(&["--worker-threads", "1"]));
+    let mar = targets.iter().any(|t| t == "mar").then(|| start_mar(&[]));
     let mut all: Vec<Target> = Vec::new();
     if targets.iter().any(|t| t == "direct") {
         all.push(Target {
@@ -183,16 +188,18 @@ fn bench(args: &Args) {
             },
         });
     }
-    if let Some(m) = &mar {
-        all.push(Target {
-            name: "mar",
-            addr: m.addr(),
-            host: "hello.localhost".into(),
-            watched: Watched {
-                proxy: vec![m.pid],
-                backend: m.app_pids(),
-            },
-        });
+    for (name, m) in [("mar-1t", &mar_1t), ("mar", &mar)] {
+        if let Some(m) = m {
+            all.push(Target {
+                name,
+                addr: m.addr(),
+                host: "hello.localhost".into(),
+                watched: Watched {
+                    proxy: vec![m.pid],
+                    backend: m.app_pids(),
+                },
+            });
+        }
     }
     for t in &all {
         let r = subject::get(t.addr, &t.host, "/");
@@ -366,7 +373,7 @@ fn summary(sc: &Scenario, all: &[Target], runs: &[Vec<Run>]) {
     }
     println!("{line}");
     let nginx = med.iter().find(|m| m.0 == "nginx");
-    if let Some(&(_, _, p99, cpu, ratio, errors)) = med.iter().find(|m| m.0 == "mar") {
+    for &(name, rps, p99, cpu, ratio, errors) in med.iter().filter(|m| m.0.starts_with("mar")) {
         let p99_check = match nginx {
             Some(n) => format!(
                 "p99 {} vs nginx {} {}",
@@ -378,14 +385,14 @@ fn summary(sc: &Scenario, all: &[Target], runs: &[Vec<Run>]) {
         };
         let vs_nginx = match nginx {
             Some(n) => format!(
-                "; mar/nginx: {}x the req/s, {}x the CPU per request",
-                report::ratio(med.iter().find(|m| m.0 == "mar").map_or(f64::NAN, |m| m.1) / n.1),
+                "; {name}/nginx: {}x the req/s, {}x the CPU per request",
+                report::ratio(rps / n.1),
                 report::ratio(cpu / n.3)
             ),
             None => String::new(),
         };
         println!(
-            "    mar vs targets: {}/req (≤ 25µs) {}, ratio {} (≥ 0.45) {}, {p99_check}, errors {errors} {}{vs_nginx}",
+            "    {name} vs targets: {}/req (≤ 25µs) {}, ratio {} (≥ 0.45) {}, {p99_check}, errors {errors} {}{vs_nginx}",
             us(cpu),
             verdict(cpu <= 25.0),
             report::ratio(ratio),

@@ -50,6 +50,8 @@ pub(crate) struct RequestHead {
     /// A usable incoming `X-Request-Id`.
     pub request_id: Option<String>,
     pub is_head: bool,
+    /// A bodyless GET asking to switch protocols (WebSocket).
+    pub upgrade: bool,
 }
 
 /// The outcome of parsing the bytes read so far.
@@ -59,7 +61,7 @@ pub(crate) enum Parsed {
     Partial,
     /// A plain HTTP/1.1 request the fast path takes.
     Fast(RequestHead),
-    /// Anything else (HTTP/1.0, HTTP/2's preface, upgrades, `Expect`, odd framing, malformed
+    /// Anything else (HTTP/1.0, HTTP/2's preface, `Expect`, odd framing, malformed
     /// heads): the general path answers it, errors included.
     Slow,
 }
@@ -85,6 +87,7 @@ pub(crate) fn parse_request(buf: &[u8]) -> Parsed {
     let mut close = false;
     let mut json = false;
     let mut request_id = None;
+    let (mut upgrade_header, mut connection_upgrade) = (false, false);
     for h in req.headers.iter() {
         let name = h.name;
         let Ok(value) = std::str::from_utf8(h.value) else {
@@ -110,14 +113,16 @@ pub(crate) fn parse_request(buf: &[u8]) -> Parsed {
                 return Parsed::Slow;
             }
             chunked = true;
-        } else if name.eq_ignore_ascii_case("expect") || name.eq_ignore_ascii_case("upgrade") {
+        } else if name.eq_ignore_ascii_case("expect") {
             return Parsed::Slow;
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade_header = true;
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case("upgrade") {
-                    return Parsed::Slow;
+                    connection_upgrade = true;
                 }
             }
         } else if name.eq_ignore_ascii_case("accept") {
@@ -135,8 +140,13 @@ pub(crate) fn parse_request(buf: &[u8]) -> Parsed {
         (Some(n), false) => RequestBody::Length(n),
         (None, true) => RequestBody::Chunked,
     };
+    let upgrade = upgrade_header && connection_upgrade;
+    if upgrade && (method != "GET" || body != RequestBody::Empty) {
+        return Parsed::Slow;
+    }
     Parsed::Fast(RequestHead {
         len,
+        upgrade,
         method: method.to_owned(),
         target: target.to_owned(),
         host: host.to_owned(),
@@ -205,8 +215,14 @@ pub(crate) struct Forwarded<'a> {
 
 /// Writes the head the app receives for the request head `head` (already parsed once, so it
 /// parses again): hop-by-hop headers dropped, `X-Forwarded-For` appended to, `X-Forwarded-Proto`,
-/// `X-Forwarded-Port`, `X-Request-Id` and `X-Request-Start` set, `Via` added.
-pub(crate) fn write_upstream_head(head: &[u8], fwd: &Forwarded<'_>, out: &mut Vec<u8>) {
+/// `X-Forwarded-Port`, `X-Request-Id` and `X-Request-Start` set, `Via` added. With `upgrade`,
+/// the `Upgrade` header stays and `Connection: upgrade` goes with it.
+pub(crate) fn write_upstream_head(
+    head: &[u8],
+    fwd: &Forwarded<'_>,
+    upgrade: bool,
+    out: &mut Vec<u8>,
+) {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut storage);
     if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
@@ -231,6 +247,10 @@ pub(crate) fn write_upstream_head(head: &[u8], fwd: &Forwarded<'_>, out: &mut Ve
             }
             continue;
         }
+        if upgrade && name.eq_ignore_ascii_case("upgrade") {
+            header_line(out, name.as_bytes(), h.value);
+            continue;
+        }
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("x-forwarded-port")
@@ -241,6 +261,9 @@ pub(crate) fn write_upstream_head(head: &[u8], fwd: &Forwarded<'_>, out: &mut Ve
             continue;
         }
         header_line(out, name.as_bytes(), h.value);
+    }
+    if upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
     }
     out.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prev) = xff.filter(|p| !p.is_empty()) {
@@ -414,6 +437,19 @@ mod tests {
         assert!(h.close);
         let h = fast("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert_eq!(h.body, RequestBody::Chunked);
+        let raw = "GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n";
+        assert!(fast(raw).upgrade);
+        let mut out = Vec::new();
+        let fwd = Forwarded {
+            client_ip: "::1".parse().unwrap(),
+            port: 80,
+            tls: false,
+            request_id: "r",
+            start_ms: 1,
+        };
+        write_upstream_head(raw.as_bytes(), &fwd, true, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.starts_with("GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nconnection: upgrade\r\nx-forwarded-for: ::1\r\n"), "{out}");
         assert!(matches!(
             parse_request(b"GET / HTTP/1.1\r\nHost: a\r\n"),
             Parsed::Partial
@@ -428,7 +464,7 @@ mod tests {
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
             "GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
@@ -451,7 +487,7 @@ mod tests {
             request_id: "rid",
             start_ms: 1234,
         };
-        write_upstream_head(raw.as_bytes(), &fwd, &mut out);
+        write_upstream_head(raw.as_bytes(), &fwd, false, &mut out);
         let out = String::from_utf8(out).unwrap();
         assert_eq!(
             out,

@@ -49,6 +49,42 @@ pub(crate) enum Outcome<IO> {
     Done,
     /// The next request is for the general path: serve the connection from there on.
     HandOff(Prefixed<IO>),
+    /// The app switched protocols (WebSocket): relay the connection from there on.
+    WebSocket(Box<WebSocket<IO>>),
+}
+
+/// An upgraded connection and its app connection, ready to relay. The fast path's buffers
+/// are gone by now: an idle WebSocket holds only what the relay needs.
+pub(crate) struct WebSocket<IO> {
+    client: Prefixed<IO>,
+    app: Prefixed<TcpStream>,
+    ws: crate::WsOptions,
+    upstream: (Upstream, InFlight),
+    record: crate::tracked::Record,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> WebSocket<IO> {
+    /// Relays until the WebSocket ends.
+    pub async fn run(self, proxy: &Proxy) {
+        let metrics = proxy.metrics.app(&self.record.app);
+        crate::proxy::websocket_session(
+            self.client,
+            self.app,
+            self.ws,
+            self.upstream,
+            proxy.closing.clone(),
+            metrics,
+            self.record,
+        )
+        .await;
+    }
+}
+
+/// The bytes left in `buf`, copied out so that the connection's read buffer is freed.
+fn rest(buf: &mut BytesMut) -> bytes::Bytes {
+    let rest = bytes::Bytes::copy_from_slice(buf);
+    buf.clear();
+    rest
 }
 
 /// Buffers reused across the requests of one connection.
@@ -79,7 +115,7 @@ where
     loop {
         let head = match read_head(&mut io, &mut buf, limits, first, shutdown).await {
             Some(Parsed::Fast(h)) => h,
-            Some(_) => return Outcome::HandOff(Prefixed::new(buf.split().freeze(), io)),
+            Some(_) => return Outcome::HandOff(Prefixed::new(rest(&mut buf), io)),
             None => return Outcome::Done,
         };
         first = false;
@@ -89,11 +125,11 @@ where
             options,
         } = proxy.table.resolve(Some(&head.host))
         else {
-            return Outcome::HandOff(Prefixed::new(buf.split().freeze(), io));
+            return Outcome::HandOff(Prefixed::new(rest(&mut buf), io));
         };
         if matches!(head.body, RequestBody::Length(n) if n > options.max_body) {
             // The general path answers 413 with its page and log line.
-            return Outcome::HandOff(Prefixed::new(buf.split().freeze(), io));
+            return Outcome::HandOff(Prefixed::new(rest(&mut buf), io));
         }
         let ctx = Ctx {
             app,
@@ -111,9 +147,27 @@ where
             options: &options,
             is_head: head.is_head,
         };
-        let keep = exchange
-            .run(&mut io, &mut buf, &head, up, guard, &mut scratch)
-            .await;
+        let keep = if head.upgrade {
+            match exchange
+                .upgrade(&mut io, &mut buf, &head, up, guard, &mut scratch)
+                .await
+            {
+                Ok((app, upstream, record)) => {
+                    return Outcome::WebSocket(Box::new(WebSocket {
+                        client: Prefixed::new(rest(&mut buf), io),
+                        app,
+                        ws: options.ws,
+                        upstream,
+                        record,
+                    }));
+                }
+                Err(keep) => keep,
+            }
+        } else {
+            exchange
+                .run(&mut io, &mut buf, &head, up, guard, &mut scratch)
+                .await
+        };
         if !keep || head.close || shutdown.is_cancelled() {
             let _ = io.shutdown().await;
             return Outcome::Done;
@@ -249,6 +303,7 @@ impl Exchange<'_> {
                 request_id: &self.ctx.rid,
                 start_ms,
             },
+            false,
             &mut scratch.up,
         );
         buf.advance(head.len);
@@ -311,6 +366,7 @@ impl Exchange<'_> {
                     &mut stream,
                     &mut scratch.from_app,
                     self.is_head,
+                    false,
                     proxy.timeouts.first_byte,
                     io,
                 )
@@ -371,6 +427,102 @@ impl Exchange<'_> {
                 false
             }
         }
+    }
+
+    /// Sends an upgrade request (WebSocket handshake) on a fresh connection to the app. On
+    /// `101` the app's answer goes to the client and the connection pair is returned, ready to
+    /// relay; any other answer is relayed as a response, and `Err` says whether the client
+    /// connection can go on.
+    async fn upgrade<IO: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        io: &mut IO,
+        buf: &mut BytesMut,
+        head: &RequestHead,
+        up: Upstream,
+        guard: InFlight,
+        scratch: &mut Scratch,
+    ) -> Result<
+        (
+            Prefixed<TcpStream>,
+            (Upstream, InFlight),
+            crate::tracked::Record,
+        ),
+        bool,
+    > {
+        let proxy = self.proxy;
+        let start_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        scratch.up.clear();
+        head::write_upstream_head(
+            &buf[..head.len],
+            &Forwarded {
+                client_ip: self.ctx.inbound.client.ip(),
+                port: self.ctx.inbound.local.port(),
+                tls: self.ctx.inbound.tls,
+                request_id: &self.ctx.rid,
+                start_ms,
+            },
+            true,
+            &mut scratch.up,
+        );
+        buf.advance(head.len);
+        let Ok(mut stream) = connect(up.addr, proxy.timeouts.connect).await else {
+            up.set_aside();
+            return Err(self.failed(io, Failure::Refused, &up).await);
+        };
+        if stream.write_all(&scratch.up).await.is_err() {
+            return Err(self.failed(io, Failure::Refused, &up).await);
+        }
+        let response = match read_response_head(
+            &mut stream,
+            &mut scratch.from_app,
+            false,
+            true,
+            proxy.timeouts.first_byte,
+            io,
+        )
+        .await
+        {
+            Ok(h) => h,
+            Err(f) => return Err(self.failed(io, f, &up).await),
+        };
+        let from_app = &mut scratch.from_app;
+        if response.status == 101 {
+            if io.write_all(&from_app[..response.len]).await.is_err() {
+                return Err(false);
+            }
+            from_app.advance(response.len);
+            let early = rest(from_app);
+            let record = proxy.record_owned(self.ctx, &up.dyno, 101);
+            return Ok((Prefixed::new(early, stream), (up, guard), record));
+        }
+        // Refused: an ordinary response, after which the connection closes.
+        scratch.down.clear();
+        head::write_client_head(
+            &from_app[..response.len],
+            response.body == ResponseBody::UntilClose,
+            true,
+            &mut scratch.down,
+        );
+        from_app.advance(response.len);
+        let relayed = relay_body(
+            io,
+            &mut stream,
+            response.body,
+            from_app,
+            &mut scratch.down,
+            proxy.timeouts.response_idle,
+        )
+        .await;
+        from_app.clear();
+        let record = proxy.record_owned(self.ctx, &up.dyno, response.status);
+        match relayed {
+            Ok(n) => record.finish(None, n),
+            Err((_, n)) => record.finish(Some(("H13", "Connection closed without response")), n),
+        }
+        Err(false)
     }
 
     /// Answers a failure with the router's error page and log line. Returns whether the
@@ -485,6 +637,7 @@ async fn read_response_head<IO: AsyncWrite + Unpin>(
     stream: &mut TcpStream,
     from_app: &mut BytesMut,
     to_head: bool,
+    upgrade: bool,
     first_byte: Duration,
     io: &mut IO,
 ) -> Result<head::ResponseHead, Failure> {
@@ -493,6 +646,7 @@ async fn read_response_head<IO: AsyncWrite + Unpin>(
     loop {
         if !from_app.is_empty() {
             match head::parse_response(from_app, to_head) {
+                ResponseParsed::Complete(h) if h.status == 101 && upgrade => return Ok(h),
                 ResponseParsed::Complete(h) if h.status == 101 => return Err(Failure::Broken),
                 ResponseParsed::Complete(h) if (100..200).contains(&h.status) => {
                     io.write_all(&from_app[..h.len])

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 /// Idle connections kept per instance.
-const MAX_IDLE_PER_ADDR: usize = 256;
+const MAX_IDLE_PER_ADDR: usize = 1024;
 /// An idle connection older than this is closed (apps' own keep-alive timeouts are often
 /// shorter; those connections are caught as closed at checkout).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
