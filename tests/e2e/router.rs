@@ -576,4 +576,21 @@ async fn keep_alive_framing_pipelining_and_the_platform_on_one_connection() {
     let chunks = answer.find("chunk 1;").unwrap();
     assert!(web < chunks, "{answer}");
     assert!(answer.contains("connection: close"), "{answer}");
+
+    // An upgrade the app declines gets the app's answer, and the connection closes after it.
+    let mut s = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
+    s.write_all(
+        b"GET /env/DYNO HTTP/1.1\r\nHost: framed.localhost\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nweb.1"), "{answer}");
 }

@@ -61,8 +61,17 @@ pub struct Moved {
     pub down: u64,
 }
 
-/// Small buffers keep idle connections cheap; a busy connection just reads more often.
-const BUF: usize = 4096;
+/// Read buffers start small, so that thousands of idle connections cost little; a read that
+/// fills one doubles it, up to `BUF_MAX`, so a busy connection makes few syscalls.
+const BUF_START: usize = 1024;
+const BUF_MAX: usize = 64 << 10;
+
+/// Doubles `buf` after a read filled it.
+fn grow(buf: &mut Vec<u8>, filled: usize) {
+    if filled == buf.len() && buf.len() < BUF_MAX {
+        buf.resize(buf.len() * 2, 0);
+    }
+}
 
 /// Relays until the connection ends, and says how. When `retire` completes (the instance is
 /// retired, or the router stops), both sides get a Close (1012).
@@ -80,8 +89,8 @@ where
     let (mut br, mut bw) = tokio::io::split(backend);
     let mut up = FrameTracker::new(true, opts.max_frame, opts.max_message);
     let mut down = FrameTracker::new(false, opts.max_frame, opts.max_message);
-    let mut cbuf = vec![0u8; BUF];
-    let mut bbuf = vec![0u8; BUF];
+    let mut cbuf = vec![0u8; BUF_START];
+    let mut bbuf = vec![0u8; BUF_START];
     let (mut client_eof, mut backend_eof) = (false, false);
     let mut last = Instant::now();
     let mut pinged = false;
@@ -108,6 +117,7 @@ where
                             (last, pinged) = (Instant::now(), false);
                         }
                         moved.up += n as u64;
+                        grow(&mut cbuf, n);
                     }
                     Err(Stop::Violation(v)) => {
                         close_both(&mut cw, &mut bw, &up, &down, v.close_code(), "limit exceeded").await;
@@ -131,6 +141,7 @@ where
                             (last, pinged) = (Instant::now(), false);
                         }
                         moved.down += n as u64;
+                        grow(&mut bbuf, n);
                     }
                     Err(Stop::Violation(v)) => {
                         close_both(&mut cw, &mut bw, &up, &down, v.close_code(), "limit exceeded").await;
@@ -222,9 +233,9 @@ where
 mod tests {
     use super::*;
     use futures_util::{SinkExt, StreamExt};
-    use tokio_util::sync::CancellationToken;
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_util::sync::CancellationToken;
 
     /// A client and a server WebSocket joined through `relay` over in-memory pipes.
     async fn pair(

@@ -91,6 +91,7 @@ pub async fn serve(
             inbound,
         };
         let shutdown = shutdown.clone();
+        let tracker = connections.clone();
         match &tls {
             None => {
                 connections.spawn(async move {
@@ -98,7 +99,11 @@ pub async fn serve(
                     match fast.await {
                         Outcome::Done => {}
                         Outcome::HandOff(io) => general.serve(io).await,
-                        Outcome::WebSocket(ws) => ws.run(&general.proxy).await,
+                        // Its own task: this one's state is sized for the HTTP path, and an
+                        // idle WebSocket should hold only what the relay needs.
+                        Outcome::WebSocket(ws) => {
+                            tracker.spawn(async move { ws.run(&general.proxy).await });
+                        }
                     }
                 });
             }
@@ -120,7 +125,11 @@ pub async fn serve(
                     match fast.await {
                         Outcome::Done => {}
                         Outcome::HandOff(io) => general.serve(io).await,
-                        Outcome::WebSocket(ws) => ws.run(&general.proxy).await,
+                        // Its own task: this one's state is sized for the HTTP path, and an
+                        // idle WebSocket should hold only what the relay needs.
+                        Outcome::WebSocket(ws) => {
+                            tracker.spawn(async move { ws.run(&general.proxy).await });
+                        }
                     }
                 });
             }

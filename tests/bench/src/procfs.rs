@@ -163,12 +163,19 @@ pub fn wait_quiet(idle_pct: u64, secs: u32, timeout: Duration) -> Result<Duratio
     Err(idle)
 }
 
-/// Raises the soft limit on open files to the hard limit; returns the new soft limit.
+/// Raises the open-files limit (to 65,536 when allowed, else the soft limit to the hard one);
+/// returns the new soft limit.
 pub fn raise_nofile() -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return 1024;
     };
+    // Raising the hard limit needs root (CAP_SYS_RESOURCE): 10,000 proxied WebSockets take
+    // 20,000 descriptors in the proxy alone.
+    const WANT: u64 = 65_536;
+    if hard < WANT && setrlimit(Resource::RLIMIT_NOFILE, WANT, WANT).is_ok() {
+        return WANT;
+    }
     if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
         return hard;
     }

@@ -156,6 +156,10 @@ fn bench(args: &Args) {
     let mar = targets.iter().any(|t| t == "mar").then(|| {
         let m = Mar::start();
         m.deploy("echo", &subject::echo_app());
+        // The echo app holds one descriptor per idle connection; the default limit is 10,000.
+        let limit = format!("MAR_NOFILE_LIMIT={}", nofile.max(10_000));
+        let out = m.server.mar(&["config:set", "-a", "echo", &limit]);
+        assert!(out.ok(), "config:set failed: {}", out.all());
         let t = WsTarget {
             addr: m.addr(),
             host: "echo.localhost".into(),

@@ -36,8 +36,11 @@ pub(crate) use prefixed::Prefixed;
 
 /// A keep-alive connection with no request for this long is closed (nginx's default).
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(75);
-/// Bytes read at a time from an app.
+/// Bytes read at a time from an app (and from a client sending a body).
 const READ_CHUNK: usize = 16 << 10;
+/// Room for a response head: most are a few hundred bytes, and a WebSocket handshake should not
+/// leave a large buffer behind.
+const HEAD_CHUNK: usize = 4 << 10;
 /// Largest response head accepted from an app.
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
 /// Body bytes copied next to a head so both go out in one write.
@@ -663,7 +666,7 @@ async fn read_response_head<IO: AsyncWrite + Unpin>(
                 ResponseParsed::Partial => {}
             }
         }
-        from_app.reserve(READ_CHUNK);
+        from_app.reserve(HEAD_CHUNK);
         match tokio::time::timeout_at(deadline, stream.read_buf(from_app)).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Err(Failure::Broken),
