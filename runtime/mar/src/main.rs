@@ -8,10 +8,19 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = <cli::Cli as clap::Parser>::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.worker_threads() {
-        builder.worker_threads(n);
-    }
+    // One worker thread means the current-thread scheduler: its run queue is one FIFO, so with
+    // a thousand busy connections none waits behind the others (the multi-thread scheduler
+    // with one worker parks tasks past its 256-slot local queue in a global queue it visits
+    // only every 61 polls).
+    let mut builder = match args.worker_threads() {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -172,7 +172,11 @@ where
                 .await
         };
         if !keep || head.close || shutdown.is_cancelled() {
-            let _ = io.shutdown().await;
+            // TLS needs its close_notify; a TCP connection's FIN goes out when it is dropped,
+            // so a shutdown() first would only cost a syscall per connection.
+            if inbound.tls {
+                let _ = io.shutdown().await;
+            }
             return Outcome::Done;
         }
     }
@@ -328,9 +332,16 @@ impl Exchange<'_> {
         // out to have been closed by the app.
         let replayable = body.is_done();
         let mut attempts = 0;
+        // After a pooled connection turned out dead, the others pooled with it may be too.
+        let mut skip_pool = false;
         let (mut stream, response) = loop {
             attempts += 1;
-            let (mut stream, reused) = match proxy.pool.take(up.addr) {
+            let pooled = if skip_pool {
+                None
+            } else {
+                proxy.pool.take(up.addr)
+            };
+            let (mut stream, reused) = match pooled {
                 Some(s) => (s, true),
                 None => match connect(up.addr, proxy.timeouts.connect).await {
                     Ok(s) => (s, false),
@@ -383,6 +394,7 @@ impl Exchange<'_> {
                 Err(Failure::Broken)
                     if reused && replayable && scratch.from_app.is_empty() && attempts < 3 =>
                 {
+                    skip_pool = true;
                     continue;
                 }
                 Err(f) => return self.failed(io, f, &up).await,
