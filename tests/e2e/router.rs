@@ -594,3 +594,23 @@ async fn keep_alive_framing_pipelining_and_the_platform_on_one_connection() {
     assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
     assert!(answer.ends_with("\r\n\r\nweb.1"), "{answer}");
 }
+
+#[tokio::test]
+async fn one_worker_thread_serves_http_websockets_and_deploys() {
+    // `--worker-threads 1` runs the current-thread scheduler: everything (API, pushes, the
+    // router, the supervisor) shares that one thread.
+    let mar = MarServer::start_with_args(None, &["--worker-threads", "1"]);
+    mar.deploy_lifecycle("single", &[]);
+    let r = mar.get("single.localhost", "/env/DYNO").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "web.1"));
+    let mut c = ws(&mar, "single").await;
+    c.send(Message::text("one thread")).await.unwrap();
+    assert_eq!(
+        c.next().await.unwrap().unwrap(),
+        Message::text("one thread")
+    );
+    let out = mar.mar(&["ps:scale", "-a", "single", "web=2"]);
+    assert!(out.ok(), "{}", out.all());
+    let r = mar.get("single.localhost", "/").await;
+    assert_eq!(r.status, 200);
+}
