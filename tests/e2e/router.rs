@@ -614,3 +614,26 @@ async fn one_worker_thread_serves_http_websockets_and_deploys() {
     let r = mar.get("single.localhost", "/").await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn access_log_off_keeps_metrics() {
+    let mar = MarServer::start_with(Some("access_log: false\n"));
+    mar.deploy_lifecycle("quiet", &[]);
+    for path in ["/?first", "/?second"] {
+        assert_eq!(mar.get("quiet.localhost", path).await.status, 200);
+        // The app's own line for the request: by the time it shows, a router line for the
+        // request before it (written within 50 ms) would have too.
+        eventually(Duration::from_secs(5), || async {
+            let l = mar.mar(&["logs", "-a", "quiet"]).stdout;
+            l.contains(&format!("GET {path}")).then_some(())
+        })
+        .await;
+    }
+    let logs = mar.mar(&["logs", "-a", "quiet"]).stdout;
+    assert!(!logs.contains("mar[router]"), "{logs}");
+    let metrics = mar.get("localhost", "/metrics").await.body;
+    assert!(
+        metrics.contains("mar_http_requests_total{app=\"quiet\",status=\"2xx\"} 2"),
+        "{metrics}"
+    );
+}

@@ -55,7 +55,7 @@ pub struct Proxy {
     client: Client<HttpConnector, UpstreamBody>,
     /// Idle connections to instances, for the HTTP/1.1 fast path.
     pub(crate) pool: crate::h1::Pool,
-    log: LogSink,
+    log: Option<LogSink>,
     pub(crate) metrics: Arc<Metrics>,
     /// Cancelled at shutdown.
     pub(crate) closing: CancellationToken,
@@ -87,11 +87,11 @@ pub(crate) struct Ctx {
 
 impl Proxy {
     /// A proxy over `table`, sending platform requests to `platform`; access log lines go to
-    /// `log`. `closing` is cancelled at shutdown: open WebSockets then get a Close (1012).
+    /// `log` (`None`: no access log). `closing` is cancelled at shutdown: open WebSockets then get a Close (1012).
     pub fn new(
         table: Arc<RouteTable>,
         platform: Arc<dyn InProcess>,
-        log: LogSink,
+        log: Option<LogSink>,
         metrics: Arc<Metrics>,
         closing: CancellationToken,
         timeouts: Timeouts,

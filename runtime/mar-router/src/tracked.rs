@@ -20,7 +20,8 @@ pub type LogSink = Arc<dyn Fn(&AppName, String) + Send + Sync>;
 
 /// What the access log line says about a request, filled in as it goes.
 pub(crate) struct Record {
-    pub sink: LogSink,
+    /// `None` when the access log is off.
+    pub sink: Option<LogSink>,
     pub metrics: Arc<AppMetrics>,
     pub app: AppName,
     pub method: String,
@@ -39,6 +40,11 @@ pub(crate) struct Record {
 impl Record {
     /// Writes the line: `at=info` normally, `at=error code=… desc=…` for router errors.
     pub fn finish(&self, error: Option<(&str, &str)>, bytes_out: u64) {
+        self.metrics
+            .request(self.status, self.start.elapsed(), self.bytes_in, bytes_out);
+        let Some(sink) = &self.sink else {
+            return;
+        };
         use std::fmt::Write;
         let mut line = String::with_capacity(256);
         let _ = match error {
@@ -62,9 +68,7 @@ impl Record {
             self.status,
             self.protocol,
         );
-        (self.sink)(&self.app, line);
-        self.metrics
-            .request(self.status, self.start.elapsed(), self.bytes_in, bytes_out);
+        sink(&self.app, line);
     }
 }
 

@@ -63,6 +63,9 @@ pub struct FileConfig {
     /// TLS certificates per domain; without any, a self-signed one is made.
     #[serde(default)]
     pub tls_certificates: Vec<TlsCertificate>,
+    /// Whether the router writes an access log line per request (default true; nginx's
+    /// `access_log off` for very busy apps; metrics are kept either way).
+    pub access_log: Option<bool>,
 }
 
 /// A certificate and key (PEM files) for some host names, picked by SNI.
@@ -115,6 +118,8 @@ pub struct Config {
     pub server_limits: mar_router::ServerLimits,
     /// Router defaults for every app.
     pub router: mar_router::AppOptions,
+    /// Whether the router writes access log lines.
+    pub access_log: bool,
     /// The `mar` executable, run as the git pre-receive hook.
     pub mar_exe: PathBuf,
 }
@@ -204,6 +209,7 @@ impl Config {
             timeouts,
             server_limits,
             router,
+            access_log: file.access_log.unwrap_or(true),
             mar_exe,
         })
     }

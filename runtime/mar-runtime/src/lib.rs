@@ -266,8 +266,11 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
             batch.clear();
         }
     });
-    let sink: mar_router::LogSink = Arc::new(move |app, line| {
-        let _ = access_tx.send((app.clone(), line));
+    let sink: Option<mar_router::LogSink> = cfg.access_log.then(|| {
+        let sink: mar_router::LogSink = Arc::new(move |app, line| {
+            let _ = access_tx.send((app.clone(), line));
+        });
+        sink
     });
     let proxy = Arc::new(Proxy::new(
         routes,

@@ -116,7 +116,7 @@ where
     let mut scratch = Scratch::default();
     let mut first = true;
     loop {
-        let head = match read_head(&mut io, &mut buf, limits, first, shutdown).await {
+        let mut head = match read_head(&mut io, &mut buf, limits, first, shutdown).await {
             Some(Parsed::Fast(h)) => h,
             Some(_) => return Outcome::HandOff(Prefixed::new(rest(&mut buf), io)),
             None => return Outcome::Done,
@@ -136,10 +136,10 @@ where
         }
         let ctx = Ctx {
             app,
-            rid: head.request_id.clone().unwrap_or_else(new_request_id),
-            method: head.method.clone(),
-            path: head.target.clone(),
-            host: head.host.clone(),
+            rid: head.request_id.take().unwrap_or_else(new_request_id),
+            method: std::mem::take(&mut head.method),
+            path: std::mem::take(&mut head.target),
+            host: std::mem::take(&mut head.host),
             json: head.json,
             start: Instant::now(),
             inbound,
