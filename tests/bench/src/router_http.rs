@@ -32,7 +32,10 @@ router-http: proxied HTTP, direct vs nginx vs mini-MAR, same run, medians of cle
 
 --conns: keep-alive scenarios (one per count); --close-conns: the `Connection: close`
 scenario's connections (0: none). --threads: load generator threads (current-thread tokio
-runtimes). mar is target/debug/mar unless MAR_BIN names another build.";
+runtimes). Targets: direct (the backend itself), nginx (the reference proxy), mar-1t (mini-MAR
+configured as the reference: `--worker-threads 1`, `access_log: false`), mar (mini-MAR with its
+defaults: a worker thread per core, access log on). mar is target/debug/mar unless MAR_BIN names
+another build.";
 
 /// One way to reach the backend.
 struct Target {
@@ -147,9 +150,10 @@ fn bench(args: &Args) {
             &[("@BACKEND@", port.clone()), ("@WS_BACKEND@", port)],
         )
     });
-    // mini-MAR twice: with one worker thread (as nginx's one worker), then with the defaults.
-    let start_mar = |extra: &[&str]| {
-        let m = Mar::start_with_args(extra);
+    // mini-MAR twice: configured as the nginx reference is (one worker thread, no access log),
+    // then with the defaults (a worker thread per core, access log on).
+    let start_mar = |yaml: Option<&str>, extra: &[&str]| {
+        let m = Mar::start_with(yaml, extra);
         m.deploy("hello", &subject::nginx_app(BACKEND_CONF));
         let addr = m.addr();
         m.wait_for("hello", || {
@@ -161,8 +165,11 @@ fn bench(args: &Args) {
     let mar_1t = targets
         .iter()
         .any(|t| t == "mar-1t")
-        .then(|| start_mar(&["--worker-threads", "1"]));
-    let mar = targets.iter().any(|t| t == "mar").then(|| start_mar(&[]));
+        .then(|| start_mar(Some("access_log: false\n"), &["--worker-threads", "1"]));
+    let mar = targets
+        .iter()
+        .any(|t| t == "mar")
+        .then(|| start_mar(None, &[]));
     let mut all: Vec<Target> = Vec::new();
     if targets.iter().any(|t| t == "direct") {
         all.push(Target {

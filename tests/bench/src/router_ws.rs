@@ -24,7 +24,7 @@ router-ws: WebSocket relay, direct vs nginx vs mini-MAR, same run, medians of cl
 
   router-ws [--rounds 3] [--conns 1000] [--interval-ms 100] [--duration 10] [--warmup 2]
             [--burst 200] [--size 100] [--idle 10000] [--threads 1]
-            [--tests idle,paced,burst] [--targets direct,nginx,mar]
+            [--tests idle,paced,burst] [--targets direct,nginx,mar-1t,mar]
             [--quiet-timeout 120] [--no-quiet]
   router-ws ws-echo          the echo server, on 127.0.0.1:$PORT (0: pick one and print it)
 
@@ -109,9 +109,9 @@ fn bench(args: &Args) {
     };
     let idle_wanted: usize = args.get("idle", 10_000);
     let tests = args.list("tests", "idle,paced,burst");
-    let targets = args.list("targets", "direct,nginx,mar");
+    let targets = args.list("targets", "direct,nginx,mar-1t,mar");
     args.finish(USAGE);
-    if targets.iter().any(|t| t == "mar") {
+    if targets.iter().any(|t| t.starts_with("mar")) {
         subject::check_mar_bin();
     }
     report::catch_ctrl_c();
@@ -153,8 +153,10 @@ fn bench(args: &Args) {
             &[("@BACKEND@", port.clone()), ("@WS_BACKEND@", port)],
         )
     });
-    let mar = targets.iter().any(|t| t == "mar").then(|| {
-        let m = Mar::start();
+    // mini-MAR twice: with one worker thread (as the nginx reference's one worker), then with
+    // its defaults (a worker thread per core).
+    let start_mar = |extra: &[&str]| {
+        let m = Mar::start_with(None, extra);
         m.deploy("echo", &subject::echo_app());
         // The echo app holds one descriptor per idle connection; the default limit is 10,000.
         let limit = format!("MAR_NOFILE_LIMIT={}", nofile.max(10_000));
@@ -173,7 +175,12 @@ fn bench(args: &Args) {
             rt.block_on(mar_bench::wsload::connect(&t)).is_ok()
         });
         m
-    });
+    };
+    let mar_1t = targets
+        .iter()
+        .any(|t| t == "mar-1t")
+        .then(|| start_mar(&["--worker-threads", "1"]));
+    let mar = targets.iter().any(|t| t == "mar").then(|| start_mar(&[]));
 
     let mut all: Vec<Target> = Vec::new();
     if targets.iter().any(|t| t == "direct") {
@@ -207,20 +214,22 @@ fn bench(args: &Args) {
             rss_pid: workers.first().copied(),
         });
     }
-    if let Some(m) = &mar {
-        all.push(Target {
-            name: "mar",
-            ws: WsTarget {
-                addr: m.addr(),
-                host: "echo.localhost".into(),
-                path: "/ws".into(),
-            },
-            watched: Watched {
-                proxy: vec![m.pid],
-                backend: m.app_pids(),
-            },
-            rss_pid: Some(m.pid),
-        });
+    for (name, m) in [("mar-1t", &mar_1t), ("mar", &mar)] {
+        if let Some(m) = m {
+            all.push(Target {
+                name,
+                ws: WsTarget {
+                    addr: m.addr(),
+                    host: "echo.localhost".into(),
+                    path: "/ws".into(),
+                },
+                watched: Watched {
+                    proxy: vec![m.pid],
+                    backend: m.app_pids(),
+                },
+                rss_pid: Some(m.pid),
+            });
+        }
     }
     for t in &all {
         println!(
@@ -229,6 +238,11 @@ fn bench(args: &Args) {
         );
     }
 
+    let mar_of = |name: &str| match name {
+        "mar-1t" => mar_1t.as_ref(),
+        "mar" => mar.as_ref(),
+        _ => None,
+    };
     let mut idle_lines = Vec::new();
     if tests.iter().any(|t| t == "idle") {
         println!("\n== WebSocket idle: {idle_n} connections held ==");
@@ -241,7 +255,7 @@ fn bench(args: &Args) {
             println!("{line}");
             idle_lines.push(line);
             if failed {
-                println!("{}", diagnose(t.name, proxy.as_ref(), mar.as_ref()));
+                println!("{}", diagnose(t.name, proxy.as_ref(), mar_of(t.name)));
             }
         }
     }
@@ -282,7 +296,7 @@ fn bench(args: &Args) {
                 }
                 print_run("paced", t, &r);
                 if r.lost + r.failed > 0 {
-                    println!("{}", diagnose(t.name, proxy.as_ref(), mar.as_ref()));
+                    println!("{}", diagnose(t.name, proxy.as_ref(), mar_of(t.name)));
                 }
                 paced[ti].push(r);
             }
@@ -299,7 +313,7 @@ fn bench(args: &Args) {
                 }
                 print_run("burst", t, &r);
                 if r.lost + r.failed > 0 {
-                    println!("{}", diagnose(t.name, proxy.as_ref(), mar.as_ref()));
+                    println!("{}", diagnose(t.name, proxy.as_ref(), mar_of(t.name)));
                 }
                 burst[ti].push(r);
             }
@@ -326,7 +340,7 @@ fn bench(args: &Args) {
          12 KiB per proxied connection with 10,000 idle connections held, no loss."
     );
 
-    if let Some(m) = mar {
+    for m in [mar_1t, mar].into_iter().flatten() {
         m.stop();
     }
     drop(proxy);
@@ -338,7 +352,7 @@ fn bench(args: &Args) {
 fn diagnose(name: &str, proxy: Option<&Nginx>, mar: Option<&Mar>) -> String {
     let text = match name {
         "nginx" => proxy.map(|p| p.error_log_tail(8)),
-        "mar" => mar.map(|m| m.log_tail("echo", 8)),
+        n if n.starts_with("mar") => mar.map(|m| m.log_tail("echo", 8)),
         _ => None,
     };
     let text = text.unwrap_or_default();
@@ -376,7 +390,7 @@ fn idle(t: &Target, n: usize, cfg: &Cfg) -> (String, bool) {
         .first_error
         .map(|e| format!(" (first error: {e})"))
         .unwrap_or_default();
-    let target = if t.name == "mar" {
+    let target = if t.name.starts_with("mar") {
         format!(
             " [target ≤ 12 KiB: {}, no loss: {}]",
             verdict(per <= 12.0),
@@ -465,7 +479,7 @@ fn print_run(what: &str, t: &Target, r: &Run) {
 
 fn summary(label: &str, paced: bool, all: &[Target], runs: &[Vec<Run>]) {
     let mut line = label.to_owned();
-    let mut mar_line = None;
+    let mut mar_lines = Vec::new();
     let mut nginx_cpu = f64::NAN;
     let (mut direct_p99, mut direct_rate) = (f64::NAN, f64::NAN);
     for (ti, t) in all.iter().enumerate() {
@@ -512,23 +526,25 @@ fn summary(label: &str, paced: bool, all: &[Target], runs: &[Vec<Run>]) {
         if t.name == "nginx" {
             nginx_cpu = cpu;
         }
-        if t.name == "mar" {
+        if t.name.starts_with("mar") {
             let extra = if paced {
                 format!(", added p99 {} (≤ 1ms) {}", ms(vs), verdict(vs <= 1000.0))
             } else {
                 String::new()
             };
-            mar_line = Some(format!(
-                "    mar vs targets: {}/frame (≤ 10µs) {}{extra}, lost {lost} {}; mar/nginx CPU per frame {}x",
+            mar_lines.push(format!(
+                "    {} vs targets: {}/frame (≤ 10µs) {}{extra}, lost {lost} {}; {}/nginx CPU per frame {}x",
+                t.name,
                 us(cpu),
                 verdict(cpu <= 10.0),
                 verdict(lost == 0),
+                t.name,
                 report::ratio(cpu / nginx_cpu)
             ));
         }
     }
     println!("{line}");
-    if let Some(l) = mar_line {
+    for l in mar_lines {
         println!("{l}");
     }
 }

@@ -32,11 +32,12 @@ pub struct Mar {
 impl Mar {
     /// Starts `mar serve` (`MAR_BIN`, else `target/debug/mar`) and says which binary it is.
     pub fn start() -> Self {
-        Self::start_with_args(&[])
+        Self::start_with(None, &[])
     }
 
-    /// Like [`Mar::start`], with extra `mar serve` arguments (`--worker-threads 1`).
-    pub fn start_with_args(extra: &[&str]) -> Self {
+    /// Like [`Mar::start`], with a `mar.yaml` and extra `mar serve` arguments
+    /// (`--worker-threads 1`).
+    pub fn start_with(mar_yaml: Option<&str>, extra: &[&str]) -> Self {
         check_mar_bin();
         let bin = mar_bin();
         let debug = bin.components().any(|c| c.as_os_str() == "debug");
@@ -50,7 +51,7 @@ impl Mar {
                 ""
             }
         );
-        let server = MarServer::start_with_args(None, extra);
+        let server = MarServer::start_with_args(mar_yaml, extra);
         let pid = server.pid();
         Self { server, pid }
     }
