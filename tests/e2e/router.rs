@@ -637,3 +637,32 @@ async fn access_log_off_keeps_metrics() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn a_stalled_streamed_response_is_cut_at_the_idle_window() {
+    let mar = MarServer::start_with(Some("response_idle_timeout: 1\n"));
+    mar.deploy_lifecycle("stalling", &[]);
+    let mut c = h1_conn(&mar).await;
+    let req = http::Request::get("/stall?ms=4000")
+        .header("host", "stalling.localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let t = Instant::now();
+    let resp = c.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await;
+    assert!(body.is_err(), "the cut response must not look complete");
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "cut after {:?}",
+        t.elapsed()
+    );
+    let logs = eventually(Duration::from_secs(5), || async {
+        let l = mar
+            .mar(&["logs", "-a", "stalling", "--ps", "router"])
+            .stdout;
+        l.contains("code=H12").then_some(l)
+    })
+    .await;
+    assert!(logs.contains("desc=\"Response idle timeout\""), "{logs}");
+}

@@ -433,6 +433,12 @@ impl Exchange<'_> {
                 record.finish(Some(("H27", "Client Request Interrupted")), bytes_out);
                 false
             }
+            Err((Failure::Timeout, bytes_out)) => {
+                // The app paused a streamed response past the idle window: the client sees
+                // the connection end, as on the general path.
+                record.finish(Some(("H12", "Response idle timeout")), bytes_out);
+                false
+            }
             Err((_, bytes_out)) => {
                 record.finish(
                     Some(("H13", "Connection closed without response")),
@@ -753,7 +759,8 @@ async fn relay_body<IO: AsyncWrite + Unpin>(
         match tokio::time::timeout(idle, stream.read_buf(from_app)).await {
             Ok(Ok(0)) if framing == ResponseBody::UntilClose => eof = true,
             Ok(Ok(n)) if n > 0 => {}
-            _ => return Err((Failure::Broken, sent)),
+            Ok(_) => return Err((Failure::Broken, sent)),
+            Err(_) => return Err((Failure::Timeout, sent)),
         }
     }
 }
