@@ -666,3 +666,50 @@ async fn a_stalled_streamed_response_is_cut_at_the_idle_window() {
     .await;
     assert!(logs.contains("desc=\"Response idle timeout\""), "{logs}");
 }
+
+#[tokio::test]
+async fn a_refusing_instance_is_set_aside_and_requests_retried() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("twin", &[]);
+    let out = mar.mar(&["ps:scale", "-a", "twin", "web=2"]);
+    assert!(out.ok(), "{}", out.all());
+    // The second instance boots in the background.
+    eventually(Duration::from_secs(10), || async {
+        let r = mar.get("twin.localhost", "/env/DYNO").await;
+        (r.body == "web.2").then_some(())
+    })
+    .await;
+    // One of the two instances stops listening but stays up: connections to it are refused.
+    let r = mar.get("twin.localhost", "/unlisten").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let r = mar.get("twin.localhost", "/env/DYNO").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        seen.insert(r.body);
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the listening instance answers: {seen:?}"
+    );
+
+    // With no other instance, the client gets the H21 page and the log says so.
+    mar.deploy_lifecycle("single", &[]);
+    assert_eq!(mar.get("single.localhost", "/unlisten").await.status, 200);
+    // While the app is still closing its listener, a queued connection is reset (H13); once
+    // it is closed, connections are refused (H21).
+    let body = eventually(Duration::from_secs(5), || async {
+        let r = mar.get("single.localhost", "/").await;
+        assert_eq!(r.status, 502, "{}", r.body);
+        r.body.contains("H21").then_some(r.body)
+    })
+    .await;
+    assert!(body.contains("Connection refused"), "{body}");
+    let logs = eventually(Duration::from_secs(5), || async {
+        let l = mar.mar(&["logs", "-a", "single", "--ps", "router"]).stdout;
+        l.contains("code=H21").then_some(l)
+    })
+    .await;
+    assert!(logs.contains("desc=\"Connection refused\""), "{logs}");
+}

@@ -397,6 +397,24 @@ impl Exchange<'_> {
                     skip_pool = true;
                     continue;
                 }
+                // A fresh connection the instance dropped before answering: it is going away
+                // (its listener closed with this connection still queued). As nginx's
+                // `proxy_next_upstream error`, an idempotent request goes to another instance.
+                Err(Failure::Broken)
+                    if replayable
+                        && scratch.from_app.is_empty()
+                        && attempts < 3
+                        && is_idempotent(&self.ctx.method) =>
+                {
+                    up.set_aside();
+                    match proxy.another(&self.ctx.host, &up) {
+                        Some((next, next_guard)) => {
+                            (up, guard) = (next, next_guard);
+                            continue;
+                        }
+                        None => return self.failed(io, Failure::Broken, &up).await,
+                    }
+                }
                 Err(f) => return self.failed(io, f, &up).await,
             }
         };
@@ -613,6 +631,14 @@ impl Exchange<'_> {
         };
         write_page(io, resp, !keep).await && keep
     }
+}
+
+/// Methods that may be sent twice (RFC 9110 §9.2.2).
+fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+    )
 }
 
 async fn connect(addr: std::net::SocketAddr, limit: Duration) -> std::io::Result<TcpStream> {
