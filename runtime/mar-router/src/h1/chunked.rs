@@ -17,7 +17,9 @@ pub(crate) enum ChunkError {
 enum State {
     /// Reading hex digits of a chunk size.
     Size { digits: u8, value: u64 },
-    /// Skipping a chunk extension (or whitespace) up to the CR.
+    /// Whitespace after the size: only more of it, `;` or the CR may follow.
+    SizeWs { value: u64 },
+    /// Skipping a chunk extension up to the CR.
     Ext { len: u16, value: u64 },
     /// Expecting the LF that ends a size line.
     SizeLf { value: u64 },
@@ -27,8 +29,12 @@ enum State {
     DataCr,
     /// Expecting the LF after chunk data.
     DataLf,
-    /// In the trailer section; `at_line_start` when the previous byte ended a line.
-    Trailer { at_line_start: bool },
+    /// At the start of a trailer line: CR ends the body, else a field name begins.
+    TrailerStart,
+    /// In a trailer field's name (a token), up to its colon.
+    TrailerName,
+    /// In a trailer field's value, up to the CR.
+    TrailerValue,
     /// Expecting the LF of a trailer field line.
     TrailerLf,
     /// Expecting the LF of the empty line that ends the body.
@@ -101,9 +107,16 @@ impl Chunked {
                     None if digits == 0 => return Err(ChunkError::Malformed),
                     None => match b {
                         b'\r' => State::SizeLf { value },
-                        b';' | b' ' | b'\t' => State::Ext { len: 0, value },
+                        b';' => State::Ext { len: 0, value },
+                        b' ' | b'\t' => State::SizeWs { value },
                         _ => return Err(ChunkError::Malformed),
                     },
+                },
+                State::SizeWs { value } => match b {
+                    b' ' | b'\t' => State::SizeWs { value },
+                    b';' => State::Ext { len: 0, value },
+                    b'\r' => State::SizeLf { value },
+                    _ => return Err(ChunkError::Malformed),
                 },
                 State::Ext { len, value } => match b {
                     b'\r' => State::SizeLf { value },
@@ -115,9 +128,7 @@ impl Chunked {
                     },
                 },
                 State::SizeLf { value } => match (b, value) {
-                    (b'\n', 0) => State::Trailer {
-                        at_line_start: true,
-                    },
+                    (b'\n', 0) => State::TrailerStart,
                     (b'\n', n) => State::Data(n),
                     _ => return Err(ChunkError::Malformed),
                 },
@@ -132,24 +143,25 @@ impl Chunked {
                     },
                     _ => return Err(ChunkError::Malformed),
                 },
-                State::Trailer { at_line_start } => {
+                State::TrailerStart | State::TrailerName | State::TrailerValue => {
                     self.trailer += 1;
                     if self.trailer > MAX_TRAILER {
                         return Err(ChunkError::TooLarge);
                     }
-                    match (b, at_line_start) {
-                        (b'\r', true) => State::EndLf,
-                        (b'\r', false) => State::TrailerLf,
-                        (b'\n', _) => return Err(ChunkError::Malformed),
-                        _ => State::Trailer {
-                            at_line_start: false,
-                        },
+                    match (self.state, b) {
+                        (State::TrailerStart, b'\r') => State::EndLf,
+                        (State::TrailerStart | State::TrailerName, b) if is_tchar(b) => {
+                            State::TrailerName
+                        }
+                        (State::TrailerName, b':') => State::TrailerValue,
+                        (State::TrailerValue, b'\r') => State::TrailerLf,
+                        (State::TrailerValue, b'\n') => return Err(ChunkError::Malformed),
+                        (State::TrailerValue, _) => State::TrailerValue,
+                        _ => return Err(ChunkError::Malformed),
                     }
                 }
                 State::TrailerLf => match b {
-                    b'\n' => State::Trailer {
-                        at_line_start: true,
-                    },
+                    b'\n' => State::TrailerStart,
                     _ => return Err(ChunkError::Malformed),
                 },
                 State::EndLf => match b {
@@ -161,6 +173,11 @@ impl Chunked {
         }
         Ok(i)
     }
+}
+
+/// A token character (RFC 9110 §5.6.2), as field names are made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -204,7 +221,7 @@ mod tests {
 
     #[test]
     fn whole_body_in_one_piece_and_byte_by_byte() {
-        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let body = b"5\r\nhello\r\n6 ;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         let (n, c) = run(&[body]);
         assert_eq!(n, Ok(body.len() - 4));
         assert!(c.is_done());
@@ -232,6 +249,9 @@ mod tests {
             b"\r\n",
             b"0\r\n\n",
             b"0\r\nX: 1\n",
+            b"5 6\r\nhello\r\n",
+            b"0\r\nGET /x HTTP/1.1\r\n\r\n",
+            b"0\r\n: no name\r\n\r\n",
         ] {
             assert_eq!(run(&[bad]).0, Err(ChunkError::Malformed), "{bad:?}");
         }

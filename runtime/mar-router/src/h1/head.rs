@@ -102,14 +102,14 @@ pub(crate) fn parse_request(buf: &[u8]) -> Parsed {
                 return Parsed::Slow;
             }
         } else if name.eq_ignore_ascii_case("content-length") {
-            let Ok(n) = value.trim().parse::<u64>() else {
+            let Some(n) = content_length(value) else {
                 return Parsed::Slow;
             };
             if length.replace(n).is_some() {
                 return Parsed::Slow;
             }
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if chunked || !value.trim().eq_ignore_ascii_case("chunked") {
+            if chunked || !value.trim_ascii().eq_ignore_ascii_case("chunked") {
                 return Parsed::Slow;
             }
             chunked = true;
@@ -158,6 +158,16 @@ pub(crate) fn parse_request(buf: &[u8]) -> Parsed {
     })
 }
 
+/// A `Content-Length` value: ASCII digits only (no sign, no other whitespace than around it),
+/// so that the router and the app cannot read two different lengths.
+fn content_length(value: &str) -> Option<u64> {
+    let v = value.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
 fn is_framing(name: &str) -> bool {
     name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
 }
@@ -195,6 +205,7 @@ fn connection_named<'a>(headers: &[httparse::Header<'a>]) -> Vec<&'a str> {
             named.extend(v.split(',').map(str::trim).filter(|t| {
                 !t.is_empty()
                     && !is_framing(t)
+                    && !t.eq_ignore_ascii_case("host")
                     && !t.eq_ignore_ascii_case("close")
                     && !t.eq_ignore_ascii_case("keep-alive")
             }));
@@ -234,6 +245,7 @@ pub(crate) fn write_upstream_head(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let named = connection_named(req.headers);
     let mut xff: Option<Vec<u8>> = None;
+    let mut framing = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("x-forwarded-for") {
@@ -251,6 +263,17 @@ pub(crate) fn write_upstream_head(
             header_line(out, name.as_bytes(), h.value);
             continue;
         }
+        if name.eq_ignore_ascii_case("content-length") {
+            // Written once, canonical: the length the router counts is the one the app reads.
+            if let Some(n) = std::str::from_utf8(h.value).ok().and_then(content_length) {
+                framing = Some(RequestBody::Length(n));
+            }
+            continue;
+        }
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            framing = Some(RequestBody::Chunked);
+            continue;
+        }
         if is_hop_by_hop(name)
             || name.eq_ignore_ascii_case("x-forwarded-proto")
             || name.eq_ignore_ascii_case("x-forwarded-port")
@@ -261,6 +284,13 @@ pub(crate) fn write_upstream_head(
             continue;
         }
         header_line(out, name.as_bytes(), h.value);
+    }
+    match framing {
+        Some(RequestBody::Length(n)) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Some(RequestBody::Chunked) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
     }
     if upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
@@ -334,7 +364,7 @@ pub(crate) fn parse_response(buf: &[u8], to_head: bool) -> ResponseParsed {
                 }
             }
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            let Ok(n) = value.trim().parse::<u64>() else {
+            let Some(n) = content_length(value) else {
                 return ResponseParsed::Invalid;
             };
             if length.replace(n).is_some_and(|old| old != n) {
@@ -372,10 +402,19 @@ pub(crate) fn parse_response(buf: &[u8], to_head: bool) -> ResponseParsed {
     })
 }
 
-/// Writes the head the client receives for the app's response head `head`: hop-by-hop
-/// headers dropped, `Transfer-Encoding: chunked` added when the body is re-framed, and
+/// Writes the head the client receives for the app's response head `head` (its body framed as
+/// `framing`): hop-by-hop headers dropped, `Transfer-Encoding: chunked` added when the body is
+/// re-framed (and `Content-Length` dropped beside chunked), and
 /// `Connection: close` when the router closes the client's connection after it.
-pub(crate) fn write_client_head(head: &[u8], rechunk: bool, close: bool, out: &mut Vec<u8>) {
+pub(crate) fn write_client_head(
+    head: &[u8],
+    framing: ResponseBody,
+    close: bool,
+    out: &mut Vec<u8>,
+) {
+    let rechunk = framing == ResponseBody::UntilClose;
+    // A chunked body never goes out with a Content-Length beside it.
+    let chunked = matches!(framing, ResponseBody::Chunked | ResponseBody::UntilClose);
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut storage);
     if !matches!(res.parse(head), Ok(httparse::Status::Complete(_))) {
@@ -391,6 +430,7 @@ pub(crate) fn write_client_head(head: &[u8], rechunk: bool, close: bool, out: &m
     for h in res.headers.iter() {
         if is_hop_by_hop(h.name)
             || (rechunk && h.name.eq_ignore_ascii_case("transfer-encoding"))
+            || (chunked && h.name.eq_ignore_ascii_case("content-length"))
             || named.iter().any(|n| n.eq_ignore_ascii_case(h.name))
         {
             continue;
@@ -471,6 +511,8 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -3\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\u{85}\r\n\r\n",
         ] {
             assert!(is_slow(raw), "{raw:?}");
         }
@@ -537,10 +579,41 @@ mod tests {
     }
 
     #[test]
+    fn framing_headers_reach_the_app_and_the_client_canonical() {
+        let raw = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length:  007 \r\nConnection: host\r\n\r\n";
+        assert_eq!(fast(raw).body, RequestBody::Length(7));
+        let fwd = Forwarded {
+            client_ip: "127.0.0.1".parse().unwrap(),
+            port: 80,
+            tls: false,
+            request_id: "r",
+            start_ms: 1,
+        };
+        let mut out = Vec::new();
+        write_upstream_head(raw.as_bytes(), &fwd, false, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with("POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 7\r\n"),
+            "{out}"
+        );
+        let mut out = Vec::new();
+        write_client_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            ResponseBody::Chunked,
+            false,
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        );
+    }
+
+    #[test]
     fn client_head_drops_hop_by_hop_and_can_rechunk() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n";
         let mut out = Vec::new();
-        write_client_head(raw, true, true, &mut out);
+        write_client_head(raw, ResponseBody::UntilClose, true, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"

@@ -43,6 +43,11 @@ const READ_CHUNK: usize = 16 << 10;
 const HEAD_CHUNK: usize = 4 << 10;
 /// Largest response head accepted from an app.
 const MAX_RESPONSE_HEAD: usize = 64 << 10;
+/// Time a TLS client gets to take the close_notify.
+const TLS_CLOSE: Duration = Duration::from_secs(5);
+/// Buffers that grew past this (a big head, a big body) are given back after the request, so
+/// an idle keep-alive connection stays small.
+const KEEP_BUFFER: usize = 64 << 10;
 /// Body bytes copied next to a head so both go out in one write.
 const COALESCE: usize = 16 << 10;
 
@@ -99,6 +104,20 @@ struct Scratch {
     from_app: BytesMut,
     /// The response head (and body bytes) for the client.
     down: Vec<u8>,
+}
+
+impl Scratch {
+    /// Gives back buffers a big request or response made large.
+    fn shrink(&mut self) {
+        for v in [&mut self.up, &mut self.down] {
+            if v.capacity() > KEEP_BUFFER {
+                *v = Vec::new();
+            }
+        }
+        if self.from_app.capacity() > KEEP_BUFFER && self.from_app.is_empty() {
+            self.from_app = BytesMut::new();
+        }
+    }
 }
 
 /// Serves a client connection until it closes or needs the general path.
@@ -171,11 +190,17 @@ where
                 .run(&mut io, &mut buf, &head, up, guard, &mut scratch)
                 .await
         };
+        scratch.shrink();
+        if buf.capacity() > KEEP_BUFFER && buf.len() < 4096 {
+            let mut small = BytesMut::with_capacity(4096);
+            small.extend_from_slice(&buf);
+            buf = small;
+        }
         if !keep || head.close || shutdown.is_cancelled() {
             // TLS needs its close_notify; a TCP connection's FIN goes out when it is dropped,
             // so a shutdown() first would only cost a syscall per connection.
             if inbound.tls {
-                let _ = io.shutdown().await;
+                let _ = tokio::time::timeout(TLS_CLOSE, io.shutdown()).await;
             }
             return Outcome::Done;
         }
@@ -358,7 +383,11 @@ impl Exchange<'_> {
                     }
                 },
             };
-            let sent = stream.write_all(&scratch.up).await.is_ok();
+            let idle = proxy.timeouts.response_idle;
+            let sent = matches!(
+                tokio::time::timeout(idle, stream.write_all(&scratch.up)).await,
+                Ok(Ok(()))
+            );
             if sent && !body.is_done() {
                 match pump_body(
                     io,
@@ -391,21 +420,22 @@ impl Exchange<'_> {
             match got {
                 Ok(h) => break (stream, h),
                 // A pooled connection the app had closed: nothing reached it.
-                Err(Failure::Broken)
-                    if reused && replayable && scratch.from_app.is_empty() && attempts < 3 =>
-                {
-                    skip_pool = true;
-                    continue;
-                }
-                // A fresh connection the instance dropped before answering: it is going away
-                // (its listener closed with this connection still queued). As nginx's
-                // `proxy_next_upstream error`, an idempotent request goes to another instance.
+                // Sent again only if it may be sent twice: the app may have acted on it before
+                // the connection broke. Not one byte of an answer came back.
                 Err(Failure::Broken)
                     if replayable
                         && scratch.from_app.is_empty()
                         && attempts < 3
                         && is_idempotent(&self.ctx.method) =>
                 {
+                    if reused {
+                        // A pooled connection the app had closed.
+                        skip_pool = true;
+                        continue;
+                    }
+                    // A fresh connection the instance dropped unanswered: it is going away
+                    // (its listener closed with this connection still queued). As nginx's
+                    // `proxy_next_upstream error`, the request goes to another instance.
                     up.set_aside();
                     match proxy.another(&self.ctx.host, &up) {
                         Some((next, next_guard)) => {
@@ -418,15 +448,17 @@ impl Exchange<'_> {
                 Err(f) => return self.failed(io, f, &up).await,
             }
         };
-        let rechunk = response.body == ResponseBody::UntilClose;
         scratch.down.clear();
         head::write_client_head(
             &scratch.from_app[..response.len],
-            rechunk,
+            response.body,
             head.close,
             &mut scratch.down,
         );
         scratch.from_app.advance(response.len);
+        // `service=` is the time to the response head, as on the general path.
+        let mut record = proxy.record_owned(self.ctx, &up.dyno, response.status);
+        record.bytes_in = bytes_in;
         let relayed = relay_body(
             io,
             &mut stream,
@@ -436,8 +468,6 @@ impl Exchange<'_> {
             proxy.timeouts.response_idle,
         )
         .await;
-        let mut record = proxy.record_owned(self.ctx, &up.dyno, response.status);
-        record.bytes_in = bytes_in;
         match relayed {
             Ok(bytes_out) => {
                 record.finish(None, bytes_out);
@@ -529,7 +559,11 @@ impl Exchange<'_> {
         };
         let from_app = &mut scratch.from_app;
         if response.status == 101 {
-            if io.write_all(&from_app[..response.len]).await.is_err() {
+            let idle = proxy.timeouts.response_idle;
+            if write_within(io, &from_app[..response.len], idle)
+                .await
+                .is_err()
+            {
                 return Err(false);
             }
             from_app.advance(response.len);
@@ -541,11 +575,12 @@ impl Exchange<'_> {
         scratch.down.clear();
         head::write_client_head(
             &from_app[..response.len],
-            response.body == ResponseBody::UntilClose,
+            response.body,
             true,
             &mut scratch.down,
         );
         from_app.advance(response.len);
+        let record = proxy.record_owned(self.ctx, &up.dyno, response.status);
         let relayed = relay_body(
             io,
             &mut stream,
@@ -556,7 +591,6 @@ impl Exchange<'_> {
         )
         .await;
         from_app.clear();
-        let record = proxy.record_owned(self.ctx, &up.dyno, response.status);
         match relayed {
             Ok(n) => record.finish(None, n),
             Err((_, n)) => record.finish(Some(("H13", "Connection closed without response")), n),
@@ -629,7 +663,7 @@ impl Exchange<'_> {
                 return false;
             }
         };
-        write_page(io, resp, !keep).await && keep
+        write_page(io, resp, !keep, self.is_head).await && keep
     }
 }
 
@@ -669,10 +703,12 @@ async fn pump_body<IO: AsyncRead + Unpin>(
             }
         }
         let n = body.take(buf, sent, max)?;
-        stream
-            .write_all(&buf[..n])
-            .await
-            .map_err(|_| Failure::Broken)?;
+        // An app that stops reading the body (it answers first, or it is stuck) must not hold
+        // this connection, its instance's in-flight count and a deploy forever.
+        match tokio::time::timeout(idle, stream.write_all(&buf[..n])).await {
+            Ok(Ok(())) => {}
+            _ => return Err(Failure::Broken),
+        }
         buf.advance(n);
     }
     Ok(())
@@ -696,9 +732,7 @@ async fn read_response_head<IO: AsyncWrite + Unpin>(
                 ResponseParsed::Complete(h) if h.status == 101 && upgrade => return Ok(h),
                 ResponseParsed::Complete(h) if h.status == 101 => return Err(Failure::Broken),
                 ResponseParsed::Complete(h) if (100..200).contains(&h.status) => {
-                    io.write_all(&from_app[..h.len])
-                        .await
-                        .map_err(|_| Failure::ClientGone)?;
+                    write_within(io, &from_app[..h.len], first_byte).await?;
                     from_app.advance(h.len);
                     continue;
                 }
@@ -808,6 +842,7 @@ async fn write_page<IO: AsyncWrite + Unpin>(
     io: &mut IO,
     resp: http::Response<Body>,
     close: bool,
+    to_head: bool,
 ) -> bool {
     use std::io::Write;
     let (parts, body) = resp.into_parts();
@@ -836,6 +871,11 @@ async fn write_page<IO: AsyncWrite + Unpin>(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&body);
-    io.write_all(&out).await.is_ok()
+    if !to_head {
+        out.extend_from_slice(&body);
+    }
+    matches!(
+        tokio::time::timeout(TLS_CLOSE, io.write_all(&out)).await,
+        Ok(Ok(()))
+    )
 }

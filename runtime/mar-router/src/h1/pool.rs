@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -15,8 +14,8 @@ const MAX_IDLE_PER_ADDR: usize = 1024;
 /// An idle connection older than this is closed (apps' own keep-alive timeouts are often
 /// shorter; those connections are caught as closed at checkout).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Every this many check-ins, idle connections of every address are swept.
-const SWEEP_EVERY: u64 = 4096;
+/// Idle connections of every address are swept at most this often (at a check-in).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 struct Idle {
     stream: TcpStream,
@@ -26,15 +25,20 @@ struct Idle {
 /// The pool.
 #[derive(Default)]
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    checkins: AtomicU64,
+    idle: Mutex<Idles>,
+}
+
+#[derive(Default)]
+struct Idles {
+    by_addr: HashMap<SocketAddr, Vec<Idle>>,
+    swept: Option<Instant>,
 }
 
 impl Pool {
     /// A quiet idle connection to `addr`, newest first.
     pub fn take(&self, addr: SocketAddr) -> Option<TcpStream> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(&addr)?;
+        let list = idle.by_addr.get_mut(&addr)?;
         while let Some(c) = list.pop() {
             if c.since.elapsed() < IDLE_TIMEOUT && is_quiet(&c.stream) {
                 return Some(c.stream);
@@ -46,19 +50,20 @@ impl Pool {
     /// Returns a connection whose last response was read completely.
     pub fn put(&self, addr: SocketAddr, stream: TcpStream) {
         let now = Instant::now();
-        let sweep = self
-            .checkins
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(SWEEP_EVERY);
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if sweep {
-            // Instances come and go: drop what is stale everywhere, and forget empty entries.
-            idle.retain(|_, list| {
-                list.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT);
+        if idle
+            .swept
+            .is_none_or(|t| now.duration_since(t) >= SWEEP_EVERY)
+        {
+            // Instances come and go: drop what is stale or closed everywhere, and forget
+            // empty entries, so connections to retired instances do not linger.
+            idle.swept = Some(now);
+            idle.by_addr.retain(|_, list| {
+                list.retain(|c| now.duration_since(c.since) < IDLE_TIMEOUT && is_quiet(&c.stream));
                 !list.is_empty()
             });
         }
-        let list = idle.entry(addr).or_default();
+        let list = idle.by_addr.entry(addr).or_default();
         // Oldest first: drop expired ones from the front.
         let expired = list
             .iter()
