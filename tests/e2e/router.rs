@@ -252,6 +252,26 @@ async fn limits_slow_clients_and_malformed_requests() {
     assert_eq!(mar.get("guarded.localhost", "/").await.status, 200);
     let r = mar.get("..%2f..", "/").await;
     assert_eq!(r.status, 404);
+
+    // Framing a lenient app could read differently is refused, not passed on: a signed
+    // Content-Length, and a request smuggled in as a chunked trailer.
+    for raw in [
+        "POST /echo HTTP/1.1\r\nHost: guarded.localhost\r\nContent-Length: +5\r\n\r\nhello",
+        "POST /echo HTTP/1.1\r\nHost: guarded.localhost\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
+        s.write_all(raw.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+            .await
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{raw:?}: {answer}");
+    }
+    let logs = mar
+        .mar(&["logs", "-a", "guarded", "--source", "app"])
+        .stdout;
+    assert!(!logs.contains("/smuggled"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
