@@ -96,7 +96,6 @@ fn rest(buf: &mut BytesMut) -> bytes::Bytes {
 }
 
 /// Buffers reused across the requests of one connection.
-#[derive(Default)]
 struct Scratch {
     /// The request head (and body bytes) for the app.
     up: Vec<u8>,
@@ -107,6 +106,16 @@ struct Scratch {
 }
 
 impl Scratch {
+    /// Room for typical heads up front: growing a Vec from empty costs a chain of
+    /// reallocations on every new connection.
+    fn new() -> Self {
+        Self {
+            up: Vec::with_capacity(1024),
+            from_app: BytesMut::new(),
+            down: Vec::with_capacity(1024),
+        }
+    }
+
     /// Gives back buffers a big request or response made large.
     fn shrink(&mut self) {
         for v in [&mut self.up, &mut self.down] {
@@ -132,7 +141,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(4096);
-    let mut scratch = Scratch::default();
+    let mut scratch = Scratch::new();
     let mut first = true;
     loop {
         let mut head = match read_head(&mut io, &mut buf, limits, first, shutdown).await {
