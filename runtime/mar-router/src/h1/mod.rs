@@ -318,6 +318,25 @@ impl BodyIn {
 }
 
 impl Exchange<'_> {
+    /// Moves the request head out of `buf`, rewritten for the app, into `out`.
+    fn take_head(&self, buf: &mut BytesMut, head: &RequestHead, upgrade: bool, out: &mut Vec<u8>) {
+        let start_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        out.clear();
+        let inbound = &self.ctx.inbound;
+        let forwarded = Forwarded {
+            client_ip: inbound.client.ip(),
+            port: inbound.local.port(),
+            tls: inbound.tls,
+            request_id: &self.ctx.rid,
+            start_ms,
+        };
+        head::write_upstream_head(&buf[..head.len], &forwarded, upgrade, out);
+        buf.advance(head.len);
+    }
+
     /// Forwards the request and relays the response. Returns whether the client connection
     /// can carry another request.
     async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
@@ -330,24 +349,7 @@ impl Exchange<'_> {
         scratch: &mut Scratch,
     ) -> bool {
         let proxy = self.proxy;
-        let start_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        scratch.up.clear();
-        head::write_upstream_head(
-            &buf[..head.len],
-            &Forwarded {
-                client_ip: self.ctx.inbound.client.ip(),
-                port: self.ctx.inbound.local.port(),
-                tls: self.ctx.inbound.tls,
-                request_id: &self.ctx.rid,
-                start_ms,
-            },
-            false,
-            &mut scratch.up,
-        );
-        buf.advance(head.len);
+        self.take_head(buf, head, false, &mut scratch.up);
         let mut body = match head.body {
             RequestBody::Empty => BodyIn::Done,
             RequestBody::Length(n) => BodyIn::Length(n),
@@ -528,24 +530,7 @@ impl Exchange<'_> {
         bool,
     > {
         let proxy = self.proxy;
-        let start_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        scratch.up.clear();
-        head::write_upstream_head(
-            &buf[..head.len],
-            &Forwarded {
-                client_ip: self.ctx.inbound.client.ip(),
-                port: self.ctx.inbound.local.port(),
-                tls: self.ctx.inbound.tls,
-                request_id: &self.ctx.rid,
-                start_ms,
-            },
-            true,
-            &mut scratch.up,
-        );
-        buf.advance(head.len);
+        self.take_head(buf, head, true, &mut scratch.up);
         let Ok(mut stream) = connect(up.addr, proxy.timeouts.connect).await else {
             up.set_aside();
             return Err(self.failed(io, Failure::Refused, &up).await);
