@@ -597,6 +597,20 @@ async fn keep_alive_framing_pipelining_and_the_platform_on_one_connection() {
     assert!(web < chunks, "{answer}");
     assert!(answer.contains("connection: close"), "{answer}");
 
+    // A head sent a byte at a time is read whole.
+    let mut s = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    for b in b"GET /env/DYNO HTTP/1.1\r\nHost: framed.localhost\r\nConnection: close\r\n\r\n" {
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nweb.1"), "{answer}");
+
     // An upgrade the app declines gets the app's answer, and the connection closes after it.
     let mut s = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
     s.write_all(

@@ -229,19 +229,25 @@ async fn read_head<IO: AsyncRead + Unpin>(
     // may idle, and the head timer starts with the next request's first byte.
     let mut deadline = (first || !buf.is_empty())
         .then(|| tokio::time::Instant::now() + limits.header_read_timeout);
+    // A head can only end with a line end: parse again only when one arrived, so a client
+    // that sends its head a byte at a time costs one parse per line, not one per byte.
+    let mut new_line = !buf.is_empty();
     loop {
-        if !buf.is_empty() {
+        if new_line {
             match head::parse_request(buf) {
                 Parsed::Partial if buf.len() < limits.max_header_bytes => {}
                 // Too big: the general path answers 431.
                 Parsed::Partial => return Some(Parsed::Slow),
                 parsed => return Some(parsed),
             }
+        } else if buf.len() >= limits.max_header_bytes {
+            return Some(Parsed::Slow);
         }
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4096);
         }
         let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + KEEPALIVE_IDLE);
+        let before = buf.len();
         let read = tokio::select! {
             r = tokio::time::timeout_at(until, io.read_buf(buf)) => r,
             _ = shutdown.cancelled(), if buf.is_empty() => return None,
@@ -250,6 +256,7 @@ async fn read_head<IO: AsyncRead + Unpin>(
             Ok(Ok(n)) if n > 0 => {}
             _ => return None,
         }
+        new_line = buf[before..].contains(&b'\n');
         deadline.get_or_insert_with(|| tokio::time::Instant::now() + limits.header_read_timeout);
     }
 }
@@ -430,7 +437,6 @@ impl Exchange<'_> {
             };
             match got {
                 Ok(h) => break (stream, h),
-                // A pooled connection the app had closed: nothing reached it.
                 // Sent again only if it may be sent twice: the app may have acted on it before
                 // the connection broke. Not one byte of an answer came back.
                 Err(Failure::Broken)
