@@ -716,6 +716,15 @@ async fn a_refusing_instance_is_set_aside_and_requests_retried() {
     // One of the two instances stops listening but stays up: connections to it are refused.
     let r = mar.get("twin.localhost", "/unlisten").await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // Until its accept loop has stopped, the instance still answers.
+    let stopped = |app: &'static str| {
+        let mar = &mar;
+        eventually(Duration::from_secs(5), move || async move {
+            let l = mar.mar(&["logs", "-a", app, "--source", "app"]).stdout;
+            l.contains("stopped listening").then_some(())
+        })
+    };
+    stopped("twin").await;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..10 {
         let r = mar.get("twin.localhost", "/env/DYNO").await;
@@ -731,15 +740,11 @@ async fn a_refusing_instance_is_set_aside_and_requests_retried() {
     // With no other instance, the client gets the H21 page and the log says so.
     mar.deploy_lifecycle("single", &[]);
     assert_eq!(mar.get("single.localhost", "/unlisten").await.status, 200);
-    // While the app is still closing its listener, a queued connection is reset (H13); once
-    // it is closed, connections are refused (H21).
-    let body = eventually(Duration::from_secs(5), || async {
-        let r = mar.get("single.localhost", "/").await;
-        assert_eq!(r.status, 502, "{}", r.body);
-        r.body.contains("H21").then_some(r.body)
-    })
-    .await;
-    assert!(body.contains("Connection refused"), "{body}");
+    stopped("single").await;
+    let r = mar.get("single.localhost", "/").await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.body.contains("H21"), "{}", r.body);
+    assert!(r.body.contains("Connection refused"), "{}", r.body);
     let logs = eventually(Duration::from_secs(5), || async {
         let l = mar.mar(&["logs", "-a", "single", "--ps", "router"]).stdout;
         l.contains("code=H21").then_some(l)
