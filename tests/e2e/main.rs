@@ -16,4 +16,5 @@ mod platform;
 mod releases;
 mod router;
 mod tidy;
+mod uploads;
 mod websocket;

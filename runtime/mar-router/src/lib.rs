@@ -5,6 +5,7 @@
 //! Invariant: `mar-router` knows nothing about how apps are built or run. It reads the
 //! [`RouteTable`] the runtime publishes and maps every failure to one error page.
 
+mod connector;
 pub mod frames;
 mod h1;
 pub mod metrics;
@@ -14,6 +15,7 @@ pub mod relay;
 mod server;
 mod table;
 mod tracked;
+mod upload;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -16,18 +16,21 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mar_core::AppName;
 use tokio_util::sync::CancellationToken;
 
+use crate::connector::AppConnector;
 use crate::metrics::Metrics;
 use crate::relay::{self, Ended};
 use crate::table::{AppOptions, InFlight, Resolution, Resolved, RouteTable, Upstream};
 use crate::tracked::{LogSink, Record, Tracked};
+use crate::upload::{Upload, UploadStalled, within_first_byte};
 use crate::{Body, InProcess, error_response};
 
 /// Router-wide timeouts.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// Time allowed for an app to start its response (Heroku's H12 after 30 s).
+    /// Time allowed for an app to start its response once it has the whole request
+    /// (Heroku's H12 after 30 s).
     pub first_byte: Duration,
-    /// Longest pause inside a streamed response.
+    /// Longest pause inside a streamed response, and inside a request body's upload (H28).
     pub response_idle: Duration,
     /// Time allowed to open a connection to an instance.
     pub connect: Duration,
@@ -45,14 +48,16 @@ impl Default for Timeouts {
 
 /// What goes to an instance: the client's body, or nothing when a bodyless request is retried.
 /// Bodies without a Content-Length (chunked) are counted as they stream, against the same limit.
-type UpstreamBody =
-    http_body_util::Either<http_body_util::Limited<Incoming>, http_body_util::Empty<bytes::Bytes>>;
+type UpstreamBody = http_body_util::Either<
+    Upload<http_body_util::Limited<Incoming>>,
+    http_body_util::Empty<bytes::Bytes>,
+>;
 
 /// The proxy: resolves each request's Host and sends it on. Cheap to share behind an `Arc`.
 pub struct Proxy {
     pub(crate) table: Arc<RouteTable>,
     platform: Arc<dyn InProcess>,
-    client: Client<HttpConnector, UpstreamBody>,
+    client: Client<AppConnector, UpstreamBody>,
     /// Idle connections to instances, for the HTTP/1.1 fast path.
     pub(crate) pool: crate::h1::Pool,
     log: Option<LogSink>,
@@ -103,7 +108,7 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
-            .build(connector);
+            .build(AppConnector(connector));
         Self {
             table,
             platform,
@@ -284,10 +289,16 @@ impl Proxy {
         // (it is being replaced, or just crashed): keep what is needed to rebuild it.
         let retry = is_bodyless(&req).then(|| (req.method().clone(), req.headers().clone()));
         let max_body = usize::try_from(options.max_body).unwrap_or(usize::MAX);
-        let req = req.map(|b| UpstreamBody::Left(http_body_util::Limited::new(b, max_body)));
+        let (parts, body) = req.into_parts();
+        let (body, sent) = Upload::new(
+            http_body_util::Limited::new(body, max_body),
+            self.timeouts.response_idle,
+        );
+        let req = Request::from_parts(parts, UpstreamBody::Left(body));
         let first = self.timeouts.first_byte;
-        let (up, guard, res) = match tokio::time::timeout(first, self.client.request(req)).await {
-            Ok(Err(e)) if e.is_connect() => {
+        let request = self.client.request(req);
+        let (up, guard, res) = match within_first_byte(request, sent, first).await {
+            Some(Err(e)) if e.is_connect() => {
                 up.set_aside();
                 match (retry, self.another(&ctx.host, &up)) {
                     (Some((method, headers)), Some((next, next_guard))) => {
@@ -302,7 +313,7 @@ impl Proxy {
                         *again.uri_mut() = uri;
                         drop(guard);
                         let res = tokio::time::timeout(first, self.client.request(again)).await;
-                        (next, next_guard, res)
+                        (next, next_guard, res.ok())
                     }
                     _ => return self.refused(&ctx, &up),
                 }
@@ -310,18 +321,29 @@ impl Proxy {
             res => (up, guard, res),
         };
         match res {
-            Ok(Ok(resp)) => {
+            Some(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 let record = self.record(&ctx, &up.dyno, parts.status.as_u16());
                 let body = Tracked::new(body.map_err(Into::into).boxed_unsync(), Some(guard), record, self.timeouts.response_idle);
                 Response::from_parts(parts, body.boxed_unsync())
             }
-            Ok(Err(e)) if e.is_connect() => {
+            Some(Err(e)) if e.is_connect() => {
                 up.set_aside();
                 self.refused(&ctx, &up)
             }
-            Ok(Err(e)) if body_too_large(&e) => self.fail(
+            Some(Err(e)) if body_error::<UploadStalled>(&e) => self.fail(
+                &ctx,
+                StatusCode::REQUEST_TIMEOUT,
+                "H28",
+                "Client connection idle",
+                &format!(
+                    "The client sent nothing of its request body for {} seconds.",
+                    self.timeouts.response_idle.as_secs()
+                ),
+                &up.dyno,
+            ),
+            Some(Err(e)) if body_error::<http_body_util::LengthLimitError>(&e) => self.fail(
                 &ctx,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "H413",
@@ -329,7 +351,7 @@ impl Proxy {
                 &format!("This app accepts request bodies of at most {} bytes.", options.max_body),
                 &up.dyno,
             ),
-            Ok(Err(_)) => self.fail(
+            Some(Err(_)) => self.fail(
                 &ctx,
                 StatusCode::BAD_GATEWAY,
                 "H13",
@@ -337,7 +359,7 @@ impl Proxy {
                 &format!("The app's instance {} closed the connection before sending a complete response.", up.dyno),
                 &up.dyno,
             ),
-            Err(_) => self.fail(
+            None => self.fail(
                 &ctx,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "H12",
@@ -509,11 +531,12 @@ pub(crate) async fn websocket_session<C, B>(
     }
 }
 
-/// Whether the upstream call failed because the client's body went past the limit.
-fn body_too_large(e: &hyper_util::client::legacy::Error) -> bool {
+/// Whether the upstream call failed because of the client's body: an `E` (past the limit,
+/// stalled) somewhere in its chain of causes.
+fn body_error<E: std::error::Error + 'static>(e: &hyper_util::client::legacy::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
+        if s.is::<E>() {
             return true;
         }
         source = s.source();

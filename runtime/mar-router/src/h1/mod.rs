@@ -48,6 +48,9 @@ const TLS_CLOSE: Duration = Duration::from_secs(5);
 /// Buffers that grew past this (a big head, a big body) are given back after the request, so
 /// an idle keep-alive connection stays small.
 const KEEP_BUFFER: usize = 64 << 10;
+/// How long a client that is still sending a body it will never have read is given to see
+/// its response before the connection closes.
+const LINGER: Duration = Duration::from_secs(5);
 /// Body bytes copied next to a head so both go out in one write.
 const COALESCE: usize = 16 << 10;
 
@@ -273,6 +276,8 @@ enum Failure {
     BadBody,
     /// The client's body went past the app's limit.
     TooLarge,
+    /// The client stopped sending its body for the idle window (H28).
+    ClientIdle,
     /// The client went away or stalled; nothing more can be said to it.
     ClientGone,
 }
@@ -283,6 +288,15 @@ struct Exchange<'a> {
     ctx: Ctx,
     options: &'a AppOptions,
     is_head: bool,
+}
+
+/// The part of a request body still to come from the client.
+struct Upload {
+    body: BodyIn,
+    /// Body bytes at the front of the read buffer, counted and not yet written to the app.
+    pending: usize,
+    /// Body bytes taken from the client so far.
+    bytes_in: u64,
 }
 
 /// Request body still to be sent.
@@ -407,27 +421,24 @@ impl Exchange<'_> {
                 Ok(Ok(()))
             );
             if sent && !body.is_done() {
-                match pump_body(
-                    io,
-                    buf,
-                    &mut stream,
-                    &mut body,
-                    &mut bytes_in,
-                    max_body,
-                    proxy.timeouts.response_idle,
-                )
-                .await
-                {
-                    Ok(()) => {}
-                    Err(f) => return self.failed(io, f, &up).await,
-                }
+                // The rest of the body is still with the client: never sent twice.
+                let upload = Upload {
+                    body,
+                    pending: 0,
+                    bytes_in,
+                };
+                return self
+                    .duplex(io, buf, head, stream, upload, (up, guard), scratch)
+                    .await;
             }
             let got = if sent {
+                let first_byte = tokio::time::Instant::now() + proxy.timeouts.first_byte;
                 read_response_head(
                     &mut stream,
                     &mut scratch.from_app,
                     self.is_head,
                     false,
+                    Some(first_byte),
                     proxy.timeouts.first_byte,
                     io,
                 )
@@ -485,34 +496,147 @@ impl Exchange<'_> {
             proxy.timeouts.response_idle,
         )
         .await;
-        match relayed {
-            Ok(bytes_out) => {
-                record.finish(None, bytes_out);
-                if response.keep_alive && scratch.from_app.is_empty() && !up.retire.is_cancelled() {
-                    proxy.pool.put(up.addr, stream);
-                }
-                drop(guard);
-                true
-            }
-            Err((Failure::ClientGone, bytes_out)) => {
-                record.finish(Some(("H27", "Client Request Interrupted")), bytes_out);
-                false
-            }
-            Err((Failure::Timeout, bytes_out)) => {
-                // The app paused a streamed response past the idle window: the client sees
-                // the connection end, as on the general path.
-                record.finish(Some(("H12", "Response idle timeout")), bytes_out);
-                false
-            }
-            Err((_, bytes_out)) => {
-                record.finish(
-                    Some(("H13", "Connection closed without response")),
-                    bytes_out,
-                );
-                scratch.from_app.clear();
-                false
-            }
+        finish_relay(&record, &relayed);
+        if relayed.is_err() {
+            scratch.from_app.clear();
+            return false;
         }
+        if response.keep_alive && scratch.from_app.is_empty() && !up.retire.is_cancelled() {
+            proxy.pool.put(up.addr, stream);
+        }
+        drop(guard);
+        true
+    }
+
+    /// Sends the rest of the request body while waiting for the response, and goes on sending
+    /// it while the response is relayed. An app may answer before it has read the whole body
+    /// (a 413, a redirect), or stream its answer as it reads: neither waits for the upload.
+    /// The first-byte timer starts once the body is sent; until then every read from the
+    /// client and every write to the app gets the idle window, so a slow upload is not cut
+    /// while it moves. Returns whether the client connection can carry another request: only
+    /// when the client's body was read to its end before the response began.
+    #[allow(clippy::too_many_arguments)]
+    async fn duplex<IO: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        io: &mut IO,
+        buf: &mut BytesMut,
+        head: &RequestHead,
+        mut stream: TcpStream,
+        mut upload: Upload,
+        (up, guard): (Upstream, InFlight),
+        scratch: &mut Scratch,
+    ) -> bool {
+        let proxy = self.proxy;
+        let (idle, first_byte) = (proxy.timeouts.response_idle, proxy.timeouts.first_byte);
+        let max_body = self.options.max_body;
+        let (mut client_in, mut client_out) = tokio::io::split(&mut *io);
+        let (mut app_in, mut app_out) = stream.split();
+        // `Some(true)` once the whole body was sent, `Some(false)` when the app stopped
+        // taking it (it answered early, or closed).
+        let mut uploaded: Option<bool> = None;
+        let response = {
+            let reading = read_response_head(
+                &mut app_in,
+                &mut scratch.from_app,
+                self.is_head,
+                false,
+                None,
+                first_byte,
+                &mut client_out,
+            );
+            tokio::pin!(reading);
+            let pump = pump_body(
+                &mut client_in,
+                buf,
+                &mut app_out,
+                &mut upload,
+                max_body,
+                idle,
+            );
+            tokio::pin!(pump);
+            let mut deadline = None;
+            loop {
+                tokio::select! {
+                    done = &mut pump, if uploaded.is_none() => match done {
+                        Ok(()) => uploaded = Some(true),
+                        // The app may have answered before it closed: wait for that answer.
+                        Err(Failure::Broken) => uploaded = Some(false),
+                        Err(f) => break Err(f),
+                    },
+                    got = &mut reading => break got,
+                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                        if deadline.is_some() => break Err(Failure::Timeout),
+                }
+                if uploaded.is_some() && deadline.is_none() {
+                    deadline = Some(tokio::time::Instant::now() + first_byte);
+                }
+            }
+        };
+        let response = match response {
+            Ok(r) => r,
+            Err(f) => {
+                let keep = self.failed(&mut client_out, f, &up).await;
+                if uploaded != Some(true) {
+                    linger(&mut client_in, &mut client_out).await;
+                }
+                return keep && uploaded == Some(true);
+            }
+        };
+        // A client still sending its body cannot send another request on this connection.
+        let in_step = uploaded == Some(true);
+        scratch.down.clear();
+        head::write_client_head(
+            &scratch.from_app[..response.len],
+            response.body,
+            head.close || !in_step,
+            &mut scratch.down,
+        );
+        scratch.from_app.advance(response.len);
+        let mut record = proxy.record_owned(self.ctx, &up.dyno, response.status);
+        let relayed = {
+            let relay = relay_body(
+                &mut client_out,
+                &mut app_in,
+                response.body,
+                &mut scratch.from_app,
+                &mut scratch.down,
+                idle,
+            );
+            tokio::pin!(relay);
+            let pump = pump_body(
+                &mut client_in,
+                buf,
+                &mut app_out,
+                &mut upload,
+                max_body,
+                idle,
+            );
+            tokio::pin!(pump);
+            loop {
+                tokio::select! {
+                    done = &mut pump, if uploaded.is_none() => uploaded = Some(done.is_ok()),
+                    relayed = &mut relay => break relayed,
+                }
+            }
+        };
+        record.bytes_in = upload.bytes_in;
+        finish_relay(&record, &relayed);
+        if uploaded != Some(true) {
+            linger(&mut client_in, &mut client_out).await;
+        }
+        if relayed.is_err() {
+            scratch.from_app.clear();
+            return false;
+        }
+        if uploaded == Some(true)
+            && response.keep_alive
+            && scratch.from_app.is_empty()
+            && !up.retire.is_cancelled()
+        {
+            proxy.pool.put(up.addr, stream);
+        }
+        drop(guard);
+        in_step
     }
 
     /// Sends an upgrade request (WebSocket handshake) on a fresh connection to the app. On
@@ -544,11 +668,13 @@ impl Exchange<'_> {
         if stream.write_all(&scratch.up).await.is_err() {
             return Err(self.failed(io, Failure::Refused, &up).await);
         }
+        let first_byte = tokio::time::Instant::now() + proxy.timeouts.first_byte;
         let response = match read_response_head(
             &mut stream,
             &mut scratch.from_app,
             false,
             true,
+            Some(first_byte),
             proxy.timeouts.first_byte,
             io,
         )
@@ -657,6 +783,20 @@ impl Exchange<'_> {
                 ),
                 false,
             ),
+            Failure::ClientIdle => (
+                p.fail(
+                    &self.ctx,
+                    StatusCode::REQUEST_TIMEOUT,
+                    "H28",
+                    "Client connection idle",
+                    &format!(
+                        "The client sent nothing of its request body for {} seconds.",
+                        p.timeouts.response_idle.as_secs()
+                    ),
+                    dyno,
+                ),
+                false,
+            ),
             Failure::ClientGone => {
                 p.record(&self.ctx, dyno, 499)
                     .finish(Some(("H27", "Client Request Interrupted")), 0);
@@ -665,6 +805,41 @@ impl Exchange<'_> {
         };
         write_page(io, resp, !keep, self.is_head).await && keep
     }
+}
+
+/// Logs how relaying a response body ended.
+fn finish_relay(record: &crate::tracked::Record, relayed: &Result<u64, (Failure, u64)>) {
+    let error = match relayed {
+        Ok(_) => None,
+        Err((Failure::ClientGone, _)) => Some(("H27", "Client Request Interrupted")),
+        // The app paused a streamed response past the idle window: the client sees the
+        // connection end, as on the general path.
+        Err((Failure::Timeout, _)) => Some(("H12", "Response idle timeout")),
+        Err(_) => Some(("H13", "Connection closed without response")),
+    };
+    let (Ok(bytes_out) | Err((_, bytes_out))) = *relayed;
+    record.finish(error, bytes_out);
+}
+
+/// Closes a client connection whose request body was not read to its end. Closing at once
+/// would reset the connection while the client is still sending, and a reset can destroy
+/// the response before the client reads it: so the write side closes first and what the
+/// client still sends is read and dropped for a short while (nginx's lingering close).
+async fn linger<R, W>(client_in: &mut R, client_out: &mut W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let drain = async {
+        let _ = client_out.shutdown().await;
+        let mut sink = [0u8; 8192];
+        while let Ok(n) = client_in.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Methods that may be sent twice (RFC 9110 §9.2.2).
@@ -684,55 +859,73 @@ async fn connect(addr: std::net::SocketAddr, limit: Duration) -> std::io::Result
     Ok(s)
 }
 
-/// Sends the rest of a request body as the client sends it.
-async fn pump_body<IO: AsyncRead + Unpin>(
-    io: &mut IO,
+/// Sends the rest of a request body as the client sends it. Cancel-safe: all progress lives
+/// in `upload` and `buf` (the bytes at the front of `buf` already counted as body and not yet
+/// written are `upload.pending`), so a call cut short by the app's answer can be resumed.
+async fn pump_body<R, W>(
+    client: &mut R,
     buf: &mut BytesMut,
-    stream: &mut TcpStream,
-    body: &mut BodyIn,
-    sent: &mut u64,
+    app: &mut W,
+    upload: &mut Upload,
     max: u64,
     idle: Duration,
-) -> Result<(), Failure> {
-    while !body.is_done() {
+) -> Result<(), Failure>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        if upload.pending > 0 {
+            // An app that stops reading the body (it answered first, or it is stuck) must not
+            // hold this connection, its instance's in-flight count and a deploy forever.
+            match tokio::time::timeout(idle, app.write(&buf[..upload.pending])).await {
+                Ok(Ok(n)) if n > 0 => {
+                    buf.advance(n);
+                    upload.pending -= n;
+                }
+                _ => return Err(Failure::Broken),
+            }
+            continue;
+        }
+        if upload.body.is_done() {
+            return Ok(());
+        }
         if buf.is_empty() {
             buf.reserve(READ_CHUNK);
-            match tokio::time::timeout(idle, io.read_buf(buf)).await {
+            match tokio::time::timeout(idle, client.read_buf(buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                _ => return Err(Failure::ClientGone),
+                Ok(_) => return Err(Failure::ClientGone),
+                Err(_) => return Err(Failure::ClientIdle),
             }
         }
-        let n = body.take(buf, sent, max)?;
-        // An app that stops reading the body (it answers first, or it is stuck) must not hold
-        // this connection, its instance's in-flight count and a deploy forever.
-        match tokio::time::timeout(idle, stream.write_all(&buf[..n])).await {
-            Ok(Ok(())) => {}
-            _ => return Err(Failure::Broken),
-        }
-        buf.advance(n);
+        upload.pending = upload.body.take(buf, &mut upload.bytes_in, max)?;
     }
-    Ok(())
 }
 
 /// Reads the app's response head into `from_app`, passing interim (1xx) responses on to the
 /// client.
-async fn read_response_head<IO: AsyncWrite + Unpin>(
-    stream: &mut TcpStream,
+/// `deadline` bounds the wait (the first-byte timeout); `None` leaves that to the caller.
+async fn read_response_head<S, IO>(
+    stream: &mut S,
     from_app: &mut BytesMut,
     to_head: bool,
     upgrade: bool,
-    first_byte: Duration,
+    deadline: Option<tokio::time::Instant>,
+    write_limit: Duration,
     io: &mut IO,
-) -> Result<head::ResponseHead, Failure> {
+) -> Result<head::ResponseHead, Failure>
+where
+    S: AsyncRead + Unpin,
+    IO: AsyncWrite + Unpin,
+{
     from_app.clear();
-    let deadline = tokio::time::Instant::now() + first_byte;
     loop {
         if !from_app.is_empty() {
             match head::parse_response(from_app, to_head) {
                 ResponseParsed::Complete(h) if h.status == 101 && upgrade => return Ok(h),
                 ResponseParsed::Complete(h) if h.status == 101 => return Err(Failure::Broken),
                 ResponseParsed::Complete(h) if (100..200).contains(&h.status) => {
-                    write_within(io, &from_app[..h.len], first_byte).await?;
+                    write_within(io, &from_app[..h.len], write_limit).await?;
                     from_app.advance(h.len);
                     continue;
                 }
@@ -745,7 +938,11 @@ async fn read_response_head<IO: AsyncWrite + Unpin>(
             }
         }
         from_app.reserve(HEAD_CHUNK);
-        match tokio::time::timeout_at(deadline, stream.read_buf(from_app)).await {
+        let read = match deadline {
+            Some(at) => tokio::time::timeout_at(at, stream.read_buf(from_app)).await,
+            None => Ok(stream.read_buf(from_app).await),
+        };
+        match read {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Err(Failure::Broken),
             Err(_) => return Err(Failure::Timeout),
@@ -755,9 +952,9 @@ async fn read_response_head<IO: AsyncWrite + Unpin>(
 
 /// Relays the response body after its head (in `down`), framed as the app framed it (or
 /// chunked, when the app ends it by closing). Returns the body bytes sent, or why it stopped.
-async fn relay_body<IO: AsyncWrite + Unpin>(
+async fn relay_body<IO: AsyncWrite + Unpin, S: AsyncRead + Unpin>(
     io: &mut IO,
-    stream: &mut TcpStream,
+    stream: &mut S,
     framing: ResponseBody,
     from_app: &mut BytesMut,
     down: &mut Vec<u8>,

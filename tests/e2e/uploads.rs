@@ -1,0 +1,161 @@
+//! Request bodies through the router, on the fast path and on the general (hyper) path: an
+//! app that answers before it has read the upload, an app that answers while it reads,
+//! uploads that stall and uploads that are merely slow.
+
+use std::time::Duration;
+
+use mar_tests::{MarServer, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `Expect: 100-continue` sends a request down the general path.
+const PATHS: [(&str, &str); 2] = [("fast", ""), ("general", "Expect: 100-continue\r\n")];
+
+/// Reads until `needle` has arrived (or fails after 10 s: the answer is stuck).
+async fn read_until(s: &mut (impl AsyncReadExt + Unpin), seen: &mut String, needle: &str) {
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while !seen.contains(needle) {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        matches!(found, Ok(true)),
+        "waited for {needle:?}, got: {seen}"
+    );
+}
+
+#[tokio::test]
+async fn an_early_answer_reaches_a_client_still_uploading() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("early", &[]);
+    for (path, extra) in PATHS {
+        let s = TcpStream::connect(mar.addr).await.unwrap();
+        let (mut rd, mut wr) = s.into_split();
+        let size = 16usize << 20;
+        wr.write_all(
+            format!(
+                "POST /early HTTP/1.1\r\nHost: early.localhost\r\nContent-Length: {size}\r\n{extra}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        // A real client keeps sending while it watches for an answer.
+        let writer = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 << 10];
+            let mut sent = 0;
+            while sent < size {
+                if wr.write_all(&chunk).await.is_err() {
+                    break;
+                }
+                sent += chunk.len();
+            }
+        });
+        let mut answer = String::new();
+        read_until(&mut rd, &mut answer, "too big for me").await;
+        assert!(
+            answer.contains("HTTP/1.1 413"),
+            "{path} path: the app's own answer, not a router error: {answer}"
+        );
+        writer.abort();
+    }
+    let logs = eventually(Duration::from_secs(5), || async {
+        let l = mar.mar(&["logs", "-a", "early", "--ps", "router"]).stdout;
+        (l.matches("status=413").count() >= 2).then_some(l)
+    })
+    .await;
+    assert!(!logs.contains("code=H13"), "{logs}");
+}
+
+#[tokio::test]
+async fn an_app_streams_its_answer_while_it_reads_the_upload() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("duplex", &[]);
+    for (path, extra) in PATHS {
+        let mut s = TcpStream::connect(mar.addr).await.unwrap();
+        s.write_all(
+            format!(
+                "POST /duplex?parts=4 HTTP/1.1\r\nHost: duplex.localhost\r\nContent-Length: 4000\r\n{extra}\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut answer = String::new();
+        // Each part goes out only once the app has answered the one before: a router that
+        // waits for the whole body before it reads the response never gets past part 1.
+        for part in 1..=4 {
+            s.write_all(&[b'y'; 1000]).await.unwrap();
+            read_until(&mut s, &mut answer, &format!("got {part} 1000")).await;
+        }
+        read_until(&mut s, &mut answer, "0\r\n\r\n").await;
+        assert!(answer.contains("HTTP/1.1 200"), "{path} path: {answer}");
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_upload_gets_408_and_a_slow_one_is_not_cut() {
+    let mar = MarServer::start_with(Some("request_timeout: 2\nresponse_idle_timeout: 2\n"));
+    mar.deploy_lifecycle("uploads", &[]);
+    let stalled = |extra: &'static str| {
+        let addr = mar.addr;
+        async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                format!("POST /echo HTTP/1.1\r\nHost: uploads.localhost\r\nContent-Length: 100\r\n{extra}\r\n0123456789")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut answer = String::new();
+            read_until(&mut s, &mut answer, "H28").await;
+            answer
+        }
+    };
+    // Ten bytes a second for five seconds: longer than the first-byte timeout in all, but
+    // never idle for the idle window.
+    let slow = |extra: &'static str| {
+        let addr = mar.addr;
+        async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                format!("POST /echo HTTP/1.1\r\nHost: uploads.localhost\r\nContent-Length: 50\r\nConnection: close\r\n{extra}\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                s.write_all(b"0123456789").await.unwrap();
+            }
+            let mut answer = String::new();
+            read_until(&mut s, &mut answer, &"0123456789".repeat(5)).await;
+            answer
+        }
+    };
+    let (fast_stalled, general_stalled, fast_slow, general_slow) = tokio::join!(
+        stalled(PATHS[0].1),
+        stalled(PATHS[1].1),
+        slow(PATHS[0].1),
+        slow(PATHS[1].1)
+    );
+    for answer in [fast_stalled, general_stalled] {
+        assert!(answer.contains("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("Client connection idle"), "{answer}");
+    }
+    for answer in [fast_slow, general_slow] {
+        assert!(answer.contains("HTTP/1.1 200"), "{answer}");
+    }
+    let logs = eventually(Duration::from_secs(5), || async {
+        let l = mar.mar(&["logs", "-a", "uploads", "--ps", "router"]).stdout;
+        (l.matches("code=H28").count() >= 2).then_some(l)
+    })
+    .await;
+    assert!(!logs.contains("code=H12"), "{logs}");
+}
