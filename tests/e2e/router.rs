@@ -702,6 +702,36 @@ async fn a_stalled_streamed_response_is_cut_at_the_idle_window() {
 }
 
 #[tokio::test]
+async fn an_answer_broken_off_by_the_app_is_logged_h18_on_both_paths() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("cutting", &[]);
+    // HTTP/1.0 goes down the general path.
+    for version in ["1.1", "1.0"] {
+        let mut s = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
+        s.write_all(
+            format!("GET /cut HTTP/{version}\r\nHost: cutting.localhost\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the client connection must end");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.contains(" 200 OK"), "{answer}");
+        assert!(answer.ends_with("0123456789"), "{answer}");
+    }
+    let logs = eventually(Duration::from_secs(5), || async {
+        let l = mar.mar(&["logs", "-a", "cutting", "--ps", "router"]).stdout;
+        (l.matches("code=H18 desc=\"Server Request Interrupted\"")
+            .count()
+            == 2)
+            .then_some(l)
+    })
+    .await;
+    assert!(!logs.contains("H27"), "{logs}");
+}
+
+#[tokio::test]
 async fn a_refusing_instance_is_set_aside_and_requests_retried() {
     let mar = MarServer::start();
     mar.deploy_lifecycle("twin", &[]);

@@ -1,6 +1,7 @@
 //! The response body of a proxied request, wrapped: it keeps the request counted as in flight,
 //! cuts a streamed response that stalls longer than the idle window, and when it ends (or the
-//! client goes away first: H27) writes the access log line and the metrics.
+//! client goes away first: H27; the app breaks off its answer: H18) writes the access log
+//! line and the metrics.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -141,7 +142,13 @@ impl HttpBody for Tracked {
                 }
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                // The app broke the connection after its response head (Heroku's H18).
+                if let Some(r) = this.record.take() {
+                    r.finish(Some(("H18", "Server Request Interrupted")), this.bytes);
+                }
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Pending => {
                 // A streamed response may pause, but not forever: past the idle window the
                 // router gives up on it (and the client sees the connection end).

@@ -717,10 +717,7 @@ impl Exchange<'_> {
         )
         .await;
         from_app.clear();
-        match relayed {
-            Ok(n) => record.finish(None, n),
-            Err((_, n)) => record.finish(Some(("H13", "Connection closed without response")), n),
-        }
+        finish_relay(&record, &relayed);
         Err(false)
     }
 
@@ -815,7 +812,8 @@ fn finish_relay(record: &crate::tracked::Record, relayed: &Result<u64, (Failure,
         // The app paused a streamed response past the idle window: the client sees the
         // connection end, as on the general path.
         Err((Failure::Timeout, _)) => Some(("H12", "Response idle timeout")),
-        Err(_) => Some(("H13", "Connection closed without response")),
+        // The head went out, so the client has part of an answer: Heroku's H18.
+        Err(_) => Some(("H18", "Server Request Interrupted")),
     };
     let (Ok(bytes_out) | Err((_, bytes_out))) = *relayed;
     record.finish(error, bytes_out);
