@@ -3,7 +3,11 @@
 //! resets it, and the next write of the body fails. hyper's client gives up on the exchange at
 //! that write error even though the app's answer is waiting in the receive buffer. Here a
 //! write that fails because the app is gone is taken as sent, so hyper goes on to read the
-//! answer; when there is none, the read fails and the request still ends in H13.
+//! answer; when there is none, the read fails and the request still ends in H13. Such a
+//! connection is never reused: after a reset, reads end in an error and hyper drops it.
+//!
+//! A write that makes no progress for the idle window (the app stopped reading without
+//! answering) fails with [`AppStalled`], so the request ends instead of waiting forever.
 
 use std::future::Future;
 use std::io;
@@ -15,10 +19,17 @@ use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
-/// [`HttpConnector`], with connections that outlive the app's reading side.
+/// Why a write to an app failed: it took nothing for the idle window.
+#[derive(Debug, thiserror::Error)]
+#[error("the app stopped reading the request")]
+pub(crate) struct AppStalled;
+
+/// [`HttpConnector`], with connections that outlive the app's reading side; writes get the
+/// idle window (the `Duration`).
 #[derive(Clone)]
-pub(crate) struct AppConnector(pub HttpConnector);
+pub(crate) struct AppConnector(pub HttpConnector, pub std::time::Duration);
 
 impl tower_service::Service<Uri> for AppConnector {
     type Response = AppConnection;
@@ -32,10 +43,13 @@ impl tower_service::Service<Uri> for AppConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.0.call(uri);
+        let idle = self.1;
         Box::pin(async move {
             connecting.await.map(|io| AppConnection {
                 io,
                 write_gone: false,
+                idle,
+                stall: None,
             })
         })
     }
@@ -44,8 +58,12 @@ impl tower_service::Service<Uri> for AppConnector {
 /// A connection to an app instance; see the module docs.
 pub(crate) struct AppConnection {
     io: TokioIo<TcpStream>,
-    /// The app stopped reading: further writes are dropped.
+    /// The app is gone: further writes are dropped.
     write_gone: bool,
+    /// How long a write may wait for the app to take bytes.
+    idle: std::time::Duration,
+    /// Armed while a write waits.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 /// Errors that mean the peer closed or reset its side.
@@ -57,14 +75,34 @@ fn peer_gone(e: &io::Error) -> bool {
 }
 
 impl AppConnection {
-    /// `n` bytes "written" when the app is gone, else the write's own result.
-    fn forgive(&mut self, r: Poll<io::Result<usize>>, n: usize) -> Poll<io::Result<usize>> {
+    /// A write's outcome, `n` being what it offered: taken as written when the app is gone,
+    /// an [`AppStalled`] error when it waited for the idle window.
+    fn settle<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<T>>,
+        n: T,
+    ) -> Poll<io::Result<T>> {
         match r {
+            Poll::Ready(Ok(v)) => {
+                self.stall = None;
+                Poll::Ready(Ok(v))
+            }
             Poll::Ready(Err(e)) if peer_gone(&e) => {
                 self.write_gone = true;
                 Poll::Ready(Ok(n))
             }
-            r => r,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let idle = self.idle;
+                let stall = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, AppStalled)));
+                }
+                Poll::Pending
+            }
         }
     }
 }
@@ -89,7 +127,7 @@ impl Write for AppConnection {
             return Poll::Ready(Ok(buf.len()));
         }
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.forgive(r, buf.len())
+        self.settle(cx, r, buf.len())
     }
 
     fn poll_write_vectored(
@@ -102,7 +140,7 @@ impl Write for AppConnection {
             return Poll::Ready(Ok(n));
         }
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.forgive(r, n)
+        self.settle(cx, r, n)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -113,13 +151,8 @@ impl Write for AppConnection {
         if self.write_gone {
             return Poll::Ready(Ok(()));
         }
-        match Pin::new(&mut self.io).poll_flush(cx) {
-            Poll::Ready(Err(e)) if peer_gone(&e) => {
-                self.write_gone = true;
-                Poll::Ready(Ok(()))
-            }
-            r => r,
-        }
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.settle(cx, r, ())
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -16,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use mar_core::AppName;
 use tokio_util::sync::CancellationToken;
 
-use crate::connector::AppConnector;
+use crate::connector::{AppConnector, AppStalled};
 use crate::metrics::Metrics;
 use crate::relay::{self, Ended};
 use crate::table::{AppOptions, InFlight, Resolution, Resolved, RouteTable, Upstream};
@@ -108,7 +108,7 @@ impl Proxy {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
-            .build(AppConnector(connector));
+            .build(AppConnector(connector, timeouts.response_idle));
         Self {
             table,
             platform,
@@ -294,6 +294,7 @@ impl Proxy {
             http_body_util::Limited::new(body, max_body),
             self.timeouts.response_idle,
         );
+        let fault = body.fault();
         let req = Request::from_parts(parts, UpstreamBody::Left(body));
         let first = self.timeouts.first_byte;
         let request = self.client.request(req);
@@ -325,14 +326,27 @@ impl Proxy {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 let record = self.record(&ctx, &up.dyno, parts.status.as_u16());
-                let body = Tracked::new(body.map_err(Into::into).boxed_unsync(), Some(guard), record, self.timeouts.response_idle);
+                let body = Tracked::new(body.map_err(Into::into).boxed_unsync(), Some(guard), record, self.timeouts.response_idle)
+                    .with_upload(fault);
                 Response::from_parts(parts, body.boxed_unsync())
             }
             Some(Err(e)) if e.is_connect() => {
                 up.set_aside();
                 self.refused(&ctx, &up)
             }
-            Some(Err(e)) if body_error::<UploadStalled>(&e) => self.fail(
+            Some(Err(e)) if caused_by::<AppStalled>(&e) => self.fail(
+                &ctx,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "H12",
+                "Request timeout",
+                &format!(
+                    "The app ({}) stopped reading the request for {} seconds without answering.",
+                    up.dyno,
+                    self.timeouts.response_idle.as_secs()
+                ),
+                &up.dyno,
+            ),
+            Some(Err(e)) if caused_by::<UploadStalled>(&e) => self.fail(
                 &ctx,
                 StatusCode::REQUEST_TIMEOUT,
                 "H28",
@@ -343,7 +357,7 @@ impl Proxy {
                 ),
                 &up.dyno,
             ),
-            Some(Err(e)) if body_error::<http_body_util::LengthLimitError>(&e) => self.fail(
+            Some(Err(e)) if caused_by::<http_body_util::LengthLimitError>(&e) => self.fail(
                 &ctx,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "H413",
@@ -351,6 +365,22 @@ impl Proxy {
                 &format!("This app accepts request bodies of at most {} bytes.", options.max_body),
                 &up.dyno,
             ),
+            Some(Err(_)) if fault.get().is_some_and(|f| f.0 == "H400") => self.fail(
+                &ctx,
+                StatusCode::BAD_REQUEST,
+                "H400",
+                "Bad request",
+                "The request body's chunked encoding is malformed.",
+                &up.dyno,
+            ),
+            Some(Err(_)) if fault.get().is_some_and(|f| f.0 == "H27") => {
+                // The client went away mid-upload: nobody is left to read a page.
+                self.record(&ctx, &up.dyno, 499)
+                    .finish(Some(("H27", "Client Request Interrupted")), 0);
+                let mut gone = Response::new(crate::full(bytes::Bytes::new()));
+                *gone.status_mut() = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+                gone
+            }
             Some(Err(_)) => self.fail(
                 &ctx,
                 StatusCode::BAD_GATEWAY,
@@ -531,12 +561,17 @@ pub(crate) async fn websocket_session<C, B>(
     }
 }
 
-/// Whether the upstream call failed because of the client's body: an `E` (past the limit,
-/// stalled) somewhere in its chain of causes.
-fn body_error<E: std::error::Error + 'static>(e: &hyper_util::client::legacy::Error) -> bool {
+/// Whether the upstream call failed for a reason of ours: an `E` (the client's body past the
+/// limit or stalled, the app not reading) somewhere in its chain of causes, or inside an I/O
+/// error there (an I/O error's `source()` skips the error it wraps).
+fn caused_by<E: std::error::Error + 'static>(e: &hyper_util::client::legacy::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
-        if s.is::<E>() {
+        let wrapped = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|inner| inner.is::<E>());
+        if s.is::<E>() || wrapped {
             return true;
         }
         source = s.source();

@@ -14,6 +14,7 @@ use mar_core::AppName;
 
 use crate::metrics::AppMetrics;
 use crate::table::InFlight;
+use crate::upload::UploadFault;
 use crate::{Body, BoxError};
 
 /// Where access log lines go: the app's log, as `mar[router]` lines.
@@ -97,6 +98,8 @@ pub(crate) struct Tracked {
     idle_window: Duration,
     idle: Option<Pin<Box<tokio::time::Sleep>>>,
     ended: bool,
+    /// The request's upload, whose failure explains a broken response better than H18.
+    upload: Option<UploadFault>,
 }
 
 impl Tracked {
@@ -114,7 +117,14 @@ impl Tracked {
             idle_window,
             idle: None,
             ended: false,
+            upload: None,
         }
+    }
+
+    /// Blames a failure of the response on the request's upload, when that failed first.
+    pub fn with_upload(mut self, fault: UploadFault) -> Self {
+        self.upload = Some(fault);
+        self
     }
 }
 
@@ -143,9 +153,14 @@ impl HttpBody for Tracked {
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                // The app broke the connection after its response head (Heroku's H18).
+                // The app broke the connection after its response head (Heroku's H18), unless
+                // the client's upload failed first and brought the connection down.
                 if let Some(r) = this.record.take() {
-                    r.finish(Some(("H18", "Server Request Interrupted")), this.bytes);
+                    let fault = this.upload.as_ref().and_then(|f| f.get().copied());
+                    r.finish(
+                        Some(fault.unwrap_or(("H18", "Server Request Interrupted"))),
+                        this.bytes,
+                    );
                 }
                 Poll::Ready(Some(Err(e)))
             }

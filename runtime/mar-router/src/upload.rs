@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,9 +20,15 @@ use crate::BoxError;
 #[error("the client sent nothing of its request body for the idle window")]
 pub(crate) struct UploadStalled;
 
+/// What went wrong with an upload, once something did: the access log code and description
+/// for a request whose body failed on the client's side (the response may be under way by
+/// then, and hyper reports only a generic connection error).
+pub(crate) type UploadFault = Arc<OnceLock<(&'static str, &'static str)>>;
+
 /// Wraps a request body; see the module docs.
 pub(crate) struct Upload<B> {
     inner: B,
+    fault: UploadFault,
     idle_window: Duration,
     idle: Option<Pin<Box<Sleep>>>,
     /// Fires (or is dropped) when the body has been sent.
@@ -34,12 +41,18 @@ impl<B: HttpBody> Upload<B> {
         let (tx, rx) = oneshot::channel();
         let mut upload = Self {
             inner,
+            fault: UploadFault::default(),
             idle_window,
             idle: None,
             sent: Some(tx),
         };
         upload.check_end();
         (upload, rx)
+    }
+
+    /// Where the cause of a failed upload will be.
+    pub fn fault(&self) -> UploadFault {
+        Arc::clone(&self.fault)
     }
 
     /// The client may stop being polled as soon as its body reports its end (a known length
@@ -75,13 +88,28 @@ where
                 this.sent = None;
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                let malformed = e
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_parse);
+                let _ = this
+                    .fault
+                    .set(if e.is::<http_body_util::LengthLimitError>() {
+                        ("H413", "Request body too large")
+                    } else if malformed {
+                        ("H400", "Bad request")
+                    } else {
+                        ("H27", "Client Request Interrupted")
+                    });
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Pending => {
                 let window = this.idle_window;
                 let sleep = this
                     .idle
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(window)));
                 if sleep.as_mut().poll(cx).is_ready() {
+                    let _ = this.fault.set(("H28", "Client connection idle"));
                     return Poll::Ready(Some(Err(Box::new(UploadStalled))));
                 }
                 Poll::Pending
@@ -162,8 +190,10 @@ mod tests {
     async fn a_stalled_upload_ends_with_an_error_after_the_idle_window() {
         let (mut body, _sent) = Upload::new(Silent, Duration::from_secs(5));
         let start = tokio::time::Instant::now();
+        let fault = body.fault();
         let err = body.frame().await.and_then(Result::err);
         assert!(err.is_some_and(|e| e.is::<UploadStalled>()));
+        assert_eq!(fault.get(), Some(&("H28", "Client connection idle")));
         assert!(start.elapsed() >= Duration::from_secs(5));
     }
 

@@ -557,13 +557,16 @@ impl Exchange<'_> {
             let mut deadline = None;
             loop {
                 tokio::select! {
+                    // The app's answer wins over the router's own (413, 408) when both are
+                    // ready at once.
+                    biased;
+                    got = &mut reading => break got,
                     done = &mut pump, if uploaded.is_none() => match done {
                         Ok(()) => uploaded = Some(true),
                         // The app may have answered before it closed: wait for that answer.
                         Err(Failure::Broken) => uploaded = Some(false),
                         Err(f) => break Err(f),
                     },
-                    got = &mut reading => break got,
                     _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
                         if deadline.is_some() => break Err(Failure::Timeout),
                 }
@@ -576,6 +579,9 @@ impl Exchange<'_> {
             Ok(r) => r,
             Err(f) => {
                 let keep = self.failed(&mut client_out, f, &up).await;
+                // The app connection and the instance's in-flight count are not held while
+                // the client lingers.
+                drop((stream, guard));
                 if uploaded != Some(true) {
                     linger(&mut client_in, &mut client_out).await;
                 }
@@ -621,6 +627,17 @@ impl Exchange<'_> {
         };
         record.bytes_in = upload.bytes_in;
         finish_relay(&record, &relayed);
+        if relayed.is_ok()
+            && uploaded == Some(true)
+            && response.keep_alive
+            && scratch.from_app.is_empty()
+            && !up.retire.is_cancelled()
+        {
+            proxy.pool.put(up.addr, stream);
+        } else {
+            drop(stream);
+        }
+        drop(guard);
         if uploaded != Some(true) {
             linger(&mut client_in, &mut client_out).await;
         }
@@ -628,14 +645,6 @@ impl Exchange<'_> {
             scratch.from_app.clear();
             return false;
         }
-        if uploaded == Some(true)
-            && response.keep_alive
-            && scratch.from_app.is_empty()
-            && !up.retire.is_cancelled()
-        {
-            proxy.pool.put(up.addr, stream);
-        }
-        drop(guard);
         in_step
     }
 
