@@ -387,7 +387,8 @@ fn tls_client(roots: &[std::path::PathBuf]) -> tokio_rustls::TlsConnector {
 async fn https_with_sni_h2_and_the_self_signed_fallback() {
     // Two certificates for two domains, chosen by SNI; everything else gets the self-signed one.
     let dir = tempfile::tempdir().unwrap();
-    let mut yaml = String::from("tls_certificates:\n");
+    // Served by two router threads: each has its own TLS listener.
+    let mut yaml = String::from("router_threads: 2\ntls_certificates:\n");
     let mut roots = Vec::new();
     for name in ["one.example.test", "two.example.test"] {
         let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
@@ -631,8 +632,8 @@ async fn keep_alive_framing_pipelining_and_the_platform_on_one_connection() {
 
 #[tokio::test]
 async fn one_worker_thread_serves_http_websockets_and_deploys() {
-    // `--worker-threads 1` runs the current-thread scheduler: everything (API, pushes, the
-    // router, the supervisor) shares that one thread.
+    // `--worker-threads 1` runs the platform on the current-thread scheduler: the API, pushes
+    // and the supervisor share that one thread, beside the router's own.
     let mar = MarServer::start_with_args(None, &["--worker-threads", "1"]);
     mar.deploy_lifecycle("single", &[]);
     let r = mar.get("single.localhost", "/env/DYNO").await;
@@ -647,6 +648,55 @@ async fn one_worker_thread_serves_http_websockets_and_deploys() {
     assert!(out.ok(), "{}", out.all());
     let r = mar.get("single.localhost", "/").await;
     assert_eq!(r.status, 200);
+}
+
+/// CPU nanoseconds of each `mar-router-N` thread of `pid`.
+fn router_thread_cpu(pid: u32) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.starts_with("mar-router-") {
+            let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+            let ns = stat
+                .split(' ')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            out.push((comm.trim().to_owned(), ns));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn two_router_threads_share_the_connections() {
+    let mar = MarServer::start_with(Some("router_threads: 2\n"));
+    mar.deploy_lifecycle("spread", &[]);
+    let before = router_thread_cpu(mar.pid());
+    let names: Vec<&str> = before.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["mar-router-0", "mar-router-1"]);
+    // Connections land on either thread's listener (SO_REUSEPORT), so both do work.
+    let requests = (0..64).map(|_| mar.get("spread.localhost", "/env/DYNO"));
+    for r in futures_util::future::join_all(requests).await {
+        assert_eq!((r.status, r.body.as_str()), (200, "web.1"));
+    }
+    let mut c = ws(&mar, "spread").await;
+    c.send(Message::text("two threads")).await.unwrap();
+    assert_eq!(
+        c.next().await.unwrap().unwrap(),
+        Message::text("two threads")
+    );
+    let after = router_thread_cpu(mar.pid());
+    for ((name, was), (_, now)) in before.iter().zip(&after) {
+        assert!(
+            now - was > 1_000_000,
+            "{name} did almost nothing: {before:?} -> {after:?}"
+        );
+    }
+    drop(c);
+    assert!(mar.stop().success(), "a clean stop with two router threads");
 }
 
 #[tokio::test]

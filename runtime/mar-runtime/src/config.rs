@@ -66,6 +66,54 @@ pub struct FileConfig {
     /// Whether the router writes an access log line per request (default true; nginx's
     /// `access_log off` for very busy apps; metrics are kept either way).
     pub access_log: Option<bool>,
+    /// Threads serving requests, each with its own listener and event loop (nginx's
+    /// `worker_processes`); `auto` for one per core.
+    pub router_threads: Option<RouterThreads>,
+}
+
+/// `router_threads` in `mar.yaml`: a count, or `auto`.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(untagged)]
+pub enum RouterThreads {
+    /// This many.
+    Count(u16),
+    /// `auto`: one per core.
+    Auto(AutoKeyword),
+}
+
+/// The word `auto`.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoKeyword {
+    /// `auto`.
+    Auto,
+}
+
+impl RouterThreads {
+    /// Parses `--router-threads`: a count from 1 to 256, or `auto`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim() {
+            "auto" => Some(Self::Auto(AutoKeyword::Auto)),
+            n => n.parse().ok().map(Self::Count),
+        }
+        .filter(|t| t.is_valid())
+    }
+
+    /// A count must be 1 to 256.
+    fn is_valid(&self) -> bool {
+        match self {
+            Self::Count(n) => (1..=256).contains(n),
+            Self::Auto(_) => true,
+        }
+    }
+
+    /// The number of threads, between 1 and 256.
+    pub fn count(self) -> usize {
+        match self {
+            Self::Count(n) => usize::from(n).clamp(1, 256),
+            Self::Auto(_) => std::thread::available_parallelism().map_or(1, |n| n.get().min(256)),
+        }
+    }
 }
 
 /// A certificate and key (PEM files) for some host names, picked by SNI.
@@ -89,6 +137,8 @@ pub struct Overrides {
     pub domain: Option<String>,
     /// `--https-listen`.
     pub https_listen: Option<String>,
+    /// `--router-threads`.
+    pub router_threads: Option<String>,
 }
 
 /// The runtime's effective configuration.
@@ -120,6 +170,8 @@ pub struct Config {
     pub router: mar_router::AppOptions,
     /// Whether the router writes access log lines.
     pub access_log: bool,
+    /// Threads serving requests (1 by default).
+    pub router_threads: usize,
     /// The `mar` executable, run as the git pre-receive hook.
     pub mar_exe: PathBuf,
 }
@@ -196,6 +248,24 @@ impl Config {
         if let Some(s) = file.websocket_idle_timeout {
             router.ws.idle_timeout = Duration::from_secs(s.max(1));
         }
+        let router_threads = match &overrides.router_threads {
+            Some(text) => RouterThreads::parse(text).ok_or_else(|| ConfigError::Invalid {
+                path: path.clone(),
+                message: format!(
+                    "--router-threads: {text:?} is not a count from 1 to 256 or `auto`"
+                ),
+            })?,
+            None => match file.router_threads {
+                Some(t) if !t.is_valid() => {
+                    return Err(ConfigError::Invalid {
+                        path,
+                        message: "router_threads: must be from 1 to 256, or auto".to_owned(),
+                    });
+                }
+                t => t.unwrap_or(RouterThreads::Count(1)),
+            },
+        }
+        .count();
         Ok(Self {
             data_dir: data_dir.to_owned(),
             listen,
@@ -210,6 +280,7 @@ impl Config {
             server_limits,
             router,
             access_log: file.access_log.unwrap_or(true),
+            router_threads,
             mar_exe,
         })
     }
@@ -218,6 +289,30 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn router_threads_are_a_count_or_auto() {
+        let d = tempfile::tempdir().unwrap();
+        let load = |yaml: &str, flag: Option<&str>| {
+            std::fs::write(d.path().join("mar.yaml"), yaml).unwrap();
+            let o = Overrides {
+                router_threads: flag.map(str::to_owned),
+                ..Overrides::default()
+            };
+            Config::load(d.path(), &o, "mar".into()).map(|c| c.router_threads)
+        };
+        assert_eq!(load("", None).unwrap(), 1);
+        assert_eq!(load("router_threads: 3\n", None).unwrap(), 3);
+        assert_eq!(load("router_threads: 3\n", Some("2")).unwrap(), 2);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(load("router_threads: auto\n", None).unwrap(), cores);
+        assert_eq!(load("", Some("auto")).unwrap(), cores);
+        for bad in ["router_threads: 0\n", "router_threads: many\n"] {
+            assert!(load(bad, None).is_err(), "{bad}");
+        }
+        let err = load("", Some("0")).unwrap_err().to_string();
+        assert!(err.contains("--router-threads"), "{err}");
+    }
 
     #[test]
     fn unknown_key_is_named() {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use mar_git::GitServer;
 use mar_logs::Logs;
-use mar_router::{Proxy, RouteTable};
+use mar_router::{InProcess, Proxy, RouteTable};
 use mar_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +26,164 @@ pub use paths::Paths;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/buildpacks.rs"));
+}
+
+/// Binds `n` listening sockets to `addr`: the first picks the port when `addr`'s is 0, and with
+/// more than one, SO_REUSEPORT has the kernel spread new connections over them (one per router
+/// thread, as nginx's workers with `reuseport`). Listening starts here, so connections queue
+/// from now on, before the router threads run.
+fn listen(
+    addr: SocketAddr,
+    n: usize,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), RuntimeError> {
+    let mut bound = addr;
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n {
+        let err = |source| RuntimeError::Bind { addr, source };
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(err)?;
+        socket.set_reuseaddr(true).map_err(err)?;
+        if n > 1 {
+            socket.set_reuseport(true).map_err(err)?;
+        }
+        socket.bind(bound).map_err(err)?;
+        let listener = socket.listen(1024).map_err(err)?;
+        bound = listener.local_addr().map_err(err)?;
+        listeners.push(listener.into_std().map_err(err)?);
+    }
+    Ok((listeners, bound))
+}
+
+/// What every router thread builds its proxy from.
+#[derive(Clone)]
+struct RouterParts {
+    routes: Arc<RouteTable>,
+    handler: Arc<dyn mar_router::InProcess>,
+    sink: Option<mar_router::LogSink>,
+    metrics: Arc<mar_router::Metrics>,
+    shutdown: CancellationToken,
+    timeouts: mar_router::Timeouts,
+    limits: mar_router::ServerLimits,
+}
+
+/// Starts router thread `i`: its own current-thread runtime serving its listeners until
+/// shutdown, with its own proxy, so its connections to apps stay on its own event loop and no
+/// request waits on another thread. A current-thread runtime has one FIFO run queue, fair to a
+/// thousand busy connections (tokio's multi-thread scheduler parks tasks past a worker's
+/// 256-slot local queue in a global queue it visits only every 61 polls), and no cross-thread
+/// wakeups. The receiver resolves when the thread is done.
+fn router_thread(
+    i: usize,
+    plain: std::net::TcpListener,
+    secure: Option<(std::net::TcpListener, tokio_rustls::TlsAcceptor)>,
+    parts: RouterParts,
+) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (exited, exit) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("mar-router-{i}"))
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("mar: router thread {i}: cannot start its runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = |l| match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        eprintln!("mar: router thread {i}: {e}");
+                        None
+                    }
+                };
+                let (Some(plain), secure) = (
+                    listener(plain),
+                    secure.and_then(|(l, a)| Some((listener(l)?, a))),
+                ) else {
+                    return;
+                };
+                let proxy = Arc::new(Proxy::new(
+                    parts.routes,
+                    parts.handler,
+                    parts.sink,
+                    parts.metrics,
+                    parts.shutdown.clone(),
+                    parts.timeouts,
+                ));
+                let (shutdown, limits) = (parts.shutdown, parts.limits);
+                let serve_plain = mar_router::serve(
+                    plain,
+                    proxy.clone(),
+                    shutdown.clone(),
+                    DRAIN_GRACE,
+                    limits,
+                    None,
+                );
+                match secure {
+                    Some((l, acceptor)) => {
+                        let serve_secure = mar_router::serve(
+                            l,
+                            proxy,
+                            shutdown,
+                            DRAIN_GRACE,
+                            limits,
+                            Some(acceptor),
+                        );
+                        tokio::join!(serve_plain, serve_secure);
+                    }
+                    None => serve_plain.await,
+                }
+            });
+            let _ = exited.send(());
+        })?;
+    Ok(exit)
+}
+
+/// The platform's handler, run on the platform's runtime: its SQLite calls block, and must not
+/// stall a router thread's event loop.
+struct OnPlatformRuntime {
+    inner: Arc<api::PlatformHandler>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Aborts a task when its result is no longer wanted (the client went away).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl InProcess for OnPlatformRuntime {
+    fn call(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+        client: SocketAddr,
+    ) -> mar_router::ResponseFuture {
+        let mut task = AbortOnDrop(self.runtime.spawn(self.inner.call(req, client)));
+        Box::pin(async move {
+            match (&mut task.0).await {
+                Ok(resp) => resp,
+                Err(_) => mar_router::error_response(
+                    http::StatusCode::INTERNAL_SERVER_ERROR,
+                    "H500",
+                    "Platform error",
+                    "The platform's handler failed; see `mar serve`'s output.",
+                    "",
+                    false,
+                ),
+            }
+        })
+    }
 }
 
 /// Errors starting the runtime.
@@ -50,6 +208,9 @@ pub enum RuntimeError {
     /// TLS could not be set up.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// A router thread could not be started.
+    #[error("cannot start a router thread: {0}")]
+    Thread(std::io::Error),
     /// The state database failed to open.
     #[error(transparent)]
     Store(#[from] mar_store::StoreError),
@@ -165,21 +326,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     let routes = Arc::new(RouteTable::new(&cfg.domain));
     let git = GitServer::new(&paths.repos(), &paths.hooks(), &cfg.mar_exe)?;
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| RuntimeError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| RuntimeError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
-    let bind = |a: SocketAddr| async move {
-        tokio::net::TcpListener::bind(a)
-            .await
-            .map_err(|source| RuntimeError::Bind { addr: a, source })
-    };
+    let threads = cfg.router_threads;
+    let (listeners, addr) = listen(cfg.listen, threads)?;
     let https = match cfg.https_listen {
         Some(a) => {
             let acceptor = tls::acceptor(
@@ -187,11 +335,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
                 &cfg.domain,
                 &cfg.tls_certificates,
             )?;
-            let l = bind(a).await?;
-            let local = l
-                .local_addr()
-                .map_err(|source| RuntimeError::Bind { addr: a, source })?;
-            Some((l, acceptor, local))
+            let (ls, local) = listen(a, threads)?;
+            Some((ls, acceptor, local))
         }
         None => None,
     };
@@ -272,32 +417,44 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         });
         sink
     });
-    let proxy = Arc::new(Proxy::new(
+    let https_addr = https.as_ref().map(|(_, _, a)| *a);
+    let parts = RouterParts {
         routes,
-        handler,
+        handler: Arc::new(OnPlatformRuntime {
+            inner: handler,
+            runtime: tokio::runtime::Handle::current(),
+        }),
         sink,
         metrics,
-        shutdown.clone(),
-        cfg.timeouts,
-    ));
-    let https_addr = https.as_ref().map(|(_, _, a)| *a);
-    let limits = cfg.server_limits;
+        shutdown: shutdown.clone(),
+        timeouts: cfg.timeouts,
+        limits: cfg.server_limits,
+    };
+    let mut https = https.map(|(ls, acceptor, _)| (ls.into_iter(), acceptor));
+    let mut exits = Vec::with_capacity(threads);
+    for (i, plain) in listeners.into_iter().enumerate() {
+        let secure = https
+            .as_mut()
+            .and_then(|(ls, acceptor)| Some((ls.next()?, acceptor.clone())));
+        exits.push(router_thread(i, plain, secure, parts.clone()).map_err(RuntimeError::Thread)?);
+    }
+    // A router thread ends at shutdown; one that ends otherwise (it could not start its event
+    // loop, or it panicked) takes the server down with it rather than leave it half-deaf.
+    let watchers: Vec<_> = exits
+        .into_iter()
+        .map(|exit| {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if exit.await.is_err() || !shutdown.is_cancelled() {
+                    eprintln!("mar: a router thread stopped; shutting down");
+                }
+                shutdown.cancel();
+            })
+        })
+        .collect();
     let done = tokio::spawn(async move {
-        let plain = mar_router::serve(
-            listener,
-            proxy.clone(),
-            shutdown.clone(),
-            DRAIN_GRACE,
-            limits,
-            None,
-        );
-        match https {
-            Some((l, acceptor, _)) => {
-                let secure =
-                    mar_router::serve(l, proxy, shutdown, DRAIN_GRACE, limits, Some(acceptor));
-                tokio::join!(plain, secure);
-            }
-            None => plain.await,
+        for watcher in watchers {
+            let _ = watcher.await;
         }
         apps.stop_all().await;
         let _ = std::fs::remove_file(paths.serve_file());

@@ -42,9 +42,13 @@ enum Command {
         /// Also serve HTTPS (and h2) here [or `https_listen` in mar.yaml].
         #[arg(long, env = "MAR_HTTPS_LISTEN")]
         https_listen: Option<String>,
-        /// Threads serving requests [default: one per core]. With 1, a single-threaded
-        /// scheduler: no cross-thread wakeups, fair to many busy connections, and shorter
-        /// latency tails on a small machine shared with its apps.
+        /// Threads serving requests, each with its own listener and event loop, as nginx's
+        /// workers: a count or `auto` (one per core) [default: 1, or `router_threads` in
+        /// mar.yaml]. One thread serves tens of thousands of requests a second.
+        #[arg(long, env = "MAR_ROUTER_THREADS")]
+        router_threads: Option<String>,
+        /// Threads of the platform's own runtime (API, git, builds, supervision) [default:
+        /// one per core]. With 1, a single-threaded scheduler.
         #[arg(long, env = "MAR_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=256))]
         worker_threads: Option<u16>,
     },
@@ -208,12 +212,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             domain,
             https_listen,
+            router_threads,
             ..
         } => {
             let overrides = mar_runtime::Overrides {
                 listen: listen.clone(),
                 domain: domain.clone(),
                 https_listen: https_listen.clone(),
+                router_threads: router_threads.clone(),
             };
             return serve(&data_dir, overrides).await;
         }

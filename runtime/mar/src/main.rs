@@ -8,10 +8,8 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = <cli::Cli as clap::Parser>::parse();
-    // One worker thread means the current-thread scheduler: its run queue is one FIFO, so with
-    // a thousand busy connections none waits behind the others (the multi-thread scheduler
-    // with one worker parks tasks past its 256-slot local queue in a global queue it visits
-    // only every 61 polls).
+    // The platform's runtime; requests are served on router threads of their own (see
+    // `mar_runtime::start`). One worker thread means the current-thread scheduler.
     let mut builder = match args.worker_threads() {
         Some(1) => tokio::runtime::Builder::new_current_thread(),
         Some(n) => {

@@ -33,8 +33,9 @@ router-http: proxied HTTP, direct vs nginx vs mini-MAR, same run, medians of cle
 --conns: keep-alive scenarios (one per count); --close-conns: the `Connection: close`
 scenario's connections (0: none). --threads: load generator threads (current-thread tokio
 runtimes). Targets: direct (the backend itself), nginx (the reference proxy), mar-1t (mini-MAR
-configured as the reference: `--worker-threads 1`, `access_log: false`), mar (mini-MAR with its
-defaults: a worker thread per core, access log on). mar is target/debug/mar unless MAR_BIN names
+configured as the reference: one router thread, `--worker-threads 1`, `access_log: false`), mar
+(mini-MAR with its defaults: one router thread, the platform on a thread per core, access log
+on; `MAR_ROUTER_THREADS` changes the router threads of both). mar is target/debug/mar unless MAR_BIN names
 another build.";
 
 /// One way to reach the backend.
@@ -150,8 +151,8 @@ fn bench(args: &Args) {
             &[("@BACKEND@", port.clone()), ("@WS_BACKEND@", port)],
         )
     });
-    // mini-MAR twice: configured as the nginx reference is (one worker thread, no access log),
-    // then with the defaults (a worker thread per core, access log on).
+    // mini-MAR twice: configured as the nginx reference is (one router thread, a single-threaded
+    // platform, no access log), then with the defaults (one router thread, access log on).
     let start_mar = |yaml: Option<&str>, extra: &[&str]| {
         let m = Mar::start_with(yaml, extra);
         m.deploy("hello", &subject::nginx_app(BACKEND_CONF));

@@ -153,8 +153,8 @@ fn bench(args: &Args) {
             &[("@BACKEND@", port.clone()), ("@WS_BACKEND@", port)],
         )
     });
-    // mini-MAR twice: with one worker thread (as the nginx reference's one worker), then with
-    // its defaults (a worker thread per core).
+    // mini-MAR twice: with a single-threaded platform beside its one router thread (as the
+    // nginx reference's one worker), then with its defaults (the platform on a thread per core).
     let start_mar = |extra: &[&str]| {
         let m = Mar::start_with(None, extra);
         m.deploy("echo", &subject::echo_app());
