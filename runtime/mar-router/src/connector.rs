@@ -14,12 +14,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::idle::IdleWindow;
 use hyper::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
 
 /// Why a write to an app failed: it took nothing for the idle window.
 #[derive(Debug, thiserror::Error)]
@@ -48,8 +48,7 @@ impl tower_service::Service<Uri> for AppConnector {
             connecting.await.map(|io| AppConnection {
                 io,
                 write_gone: false,
-                idle,
-                stall: None,
+                stall: IdleWindow::new(idle),
             })
         })
     }
@@ -61,9 +60,7 @@ pub(crate) struct AppConnection {
     /// The app is gone: further writes are dropped.
     write_gone: bool,
     /// How long a write may wait for the app to take bytes.
-    idle: std::time::Duration,
-    /// Armed while a write waits.
-    stall: Option<Pin<Box<Sleep>>>,
+    stall: IdleWindow,
 }
 
 /// Errors that mean the peer closed or reset its side.
@@ -85,7 +82,7 @@ impl AppConnection {
     ) -> Poll<io::Result<T>> {
         match r {
             Poll::Ready(Ok(v)) => {
-                self.stall = None;
+                self.stall.progressed();
                 Poll::Ready(Ok(v))
             }
             Poll::Ready(Err(e)) if peer_gone(&e) => {
@@ -94,11 +91,7 @@ impl AppConnection {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                let idle = self.idle;
-                let stall = self
-                    .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if stall.as_mut().poll(cx).is_ready() {
+                if self.stall.expired(cx) {
                     return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, AppStalled)));
                 }
                 Poll::Pending

@@ -8,6 +8,7 @@
 mod connector;
 pub mod frames;
 mod h1;
+mod idle;
 pub mod metrics;
 mod pages;
 mod proxy;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use mar_core::AppName;
 
+use crate::idle::IdleWindow;
 use crate::metrics::AppMetrics;
 use crate::table::InFlight;
 use crate::upload::UploadFault;
@@ -95,8 +96,7 @@ pub(crate) struct Tracked {
     _in_flight: Option<InFlight>,
     record: Option<Record>,
     bytes: u64,
-    idle_window: Duration,
-    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    idle: IdleWindow,
     ended: bool,
     /// The request's upload, whose failure explains a broken response better than H18.
     upload: Option<UploadFault>,
@@ -114,8 +114,7 @@ impl Tracked {
             _in_flight: in_flight,
             record: Some(record),
             bytes: 0,
-            idle_window,
-            idle: None,
+            idle: IdleWindow::new(idle_window),
             ended: false,
             upload: None,
         }
@@ -142,7 +141,7 @@ impl HttpBody for Tracked {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
                 }
-                this.idle = None;
+                this.idle.progressed();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
@@ -167,11 +166,7 @@ impl HttpBody for Tracked {
             Poll::Pending => {
                 // A streamed response may pause, but not forever: past the idle window the
                 // router gives up on it (and the client sees the connection end).
-                let window = this.idle_window;
-                let sleep = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(window)));
-                if sleep.as_mut().poll(cx).is_ready() {
+                if this.idle.expired(cx) {
                     if let Some(r) = this.record.take() {
                         r.finish(Some(("H12", "Response idle timeout")), this.bytes);
                     }
@@ -190,8 +185,6 @@ impl HttpBody for Tracked {
         self.inner.size_hint()
     }
 }
-
-use std::future::Future;
 
 impl Drop for Tracked {
     fn drop(&mut self) {

@@ -11,9 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::oneshot;
-use tokio::time::Sleep;
 
 use crate::BoxError;
+use crate::idle::IdleWindow;
 
 /// The error an upload that stalled past the idle window ends with.
 #[derive(Debug, thiserror::Error)]
@@ -29,8 +29,7 @@ pub(crate) type UploadFault = Arc<OnceLock<(&'static str, &'static str)>>;
 pub(crate) struct Upload<B> {
     inner: B,
     fault: UploadFault,
-    idle_window: Duration,
-    idle: Option<Pin<Box<Sleep>>>,
+    idle: IdleWindow,
     /// Fires (or is dropped) when the body has been sent.
     sent: Option<oneshot::Sender<()>>,
 }
@@ -42,8 +41,7 @@ impl<B: HttpBody> Upload<B> {
         let mut upload = Self {
             inner,
             fault: UploadFault::default(),
-            idle_window,
-            idle: None,
+            idle: IdleWindow::new(idle_window),
             sent: Some(tx),
         };
         upload.check_end();
@@ -80,7 +78,7 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                this.idle = None;
+                this.idle.progressed();
                 this.check_end();
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -104,11 +102,7 @@ where
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => {
-                let window = this.idle_window;
-                let sleep = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(window)));
-                if sleep.as_mut().poll(cx).is_ready() {
+                if this.idle.expired(cx) {
                     let _ = this.fault.set(("H28", "Client connection idle"));
                     return Poll::Ready(Some(Err(Box::new(UploadStalled))));
                 }
