@@ -40,6 +40,53 @@ async fn unknown_config_key_is_named_and_nothing_starts() {
 }
 
 #[tokio::test]
+async fn a_port_in_use_is_refused_with_several_router_threads_too() {
+    // Router threads share their port with SO_REUSEPORT, which would let them join another
+    // server's SO_REUSEPORT sockets on it (another `mar serve` with several router threads);
+    // a port in use must still stop `mar serve`.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseport(true).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let taken = socket.listen(8).unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for threads in ["1", "2"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(mar_bin())
+            .args(["serve", "--router-threads", threads, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // It must exit at once; one that serves would never exit on its own.
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("mar serve with {threads} router thread(s) started on a port in use");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{threads} thread(s) started");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot listen on"), "{err}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(mar_bin())
+        .args(["serve", "--router-threads", "0", "--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not a count from 1 to 256"), "{err}");
+}
+
+#[tokio::test]
 async fn api_and_git_need_the_token() {
     let mar = MarServer::start();
     let none = mar.http("GET", "localhost", "/v1/apps", "").await;

@@ -64,6 +64,9 @@ pub struct Proxy {
     pub(crate) metrics: Arc<Metrics>,
     /// Cancelled at shutdown.
     pub(crate) closing: CancellationToken,
+    /// WebSocket sessions relayed after an upgrade on the general path, which outlive the
+    /// request that started them: the server waits for them at shutdown, as for connections.
+    pub(crate) sessions: tokio_util::task::TaskTracker,
     pub(crate) timeouts: Timeouts,
 }
 
@@ -117,6 +120,7 @@ impl Proxy {
             log,
             metrics,
             closing,
+            sessions: tokio_util::task::TaskTracker::new(),
             timeouts,
         }
     }
@@ -498,7 +502,7 @@ impl Proxy {
         let backend_upgrade = hyper::upgrade::on(&mut resp);
         let ws = options.ws;
         let (closing, metrics) = (self.closing.clone(), self.metrics.app(&ctx.app));
-        tokio::spawn(async move {
+        self.sessions.spawn(async move {
             let (Ok(client_io), Ok(backend_io)) = tokio::join!(client_upgrade, backend_upgrade)
             else {
                 return;

@@ -137,9 +137,11 @@ pub async fn serve(
     }
     drop(listener);
     connections.close();
+    proxy.sessions.close();
     let drained = async {
         graceful.shutdown().await;
         connections.wait().await;
+        proxy.sessions.wait().await;
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("connections still open after {grace:?}; closing them");

@@ -68,50 +68,47 @@ pub struct FileConfig {
     pub access_log: Option<bool>,
     /// Threads serving requests, each with its own listener and event loop (nginx's
     /// `worker_processes`); `auto` for one per core.
-    pub router_threads: Option<RouterThreads>,
+    pub router_threads: Option<RouterThreadsText>,
 }
 
-/// `router_threads` in `mar.yaml`: a count, or `auto`.
-#[derive(Debug, Clone, Copy, serde::Deserialize)]
+/// `router_threads` as written in `mar.yaml`: a number, or a word (`auto`, or a number in
+/// quotes); checked by [`RouterThreads::parse`].
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
+pub enum RouterThreadsText {
+    /// A bare number.
+    Number(i64),
+    /// Anything else.
+    Word(String),
+}
+
+/// How many router threads: a count, or one per core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouterThreads {
-    /// This many.
+    /// This many (1 to 256).
     Count(u16),
     /// `auto`: one per core.
-    Auto(AutoKeyword),
-}
-
-/// The word `auto`.
-#[derive(Debug, Clone, Copy, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AutoKeyword {
-    /// `auto`.
     Auto,
 }
 
 impl RouterThreads {
-    /// Parses `--router-threads`: a count from 1 to 256, or `auto`.
+    /// Parses a count from 1 to 256, or `auto`.
     pub fn parse(text: &str) -> Option<Self> {
         match text.trim() {
-            "auto" => Some(Self::Auto(AutoKeyword::Auto)),
-            n => n.parse().ok().map(Self::Count),
-        }
-        .filter(|t| t.is_valid())
-    }
-
-    /// A count must be 1 to 256.
-    fn is_valid(&self) -> bool {
-        match self {
-            Self::Count(n) => (1..=256).contains(n),
-            Self::Auto(_) => true,
+            "auto" => Some(Self::Auto),
+            n => n
+                .parse()
+                .ok()
+                .filter(|n| (1..=256).contains(n))
+                .map(Self::Count),
         }
     }
 
-    /// The number of threads, between 1 and 256.
+    /// The number of threads.
     pub fn count(self) -> usize {
         match self {
-            Self::Count(n) => usize::from(n).clamp(1, 256),
-            Self::Auto(_) => std::thread::available_parallelism().map_or(1, |n| n.get().min(256)),
+            Self::Count(n) => usize::from(n),
+            Self::Auto => std::thread::available_parallelism().map_or(1, |n| n.get().min(256)),
         }
     }
 }
@@ -248,24 +245,18 @@ impl Config {
         if let Some(s) = file.websocket_idle_timeout {
             router.ws.idle_timeout = Duration::from_secs(s.max(1));
         }
-        let router_threads = match &overrides.router_threads {
-            Some(text) => RouterThreads::parse(text).ok_or_else(|| ConfigError::Invalid {
+        let (text, from) = match (&overrides.router_threads, file.router_threads) {
+            (Some(t), _) => (t.clone(), "--router-threads (or MAR_ROUTER_THREADS)"),
+            (None, Some(RouterThreadsText::Number(n))) => (n.to_string(), "router_threads"),
+            (None, Some(RouterThreadsText::Word(w))) => (w, "router_threads"),
+            (None, None) => ("1".to_owned(), "router_threads"),
+        };
+        let router_threads = RouterThreads::parse(&text)
+            .ok_or_else(|| ConfigError::Invalid {
                 path: path.clone(),
-                message: format!(
-                    "--router-threads: {text:?} is not a count from 1 to 256 or `auto`"
-                ),
-            })?,
-            None => match file.router_threads {
-                Some(t) if !t.is_valid() => {
-                    return Err(ConfigError::Invalid {
-                        path,
-                        message: "router_threads: must be from 1 to 256, or auto".to_owned(),
-                    });
-                }
-                t => t.unwrap_or(RouterThreads::Count(1)),
-            },
-        }
-        .count();
+                message: format!("{from}: {text:?} is not a count from 1 to 256 or `auto`"),
+            })?
+            .count();
         Ok(Self {
             data_dir: data_dir.to_owned(),
             listen,
@@ -307,7 +298,13 @@ mod tests {
         let cores = std::thread::available_parallelism().unwrap().get();
         assert_eq!(load("router_threads: auto\n", None).unwrap(), cores);
         assert_eq!(load("", Some("auto")).unwrap(), cores);
-        for bad in ["router_threads: 0\n", "router_threads: many\n"] {
+        assert_eq!(load("router_threads: \"2\"\n", None).unwrap(), 2);
+        for bad in [
+            "router_threads: 0\n",
+            "router_threads: many\n",
+            "router_threads: 70000\n",
+            "router_threads: -1\n",
+        ] {
             assert!(load(bad, None).is_err(), "{bad}");
         }
         let err = load("", Some("0")).unwrap_err().to_string();

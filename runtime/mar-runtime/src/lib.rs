@@ -36,6 +36,15 @@ fn listen(
     addr: SocketAddr,
     n: usize,
 ) -> Result<(Vec<std::net::TcpListener>, SocketAddr), RuntimeError> {
+    if n > 1 && addr.port() != 0 {
+        // Sockets that all set SO_REUSEPORT share a port without complaint: another server on
+        // it (or `https_listen` equal to `listen`) would silently take a share of the
+        // connections. A plain bind first fails on a port in use, as one listener would.
+        drop(
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| RuntimeError::Bind { addr, source })?,
+        );
+    }
     let mut bound = addr;
     let mut listeners = Vec::with_capacity(n);
     for _ in 0..n {
@@ -271,13 +280,14 @@ pub struct Started {
     pub addr: SocketAddr,
     /// The HTTPS listener's address, if there is one.
     pub https_addr: Option<SocketAddr>,
-    done: tokio::task::JoinHandle<()>,
+    done: tokio::task::JoinHandle<bool>,
 }
 
 impl Started {
-    /// Waits until the platform has shut down completely.
-    pub async fn wait(self) {
-        let _ = self.done.await;
+    /// Waits until the platform has shut down completely. `false` when it stopped because a
+    /// router thread failed, not because it was asked to.
+    pub async fn wait(self) -> bool {
+        self.done.await.unwrap_or(false)
     }
 }
 
@@ -436,28 +446,45 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         let secure = https
             .as_mut()
             .and_then(|(ls, acceptor)| Some((ls.next()?, acceptor.clone())));
-        exits.push(router_thread(i, plain, secure, parts.clone()).map_err(RuntimeError::Thread)?);
+        match router_thread(i, plain, secure, parts.clone()) {
+            Ok(exit) => exits.push(exit),
+            Err(e) => {
+                // The apps are up and earlier threads serve: take all of it down again.
+                shutdown.cancel();
+                for exit in exits {
+                    let _ = exit.await;
+                }
+                apps.stop_all().await;
+                let _ = std::fs::remove_file(paths.serve_file());
+                return Err(RuntimeError::Thread(e));
+            }
+        }
     }
     // A router thread ends at shutdown; one that ends otherwise (it could not start its event
-    // loop, or it panicked) takes the server down with it rather than leave it half-deaf.
+    // loop, or it panicked) takes the server down with it rather than leave it half-deaf, and
+    // `mar serve` then exits with a failure, for a service manager to restart it.
     let watchers: Vec<_> = exits
         .into_iter()
         .map(|exit| {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                if exit.await.is_err() || !shutdown.is_cancelled() {
+                let clean = exit.await.is_ok() && shutdown.is_cancelled();
+                if !clean {
                     eprintln!("mar: a router thread stopped; shutting down");
                 }
                 shutdown.cancel();
+                clean
             })
         })
         .collect();
     let done = tokio::spawn(async move {
+        let mut clean = true;
         for watcher in watchers {
-            let _ = watcher.await;
+            clean &= watcher.await.unwrap_or(false);
         }
         apps.stop_all().await;
         let _ = std::fs::remove_file(paths.serve_file());
+        clean
     });
     Ok(Started {
         addr,

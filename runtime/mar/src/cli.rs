@@ -713,10 +713,15 @@ async fn serve(data_dir: &Path, overrides: mar_runtime::Overrides) -> anyhow::Re
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        // The runtime shuts itself down when a router thread fails.
+        _ = shutdown.cancelled() => {}
     }
     eprintln!("mar: shutting down: draining requests and stopping apps");
     shutdown.cancel();
-    started.wait().await;
+    if !started.wait().await {
+        eprintln!("mar: stopped after a router thread failed");
+        return Ok(ExitCode::FAILURE);
+    }
     eprintln!("mar: stopped");
     Ok(ExitCode::SUCCESS)
 }
