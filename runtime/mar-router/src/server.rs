@@ -95,16 +95,9 @@ pub async fn serve(
         match &tls {
             None => {
                 connections.spawn(async move {
-                    let fast = h1::serve(&general.proxy, stream, inbound, limits, &shutdown);
-                    match fast.await {
-                        Outcome::Done => {}
-                        Outcome::HandOff(io) => general.serve(io).await,
-                        // Its own task: this one's state is sized for the HTTP path, and an
-                        // idle WebSocket should hold only what the relay needs.
-                        Outcome::WebSocket(ws) => {
-                            tracker.spawn(async move { ws.run(&general.proxy).await });
-                        }
-                    }
+                    general
+                        .serve_fast(stream, limits, &shutdown, &tracker)
+                        .await;
                 });
             }
             Some(acceptor) => {
@@ -121,16 +114,9 @@ pub async fn serve(
                         general.serve(tls_stream).await;
                         return;
                     }
-                    let fast = h1::serve(&general.proxy, tls_stream, inbound, limits, &shutdown);
-                    match fast.await {
-                        Outcome::Done => {}
-                        Outcome::HandOff(io) => general.serve(io).await,
-                        // Its own task: this one's state is sized for the HTTP path, and an
-                        // idle WebSocket should hold only what the relay needs.
-                        Outcome::WebSocket(ws) => {
-                            tracker.spawn(async move { ws.run(&general.proxy).await });
-                        }
-                    }
+                    general
+                        .serve_fast(tls_stream, limits, &shutdown, &tracker)
+                        .await;
                 });
             }
         }
@@ -158,6 +144,29 @@ struct General {
 }
 
 impl General {
+    /// Serves a connection on the HTTP/1.1 fast path, then wherever it leads.
+    async fn serve_fast<IO>(
+        self,
+        io: IO,
+        limits: ServerLimits,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let fast = h1::serve(&self.proxy, io, self.inbound, limits, shutdown);
+        match fast.await {
+            Outcome::Done => {}
+            Outcome::HandOff(io) => self.serve(io).await,
+            // Its own task: this one's state is sized for the HTTP path, and an idle WebSocket
+            // should hold only what the relay needs.
+            Outcome::WebSocket(ws) => {
+                let proxy = self.proxy;
+                tracker.spawn(async move { ws.run(&proxy).await });
+            }
+        }
+    }
+
     async fn serve<IO>(self, io: IO)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
