@@ -30,33 +30,51 @@ async fn read_until(s: &mut (impl AsyncReadExt + Unpin), seen: &mut String, need
     );
 }
 
+/// Connects and sends the head of `POST path` to `APP.localhost` with a Content-Length, and
+/// `extra` header lines (each ending in CRLF); the body is the caller's to send.
+async fn post_head(
+    addr: std::net::SocketAddr,
+    app: &str,
+    path: &str,
+    length: usize,
+    extra: &str,
+) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {app}.localhost\r\nContent-Length: {length}\r\n{extra}\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s
+}
+
+/// Sends `size` bytes of body in the background, as a real client does while it watches for
+/// an answer; stops at the first write error (the router closed the connection).
+fn upload_in_background(
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    size: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 << 10];
+        let mut sent = 0;
+        while sent < size {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+    })
+}
+
 #[tokio::test]
 async fn an_early_answer_reaches_a_client_still_uploading() {
     let mar = MarServer::start();
     mar.deploy_lifecycle("early", &[]);
     for (path, extra) in PATHS {
-        let s = TcpStream::connect(mar.addr).await.unwrap();
-        let (mut rd, mut wr) = s.into_split();
         let size = 16usize << 20;
-        wr.write_all(
-            format!(
-                "POST /early HTTP/1.1\r\nHost: early.localhost\r\nContent-Length: {size}\r\n{extra}\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-        // A real client keeps sending while it watches for an answer.
-        let writer = tokio::spawn(async move {
-            let chunk = vec![b'x'; 64 << 10];
-            let mut sent = 0;
-            while sent < size {
-                if wr.write_all(&chunk).await.is_err() {
-                    break;
-                }
-                sent += chunk.len();
-            }
-        });
+        let (mut rd, wr) = post_head(mar.addr, "early", "/early", size, extra)
+            .await
+            .into_split();
+        let writer = upload_in_background(wr, size);
         let mut answer = String::new();
         read_until(&mut rd, &mut answer, "too big for me").await;
         assert!(
@@ -90,15 +108,7 @@ async fn an_app_streams_its_answer_while_it_reads_the_upload() {
     let mar = MarServer::start();
     mar.deploy_lifecycle("duplex", &[]);
     for (path, extra) in PATHS {
-        let mut s = TcpStream::connect(mar.addr).await.unwrap();
-        s.write_all(
-            format!(
-                "POST /duplex?parts=4 HTTP/1.1\r\nHost: duplex.localhost\r\nContent-Length: 4000\r\n{extra}\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+        let mut s = post_head(mar.addr, "duplex", "/duplex?parts=4", 4000, extra).await;
         let mut answer = String::new();
         // Each part goes out only once the app has answered the one before: a router that
         // waits for the whole body before it reads the response never gets past part 1.
@@ -115,10 +125,7 @@ async fn an_app_streams_its_answer_while_it_reads_the_upload() {
 async fn a_body_sent_after_its_head_keeps_the_connection_in_step() {
     let mar = MarServer::start();
     mar.deploy_lifecycle("later", &[]);
-    let mut s = TcpStream::connect(mar.addr).await.unwrap();
-    s.write_all(b"POST /echo HTTP/1.1\r\nHost: later.localhost\r\nContent-Length: 5\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = post_head(mar.addr, "later", "/echo", 5, "").await;
     // The body follows on its own, as from a client that sends it once the head is out (it
     // may still reach the router together with the head; then this tests less, not wrongly).
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -142,13 +149,8 @@ async fn stalled_uploads_and_apps_that_stop_reading_time_out_but_slow_uploads_do
     let stalled = |extra: &'static str| {
         let addr = mar.addr;
         async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(
-                format!("POST /echo HTTP/1.1\r\nHost: uploads.localhost\r\nContent-Length: 100\r\n{extra}\r\n0123456789")
-                    .as_bytes(),
-            )
-            .await
-            .unwrap();
+            let mut s = post_head(addr, "uploads", "/echo", 100, extra).await;
+            s.write_all(b"0123456789").await.unwrap();
             let mut answer = String::new();
             read_until(&mut s, &mut answer, "H28").await;
             answer
@@ -159,23 +161,11 @@ async fn stalled_uploads_and_apps_that_stop_reading_time_out_but_slow_uploads_do
     let ignored = |extra: &'static str| {
         let addr = mar.addr;
         async move {
-            let s = TcpStream::connect(addr).await.unwrap();
-            let (mut rd, mut wr) = s.into_split();
             let size = 64usize << 20;
-            wr.write_all(
-                format!("POST /ignore HTTP/1.1\r\nHost: uploads.localhost\r\nContent-Length: {size}\r\n{extra}\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .unwrap();
-            let writer = tokio::spawn(async move {
-                let chunk = vec![b'z'; 64 << 10];
-                for _ in 0..size / chunk.len() {
-                    if wr.write_all(&chunk).await.is_err() {
-                        break;
-                    }
-                }
-            });
+            let (mut rd, wr) = post_head(addr, "uploads", "/ignore", size, extra)
+                .await
+                .into_split();
+            let writer = upload_in_background(wr, size);
             let mut answer = String::new();
             read_until(&mut rd, &mut answer, "H12").await;
             writer.abort();
@@ -187,13 +177,8 @@ async fn stalled_uploads_and_apps_that_stop_reading_time_out_but_slow_uploads_do
     let slow = |extra: &'static str| {
         let addr = mar.addr;
         async move {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(
-                format!("POST /echo HTTP/1.1\r\nHost: uploads.localhost\r\nContent-Length: 50\r\nConnection: close\r\n{extra}\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .unwrap();
+            let extra = format!("Connection: close\r\n{extra}");
+            let mut s = post_head(addr, "uploads", "/echo", 50, &extra).await;
             for _ in 0..5 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 s.write_all(b"0123456789").await.unwrap();
