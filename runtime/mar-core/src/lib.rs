@@ -13,3 +13,6 @@ pub const STACK: &str = "mar-24";
 /// that what a build links against (say, the python3 a virtualenv points to) is what the app
 /// finds at run time, whatever the operator's own `PATH` holds.
 pub const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// See [`AppName::platform`].
+pub const PLATFORM_NAME: &str = "mar";

@@ -143,6 +143,14 @@ impl fmt::Display for Hostname {
     }
 }
 
+impl AppName {
+    /// The name the platform's own requests are logged and counted under: its access log is
+    /// `logs/mar.log`, its metrics carry `app="mar"`. The name is reserved, so no app has it.
+    pub fn platform() -> Self {
+        AppName(crate::PLATFORM_NAME.to_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

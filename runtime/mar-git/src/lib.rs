@@ -16,7 +16,7 @@ use futures_util::TryStreamExt;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use mar_core::AppName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
@@ -121,7 +121,7 @@ impl GitServer {
         &self,
         app: &AppName,
         endpoint: &str,
-        req: Request<Incoming>,
+        req: Request<mar_http::Body>,
         remote: std::net::SocketAddr,
         hook_env: &[(String, String)],
     ) -> Result<Response<GitBody>, GitError> {

@@ -11,14 +11,15 @@ use tokio::time::Sleep;
 
 /// See the module docs.
 pub(crate) struct IdleWindow {
-    window: Duration,
+    /// `None`: no window, waits are never cut (the platform's own log tails and builds).
+    window: Option<Duration>,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl IdleWindow {
-    pub fn new(window: Duration) -> Self {
+    pub fn new(window: impl Into<Option<Duration>>) -> Self {
         Self {
-            window,
+            window: window.into(),
             timer: None,
         }
     }
@@ -31,7 +32,9 @@ impl IdleWindow {
     /// Called when the inner side is pending: arms the timer on the first wait, and says
     /// whether the window has passed (else `cx` is woken when it does).
     pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let window = self.window;
+        let Some(window) = self.window else {
+            return false;
+        };
         self.timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(window)))
             .as_mut()

@@ -1,56 +1,47 @@
 //! The router: one HTTP listener that sends `APP.DOMAIN` to the app's web instances (HTTP/1.1
-//! and HTTP/2 from clients, keep-alive pool to backends, WebSocket upgrades relayed) and the
-//! bare domain to the platform's in-process handler.
+//! and HTTP/2 from clients, keep-alive pool to backends, WebSocket upgrades relayed) or to its
+//! in-process handler, and the bare domain to the platform's in-process handler.
+//!
+//! One direction through it: the accept loop (`server.rs`) hands each connection to the
+//! HTTP/1.1 fast path (`fast_path/`) or the general hyper path (`general_path.rs`, which calls
+//! in-process handlers through `in_process.rs`); both use the shared parts below them: the
+//! exchange's context and accounting (`shared.rs`), the one failure table (`failure.rs`), the
+//! forwarding rules (`forwarding.rs`), the route table (`table.rs`) and the pool of app
+//! connections (`pool.rs`).
 //!
 //! Invariant: `mar-router` knows nothing about how apps are built or run. It reads the
-//! [`RouteTable`] the runtime publishes and maps every failure to one error page.
+//! [`RouteTable`] the runtime publishes and maps every failure to one error page. In-process
+//! services reach it only through `mar-http`'s [`Handler`].
 
 mod connector;
+mod failure;
+mod fast_path;
+mod forwarding;
 pub mod frames;
-mod h1;
+mod general_path;
 mod idle;
+mod in_process;
 pub mod metrics;
 mod pages;
-mod proxy;
+mod pool;
 pub mod relay;
 mod server;
+mod shared;
 mod table;
 mod tracked;
 mod upload;
 
-use std::future::Future;
-use std::pin::Pin;
+#[cfg(test)]
+mod tests;
 
-use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use hyper::body::Incoming;
-
+pub use forwarding::Inbound;
+pub use mar_http::{Body, BoxError, Handler, ResponseFuture, full};
 pub use metrics::Metrics;
 pub use pages::error_response;
-pub use proxy::{Inbound, Proxy, Timeouts};
 pub use relay::WsOptions;
-pub use server::{ServerLimits, serve};
-pub use table::{AppOptions, AppTarget, Resolution, Resolved, RouteTable, Unavailable, Upstream};
+pub use server::{Proxy, serve};
+pub use shared::{ServerLimits, Timeouts};
+pub use table::{
+    AppOptions, AppTarget, InProcessTarget, Resolution, Resolved, RouteTable, Unavailable, Upstream,
+};
 pub use tracked::LogSink;
-
-/// The error type of response bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// A response body of any origin (upstream, in-process handler, error page).
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-/// A boxed response future.
-pub type ResponseFuture = Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>;
-
-/// A request handler that runs inside this process instead of behind a port: the platform's
-/// own API, and later WASM apps.
-pub trait InProcess: Send + Sync {
-    /// Handles one request. `client` is the peer address. Errors must already be responses.
-    fn call(&self, req: http::Request<Incoming>, client: std::net::SocketAddr) -> ResponseFuture;
-}
-
-/// Makes a body from anything that converts to bytes.
-pub fn full(b: impl Into<Bytes>) -> Body {
-    use http_body_util::BodyExt;
-    http_body_util::Full::new(b.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}

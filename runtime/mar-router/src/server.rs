@@ -1,6 +1,7 @@
-//! The accept loop: every connection starts on the HTTP/1.1 fast path ([`crate::h1`]) and moves
-//! to hyper for HTTP/2 (prior knowledge or ALPN) and everything the fast path hands over;
-//! per-connection errors stay per connection, and shutdown drains in-flight requests.
+//! The accept loop, the top of the router: every connection starts on the HTTP/1.1 fast path
+//! (`fast_path/`) and moves to the general hyper path (`general_path.rs`) for HTTP/2 (prior
+//! knowledge or ALPN) and everything the fast path hands over; per-connection errors stay per
+//! connection, and shutdown drains in-flight requests.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,23 +15,46 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::Proxy;
-use crate::h1::{self, Outcome};
+use crate::fast_path::{self, Outcome};
+use crate::forwarding::Inbound;
+use crate::general_path::GeneralPath;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::shared::{ServerLimits, Shared, Timeouts};
+use crate::table::{InProcessTarget, RouteTable};
+use crate::tracked::LogSink;
 
-/// Limits that protect the listener from slow or oversized request heads.
-#[derive(Debug, Clone, Copy)]
-pub struct ServerLimits {
-    /// A client must send its request head within this time (slowloris).
-    pub header_read_timeout: Duration,
-    /// Largest request head (request line and headers); past it the answer is 431.
-    pub max_header_bytes: usize,
+/// One router thread's proxy: the state its connections share and the general path's client.
+/// Cheap to share behind an `Arc`.
+pub struct Proxy {
+    pub(crate) shared: Shared,
+    general: GeneralPath,
 }
 
-impl Default for ServerLimits {
-    fn default() -> Self {
+impl Proxy {
+    /// A proxy over `table`, sending platform requests to `platform`; access log lines go to
+    /// `log` (`None`: no access log). `closing` is cancelled at shutdown: open WebSockets then
+    /// get a Close (1012).
+    pub fn new(
+        table: Arc<RouteTable>,
+        platform: InProcessTarget,
+        log: Option<LogSink>,
+        metrics: Arc<Metrics>,
+        closing: CancellationToken,
+        timeouts: Timeouts,
+    ) -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(10),
-            max_header_bytes: 64 << 10,
+            general: GeneralPath::new(&timeouts),
+            shared: Shared {
+                table,
+                platform,
+                pool: Pool::default(),
+                log,
+                metrics,
+                closing,
+                sessions: TaskTracker::new(),
+                timeouts,
+            },
         }
     }
 }
@@ -79,7 +103,7 @@ pub async fn serve(
         };
         // Small request/response pairs should not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
-        let inbound = crate::Inbound {
+        let inbound = Inbound {
             client: peer,
             local,
             tls: tls.is_some(),
@@ -123,11 +147,11 @@ pub async fn serve(
     }
     drop(listener);
     connections.close();
-    proxy.sessions.close();
+    proxy.shared.sessions.close();
     let drained = async {
         graceful.shutdown().await;
         connections.wait().await;
-        proxy.sessions.wait().await;
+        proxy.shared.sessions.wait().await;
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!("connections still open after {grace:?}; closing them");
@@ -135,12 +159,12 @@ pub async fn serve(
 }
 
 /// The general path: hyper serves the connection (HTTP/2, and whatever the HTTP/1.1 fast
-/// path hands over) with [`Proxy::handle`], under graceful shutdown.
+/// path hands over) with the general path's handler, under graceful shutdown.
 struct General {
     proxy: Arc<Proxy>,
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
-    inbound: crate::Inbound,
+    inbound: Inbound,
 }
 
 impl General {
@@ -154,7 +178,10 @@ impl General {
     ) where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let fast = h1::serve(&self.proxy, io, self.inbound, limits, shutdown);
+        if !limits.fast_path {
+            return self.serve(io).await;
+        }
+        let fast = fast_path::serve(&self.proxy.shared, io, self.inbound, limits, shutdown);
         match fast.await {
             Outcome::Done => {}
             Outcome::HandOff(io) => self.serve(io).await,
@@ -162,7 +189,7 @@ impl General {
             // should hold only what the relay needs.
             Outcome::WebSocket(ws) => {
                 let proxy = self.proxy;
-                tracker.spawn(async move { ws.run(&proxy).await });
+                tracker.spawn(async move { ws.run(&proxy.shared).await });
             }
         }
     }
@@ -174,7 +201,10 @@ impl General {
         let (proxy, inbound) = (self.proxy, self.inbound);
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, inbound).await) }
+            async move {
+                let resp = proxy.general.handle(&proxy.shared, req, inbound).await;
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         });
         let conn = self
             .builder

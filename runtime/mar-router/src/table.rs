@@ -11,8 +11,8 @@ use std::sync::{Arc, RwLock};
 use mar_core::AppName;
 use tokio_util::sync::CancellationToken;
 
-use crate::InProcess;
 use crate::relay::WsOptions;
+use mar_http::Handler;
 
 /// Why an app cannot take traffic right now, with the Heroku-style code users search for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +74,56 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A handler inside this process that takes an app's traffic (a WASM app), or the platform's.
+/// Its requests are counted in flight like an instance's, so a switch away from it can wait
+/// for them, and they get the router's timeouts and the app's body limit unless it is
+/// `patient`.
+#[derive(Clone)]
+pub struct InProcessTarget {
+    /// Its name in logs, where an instance has its dyno (`web.1`).
+    pub name: String,
+    /// The handler.
+    pub handler: Arc<dyn Handler>,
+    /// Requests in flight to it.
+    pub load: Arc<AtomicUsize>,
+    /// Cancelled when it is retired.
+    pub retire: CancellationToken,
+    /// No first-byte timeout, idle window or body limit: for the platform, whose pushes run a
+    /// whole build before they answer, whose log tails stay quiet for minutes, and whose API
+    /// bounds its own uploads.
+    pub patient: bool,
+}
+
+impl InProcessTarget {
+    /// A target with no requests in flight, under the router's timeouts and limits.
+    pub fn new(name: impl Into<String>, handler: Arc<dyn Handler>) -> Self {
+        Self {
+            name: name.into(),
+            handler,
+            load: Arc::new(AtomicUsize::new(0)),
+            retire: CancellationToken::new(),
+            patient: false,
+        }
+    }
+
+    /// Without the router's timeouts and body limit; see [`InProcessTarget::patient`].
+    pub fn patient(mut self) -> Self {
+        self.patient = true;
+        self
+    }
+
+    /// Requests in flight to it now.
+    pub fn in_flight(&self) -> usize {
+        self.load.load(Ordering::Acquire)
+    }
+
+    /// Counts one request in flight until the guard is dropped.
+    pub(crate) fn count(&self) -> InFlight {
+        self.load.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.load.clone())
+    }
+}
+
 /// Per-app router settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppOptions {
@@ -107,8 +157,8 @@ impl Drop for InFlight {
 pub enum AppTarget {
     /// Web instances listening on ports, balanced round-robin.
     Upstreams(Vec<Upstream>),
-    /// A handler inside this process (the platform itself; WASM apps).
-    InProcess(Arc<dyn InProcess>),
+    /// A handler inside this process (WASM apps).
+    InProcess(InProcessTarget),
     /// Nothing can serve it now.
     Unavailable(Unavailable),
 }
@@ -140,8 +190,8 @@ pub enum Resolved {
 pub enum Resolution {
     /// Send to this instance; the guard counts the request as in flight.
     Upstream(Upstream, InFlight),
-    /// Call this handler.
-    InProcess(Arc<dyn InProcess>),
+    /// Call this handler; the guard counts the request as in flight.
+    InProcess(InProcessTarget, InFlight),
     /// Answer with this error.
     Unavailable(Unavailable),
 }
@@ -263,7 +313,8 @@ impl RouteTable {
                     "Scale up with `mar ps:scale web=1 -a {app}`, or push code with a web process type."
                 ),
             }),
-            AppTarget::InProcess(h) => Resolution::InProcess(h.clone()),
+            // Counted under the table's lock, as an upstream's request is.
+            AppTarget::InProcess(t) => Resolution::InProcess(t.clone(), t.count()),
             AppTarget::Unavailable(u) => Resolution::Unavailable(u.clone()),
         };
         Resolved::App {

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use mar_core::AppName;
 
+use crate::failure::Ending;
 use crate::idle::IdleWindow;
 use crate::metrics::AppMetrics;
 use crate::table::InFlight;
@@ -107,7 +108,7 @@ impl Tracked {
         inner: Body,
         in_flight: Option<InFlight>,
         record: Record,
-        idle_window: Duration,
+        idle_window: Option<Duration>,
     ) -> Self {
         Self {
             inner,
@@ -157,7 +158,7 @@ impl HttpBody for Tracked {
                 if let Some(r) = this.record.take() {
                     let fault = this.upload.as_ref().and_then(|f| f.get().copied());
                     r.finish(
-                        Some(fault.unwrap_or(("H18", "Server Request Interrupted"))),
+                        fault.map_or(Ending::Interrupted.code(), |f| Some(f.code())),
                         this.bytes,
                     );
                 }
@@ -168,7 +169,7 @@ impl HttpBody for Tracked {
                 // router gives up on it (and the client sees the connection end).
                 if this.idle.expired(cx) {
                     if let Some(r) = this.record.take() {
-                        r.finish(Some(("H12", "Response idle timeout")), this.bytes);
+                        r.finish(Ending::ResponseIdle.code(), this.bytes);
                     }
                     return Poll::Ready(Some(Err("response idle timeout".into())));
                 }
@@ -192,7 +193,7 @@ impl Drop for Tracked {
             if self.ended || self.inner.is_end_stream() {
                 r.finish(None, self.bytes);
             } else {
-                r.finish(Some(("H27", "Client Request Interrupted")), self.bytes);
+                r.finish(Ending::ClientGone.code(), self.bytes);
             }
         }
     }

@@ -13,6 +13,7 @@ use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::oneshot;
 
 use crate::BoxError;
+use crate::failure::Failure;
 use crate::idle::IdleWindow;
 
 /// The error an upload that stalled past the idle window ends with.
@@ -20,10 +21,10 @@ use crate::idle::IdleWindow;
 #[error("the client sent nothing of its request body for the idle window")]
 pub(crate) struct UploadStalled;
 
-/// What went wrong with an upload, once something did: the access log code and description
-/// for a request whose body failed on the client's side (the response may be under way by
-/// then, and hyper reports only a generic connection error).
-pub(crate) type UploadFault = Arc<OnceLock<(&'static str, &'static str)>>;
+/// What went wrong with an upload, once something did: the failure of a request whose body
+/// failed on the client's side (the response may be under way by then, and hyper reports only
+/// a generic connection error).
+pub(crate) type UploadFault = Arc<OnceLock<Failure>>;
 
 /// Wraps a request body; see the module docs.
 pub(crate) struct Upload<B> {
@@ -36,7 +37,7 @@ pub(crate) struct Upload<B> {
 
 impl<B: HttpBody> Upload<B> {
     /// The wrapped body, and what resolves once it has been sent (or given up on).
-    pub fn new(inner: B, idle_window: Duration) -> (Self, oneshot::Receiver<()>) {
+    pub fn new(inner: B, idle_window: Option<Duration>) -> (Self, oneshot::Receiver<()>) {
         let (tx, rx) = oneshot::channel();
         let mut upload = Self {
             inner,
@@ -87,23 +88,21 @@ where
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                let malformed = e
-                    .downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_parse);
+                let malformed = is_malformed(e.as_ref());
                 let _ = this
                     .fault
                     .set(if e.is::<http_body_util::LengthLimitError>() {
-                        ("H413", "Request body too large")
+                        Failure::TooLarge
                     } else if malformed {
-                        ("H400", "Bad request")
+                        Failure::BadBody
                     } else {
-                        ("H27", "Client Request Interrupted")
+                        Failure::ClientGone
                     });
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => {
                 if this.idle.expired(cx) {
-                    let _ = this.fault.set(("H28", "Client connection idle"));
+                    let _ = this.fault.set(Failure::ClientIdle);
                     return Poll::Ready(Some(Err(Box::new(UploadStalled))));
                 }
                 Poll::Pending
@@ -118,6 +117,30 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// Whether a body error is the client's malformed framing: hyper reports a bad chunk size
+/// line or chunk end as an I/O error of kind `InvalidInput`/`InvalidData` inside a body error,
+/// not as a parse error.
+fn is_malformed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            )
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Runs `request` with the first-byte timeout counted from the moment the body was sent:
@@ -164,7 +187,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_body_counts_as_sent_at_once() {
-        let (_body, sent) = Upload::new(boxed(Full::new(Bytes::new())), Duration::from_secs(1));
+        let (_body, sent) =
+            Upload::new(boxed(Full::new(Bytes::new())), Some(Duration::from_secs(1)));
         assert!(sent.await.is_ok());
     }
 
@@ -172,7 +196,7 @@ mod tests {
     async fn a_known_length_body_signals_after_its_last_frame() {
         let (mut body, mut sent) = Upload::new(
             boxed(Full::new(Bytes::from_static(b"abc"))),
-            Duration::from_secs(1),
+            Some(Duration::from_secs(1)),
         );
         assert!(sent.try_recv().is_err(), "not sent before it was read");
         let frame = body.frame().await;
@@ -182,12 +206,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stalled_upload_ends_with_an_error_after_the_idle_window() {
-        let (mut body, _sent) = Upload::new(Silent, Duration::from_secs(5));
+        let (mut body, _sent) = Upload::new(Silent, Some(Duration::from_secs(5)));
         let start = tokio::time::Instant::now();
         let fault = body.fault();
         let err = body.frame().await.and_then(Result::err);
         assert!(err.is_some_and(|e| e.is::<UploadStalled>()));
-        assert_eq!(fault.get(), Some(&("H28", "Client connection idle")));
+        assert_eq!(fault.get(), Some(&Failure::ClientIdle));
         assert!(start.elapsed() >= Duration::from_secs(5));
     }
 

@@ -16,12 +16,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use mar_build::Output;
 use mar_core::AppName;
 use mar_git::GitServer;
 use mar_logs::Logs;
-use mar_router::{Body, InProcess, ResponseFuture};
+use mar_router::{Body, Handler, ResponseFuture};
 use mar_sdk::types::{
     AppInfo, BuildResult, CreateApp, ErrorBody, ErrorDetail, FormationEntry, LogEntry, ProcessInfo,
     ReleaseInfo, Results, RunResult,
@@ -1056,7 +1055,7 @@ fn plain(status: StatusCode, text: String) -> http::Response<Body> {
 }
 
 impl PlatformHandler {
-    async fn git(&self, req: http::Request<Incoming>, client: SocketAddr) -> http::Response<Body> {
+    async fn git(&self, req: http::Request<Body>, client: SocketAddr) -> http::Response<Body> {
         let p = &self.platform;
         let (app, endpoint) = match mar_git::parse_git_path(req.uri().path()) {
             Ok(x) => x,
@@ -1097,10 +1096,12 @@ impl PlatformHandler {
     }
 }
 
-impl InProcess for PlatformHandler {
-    fn call(&self, mut req: http::Request<Incoming>, client: SocketAddr) -> ResponseFuture {
+impl Handler for PlatformHandler {
+    fn call(&self, mut req: http::Request<Body>) -> ResponseFuture {
         let path = req.uri().path().to_owned();
         if path.contains(".git/") || path.ends_with(".git") {
+            let client = mar_http::Connection::of(&req)
+                .map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)), |c| c.client);
             let this = PlatformHandler {
                 platform: self.platform.clone(),
                 api: self.api.clone(),
@@ -1119,6 +1120,7 @@ impl InProcess for PlatformHandler {
             }
         }
         let api = self.api.clone();
+        let req = req.map(axum::body::Body::new);
         Box::pin(async move {
             use tower::ServiceExt;
             match api.oneshot(req).await {

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use mar_git::GitServer;
 use mar_logs::Logs;
-use mar_router::{InProcess, Proxy, RouteTable};
+use mar_router::{Handler, InProcessTarget, Proxy, RouteTable};
 use mar_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -71,7 +71,7 @@ fn listen(
 #[derive(Clone)]
 struct RouterParts {
     routes: Arc<RouteTable>,
-    handler: Arc<dyn mar_router::InProcess>,
+    platform: InProcessTarget,
     sink: Option<mar_router::LogSink>,
     metrics: Arc<mar_router::Metrics>,
     shutdown: CancellationToken,
@@ -121,7 +121,7 @@ fn router_thread(
                 };
                 let proxy = Arc::new(Proxy::new(
                     parts.routes,
-                    parts.handler,
+                    parts.platform,
                     parts.sink,
                     parts.metrics,
                     parts.shutdown.clone(),
@@ -156,10 +156,12 @@ fn router_thread(
     Ok(exit)
 }
 
-/// The platform's handler, run on the platform's runtime: its SQLite calls block, and must not
-/// stall a router thread's event loop.
-struct OnPlatformRuntime {
-    inner: Arc<api::PlatformHandler>,
+/// A handler run on another runtime than the router thread that called it: the platform's
+/// handler runs on the platform's runtime, because its SQLite calls block and must not stall a
+/// router thread's event loop. A handler that panics there fails its request (H500), not the
+/// router thread.
+struct OnRuntime {
+    inner: Arc<dyn Handler>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -172,24 +174,17 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-impl InProcess for OnPlatformRuntime {
-    fn call(
-        &self,
-        req: http::Request<hyper::body::Incoming>,
-        client: SocketAddr,
-    ) -> mar_router::ResponseFuture {
-        let mut task = AbortOnDrop(self.runtime.spawn(self.inner.call(req, client)));
+impl Handler for OnRuntime {
+    fn call(&self, req: http::Request<mar_router::Body>) -> mar_router::ResponseFuture {
+        let mut task = AbortOnDrop(self.runtime.spawn(self.inner.call(req)));
         Box::pin(async move {
             match (&mut task.0).await {
                 Ok(resp) => resp,
-                Err(_) => mar_router::error_response(
-                    http::StatusCode::INTERNAL_SERVER_ERROR,
-                    "H500",
-                    "Platform error",
-                    "The platform's handler failed; see `mar serve`'s output.",
-                    "",
-                    false,
-                ),
+                // The panic is the router's to report, as for a handler it calls directly.
+                Err(e) => std::panic::resume_unwind(match e.try_into_panic() {
+                    Ok(payload) => payload,
+                    Err(_) => Box::new("handler task cancelled"),
+                }),
             }
         })
     }
@@ -430,10 +425,14 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     let https_addr = https.as_ref().map(|(_, _, a)| *a);
     let parts = RouterParts {
         routes,
-        handler: Arc::new(OnPlatformRuntime {
-            inner: handler,
-            runtime: tokio::runtime::Handle::current(),
-        }),
+        platform: InProcessTarget::new(
+            mar_core::PLATFORM_NAME,
+            Arc::new(OnRuntime {
+                inner: handler,
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        )
+        .patient(),
         sink,
         metrics,
         shutdown: shutdown.clone(),

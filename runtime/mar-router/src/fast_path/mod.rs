@@ -11,27 +11,24 @@
 
 mod chunked;
 mod head;
-mod pool;
 mod prefixed;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use http::StatusCode;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::Body;
-use crate::proxy::{Ctx, Inbound, Proxy, new_request_id};
-use crate::server::ServerLimits;
+use crate::failure::{Ending, Failure};
+use crate::forwarding::{Forwarded, Inbound, new_request_id};
+use crate::shared::{Ctx, ServerLimits, Shared};
 use crate::table::{AppOptions, InFlight, Resolution, Resolved, Upstream};
 use chunked::{Chunked, LAST_CHUNK, encode_chunk};
-use head::{Forwarded, Parsed, RequestBody, RequestHead, ResponseBody, ResponseParsed};
+use head::{Parsed, RequestBody, RequestHead, ResponseBody, ResponseParsed};
 
-pub(crate) use head::valid_request_id;
-pub(crate) use pool::Pool;
 pub(crate) use prefixed::Prefixed;
 
 /// A keep-alive connection with no request for this long is closed (nginx's default).
@@ -76,14 +73,14 @@ pub(crate) struct WebSocket<IO> {
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> WebSocket<IO> {
     /// Relays until the WebSocket ends.
-    pub async fn run(self, proxy: &Proxy) {
-        let metrics = proxy.metrics.app(&self.record.app);
-        crate::proxy::websocket_session(
+    pub async fn run(self, shared: &Shared) {
+        let metrics = shared.metrics.app(&self.record.app);
+        crate::shared::websocket_session(
             self.client,
             self.app,
             self.ws,
             self.upstream,
-            proxy.closing.clone(),
+            shared.closing.clone(),
             metrics,
             self.record,
         )
@@ -134,7 +131,7 @@ impl Scratch {
 
 /// Serves a client connection until it closes or needs the general path.
 pub(crate) async fn serve<IO>(
-    proxy: &Proxy,
+    proxy: &Shared,
     mut io: IO,
     inbound: Inbound,
     limits: ServerLimits,
@@ -264,27 +261,9 @@ async fn read_head<IO: AsyncRead + Unpin>(
     }
 }
 
-/// Why forwarding stopped before the response.
-enum Failure {
-    /// The app's instance refused the connection.
-    Refused,
-    /// The instance closed or broke the connection, or sent something that is not HTTP.
-    Broken,
-    /// No response head within the first-byte timeout.
-    Timeout,
-    /// The client's chunked body is malformed.
-    BadBody,
-    /// The client's body went past the app's limit.
-    TooLarge,
-    /// The client stopped sending its body for the idle window (H28).
-    ClientIdle,
-    /// The client went away or stalled; nothing more can be said to it.
-    ClientGone,
-}
-
 /// One request on the fast path.
 struct Exchange<'a> {
-    proxy: &'a Proxy,
+    proxy: &'a Shared,
     ctx: Ctx,
     options: &'a AppOptions,
     is_head: bool,
@@ -341,19 +320,8 @@ impl BodyIn {
 impl Exchange<'_> {
     /// Moves the request head out of `buf`, rewritten for the app, into `out`.
     fn take_head(&self, buf: &mut BytesMut, head: &RequestHead, upgrade: bool, out: &mut Vec<u8>) {
-        let start_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
         out.clear();
-        let inbound = &self.ctx.inbound;
-        let forwarded = Forwarded {
-            client_ip: inbound.client.ip(),
-            port: inbound.local.port(),
-            tls: inbound.tls,
-            request_id: &self.ctx.rid,
-            start_ms,
-        };
+        let forwarded = Forwarded::now(&self.ctx.inbound, &self.ctx.rid);
         head::write_upstream_head(&buf[..head.len], &forwarded, upgrade, out);
         buf.advance(head.len);
     }
@@ -734,101 +702,32 @@ impl Exchange<'_> {
     }
 
     /// Answers a failure with the router's error page and log line. Returns whether the
-    /// client connection can go on (only when the request was read completely).
+    /// client connection can go on: never after a failure (the request may not have been read
+    /// completely, and the app's connection is in an unknown state).
     async fn failed<IO: AsyncWrite + Unpin>(self, io: &mut IO, f: Failure, up: &Upstream) -> bool {
-        let p = self.proxy;
-        let dyno = up.dyno.as_str();
-        let (resp, keep) = match f {
-            Failure::Refused => (p.refused(&self.ctx, up), false),
-            Failure::Broken => (
-                p.fail(
-                    &self.ctx,
-                    StatusCode::BAD_GATEWAY,
-                    "H13",
-                    "Connection closed without response",
-                    &format!(
-                        "The app's instance {dyno} closed the connection before sending a complete response."
-                    ),
-                    dyno,
-                ),
-                false,
-            ),
-            Failure::Timeout => (
-                p.fail(
-                    &self.ctx,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "H12",
-                    "Request timeout",
-                    &format!(
-                        "The app ({dyno}) did not start its response within {} seconds.",
-                        p.timeouts.first_byte.as_secs()
-                    ),
-                    dyno,
-                ),
-                false,
-            ),
-            Failure::BadBody => (
-                p.fail(
-                    &self.ctx,
-                    StatusCode::BAD_REQUEST,
-                    "H400",
-                    "Bad request",
-                    "The request body's chunked encoding is malformed.",
-                    dyno,
-                ),
-                false,
-            ),
-            Failure::TooLarge => (
-                p.fail(
-                    &self.ctx,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "H413",
-                    "Request body too large",
-                    &format!(
-                        "This app accepts request bodies of at most {} bytes.",
-                        self.options.max_body
-                    ),
-                    dyno,
-                ),
-                false,
-            ),
-            Failure::ClientIdle => (
-                p.fail(
-                    &self.ctx,
-                    StatusCode::REQUEST_TIMEOUT,
-                    "H28",
-                    "Client connection idle",
-                    &format!(
-                        "The client sent nothing of its request body for {} seconds.",
-                        p.timeouts.response_idle.as_secs()
-                    ),
-                    dyno,
-                ),
-                false,
-            ),
-            Failure::ClientGone => {
-                p.record(&self.ctx, dyno, 499)
-                    .finish(Some(("H27", "Client Request Interrupted")), 0);
-                return false;
-            }
-        };
-        write_page(io, resp, !keep, self.is_head).await && keep
+        let resp = self
+            .proxy
+            .fail(&self.ctx, f, &up.dyno, self.options.max_body);
+        if f.answers() {
+            write_page(io, resp, true, self.is_head).await;
+        }
+        false
     }
 }
 
 /// Logs how relaying a response body ended.
 fn finish_relay(record: &crate::tracked::Record, relayed: &Result<u64, (Failure, u64)>) {
-    let error = match relayed {
-        Ok(_) => None,
-        Err((Failure::ClientGone, _)) => Some(("H27", "Client Request Interrupted")),
+    let ending = match relayed {
+        Ok(_) => Ending::Complete,
+        Err((Failure::ClientGone, _)) => Ending::ClientGone,
         // The app paused a streamed response past the idle window: the client sees the
         // connection end, as on the general path.
-        Err((Failure::Timeout, _)) => Some(("H12", "Response idle timeout")),
+        Err((Failure::Timeout, _)) => Ending::ResponseIdle,
         // The head went out, so the client has part of an answer: Heroku's H18.
-        Err(_) => Some(("H18", "Server Request Interrupted")),
+        Err(_) => Ending::Interrupted,
     };
     let (Ok(bytes_out) | Err((_, bytes_out))) = *relayed;
-    record.finish(error, bytes_out);
+    record.finish(ending.code(), bytes_out);
 }
 
 /// Closes a client connection whose request body was not read to its end. Closing at once
@@ -1092,16 +991,12 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{InProcess, Metrics, ResponseFuture, RouteTable, Timeouts};
+    use crate::{Handler, InProcessTarget, Metrics, Proxy, ResponseFuture, RouteTable, Timeouts};
 
     struct NoPlatform;
 
-    impl InProcess for NoPlatform {
-        fn call(
-            &self,
-            _: http::Request<hyper::body::Incoming>,
-            _: std::net::SocketAddr,
-        ) -> ResponseFuture {
+    impl Handler for NoPlatform {
+        fn call(&self, _: http::Request<Body>) -> ResponseFuture {
             Box::pin(async { http::Response::new(crate::full("")) })
         }
     }
@@ -1112,7 +1007,7 @@ mod tests {
         // freed memory stays between the relays' allocations): rare, large states are boxed.
         let proxy = Proxy::new(
             Arc::new(RouteTable::new("localhost")),
-            Arc::new(NoPlatform),
+            InProcessTarget::new("platform", Arc::new(NoPlatform)),
             None,
             Arc::new(Metrics::default()),
             CancellationToken::new(),
@@ -1126,7 +1021,13 @@ mod tests {
             tls: false,
         };
         let shutdown = CancellationToken::new();
-        let task = serve(&proxy, io, inbound, ServerLimits::default(), &shutdown);
+        let task = serve(
+            &proxy.shared,
+            io,
+            inbound,
+            ServerLimits::default(),
+            &shutdown,
+        );
         let size = std::mem::size_of_val(&task);
         println!("connection task: {size} bytes");
         assert!(size <= 3072, "the connection task grew to {size} bytes");

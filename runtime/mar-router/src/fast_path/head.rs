@@ -4,7 +4,10 @@
 //! bytes, no I/O. Header names and order pass through as the client and the app wrote them.
 
 use std::io::Write;
-use std::net::IpAddr;
+
+use crate::forwarding::{
+    Forwarded, SET_BY_ROUTER, connection_may_remove, is_hop_by_hop, valid_request_id,
+};
 
 /// More headers than this and the request goes the general way (which answers 431).
 const MAX_HEADERS: usize = 100;
@@ -172,29 +175,6 @@ fn is_framing(name: &str) -> bool {
     name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
 }
 
-/// A usable incoming `X-Request-Id`: 20 to 200 safe characters, as Heroku accepts.
-pub(crate) fn valid_request_id(v: &str) -> bool {
-    (20..=200).contains(&v.len())
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+=/-_".contains(&b))
-}
-
-/// Headers that only make sense on one connection (RFC 9110 §7.6.1). `Transfer-Encoding` is
-/// not among them here: the fast path passes chunked bodies through unchanged.
-fn is_hop_by_hop(name: &str) -> bool {
-    const HOP: [&str; 8] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "upgrade",
-    ];
-    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-}
-
 /// Header names a `Connection` header lists, which go with it (never the framing headers).
 fn connection_named<'a>(headers: &[httparse::Header<'a>]) -> Vec<&'a str> {
     let mut named = Vec::new();
@@ -202,26 +182,14 @@ fn connection_named<'a>(headers: &[httparse::Header<'a>]) -> Vec<&'a str> {
         if h.name.eq_ignore_ascii_case("connection")
             && let Ok(v) = std::str::from_utf8(h.value)
         {
-            named.extend(v.split(',').map(str::trim).filter(|t| {
-                !t.is_empty()
-                    && !is_framing(t)
-                    && !t.eq_ignore_ascii_case("host")
-                    && !t.eq_ignore_ascii_case("close")
-                    && !t.eq_ignore_ascii_case("keep-alive")
-            }));
+            named.extend(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|t| connection_may_remove(t)),
+            );
         }
     }
     named
-}
-
-/// Where the request came from, for the headers the router adds.
-pub(crate) struct Forwarded<'a> {
-    pub client_ip: IpAddr,
-    pub port: u16,
-    pub tls: bool,
-    pub request_id: &'a str,
-    /// `X-Request-Start`, ms since the Unix epoch.
-    pub start_ms: u128,
 }
 
 /// Writes the head the app receives for the request head `head` (already parsed once, so it
@@ -275,10 +243,7 @@ pub(crate) fn write_upstream_head(
             continue;
         }
         if is_hop_by_hop(name)
-            || name.eq_ignore_ascii_case("x-forwarded-proto")
-            || name.eq_ignore_ascii_case("x-forwarded-port")
-            || name.eq_ignore_ascii_case("x-request-id")
-            || name.eq_ignore_ascii_case("x-request-start")
+            || SET_BY_ROUTER.iter().any(|s| name.eq_ignore_ascii_case(s))
             || named.iter().any(|n| n.eq_ignore_ascii_case(name))
         {
             continue;
@@ -304,7 +269,7 @@ pub(crate) fn write_upstream_head(
         out,
         "{}\r\nx-forwarded-proto: {}\r\nx-forwarded-port: {}\r\nx-request-id: {}\r\nx-request-start: {}\r\nvia: 1.1 mar\r\n\r\n",
         fwd.client_ip,
-        if fwd.tls { "https" } else { "http" },
+        fwd.proto(),
         fwd.port,
         fwd.request_id,
         fwd.start_ms,

@@ -1,0 +1,128 @@
+//! The seam between the router and every service that answers requests inside the `mar`
+//! process (the platform's API, WASM apps, the MWS gateway, the EDS data store): a [`Handler`]
+//! trait, the boxed [`Body`] both directions use, and the facts about the client connection a
+//! handler may need, carried in the request's extensions as [`Connection`].
+//!
+//! Boundary: this crate knows nothing of the router, of apps or of builds, and depends only on
+//! `http`, `bytes` and the body traits, so a service depends on it and never on `mar-router`.
+//! The router gives every in-process request what it gives a request to an app behind a
+//! port: forwarded headers, a request id, the body limit and upload idle window (the body a
+//! handler reads fails with an error past them), the first-byte timeout, an access log line,
+//! metrics and an in-flight count that a switch drains.
+//!
+//! WebSocket upgrades: a request that asks for one still carries hyper's `OnUpgrade` in its
+//! extensions, so a handler answers `101 Switching Protocols` and takes the connection with
+//! `hyper::upgrade::on(&mut request)`.
+#![deny(missing_docs)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+
+/// The error type of bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body of any origin: a client's upload, an app's answer, a handler's answer, an error page.
+/// `Send` but not `Sync`, as hyper's own bodies.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The future of a handler's response.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>;
+
+/// A service that answers requests inside this process instead of behind a port.
+///
+/// A handler turns every error into a response itself (a 4xx for a bad request, a 5xx for its
+/// own failure): the router maps only what it sees (a handler that panics, or that does not
+/// start its answer within the first-byte timeout) to its error pages.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request. The request's extensions hold its [`Connection`].
+    fn call(&self, req: http::Request<Body>) -> ResponseFuture;
+}
+
+/// Whether the client reached the router over TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTPS.
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// What the router knows about the connection a request came in on, in the request's
+/// extensions. The same facts reach apps behind ports as `X-Forwarded-*` and `X-Request-Id`
+/// headers, which in-process handlers get too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    /// The client's address (the router's peer).
+    pub client: SocketAddr,
+    /// The router listener's address the client connected to.
+    pub local: SocketAddr,
+    /// Plain or TLS.
+    pub scheme: Scheme,
+    /// The request's id, as sent on in `X-Request-Id` and written in the access log.
+    pub request_id: String,
+}
+
+impl Connection {
+    /// The connection facts of `req`, if the router put them there.
+    pub fn of<B>(req: &http::Request<B>) -> Option<&Connection> {
+        req.extensions().get::<Connection>()
+    }
+}
+
+/// A body holding `bytes` whole.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Boxes any body whose errors convert to [`BoxError`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_facts_travel_in_extensions() {
+        let mut req = http::Request::new(empty());
+        assert!(Connection::of(&req).is_none());
+        let facts = Connection {
+            client: SocketAddr::from(([127, 0, 0, 1], 4000)),
+            local: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            scheme: Scheme::Https,
+            request_id: "abc".into(),
+        };
+        req.extensions_mut().insert(facts.clone());
+        assert_eq!(Connection::of(&req), Some(&facts));
+        assert_eq!(facts.scheme.as_str(), "https");
+    }
+}
