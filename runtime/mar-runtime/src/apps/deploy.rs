@@ -24,6 +24,32 @@ struct Timings {
 }
 
 impl Apps {
+    /// Deploys a pushed tree (see `deploy_source`) and tells the pusher, on `out`, why a push
+    /// was rejected; a failure also goes to the app's log. The tree's work space is removed
+    /// afterwards, in the background, so the pusher does not wait for it.
+    pub async fn push(
+        &self,
+        app: &AppName,
+        source: Source,
+        out: &Output,
+        cancel: &CancellationToken,
+    ) -> Result<Deployed, DeployError> {
+        let work_dir = source.work_dir.clone();
+        let res = self.deploy_source(app, source, out, cancel).await;
+        if let Err(e) = &res {
+            for line in e.to_string().lines() {
+                out.line(format!(" !     {line}"));
+            }
+            out.line(" !     Push rejected; the previous release keeps serving.");
+            self.logs
+                .append(app, "mar[build]", &format!("Build failed: {e}"));
+        }
+        tokio::spawn(async move {
+            let _ = tokio::fs::remove_dir_all(&work_dir).await;
+        });
+        res
+    }
+
     /// Builds the tree in `source` and deploys it as a new release.
     pub async fn deploy_source(
         &self,
@@ -160,12 +186,23 @@ impl Apps {
     }
 
     /// Changes config vars (a `None` value unsets) as a new release, restarting the app with
-    /// the new environment if it runs code.
+    /// the new environment if it runs code. Names and settings' values are checked first, so a
+    /// bad one changes nothing.
     pub async fn set_config(
         &self,
         app: &AppName,
         changes: BTreeMap<String, Option<String>>,
     ) -> Result<Release, DeployError> {
+        for (k, v) in &changes {
+            if !valid_var(k) {
+                return Err(DeployError::BadInput(format!(
+                    "invalid config var name {k:?}: use letters, digits and '_', not starting with a digit"
+                )));
+            }
+            if let Some(v) = v {
+                crate::settings::validate(k, v).map_err(DeployError::BadInput)?;
+            }
+        }
         let _guard = self.lock(app)?;
         let mut config = self.store.config(app)?;
         let (mut set, mut unset) = (Vec::new(), Vec::new());
@@ -384,4 +421,29 @@ fn build_id(commit: &str) -> String {
         .take(7)
         .collect();
     format!("{ms}-{short}")
+}
+
+/// Config var names must be usable as environment variable names and as file names in the
+/// buildpack ENV_DIR.
+fn valid_var(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 256
+        && !b[0].is_ascii_digit()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn var_names() {
+        assert!(valid_var("GREETING"));
+        assert!(valid_var("_a1"));
+        assert!(!valid_var("1A"));
+        assert!(!valid_var("A-B"));
+        assert!(!valid_var("../x"));
+        assert!(!valid_var(""));
+    }
 }

@@ -8,8 +8,11 @@
 //!
 //! This module holds the shared state (`Apps`, what runs for each app, the per-app locks) and
 //! the helpers every operation uses; each concern lives in its own submodule:
+//! - `create_destroy`: creating an app and destroying it with everything it owns;
+//! - `receive`: receiving a pushed tree into a build's work space;
 //! - `deploy`: pushes, the release phase, config changes and rollbacks (everything that makes a
 //!   release), and `launch`, which boots a release and switches traffic to it;
+//! - `domains`: custom domains;
 //! - `operations`: scaling, rolling restarts and one-off commands (no new release);
 //! - `retire`: stopping instances that lost their traffic, and pruning old slugs;
 //! - `instances`: turning a release into process specs and running instances;
@@ -17,9 +20,12 @@
 //! - `route_target`: the pure policy that turns instance states into a route target;
 //! - `start_stop`: bringing apps back when `mar serve` starts, stopping them at the end.
 
+mod create_destroy;
 mod deploy;
+mod domains;
 mod instances;
 mod operations;
+mod receive;
 mod retire;
 mod route_target;
 mod start_stop;
@@ -36,7 +42,7 @@ use mar_core::AppName;
 use mar_logs::Logs;
 use mar_router::RouteTable;
 use mar_store::{Release, Store, StoreError};
-use mar_supervisor::{Cgroups, Event, Instance};
+use mar_supervisor::{Cgroups, Event, Instance, State};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -62,6 +68,16 @@ pub enum DeployError {
     /// The request does not make sense for this app (unknown process type, no release...).
     #[error("{0}")]
     Invalid(String),
+    /// A value the user gave is malformed or not allowed (a config var name, a host name, a
+    /// reserved app name), whatever the app's state.
+    #[error("{0}")]
+    BadInput(String),
+    /// Receiving a pushed tree failed on this side (disk), not because of what was sent.
+    #[error("receiving source: {0}")]
+    Receive(std::io::Error),
+    /// A repository could not be created or removed.
+    #[error(transparent)]
+    Git(#[from] mar_git::GitError),
     /// State error.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -281,6 +297,27 @@ impl Apps {
             (&a.spec().process_type, a.spec().index).cmp(&(&b.spec().process_type, b.spec().index))
         });
         v
+    }
+
+    /// One word for the state of the app's instances: `idle` (none), `running` (all up),
+    /// `crashed` (one crashed), or `starting`.
+    pub fn state(&self, app: &AppName) -> &'static str {
+        let instances = self.instances(app);
+        if instances.is_empty() {
+            "idle"
+        } else if instances
+            .iter()
+            .all(|i| matches!(i.state(), State::Up { .. }))
+        {
+            "running"
+        } else if instances
+            .iter()
+            .any(|i| matches!(i.state(), State::Crashed { .. }))
+        {
+            "crashed"
+        } else {
+            "starting"
+        }
     }
 
     /// `http://APP.DOMAIN:PORT/`.
