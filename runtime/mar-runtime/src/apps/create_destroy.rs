@@ -9,8 +9,12 @@ use super::{Apps, DeployError};
 
 impl Apps {
     /// Creates `app`: its record (with its own uid when apps get one), its bare repository,
-    /// and its route (an H14 page until the first deploy).
+    /// and its route (an H14 page until the first deploy). A reserved name is refused before
+    /// anything is created.
     pub fn create(&self, app: &AppName, git: &GitServer) -> Result<(), DeployError> {
+        if let Some(r) = mar_core::reserved(app.as_str()) {
+            return Err(DeployError::BadInput(r.refusal(&self.cfg.domain)));
+        }
         self.store.create_app(app, self.uid_base())?;
         git.create_repo(app)?;
         self.logs.append(app, "mar[api]", "App created");

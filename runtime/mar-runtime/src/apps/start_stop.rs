@@ -8,7 +8,9 @@ use mar_store::NewRelease;
 use super::{Apps, Running, Workload};
 
 impl Apps {
-    /// Brings every app back at its current release (at start).
+    /// Brings every app back at its current release (at start). An app whose name became
+    /// reserved is still restored (its processes run and it can be destroyed), but the platform
+    /// answers at its host, so a warning names it.
     pub async fn restore(&self) {
         self.publish_domains();
         let apps = match self.store.list_apps() {
@@ -20,6 +22,12 @@ impl Apps {
         };
         for app in apps {
             let name = app.name;
+            if let Some(r) = mar_core::reserved(name.as_str()) {
+                eprintln!(
+                    "mar: warning: app {name} has a reserved name: {}, so the app is unreachable there (or will be once the platform serves it); move it to another name (create a new app and push there) and destroy it with `mar apps:destroy {name} --confirm {name}`",
+                    r.reason(&self.cfg.domain)
+                );
+            }
             match self.store.current_release(&name) {
                 Ok(Some(rel)) if rel.slug.is_some() => {
                     let new = NewRelease {
