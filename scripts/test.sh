@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every test on a fresh Debian machine of this project's kind:
 # installs what the tests need (git, Python venv, Node.js/npm, Qt 5 with WebSockets), builds the
-# workspace once (one profile: the tests run the `mar` binary it produces), then runs the suite.
+# workspace once (one profile: the tests run the `mar` binary it produces), checks formatting and
+# lints, then runs the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,5 +24,12 @@ fi
 
 echo "==> building"
 cargo build --workspace --all-targets --locked
+# The gates come before the tests, so a formatting or lint failure is reported in seconds rather
+# than after the suite. Clippy reuses the dependencies' metadata of the build above, so only the
+# workspace's own crates are checked again.
+echo "==> checking formatting"
+cargo fmt --all --check
+echo "==> linting"
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> testing"
 cargo test --workspace --locked "$@"

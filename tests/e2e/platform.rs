@@ -171,6 +171,41 @@ async fn app_names_are_dns_labels() {
 }
 
 #[tokio::test]
+async fn reserved_app_names_are_refused_and_nothing_is_created() {
+    let mar = MarServer::start();
+    for name in ["api", "mws"] {
+        let out = mar.mar(&["apps:create", name]);
+        assert!(!out.ok(), "{name} was accepted");
+        assert!(
+            out.stderr
+                .contains(&format!("the name `{name}` is reserved"))
+                && out.stderr.contains(&format!("`{name}.localhost`"))
+                && out.stderr.contains("choose another name"),
+            "{name}: {}",
+            out.stderr
+        );
+        let api = mar
+            .api("POST", "/v1/apps", &format!("{{\"name\":{name:?}}}"))
+            .await;
+        assert_eq!(api.status, 400, "{name}: {}", api.body);
+        assert_eq!(api.json()["error"]["reason"], "BadRequest");
+        let show = mar.api("GET", &format!("/v1/apps/{name}"), "").await;
+        assert_eq!(show.status, 404, "{name}: {}", show.body);
+        assert!(
+            !mar.data_dir
+                .join("repos")
+                .join(format!("{name}.git"))
+                .exists(),
+            "a repository was created for {name}"
+        );
+    }
+    let apps = mar.mar(&["apps", "--json"]);
+    assert!(apps.ok(), "{}", apps.stderr);
+    let listed: serde_json::Value = serde_json::from_str(&apps.stdout).unwrap();
+    assert_eq!(listed, serde_json::json!([]), "{}", apps.stdout);
+}
+
+#[tokio::test]
 async fn router_error_pages_and_git_paths() {
     let mar = MarServer::start();
     let r = mar.get("nosuch.localhost", "/").await;

@@ -2,9 +2,11 @@
 //!
 //! Invariant: this crate does no I/O and knows nothing about HTTP, SQLite or processes.
 
-mod name;
+pub mod name;
 
-pub use name::{AppName, Hostname, NameError, ProcessType};
+pub use name::{
+    AppName, Hostname, NameError, ProcessType, RESERVED_NAMES, ReservedName, is_reserved, reserved,
+};
 
 /// The stack name reported to buildpacks in `STACK`, like Heroku's `heroku-24`.
 pub const STACK: &str = "mar-24";

@@ -1,4 +1,5 @@
-//! `AppName` and `ProcessType`: DNS labels, validated once so the rest of the code can trust them.
+//! `AppName` and `ProcessType`: DNS labels, validated once so the rest of the code can trust them;
+//! and the app names the platform keeps for itself (`RESERVED_NAMES`).
 //!
 //! App names become host names (`APP.localhost`), directory names and git URLs, so this check
 //! is the security boundary against path traversal and header injection.
@@ -37,6 +38,69 @@ fn is_label(s: &str) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// An app name the platform keeps for itself, and what it serves there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservedName {
+    /// The label.
+    pub name: &'static str,
+    /// What `NAME.DOMAIN` serves, as the end of a sentence.
+    pub serves: &'static str,
+}
+
+impl ReservedName {
+    /// What the platform does with `NAME.domain`: "`api.example.com` serves the platform's API".
+    pub fn reason(&self, domain: &str) -> String {
+        format!("`{}.{domain}` {}", self.name, self.serves)
+    }
+
+    /// Why a new app cannot take this name, for a platform serving `domain`.
+    pub fn refusal(&self, domain: &str) -> String {
+        format!(
+            "the name `{}` is reserved: {}; choose another name",
+            self.name,
+            self.reason(domain)
+        )
+    }
+}
+
+/// App names no new app may take: every label the platform serves, or will serve, under its
+/// own domain. An app is reached at `NAME.DOMAIN`, so an app with one of these names would be
+/// shadowed by the platform (`api.DOMAIN` is the API today) or would shadow a platform service
+/// once it arrives. The router's platform-host check and `apps:create` both read this list.
+pub const RESERVED_NAMES: &[ReservedName] = &[
+    ReservedName {
+        name: "api",
+        serves: "serves the platform's API",
+    },
+    ReservedName {
+        name: "mws",
+        serves: "is kept for the platform's push gateway (MWS)",
+    },
+    ReservedName {
+        name: "eds",
+        serves: "is kept for the platform's data store (EDS)",
+    },
+    ReservedName {
+        name: "www",
+        serves: "is kept for the platform's own web site",
+    },
+    ReservedName {
+        name: "mar",
+        serves: "is kept for the platform itself",
+    },
+];
+
+/// The reserved name `name` is, if it is one (names are compared as given: app names are
+/// lowercase, host labels must be lowercased first).
+pub fn reserved(name: &str) -> Option<&'static ReservedName> {
+    RESERVED_NAMES.iter().find(|r| r.name == name)
+}
+
+/// Whether no new app may be called `name` (see `RESERVED_NAMES`).
+pub fn is_reserved(name: &str) -> bool {
+    reserved(name).is_some()
 }
 
 /// A validated app name: a DNS label of at most 30 characters.
@@ -159,6 +223,28 @@ mod tests {
     fn accepts_dns_labels() {
         for ok in ["a", "echo", "my-app-2", "a23456789012345678901234567890"] {
             assert!(AppName::parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn reserved_names_are_valid_labels_and_say_why() {
+        for r in RESERVED_NAMES {
+            // Still valid names, so an app that took one before the rule can be destroyed.
+            assert!(AppName::parse(r.name).is_ok(), "{}", r.name);
+            assert!(is_reserved(r.name));
+            let why = r.refusal("example.com");
+            assert!(why.contains(&format!("`{}.example.com`", r.name)), "{why}");
+            assert!(why.ends_with("choose another name"), "{why}");
+        }
+        assert_eq!(
+            reserved("api").unwrap().refusal("localhost"),
+            "the name `api` is reserved: `api.localhost` serves the platform's API; choose another name"
+        );
+        for name in ["mws", "eds", "www", "mar"] {
+            assert!(is_reserved(name), "{name}");
+        }
+        for free in ["apis", "myapi", "web", "app", "API", ""] {
+            assert!(!is_reserved(free), "{free}");
         }
     }
 

@@ -257,9 +257,14 @@ impl RouteTable {
             return Resolved::Platform;
         };
         let host = host.trim_end_matches('.').to_ascii_lowercase();
+        // The bare domain, IP hosts, and every reserved label (`api.`, `mws.`, `eds.`, `www.`,
+        // `mar.`): no app can have those names, so the platform answers them.
+        let label = host
+            .strip_suffix(self.domain.as_str())
+            .and_then(|h| h.strip_suffix('.'));
         if host.parse::<IpAddr>().is_ok()
             || host == self.domain
-            || host.strip_prefix("api.") == Some(self.domain.as_str())
+            || label.is_some_and(mar_core::is_reserved)
         {
             return Resolved::Platform;
         }
@@ -355,6 +360,9 @@ mod tests {
             Some("localhost"),
             Some("localhost:8080"),
             Some("api.localhost"),
+            Some("mws.localhost"),
+            Some("EDS.localhost:80"),
+            Some("www.localhost"),
             Some("127.0.0.1:9"),
             Some("[::1]:80"),
             Some("LOCALHOST."),

@@ -2,6 +2,7 @@
 //! its REST API (through `mar-sdk`), in Heroku's and Dokku's command style.
 
 mod cli;
+mod commands;
 mod hook;
 
 use std::process::ExitCode;

@@ -1,0 +1,74 @@
+//! `POST /v1/apps/APP/builds`: the git hook sends the pushed tree; the build and deploy stream
+//! back to the pusher.
+
+use std::sync::Arc;
+
+use axum::body::Body as AxumBody;
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use mar_build::Output;
+use mar_sdk::types::BuildResult;
+use tokio_util::sync::CancellationToken;
+
+use super::{Admin, ApiError, ApiResult, Platform, existing, line_stream};
+
+/// `?commit=SHA`: the pushed commit.
+#[derive(serde::Deserialize)]
+pub(super) struct BuildQuery {
+    commit: Option<String>,
+}
+
+/// `POST /v1/apps/APP/builds`: the body is a tar of the source. Builds and deploys, streaming
+/// the output; the last line carries the result. Called by the git hook during a push.
+pub(super) async fn create_build(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+    Query(q): Query<BuildQuery>,
+    body: AxumBody,
+) -> ApiResult<Response> {
+    let app = existing(&p, &app)?;
+    let commit = q.commit.unwrap_or_default();
+    if !commit.bytes().all(|b| b.is_ascii_hexdigit()) || commit.len() > 64 {
+        return Err(ApiError::bad_request(
+            "commit must be a hexadecimal git object id",
+        ));
+    }
+    let guard = p.apps.lock(&app)?;
+    let source = p
+        .apps
+        .receive_source(&app, commit, body.into_data_stream())
+        .await?;
+    let (out, rx) = Output::channel();
+    let cancel = CancellationToken::new();
+    let watcher = {
+        let (out, cancel) = (out.clone(), cancel.clone());
+        tokio::spawn(async move {
+            // The pusher hung up (Ctrl-C): stop the build rather than deploy a commit git will
+            // not record.
+            out.closed().await;
+            cancel.cancel();
+        })
+    };
+    let p2 = p.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        let result = match p2.apps.push(&app, source, &out, &cancel).await {
+            Ok(d) => BuildResult {
+                ok: true,
+                release: Some(d.release.version),
+            },
+            Err(_) => BuildResult {
+                ok: false,
+                release: None,
+            },
+        };
+        out.line(format!(
+            "{}{}",
+            mar_sdk::types::BUILD_RESULT_MARK,
+            serde_json::to_string(&result).unwrap_or_default()
+        ));
+        watcher.abort();
+    });
+    Ok(line_stream(rx))
+}

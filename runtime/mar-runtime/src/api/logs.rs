@@ -1,0 +1,145 @@
+//! `/v1/apps/APP/logs` and `/v1/apps/APP/logs/stream`: an app's recent log lines, filtered
+//! by process and source, and the live tail.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body as AxumBody;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderValue, StatusCode, header};
+use mar_sdk::types::{LogEntry, Results};
+
+use super::{Admin, ApiError, ApiResult, Platform, existing};
+
+#[derive(serde::Deserialize)]
+pub(super) struct LogQuery {
+    limit: Option<String>,
+    offset: Option<String>,
+    lines: Option<String>,
+    ps: Option<String>,
+    source: Option<String>,
+}
+
+impl LogQuery {
+    /// The `ps` and `source` filters as a predicate; `ps=web` matches every web instance.
+    fn filter(&self) -> ApiResult<impl Fn(&mar_logs::LogLine) -> bool + Send + Sync + 'static> {
+        let source = match self.source.as_deref() {
+            None | Some("") => None,
+            Some(s @ ("app" | "mar")) => Some(format!("{s}[")),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "source must be app or mar, not {other:?}"
+                )));
+            }
+        };
+        let ps = self.ps.clone().filter(|p| !p.is_empty());
+        Ok(move |l: &mar_logs::LogLine| {
+            let inner = l
+                .source
+                .split_once('[')
+                .map(|(_, r)| r.trim_end_matches(']'))
+                .unwrap_or("");
+            source
+                .as_ref()
+                .is_none_or(|s| l.source.starts_with(s.as_str()))
+                && ps.as_ref().is_none_or(|p| {
+                    inner == p || (!p.contains('.') && inner.split('.').next() == Some(p.as_str()))
+                })
+        })
+    }
+}
+
+fn number(name: &str, v: Option<&String>, default: usize, max: usize) -> ApiResult<usize> {
+    match v {
+        None => Ok(default),
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n <= max)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name} must be a whole number from 0 to {max}, not {s:?}"
+                ))
+            }),
+    }
+}
+
+pub(super) async fn get_logs(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Json<Results<LogEntry>>> {
+    let app = existing(&p, &app)?;
+    let limit = number("limit", q.limit.as_ref(), 100, 100_000)?;
+    let offset = number("offset", q.offset.as_ref(), 0, usize::MAX)?;
+    let keep = q.filter()?;
+    let lines = p
+        .logs
+        .recent_where(&app, limit, offset, keep)
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+        })?;
+    let results = lines
+        .into_iter()
+        .map(|l| LogEntry {
+            log: format!("{}: {}", l.source, l.text),
+            time: l.time,
+        })
+        .collect();
+    Ok(Json(Results { results }))
+}
+
+pub(super) async fn stream_logs(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    let app = existing(&p, &app)?;
+    let n = number("lines", q.lines.as_ref(), 100, 100_000)?;
+    let live = p.logs.subscribe(&app).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            e.to_string(),
+        )
+    })?;
+    let keep = Arc::new(q.filter()?);
+    let k2 = keep.clone();
+    let backlog = p
+        .logs
+        .recent_where(&app, n, 0, move |l| k2(l))
+        .unwrap_or_default();
+    let head = futures_util::stream::iter(
+        backlog
+            .into_iter()
+            .map(|l| Ok::<_, std::io::Error>(Bytes::from(l.render() + "\n"))),
+    );
+    let tail = futures_util::stream::unfold((live, keep), |(mut rx, keep)| async move {
+        loop {
+            let text = match rx.recv().await {
+                Ok(line) if !keep(&line) => continue,
+                Ok(line) => line.render() + "\n",
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    format!("... {n} lines skipped (reader too slow) ...\n")
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            return Some((Ok(Bytes::from(text)), (rx, keep)));
+        }
+    });
+    let mut resp = AxumBody::from_stream(head.chain(tail)).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(resp)
+}

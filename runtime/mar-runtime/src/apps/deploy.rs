@@ -1,0 +1,449 @@
+//! Everything that makes a release: a push (build → slug → release phase → boot → health
+//! checks → release → switch), a config change, a rollback; and `launch`, the one path by which
+//! a release's instances boot and take the traffic, so every kind of release moves traffic the
+//! same way (only after every new web instance accepts connections and passes its checks).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use mar_build::{BuildSpec, Output};
+use mar_core::AppName;
+use mar_store::{NewRelease, Release};
+use mar_supervisor::State;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Apps, DeployError, Deployed, Running, Slot, Source, Workload};
+use crate::healthcheck;
+
+/// How long the steps of a launch took, for the timings line of a push.
+struct Timings {
+    boot: Duration,
+    switch: Duration,
+}
+
+impl Apps {
+    /// Deploys a pushed tree (see `deploy_source`) and tells the pusher, on `out`, why a push
+    /// was rejected; a failure also goes to the app's log. The tree's work space is removed
+    /// afterwards, in the background, so the pusher does not wait for it.
+    pub async fn push(
+        &self,
+        app: &AppName,
+        source: Source,
+        out: &Output,
+        cancel: &CancellationToken,
+    ) -> Result<Deployed, DeployError> {
+        let work_dir = source.work_dir.clone();
+        let res = self.deploy_source(app, source, out, cancel).await;
+        if let Err(e) = &res {
+            for line in e.to_string().lines() {
+                out.line(format!(" !     {line}"));
+            }
+            out.line(" !     Push rejected; the previous release keeps serving.");
+            self.logs
+                .append(app, "mar[build]", &format!("Build failed: {e}"));
+        }
+        tokio::spawn(async move {
+            let _ = tokio::fs::remove_dir_all(&work_dir).await;
+        });
+        res
+    }
+
+    /// Builds the tree in `source` and deploys it as a new release.
+    pub async fn deploy_source(
+        &self,
+        app: &AppName,
+        source: Source,
+        out: &Output,
+        cancel: &CancellationToken,
+    ) -> Result<Deployed, DeployError> {
+        let Source {
+            build_dir,
+            work_dir,
+            commit,
+            received,
+        } = source;
+        let stored = self.store.get_app(app)?;
+        let config = self.store.config(app)?;
+        let t_build = Instant::now();
+        out.step(format!("Building on the {} stack", mar_core::STACK));
+        let spec = BuildSpec {
+            build_dir: build_dir.clone(),
+            cache_dir: self.paths.cache(app),
+            work_dir: work_dir.clone(),
+            builtin_buildpacks: self.paths.buildpacks(),
+            config: config.clone(),
+            source_version: commit.clone(),
+            timeout: self.cfg.build_timeout,
+            run_as: stored.uid.map(|u| (u, u)),
+        };
+        let built = mar_build::build(&spec, out, cancel).await?;
+        let checks = match std::fs::read_to_string(build_dir.join("app.json")) {
+            Ok(text) => healthcheck::parse_app_json(&text).map_err(DeployError::Invalid)?,
+            Err(_) => Vec::new(),
+        };
+        if !checks.is_empty() {
+            out.detail(format!(
+                "app.json declares {} web healthcheck(s)",
+                checks.len()
+            ));
+        }
+        let build_time = t_build.elapsed();
+
+        let t_slug = Instant::now();
+        out.step("Compressing...");
+        let id = build_id(&commit);
+        let slug = self.paths.slug(app, &id);
+        let run_dir = self.paths.run_dir(app, &id);
+        for d in [slug.parent(), run_dir.parent()].into_iter().flatten() {
+            std::fs::create_dir_all(d)?;
+        }
+        let (bd, sl) = (build_dir.clone(), slug.clone());
+        let size = tokio::task::spawn_blocking(move || mar_build::pack_slug(&bd, &sl))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        std::fs::rename(&build_dir, &run_dir)?;
+        self.secure_app_dirs(app, &run_dir, stored.uid)?;
+        out.step(format!(
+            "Compiled slug size is {}",
+            mar_build::human_size(size)
+        ));
+        let slug_time = t_slug.elapsed();
+
+        let mut release_config = config;
+        release_config.extend(built.config_defaults);
+        let short: String = commit.chars().take(7).collect();
+        let new = NewRelease {
+            description: format!("Deploy {short}"),
+            slug: Some(slug.to_string_lossy().into_owned()),
+            slug_size: size,
+            process_types: built.process_types,
+            config: release_config,
+            commit: Some(commit.clone()),
+            buildpacks: built.buildpacks,
+            healthchecks: serde_json::to_string(&checks).unwrap_or_else(|_| "null".to_owned()),
+        };
+        let result = async {
+            self.release_phase(app, &new, out, cancel).await?;
+            self.launch(app, new, out).await
+        }
+        .await;
+        let (timings, release) = match result {
+            Ok(t) => t,
+            Err(e) => {
+                // Nothing refers to this build's slug: it never became a release.
+                let _ = std::fs::remove_file(&slug);
+                let _ = std::fs::remove_dir_all(&run_dir);
+                return Err(e);
+            }
+        };
+        out.detail(format!(
+            "Timings: receive {:.1}s, build {:.1}s, slug {:.1}s, boot {:.1}s, switch {:.1}s",
+            received.as_secs_f64(),
+            build_time.as_secs_f64(),
+            slug_time.as_secs_f64(),
+            timings.boot.as_secs_f64(),
+            timings.switch.as_secs_f64()
+        ));
+        Ok(Deployed { release })
+    }
+
+    /// Runs the Procfile's `release` command, if any, in the new slug with the new config;
+    /// a non-zero exit aborts the deploy.
+    async fn release_phase(
+        &self,
+        app: &AppName,
+        new: &NewRelease,
+        out: &Output,
+        cancel: &CancellationToken,
+    ) -> Result<(), DeployError> {
+        let Some(command) = new.process_types.get("release") else {
+            return Ok(());
+        };
+        out.step("Running release command...");
+        let spec = self.spec(app, new, "release", 1, command, self.next_version(app)?)?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let relay = {
+            let out = out.clone();
+            tokio::spawn(async move {
+                while let Some(line) = rx.recv().await {
+                    out.detail(line);
+                }
+            })
+        };
+        let res = mar_supervisor::one_off(&spec, tx, self.cfg.build_timeout, cancel.clone()).await;
+        let _ = relay.await;
+        match res {
+            Ok(0) => Ok(()),
+            Ok(code) => Err(DeployError::ReleasePhase(format!(
+                "Release command failed (exit status {code}); the release was not deployed"
+            ))),
+            Err(e) => Err(DeployError::ReleasePhase(format!(
+                "Release command failed: {e}"
+            ))),
+        }
+    }
+
+    /// Changes config vars (a `None` value unsets) as a new release, restarting the app with
+    /// the new environment if it runs code. Names and settings' values are checked first, so a
+    /// bad one changes nothing.
+    pub async fn set_config(
+        &self,
+        app: &AppName,
+        changes: BTreeMap<String, Option<String>>,
+    ) -> Result<Release, DeployError> {
+        for (k, v) in &changes {
+            if !valid_var(k) {
+                return Err(DeployError::BadInput(format!(
+                    "invalid config var name {k:?}: use letters, digits and '_', not starting with a digit"
+                )));
+            }
+            if let Some(v) = v {
+                crate::settings::validate(k, v).map_err(DeployError::BadInput)?;
+            }
+        }
+        let _guard = self.lock(app)?;
+        let mut config = self.store.config(app)?;
+        let (mut set, mut unset) = (Vec::new(), Vec::new());
+        for (k, v) in changes {
+            match v {
+                Some(v) => {
+                    set.push(k.clone());
+                    config.insert(k, v);
+                }
+                None => {
+                    if config.remove(&k).is_some() {
+                        unset.push(k);
+                    }
+                }
+            }
+        }
+        let description = match (set.is_empty(), unset.is_empty()) {
+            (false, true) => format!("Set {} config vars", set.join(", ")),
+            (true, false) => format!("Unset {} config vars", unset.join(", ")),
+            (false, false) => format!(
+                "Set {} and unset {} config vars",
+                set.join(", "),
+                unset.join(", ")
+            ),
+            (true, true) => "Config unchanged".to_owned(),
+        };
+        let current = self.store.current_release(app)?;
+        let new = match current {
+            Some(r) => NewRelease {
+                description,
+                slug: r.slug,
+                slug_size: r.slug_size,
+                process_types: r.process_types,
+                config,
+                commit: r.commit,
+                buildpacks: r.buildpacks,
+                healthchecks: r.healthchecks,
+            },
+            None => NewRelease {
+                description,
+                config,
+                healthchecks: "null".to_owned(),
+                ..Default::default()
+            },
+        };
+        if new.slug.is_none() {
+            return Ok(self.store.create_release(app, new)?);
+        }
+        let out = self.log_output(app);
+        Ok(self.launch(app, new, &out).await?.1)
+    }
+
+    /// Rolls back to `version` (default: the release before the current one) by making a new
+    /// release from its slug and config.
+    pub async fn rollback(
+        &self,
+        app: &AppName,
+        version: Option<i64>,
+    ) -> Result<Release, DeployError> {
+        let _guard = self.lock(app)?;
+        let current = self
+            .store
+            .current_release(app)?
+            .ok_or_else(|| DeployError::Invalid(format!("{app} has no releases to roll back")))?;
+        let target = version.unwrap_or(current.version - 1);
+        if target < 1 || target > current.version {
+            return Err(DeployError::Invalid(format!(
+                "cannot roll back to v{target}: {app}'s releases are v1 to v{}",
+                current.version
+            )));
+        }
+        if target == current.version {
+            return Err(DeployError::Invalid(format!(
+                "v{target} is already the current release of {app}"
+            )));
+        }
+        let old = self.store.release(app, target)?;
+        if let Some(slug) = &old.slug
+            && !Path::new(slug).is_file()
+        {
+            return Err(DeployError::Invalid(format!(
+                "cannot roll back to v{target}: its slug was pruned (the last {} releases keep theirs)",
+                self.cfg.keep_releases
+            )));
+        }
+        let new = NewRelease {
+            description: format!("Rollback to v{target}"),
+            slug: old.slug,
+            slug_size: old.slug_size,
+            process_types: old.process_types,
+            config: old.config,
+            commit: old.commit,
+            buildpacks: old.buildpacks,
+            healthchecks: old.healthchecks,
+        };
+        if new.slug.is_none() {
+            return Ok(self.store.create_release(app, new)?);
+        }
+        let out = self.log_output(app);
+        Ok(self.launch(app, new, &out).await?.1)
+    }
+
+    /// Starts the processes of a release, waits for them to boot and pass their health checks,
+    /// records the release and switches traffic to it, then drains and stops the previous
+    /// instances.
+    async fn launch(
+        &self,
+        app: &AppName,
+        new: NewRelease,
+        out: &Output,
+    ) -> Result<(Timings, Release), DeployError> {
+        let version = self.next_version(app)?;
+        let t_boot = Instant::now();
+        let slots = self.start_slots(app, &new, version)?;
+        let checks = healthcheck::from_release(&new.healthchecks);
+        if slots
+            .iter()
+            .any(|s| s.instance.spec().process_type == "web")
+        {
+            out.step("Waiting for the web process to accept connections on $PORT");
+        }
+        if let Err(msg) = self.ready(app, &slots, &checks, out).await {
+            out.line(format!(" !     {msg}"));
+            for line in self.logs.recent(app, 8, 0).unwrap_or_default() {
+                out.line(format!(" !     {}", line.render()));
+            }
+            out.line(" !     The previous release keeps serving.");
+            futures_util::future::join_all(slots.iter().map(|s| s.instance.stop())).await;
+            return Err(DeployError::Boot(msg));
+        }
+        let boot = t_boot.elapsed();
+        let t_switch = Instant::now();
+        let release = self.store.create_release(app, new)?;
+        let settings = self.settings(&release.config);
+        let old = self
+            .running()
+            .insert(app.clone(), Running::processes(release.clone(), slots));
+        self.publish(app);
+        let switch = t_switch.elapsed();
+        out.step(format!("Launching... done, v{}", release.version));
+        out.detail(format!("{} deployed to mini-MAR", self.web_url(app)));
+        self.logs.append(
+            app,
+            "mar[api]",
+            &format!(
+                "Release v{} created: {}",
+                release.version, release.description
+            ),
+        );
+        if let Some(Running {
+            workload: Workload::Processes(old),
+            ..
+        }) = old
+        {
+            self.retire(app, old, settings.wait_to_retire);
+        }
+        self.prune(app);
+        Ok((Timings { boot, switch }, release))
+    }
+
+    /// Waits for new instances to boot; web instances must also pass the health checks.
+    pub(super) async fn ready(
+        &self,
+        app: &AppName,
+        slots: &[Slot],
+        checks: &[healthcheck::Check],
+        out: &Output,
+    ) -> Result<(), String> {
+        for s in slots {
+            s.instance
+                .first_boot()
+                .await
+                .map_err(|e| format!("{} failed to start: {e}", s.instance.spec().dyno()))?;
+        }
+        if checks.is_empty() {
+            return Ok(());
+        }
+        out.step("Running healthchecks");
+        let host = format!("{app}.{}", self.cfg.domain);
+        for s in slots
+            .iter()
+            .filter(|s| s.instance.spec().process_type == "web")
+        {
+            let State::Up {
+                port: Some(port), ..
+            } = s.instance.state()
+            else {
+                return Err(format!(
+                    "{} stopped before its healthchecks",
+                    s.instance.spec().dyno()
+                ));
+            };
+            let say = |line: String| out.detail(line);
+            healthcheck::run(
+                checks,
+                ([127, 0, 0, 1], port).into(),
+                &host,
+                &s.instance.spec().dyno(),
+                &say,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A slug's id: when it was built and the commit, so ids sort by age and say what they hold.
+fn build_id(commit: &str) -> String {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let short: String = commit
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(7)
+        .collect();
+    format!("{ms}-{short}")
+}
+
+/// Config var names must be usable as environment variable names and as file names in the
+/// buildpack ENV_DIR.
+fn valid_var(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 256
+        && !b[0].is_ascii_digit()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn var_names() {
+        assert!(valid_var("GREETING"));
+        assert!(valid_var("_a1"));
+        assert!(!valid_var("1A"));
+        assert!(!valid_var("A-B"));
+        assert!(!valid_var("../x"));
+        assert!(!valid_var(""));
+    }
+}

@@ -1,0 +1,118 @@
+//! Turning a release into running instances: the process spec of each instance (command,
+//! directory, environment, user, limits, cgroups) and the slots that track them.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use mar_core::AppName;
+use mar_store::{NewRelease, Release};
+use mar_supervisor::{Instance, ProcessSpec, Sandbox};
+use tokio_util::sync::CancellationToken;
+
+use super::{Apps, DeployError, Slot};
+
+impl Apps {
+    /// The spec of instance `ty.index` of release `version`, whose slug and config `new` holds:
+    /// it runs from the slug's run directory (unpacked again if missing) with the release's
+    /// config as environment, as the app's user, with the app's limits.
+    pub(super) fn spec(
+        &self,
+        app: &AppName,
+        new: &NewRelease,
+        ty: &str,
+        index: u32,
+        command: &str,
+        version: i64,
+    ) -> Result<ProcessSpec, DeployError> {
+        let slug = new
+            .slug
+            .as_deref()
+            .ok_or_else(|| DeployError::Invalid(format!("{app} has no code yet")))?;
+        let uid = self.store.get_app(app)?.uid;
+        let dir = self.ensure_run_dir(app, Path::new(slug), uid)?;
+        let settings = self.settings(&new.config);
+        let private_tmp = self.private_tmp();
+        let mut env = new.config.clone();
+        if let (Some(uid), false) = (uid, private_tmp) {
+            // No mount namespace for /tmp here: give the app a private temporary directory
+            // that well-behaved programs use instead.
+            let tmp = self.app_tmp_dir(app, uid)?;
+            env.insert("TMPDIR".to_owned(), tmp.to_string_lossy().into_owned());
+        }
+        Ok(ProcessSpec {
+            app: app.clone(),
+            process_type: ty.to_owned(),
+            index,
+            command: command.to_owned(),
+            dir,
+            env,
+            boot_timeout: settings.boot_timeout,
+            stop_grace: settings.stop_timeout,
+            release: version,
+            sandbox: Sandbox {
+                user: uid.map(|u| (u, u)),
+                private_tmp,
+                nofile: settings.limits.nofile,
+            },
+            limits: settings.limits,
+            cgroups: self.cgroups.clone(),
+        })
+    }
+
+    /// A private /tmp needs a mount over /tmp, which would hide the data directory (and so the
+    /// app's own slug) if it lives under /tmp.
+    pub(super) fn private_tmp(&self) -> bool {
+        self.isolate && !self.cfg.data_dir.starts_with("/tmp")
+    }
+
+    /// The spec of instance `ty.index` of a recorded release.
+    pub(super) fn spec_from_release(
+        &self,
+        app: &AppName,
+        r: &Release,
+        ty: &str,
+        index: u32,
+        command: &str,
+    ) -> Result<ProcessSpec, DeployError> {
+        let new = NewRelease {
+            slug: r.slug.clone(),
+            config: r.config.clone(),
+            ..Default::default()
+        };
+        self.spec(app, &new, ty, index, command, r.version)
+    }
+
+    /// Starts an instance, with a fresh in-flight counter and retire signal.
+    pub(super) fn spawn(&self, spec: ProcessSpec) -> Slot {
+        Slot {
+            instance: Instance::spawn(spec, self.logs.clone(), self.events.clone()),
+            load: Arc::new(AtomicUsize::new(0)),
+            retire: CancellationToken::new(),
+        }
+    }
+
+    /// Starts the instances the app's formation asks of each process type of the release
+    /// (`release` is not a long-running type); none for a release without code.
+    pub(super) fn start_slots(
+        &self,
+        app: &AppName,
+        new: &NewRelease,
+        version: i64,
+    ) -> Result<Vec<Slot>, DeployError> {
+        if new.slug.is_none() {
+            return Ok(Vec::new());
+        }
+        let formation = self.store.formation(app)?;
+        let mut slots = Vec::new();
+        for (ty, command) in &new.process_types {
+            if ty == "release" {
+                continue;
+            }
+            for index in 1..=formation.get(ty).copied().unwrap_or(0) {
+                slots.push(self.spawn(self.spec(app, new, ty, index, command, version)?));
+            }
+        }
+        Ok(slots)
+    }
+}

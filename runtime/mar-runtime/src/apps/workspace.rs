@@ -1,0 +1,84 @@
+//! The app's directories on disk: run directories unpacked from slugs, their owner (the app's
+//! user) and modes, and the private temporary directory used when /tmp cannot be made private.
+
+use std::path::{Path, PathBuf};
+
+use mar_core::AppName;
+
+use super::{Apps, DeployError};
+
+impl Apps {
+    /// Makes the app's directories private: apps/APP traversable only, the run directory and
+    /// the cache owned by the app's user and closed to everyone else.
+    pub(super) fn secure_app_dirs(
+        &self,
+        app: &AppName,
+        run_dir: &Path,
+        uid: Option<u32>,
+    ) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let set =
+            |p: &Path, mode| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+        set(&self.paths.app(app), 0o711)?;
+        set(&self.paths.app(app).join("slugs"), 0o700)?;
+        set(&self.paths.app(app).join("run"), 0o711)?;
+        if let Some(uid) = uid {
+            std::os::unix::fs::lchown(run_dir, Some(uid), Some(uid))?;
+        }
+        set(run_dir, 0o700)?;
+        let cache = self.paths.cache(app);
+        if cache.is_dir() {
+            set(&cache, 0o700)?;
+        }
+        Ok(())
+    }
+
+    /// The directory a slug runs from, unpacking the slug if it is not there (after a
+    /// rollback to a pruned copy, or a cleanup).
+    pub(super) fn ensure_run_dir(
+        &self,
+        app: &AppName,
+        slug: &Path,
+        uid: Option<u32>,
+    ) -> Result<PathBuf, DeployError> {
+        let id = slug
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".tar.gz"))
+            .unwrap_or("unknown")
+            .to_owned();
+        let dir = self.paths.run_dir(app, &id);
+        if !dir.is_dir() {
+            mar_build::unpack_slug(slug, &dir)?;
+            if let Some(uid) = uid {
+                chown_tree(&dir, uid)?;
+            }
+            self.secure_app_dirs(app, &dir, uid)?;
+        }
+        Ok(dir)
+    }
+
+    /// apps/APP/tmp, owned by the app's user and closed to everyone else: its `TMPDIR` when
+    /// /tmp cannot be made private.
+    pub(super) fn app_tmp_dir(&self, app: &AppName, uid: u32) -> std::io::Result<PathBuf> {
+        let tmp = self.paths.app(app).join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        std::os::unix::fs::lchown(&tmp, Some(uid), Some(uid))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
+        Ok(tmp)
+    }
+}
+
+/// Gives `root` and everything under it to `uid` (symlinks themselves, never their targets),
+/// so the app's user owns the slug it runs from.
+fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(root, Some(uid), Some(uid))?;
+    if root.is_symlink() || !root.is_dir() {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(root)? {
+        chown_tree(&entry?.path(), uid)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! `mar config`, `config:set`, `config:unset`: an app's config vars; each change is a release.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Subcommand;
+
+use super::Context;
+use super::{print_config, print_json, resolve_app};
+
+/// The commands of this topic.
+#[derive(Subcommand, Debug)]
+pub(crate) enum ConfigCommand {
+    /// Show config vars.
+    Config,
+    /// Set config vars (K=V ...); makes a release and restarts the app.
+    #[command(name = "config:set")]
+    ConfigSet {
+        /// KEY=VALUE pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Unset config vars; makes a release and restarts the app.
+    #[command(name = "config:unset")]
+    ConfigUnset {
+        /// Names.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+}
+
+/// Runs one command of this topic.
+pub(crate) async fn run(cmd: ConfigCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ConfigCommand::Config => show(ctx).await,
+        ConfigCommand::ConfigSet { pairs } => set(ctx, pairs).await,
+        ConfigCommand::ConfigUnset { keys } => unset(ctx, keys).await,
+    }
+}
+
+/// `mar config`.
+async fn show(ctx: &Context) -> anyhow::Result<ExitCode> {
+    let app = resolve_app(ctx.app.clone())?;
+    let config = ctx.client.config(app.as_str()).await?;
+    if ctx.json {
+        return print_json(&config);
+    }
+    print_config(&app, &config);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mar config:set K=V...`.
+async fn set(ctx: &Context, pairs: Vec<String>) -> anyhow::Result<ExitCode> {
+    let app = resolve_app(ctx.app.clone())?;
+    let mut changes = BTreeMap::new();
+    for pair in pairs {
+        let Some((k, v)) = pair.split_once('=') else {
+            bail!("{pair:?} is not KEY=VALUE");
+        };
+        changes.insert(k.to_owned(), Some(v.to_owned()));
+    }
+    let keys: Vec<String> = changes.keys().cloned().collect();
+    eprint!("Setting {} and restarting {app}... ", keys.join(", "));
+    let config = ctx.client.update_config(app.as_str(), &changes).await?;
+    let release = ctx
+        .client
+        .releases(app.as_str())
+        .await?
+        .first()
+        .map(|r| r.version);
+    eprintln!("done, v{}", release.unwrap_or(0));
+    if ctx.json {
+        return print_json(&config);
+    }
+    let shown: BTreeMap<String, String> = config
+        .into_iter()
+        .filter(|(k, _)| keys.contains(k))
+        .collect();
+    print_config(&app, &shown);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mar config:unset K...`.
+async fn unset(ctx: &Context, keys: Vec<String>) -> anyhow::Result<ExitCode> {
+    let app = resolve_app(ctx.app.clone())?;
+    let changes: BTreeMap<String, Option<String>> =
+        keys.iter().map(|k| (k.clone(), None)).collect();
+    eprint!("Unsetting {} and restarting {app}... ", keys.join(", "));
+    let config = ctx.client.update_config(app.as_str(), &changes).await?;
+    let release = ctx
+        .client
+        .releases(app.as_str())
+        .await?
+        .first()
+        .map(|r| r.version);
+    eprintln!("done, v{}", release.unwrap_or(0));
+    if ctx.json {
+        return print_json(&config);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,103 @@
+//! The client commands, one module per topic (as cargo's `src/bin/cargo/commands/`): each
+//! holds the clap definitions of its commands and their code. A new topic (say `services:*`)
+//! is one new module here and one line in `cli.rs`. This module holds what they share: the
+//! context of a run, how to reach the server, and the printing helpers.
+
+pub(crate) mod apps;
+pub(crate) mod auth;
+pub(crate) mod config;
+pub(crate) mod domains;
+pub(crate) mod git;
+pub(crate) mod logs;
+pub(crate) mod ps;
+pub(crate) mod releases;
+pub(crate) mod serve;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use mar_core::AppName;
+use mar_sdk::Client;
+
+/// What every client command gets: the API client and the global options.
+pub(crate) struct Context {
+    /// The client of the server's API.
+    pub client: Client,
+    /// The data directory of the local server (for its token).
+    pub data_dir: PathBuf,
+    /// `--json`: print JSON instead of text.
+    pub json: bool,
+    /// `-a APP`, if given.
+    pub app: Option<String>,
+}
+
+/// Prints `v` as pretty JSON (for `--json`).
+pub(crate) fn print_json(v: &impl serde::Serialize) -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints config vars as `KEY: value`, aligned.
+pub(crate) fn print_config(app: &AppName, config: &BTreeMap<String, String>) {
+    println!("=== {app} Config Vars");
+    let width = config.keys().map(String::len).max().unwrap_or(0) + 1;
+    for (k, v) in config {
+        println!("{:<width$} {v}", format!("{k}:"));
+    }
+}
+
+/// The app named on the command line, else the app of the `mar` git remote.
+pub(crate) fn resolve_app(name: Option<String>) -> anyhow::Result<AppName> {
+    if let Some(name) = name {
+        return Ok(AppName::parse(&name)?);
+    }
+    let from_remote = git2::Repository::discover(".").ok().and_then(|repo| {
+        let remote = repo.find_remote("mar").ok()?;
+        let url = remote.url()?.to_owned();
+        let last = url.trim_end_matches('/').rsplit('/').next()?.to_owned();
+        AppName::parse(last.strip_suffix(".git").unwrap_or(&last)).ok()
+    });
+    from_remote.context("no app given: pass -a APP, or run inside a repository with a `mar` git remote (`mar git:remote APP`)")
+}
+
+/// The admin token the local server wrote in its data directory.
+pub(crate) fn token(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("token");
+    let t = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read the admin token at {} (has `mar serve` run with this data directory?)",
+            path.display()
+        )
+    })?;
+    Ok(t.trim().to_owned())
+}
+
+/// `MAR_TOKEN`, else the local server's token.
+pub(crate) fn api_token(data_dir: &Path) -> anyhow::Result<String> {
+    match std::env::var("MAR_TOKEN") {
+        Ok(t) if !t.is_empty() => Ok(t),
+        _ => token(data_dir),
+    }
+}
+
+/// The API client: `MAR_API_URL` and `MAR_TOKEN`, else the local server's data directory.
+pub(crate) fn client(data_dir: &Path) -> anyhow::Result<Client> {
+    let url = match std::env::var("MAR_API_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            let path = data_dir.join("serve.json");
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("no running mar server found ({} is missing): start `mar serve`, or set MAR_API_URL and MAR_TOKEN", path.display())
+            })?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is corrupt", path.display()))?;
+            v["url"]
+                .as_str()
+                .context("serve.json has no url")?
+                .to_owned()
+        }
+    };
+    Ok(Client::new(&url, &api_token(data_dir)?))
+}

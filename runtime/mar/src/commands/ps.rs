@@ -1,0 +1,205 @@
+//! `mar ps`, `ps:scale`, `ps:restart`, `ps:resize`, `run`: an app's processes, their counts and
+//! limits, rolling restarts and one-off commands.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Subcommand;
+
+use super::Context;
+use super::{print_config, print_json, resolve_app};
+
+/// The commands of this topic.
+#[derive(Subcommand, Debug)]
+pub(crate) enum PsCommand {
+    /// List processes.
+    Ps,
+    /// Set instance counts: `mar ps:scale web=3 worker=1`.
+    #[command(name = "ps:scale")]
+    PsScale {
+        /// TYPE=N pairs; with none, shows the formation.
+        pairs: Vec<String>,
+    },
+    /// Restart processes one at a time, with no downtime: all, a type (`web`) or one (`web.2`).
+    #[command(name = "ps:restart")]
+    PsRestart {
+        /// What to restart.
+        target: Option<String>,
+    },
+    /// Set per-instance limits (memory, processes, open files); restarts the app.
+    #[command(name = "ps:resize")]
+    PsResize {
+        /// Memory per instance, like 512M or 1G.
+        #[arg(long)]
+        memory: Option<String>,
+        /// Processes and threads per instance.
+        #[arg(long)]
+        pids: Option<String>,
+        /// Open files per process.
+        #[arg(long)]
+        nofile: Option<String>,
+    },
+    /// Run a one-off command in the app's environment and slug: `mar run -a APP -- CMD…`.
+    Run {
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+}
+
+/// Runs one command of this topic.
+pub(crate) async fn run(cmd: PsCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PsCommand::Ps => list(ctx).await,
+        PsCommand::PsScale { pairs } => scale(ctx, pairs).await,
+        PsCommand::PsRestart { target } => restart(ctx, target).await,
+        PsCommand::PsResize {
+            memory,
+            pids,
+            nofile,
+        } => resize(ctx, memory, pids, nofile).await,
+        PsCommand::Run { command } => run_command(ctx, command).await,
+    }
+}
+
+/// `mar ps`.
+async fn list(ctx: &Context) -> anyhow::Result<ExitCode> {
+    let app = resolve_app(ctx.app.clone())?;
+    let ps = ctx.client.processes(app.as_str()).await?;
+    if ctx.json {
+        return print_json(&ps);
+    }
+    let mut last_type = String::new();
+    for p in ps {
+        if p.process_type != last_type {
+            println!("=== {}: `{}`", p.process_type, p.command);
+            last_type = p.process_type.clone();
+        }
+        let uptime = p
+            .uptime_secs
+            .map_or(String::new(), |s| format!(" for {s}s"));
+        let port = p.port.map_or(String::new(), |p| format!(" port {p}"));
+        let pid = p.pid.map_or(String::new(), |p| format!(" pid {p}"));
+        println!(
+            "{}: {}{uptime} (v{}){port}{pid} restarts {}",
+            p.dyno, p.state, p.release, p.restarts
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mar ps:scale [TYPE=N...]`.
+async fn scale(ctx: &Context, pairs: Vec<String>) -> anyhow::Result<ExitCode> {
+    let app = resolve_app(ctx.app.clone())?;
+    let formation = if pairs.is_empty() {
+        ctx.client.formation(app.as_str()).await?
+    } else {
+        let mut counts = BTreeMap::new();
+        for pair in &pairs {
+            let parsed = pair
+                .split_once('=')
+                .and_then(|(t, n)| n.parse::<u32>().ok().map(|n| (t.to_owned(), n)));
+            let Some((t, n)) = parsed else {
+                bail!("{pair:?} is not TYPE=N, like web=2");
+            };
+            counts.insert(t, n);
+        }
+        eprint!("Scaling {app} processes... ");
+        let f = ctx.client.scale(app.as_str(), &counts).await?;
+        eprintln!("done");
+        f
+    };
+    if ctx.json {
+        return print_json(&formation);
+    }
+    let shown: Vec<String> = formation
+        .iter()
+        .map(|f| format!("{}={}", f.process_type, f.quantity))
+        .collect();
+    println!("{}", shown.join(" "));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mar ps:restart [TYPE|DYNO]`.
+async fn restart(ctx: &Context, target: Option<String>) -> anyhow::Result<ExitCode> {
+    let app = resolve_app(ctx.app.clone())?;
+    eprint!(
+        "Restarting {} of {app}, one at a time... ",
+        target.as_deref().unwrap_or("every process")
+    );
+    let restarted = ctx.client.restart(app.as_str(), target.as_deref()).await?;
+    eprintln!("done");
+    if ctx.json {
+        return print_json(&restarted);
+    }
+    println!("restarted {}", restarted.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mar ps:resize [--memory] [--pids] [--nofile]`: the limits are config vars.
+async fn resize(
+    ctx: &Context,
+    memory: Option<String>,
+    pids: Option<String>,
+    nofile: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let app = resolve_app(ctx.app.clone())?;
+    let mut changes = BTreeMap::new();
+    for (k, v) in [
+        ("MAR_MEMORY_LIMIT", memory),
+        ("MAR_PIDS_LIMIT", pids),
+        ("MAR_NOFILE_LIMIT", nofile),
+    ] {
+        if let Some(v) = v {
+            changes.insert(k.to_owned(), Some(v));
+        }
+    }
+    if changes.is_empty() {
+        let config = ctx.client.config(app.as_str()).await?;
+        let shown: BTreeMap<String, String> = config
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("MAR_") && k.ends_with("_LIMIT"))
+            .collect();
+        if ctx.json {
+            return print_json(&shown);
+        }
+        print_config(&app, &shown);
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprint!("Resizing {app} and restarting... ");
+    let config = ctx.client.update_config(app.as_str(), &changes).await?;
+    eprintln!("done");
+    if ctx.json {
+        return print_json(&config);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mar run -- CMD...`: the exit status of the command is `mar`'s.
+async fn run_command(ctx: &Context, command: Vec<String>) -> anyhow::Result<ExitCode> {
+    let app = resolve_app(ctx.app.clone())?;
+    let mut lines = ctx.client.run(app.as_str(), &command.join(" ")).await?;
+    let mut result = None;
+    while let Some(line) = lines.next_line().await? {
+        match line.strip_prefix(mar_sdk::types::BUILD_RESULT_MARK) {
+            Some(json) => result = serde_json::from_str::<mar_sdk::types::RunResult>(json).ok(),
+            None => {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{line}")?;
+                out.flush()?;
+            }
+        }
+    }
+    match result {
+        Some(mar_sdk::types::RunResult {
+            exit_code: Some(code),
+            ..
+        }) => Ok(ExitCode::from(
+            u8::try_from(code.clamp(0, 255)).unwrap_or(1),
+        )),
+        Some(mar_sdk::types::RunResult { error: Some(e), .. }) => bail!("{e}"),
+        _ => bail!("the command's output ended without an exit status"),
+    }
+}
