@@ -10,6 +10,7 @@ mod buildpacks;
 mod deploy;
 mod failures;
 mod formation;
+mod hardening;
 mod isolation;
 mod lifecycle;
 mod platform;

@@ -97,7 +97,7 @@ async fn websocket_idle_rule_app_pings_and_router_keepalive() {
         }
         c.close(None).await.unwrap();
     }
-    let metrics = mar.get("localhost", "/metrics").await.body;
+    let metrics = mar.api("GET", "/metrics", "").await.body;
     assert!(
         metrics.contains("mar_websockets_open{app=\"silent\"} 0"),
         "{metrics}"
@@ -145,7 +145,7 @@ async fn access_log_metrics_h2c_and_big_bodies() {
         .parse()
         .unwrap();
     assert_eq!(bytes, r.body.len());
-    let metrics = mar.get("localhost", "/metrics").await.body;
+    let metrics = mar.api("GET", "/metrics", "").await.body;
     assert!(
         metrics.contains("mar_http_requests_total{app=\"logged\",status=\"2xx\"} 1"),
         "{metrics}"
@@ -715,7 +715,7 @@ async fn access_log_off_keeps_metrics() {
     }
     let logs = mar.mar(&["logs", "-a", "quiet"]).stdout;
     assert!(!logs.contains("mar[router]"), "{logs}");
-    let metrics = mar.get("localhost", "/metrics").await.body;
+    let metrics = mar.api("GET", "/metrics", "").await.body;
     assert!(
         metrics.contains("mar_http_requests_total{app=\"quiet\",status=\"2xx\"} 2"),
         "{metrics}"

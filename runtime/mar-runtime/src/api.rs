@@ -29,7 +29,6 @@ use mar_sdk::types::{ErrorBody, ErrorDetail};
 use mar_store::{Store, StoreError};
 
 use crate::apps::{Apps, DeployError};
-use crate::paths::Paths;
 use apps::{create_app, destroy_app, list_apps, show_app};
 use auth::{Admin, authorized};
 use builds::create_build;
@@ -48,11 +47,9 @@ pub struct Platform {
     pub(crate) logs: Arc<Logs>,
     pub(crate) apps: Arc<Apps>,
     pub(crate) git: GitServer,
-    // Unused since the app directories are `Apps`' business; kept while `Platform` is being
-    // reworked elsewhere, to be removed then.
-    #[allow(dead_code)]
-    pub(crate) paths: Paths,
     pub(crate) token: String,
+    /// Reads `/metrics` only.
+    pub(crate) metrics_token: String,
     /// How the git hook reaches this server: `http://127.0.0.1:PORT`.
     pub(crate) self_url: String,
     pub(crate) domain: String,
@@ -194,9 +191,18 @@ pub fn router(p: Arc<Platform>) -> axum::Router {
         .with_state(p)
 }
 
-/// Prometheus metrics of the router. Like `/healthz`, it needs no token, so a scraper needs no
-/// secret; it shows app names and traffic counts only.
-async fn metrics(State(p): State<Arc<Platform>>) -> Response {
+/// Prometheus metrics of the router. They name every app and its traffic, which is nobody
+/// else's business: they need the admin token or the metrics token (`mar auth:token
+/// --metrics`), which a scraper can be given without the power of the admin token.
+async fn metrics(State(p): State<Arc<Platform>>, headers: http::HeaderMap) -> Response {
+    if !authorized(&headers, &p.token) && !authorized(&headers, &p.metrics_token) {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "/metrics needs the metrics token (`mar auth:token --metrics`) or the admin token as `Authorization: Bearer TOKEN`",
+        )
+        .into_response();
+    }
     let mut resp = p.metrics.render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -221,6 +221,60 @@ pub enum RuntimeError {
     /// The git setup failed.
     #[error(transparent)]
     Git(#[from] mar_git::GitError),
+    /// Another `mar serve` holds the data directory.
+    #[error(
+        "another `mar serve` (pid {pid}, {url}) is using the data directory {data_dir}; stop it first, or give this one another --data-dir"
+    )]
+    AlreadyServing {
+        /// The data directory.
+        data_dir: String,
+        /// The other server's pid, as its `serve.json` says.
+        pid: String,
+        /// Its address.
+        url: String,
+    },
+}
+
+/// Takes the data directory's lock (`flock` on `serve.lock`) for as long as the server runs: a
+/// second server on the same directory would take the first one's apps for leftovers of a
+/// crashed run and kill them. The lock goes with the process, so a crash never leaves it held.
+fn lock_data_dir(paths: &Paths) -> Result<nix::fcntl::Flock<std::fs::File>, RuntimeError> {
+    use nix::fcntl::{Flock, FlockArg};
+    let data_dir = paths.root().display().to_string();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .open(paths.root().join("serve.lock"))
+        .map_err(|source| RuntimeError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let info: serde_json::Value = std::fs::read_to_string(paths.serve_file())
+                .ok()
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default();
+            let field = |k: &str| match &info[k] {
+                serde_json::Value::Null => "unknown".to_owned(),
+                serde_json::Value::String(s) => s.clone(),
+                v => v.to_string(),
+            };
+            Err(RuntimeError::AlreadyServing {
+                data_dir,
+                pid: field("pid"),
+                url: field("url"),
+            })
+        }
+        Err((_, e)) => Err(RuntimeError::DataDir {
+            path: data_dir,
+            source: std::io::Error::from(e),
+        }),
+    }
 }
 
 /// Time in-flight requests get to finish at shutdown.
@@ -232,8 +286,13 @@ const ACCESS_LOG_BATCH: usize = 4096;
 
 /// Reads the admin token, creating it (mode 0600) on first start.
 pub fn load_or_create_token(paths: &Paths) -> std::io::Result<String> {
-    let path = paths.token();
-    match std::fs::read_to_string(&path) {
+    load_or_create_secret(&paths.token())
+}
+
+/// Reads a secret token from `path`, creating it (24 random bytes in hex, mode 0600) on first
+/// start.
+fn load_or_create_secret(path: &std::path::Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
         Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -247,7 +306,7 @@ pub fn load_or_create_token(paths: &Paths) -> std::io::Result<String> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)?;
+        .open(path)?;
     f.write_all(format!("{token}\n").as_bytes())?;
     f.sync_all()?;
     Ok(token)
@@ -302,6 +361,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     ] {
         std::fs::create_dir_all(&d).map_err(dd)?;
     }
+    // Before anything is cleared or killed as a previous run's leftovers.
+    let lock = lock_data_dir(&paths)?;
     // Leftovers of builds interrupted by a crash or kill of the previous run.
     if let Ok(entries) = std::fs::read_dir(paths.builds()) {
         for e in entries.flatten() {
@@ -321,6 +382,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     }
     unpack_buildpacks(&paths).map_err(dd)?;
     let token = load_or_create_token(&paths).map_err(dd)?;
+    let metrics_token = load_or_create_secret(&paths.metrics_token()).map_err(dd)?;
     let store = Arc::new(Store::open(&paths.db())?);
     // The state database is the platform's alone; apps must not read it.
     for f in ["mar.db", "mar.db-wal", "mar.db-shm"] {
@@ -371,7 +433,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         logs,
         apps: apps.clone(),
         git,
-        paths: paths.clone(),
+        metrics_token,
         token,
         self_url,
         domain: cfg.domain.clone(),
@@ -483,6 +545,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         }
         apps.stop_all().await;
         let _ = std::fs::remove_file(paths.serve_file());
+        // Only now may another server take the directory.
+        drop(lock);
         clean
     });
     Ok(Started {

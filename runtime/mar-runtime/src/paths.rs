@@ -30,6 +30,11 @@ impl Paths {
     pub fn token(&self) -> PathBuf {
         self.root.join("token")
     }
+    /// `metrics_token`: the token that reads `/metrics` and nothing else (mode 0600), for a
+    /// Prometheus scraper.
+    pub fn metrics_token(&self) -> PathBuf {
+        self.root.join("metrics_token")
+    }
     /// `serve.json`: where the running server listens, for the CLI.
     pub fn serve_file(&self) -> PathBuf {
         self.root.join("serve.json")

@@ -834,9 +834,22 @@ mod tests {
         let State::Up { pid, .. } = inst.state() else {
             panic!("not up")
         };
+        let started = std::time::Instant::now();
         inst.stop().await;
-        // The whole group is gone: signal 0 to the group fails.
-        assert!(killpg(Pid::from_raw(pid as i32), None).is_err());
+        // Not before the grace period: an immediate SIGKILL would pass the rest.
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        // The whole group is gone: signal 0 to the group fails. The leader is reaped by the
+        // time `stop` returns; the group's other member (`sleep`), killed by the same
+        // SIGKILL, is reaped by init a moment later, and a zombie still takes signal 0.
+        let mut gone = false;
+        for _ in 0..100 {
+            if killpg(Pid::from_raw(pid as i32), None).is_err() {
+                gone = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(gone, "the process group outlived its SIGKILL by 2 s");
     }
 
     /// Limits need root and a writable cgroup hierarchy, which this project's machines and CI

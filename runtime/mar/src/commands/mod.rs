@@ -64,10 +64,14 @@ pub(crate) fn resolve_app(name: Option<String>) -> anyhow::Result<AppName> {
 
 /// The admin token the local server wrote in its data directory.
 pub(crate) fn token(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join("token");
-    let t = std::fs::read_to_string(&path).with_context(|| {
+    secret(&data_dir.join("token"), "admin token")
+}
+
+/// A token file of the local server's, named `what` in the error.
+pub(crate) fn secret(path: &Path, what: &str) -> anyhow::Result<String> {
+    let t = std::fs::read_to_string(path).with_context(|| {
         format!(
-            "cannot read the admin token at {} (has `mar serve` run with this data directory?)",
+            "cannot read the {what} at {} (has `mar serve` run with this data directory?)",
             path.display()
         )
     })?;
