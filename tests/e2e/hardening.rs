@@ -104,3 +104,30 @@ async fn http(addr: std::net::SocketAddr, path: &str, auth: &str) -> mar_tests::
     )
     .await
 }
+
+#[tokio::test]
+async fn a_build_is_private_from_its_first_byte() {
+    let mar = MarServer::start();
+    mar.create_app("private");
+    assert!(
+        mar.mar(&["config:set", "SECRET=hunter2", "-a", "private"])
+            .ok()
+    );
+    let app = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    let modes = repo_root().join("tests/fixtures/buildpacks/modes");
+    app.write(".buildpacks", &format!("{}\n", modes.display()));
+    app.commit("report modes");
+    let push = app.push(&mar.git_url("private"), "main");
+    assert!(push.ok(), "{}", push.all());
+    // `builds/` lets a build's user through to its own build and lists nothing; the build,
+    // its env directory and the config var files in it are the app's alone.
+    assert!(
+        push.stderr
+            .contains("modes: builds=711 work=700 env=700 secret=600"),
+        "{}",
+        push.stderr
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let builds = std::fs::metadata(mar.data_dir.join("builds")).unwrap();
+    assert_eq!(builds.permissions().mode() & 0o777, 0o711);
+}

@@ -163,12 +163,24 @@ pub async fn build(
     let env_dir = spec.work_dir.join("env");
     let home = spec.work_dir.join("home");
     for d in [&env_dir, &home, &spec.cache_dir] {
-        std::fs::create_dir_all(d)?;
+        use std::os::unix::fs::DirBuilderExt;
+        // Config vars are secrets: their directory is private before they are written.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)?;
     }
     for (k, v) in &spec.config {
         // Config var names were validated at the API; still refuse anything path-like here.
         if !k.contains('/') && k != "." && k != ".." {
-            std::fs::write(env_dir.join(k), v)?;
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(env_dir.join(k))?
+                .write_all(v.as_bytes())?;
         }
     }
 
@@ -183,7 +195,7 @@ pub async fn build(
         }
     }
 
-    let chosen = choose_buildpacks(spec, out, deadline, cancel).await?;
+    // Handed to the build's user before any buildpack runs (detect too runs as that user).
     if let Some((uid, gid)) = spec.run_as {
         for d in [&spec.build_dir, &spec.cache_dir, &spec.work_dir] {
             chown_tree(d, uid, gid)?;
@@ -192,6 +204,17 @@ pub async fn build(
         use std::os::unix::fs::PermissionsExt;
         for d in [&spec.cache_dir, &spec.work_dir] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))?;
+        }
+    }
+
+    let chosen = choose_buildpacks(spec, out, deadline, cancel).await?;
+    // Buildpacks fetched into the work space (git clones, made by root) belong to the build's
+    // user too: a buildpack writes its `export` file beside its `bin/`.
+    if let Some((uid, gid)) = spec.run_as {
+        for pack in &chosen {
+            if pack.dir.starts_with(&spec.work_dir) {
+                chown_tree(&pack.dir, uid, gid)?;
+            }
         }
     }
 

@@ -22,6 +22,9 @@ pub(crate) enum Failure {
     BadBody,
     /// The request target cannot be sent on.
     BadTarget,
+    /// The Host header is missing (HTTP/1.1), repeated, or disagrees with an absolute-form
+    /// target: which app is meant is not clear, and two hops could read it two ways.
+    BadHost,
     /// The client's body is over the app's limit (announced or counted).
     TooLarge,
     /// The client stopped sending its body for the idle window.
@@ -69,7 +72,7 @@ impl Failure {
             Failure::Timeout | Failure::AppStalled => {
                 (StatusCode::SERVICE_UNAVAILABLE, "H12", "Request timeout")
             }
-            Failure::BadBody | Failure::BadTarget => {
+            Failure::BadBody | Failure::BadTarget | Failure::BadHost => {
                 (StatusCode::BAD_REQUEST, "H400", "Bad request")
             }
             Failure::TooLarge => (
@@ -113,6 +116,7 @@ impl Failure {
             ),
             Failure::BadBody => "The request body's chunked encoding is malformed.".to_owned(),
             Failure::BadTarget => "The request target is not a valid path.".to_owned(),
+            Failure::BadHost => "The request needs exactly one Host header, which must agree with an absolute request target.".to_owned(),
             Failure::TooLarge => format!(
                 "This app accepts request bodies of at most {} bytes.",
                 f.max_body
@@ -186,6 +190,7 @@ mod tests {
             (Failure::AppStalled, 503, "H12"),
             (Failure::BadBody, 400, "H400"),
             (Failure::BadTarget, 400, "H400"),
+            (Failure::BadHost, 400, "H400"),
             (Failure::TooLarge, 413, "H413"),
             (Failure::ClientIdle, 408, "H28"),
             (Failure::ClientGone, 499, "H27"),

@@ -60,9 +60,29 @@ impl GeneralPath {
         req: Request<Incoming>,
         inbound: Inbound,
     ) -> Response<Body> {
+        let json = wants_json(req.headers());
+        if !host_is_clear(&req) {
+            let page = Failure::BadHost.page(&crate::failure::Facts {
+                dyno: "",
+                first_byte: shared.timeouts.first_byte,
+                idle: shared.timeouts.response_idle,
+                max_body: 0,
+            });
+            let mut resp = error_response(
+                page.status,
+                page.code,
+                page.desc,
+                &page.detail,
+                &request_id(req.headers()),
+                json,
+            );
+            // What follows on this connection cannot be trusted to be framed as it looks.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
         let host = host_of(&req);
         let resolved = shared.table.resolve(host.as_deref());
-        let json = wants_json(req.headers());
         let ctx = |app| Ctx {
             app,
             method: req.method().to_string(),
@@ -300,6 +320,23 @@ impl GeneralPath {
         });
         let (parts, _) = resp.into_parts();
         Response::from_parts(parts, crate::full(bytes::Bytes::new()))
+    }
+}
+
+/// Whether the request names one host unambiguously: one `Host` header at most, one at least
+/// on HTTP/1.1 (RFC 9112 §3.2), and, with an absolute-form target (or HTTP/2's `:authority`),
+/// a `Host` that agrees with it. A front proxy and the router must not read two different
+/// apps out of one request.
+fn host_is_clear<B>(req: &Request<B>) -> bool {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return false;
+    }
+    match (host, req.uri().authority()) {
+        (None, None) => req.version() != Version::HTTP_11,
+        (Some(h), Some(a)) => h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()),
+        _ => true,
     }
 }
 

@@ -376,6 +376,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         (paths.logs(), 0o700),
         (paths.repos(), 0o700),
         (paths.root().join("apps"), 0o711),
+        // Builds' users must reach their own build, and never list the others.
+        (paths.builds(), 0o711),
     ] {
         std::fs::create_dir_all(&dir).map_err(dd)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).map_err(dd)?;

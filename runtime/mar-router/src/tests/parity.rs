@@ -308,3 +308,45 @@ async fn both_paths_answer_the_same_table_the_same_way() {
         fast[3].1.app_saw
     );
 }
+
+#[tokio::test]
+async fn unclear_hosts_get_400_on_both_paths_and_never_reach_an_app() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    for fast_path in [true, false] {
+        let router = TestRouter::start(fast_path, short_timeouts()).await;
+        let reached = Arc::new(AtomicUsize::new(0));
+        let count = reached.clone();
+        let addr = app(move |s| {
+            count.fetch_add(1, Ordering::SeqCst);
+            echo(s)
+        })
+        .await;
+        router.table.set(
+            &AppName::parse("echo").unwrap(),
+            AppTarget::Upstreams(vec![Upstream::new(addr, "web.1")]),
+        );
+        for raw in [
+            "GET / HTTP/1.1\r\nHost: echo.localhost\r\nHost: other.localhost\r\nConnection: close\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "GET http://other.localhost/ HTTP/1.1\r\nHost: echo.localhost\r\nConnection: close\r\n\r\n",
+            "GET http://echo.localhost/ HTTP/1.1\r\nHost: other.localhost\r\nConnection: close\r\n\r\n",
+        ] {
+            let a = exchange(router.addr, raw.as_bytes()).await;
+            assert_eq!(a.status, 400, "fast path {fast_path}: {raw:?}: {a:?}");
+            assert!(String::from_utf8_lossy(&a.body).contains("H400"));
+        }
+        // An absolute-form target that agrees with Host is fine, and reaches the app.
+        let a = exchange(
+            router.addr,
+            b"GET http://echo.localhost/ok HTTP/1.1\r\nHost: echo.localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            1,
+            "only the clear request reached the app"
+        );
+    }
+}

@@ -32,7 +32,15 @@ impl Apps {
         );
         let work = self.paths.builds().join(&id);
         let src = work.join("src");
-        std::fs::create_dir_all(&src).map_err(DeployError::Receive)?;
+        // Private from the first byte: the source and, later, the config vars in `env/` are
+        // written here, and `builds/` only lets others pass through.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            let mut private = std::fs::DirBuilder::new();
+            private.mode(0o700);
+            private.create(&work).map_err(DeployError::Receive)?;
+            private.create(&src).map_err(DeployError::Receive)?;
+        }
         let tar_path = work.join("source.tar");
         let mut file = tokio::fs::File::create(&tar_path)
             .await
