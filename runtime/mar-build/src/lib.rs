@@ -162,9 +162,11 @@ pub async fn build(
     let deadline = Instant::now() + spec.timeout;
     let env_dir = spec.work_dir.join("env");
     let home = spec.work_dir.join("home");
-    for d in [&env_dir, &home, &spec.cache_dir] {
+    // Config vars are secrets: their directory is private before they are written. (The
+    // cache's parents are the app's directory, which its user must be able to pass through.)
+    std::fs::create_dir_all(&spec.cache_dir)?;
+    for d in [&env_dir, &home] {
         use std::os::unix::fs::DirBuilderExt;
-        // Config vars are secrets: their directory is private before they are written.
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
