@@ -60,13 +60,15 @@ pub(crate) fn is_hop_by_hop(name: &str) -> bool {
 }
 
 /// Whether a token of a `Connection` header removes the header it names. Never the framing
-/// headers (which would let a client change how the app reads the body) nor `Host`, and the
-/// `close` and `keep-alive` options are options, not names.
+/// headers (which would let a client change how the app reads the body), `Host`, nor
+/// `X-Forwarded-For` (the chain the router appends to, as the fast path does), and the `close`
+/// and `keep-alive` options are options, not names.
 pub(crate) fn connection_may_remove(token: &str) -> bool {
     !token.is_empty()
         && !token.eq_ignore_ascii_case("content-length")
         && !token.eq_ignore_ascii_case("transfer-encoding")
         && !token.eq_ignore_ascii_case("host")
+        && !token.eq_ignore_ascii_case("x-forwarded-for")
         && !token.eq_ignore_ascii_case("close")
         && !token.eq_ignore_ascii_case("keep-alive")
 }

@@ -333,6 +333,11 @@ fn host_is_clear<B>(req: &Request<B>) -> bool {
     if hosts.next().is_some() {
         return false;
     }
+    // A Host that is not an authority (`[::1] status=200`) would be read one way by the route
+    // table and written another way into the access log.
+    if host.is_some_and(|h| http::uri::Authority::try_from(h.as_bytes()).is_err()) {
+        return false;
+    }
     match (host, req.uri().authority()) {
         (None, None) => req.version() != Version::HTTP_11,
         (Some(h), Some(a)) => h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()),

@@ -65,18 +65,27 @@ pub(crate) async fn serve(
     let (parts, body) = req.into_parts();
     let (body, sent) = Upload::new(http_body_util::Limited::new(body, limit), idle);
     let fault = body.fault();
-    let call = AssertUnwindSafe(
-        target
-            .handler
-            .call(Request::from_parts(parts, body.boxed_unsync())),
-    )
-    .catch_unwind();
+    let req = Request::from_parts(parts, body.boxed_unsync());
+    // A panic in `call` itself, or in the future it returns, fails this request only.
+    let handler = &target.handler;
+    let call = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(req))) {
+        Ok(future) => AssertUnwindSafe(future).catch_unwind(),
+        Err(_) => {
+            tracing::error!(target = %target.name, "in-process handler panicked");
+            return fail(Failure::HandlerFailed);
+        }
+    };
     // As for an app, the first-byte timer starts once the handler has read the whole body
-    // (or dropped it).
+    // (or dropped it); a handler that leaves its body unread starts it after the idle window,
+    // so it cannot hold the request (and a switch's drain) forever.
     let answer = if patient {
         Some(call.await)
     } else {
-        within_first_byte(call, sent, shared.timeouts.first_byte).await
+        let idle = shared.timeouts.response_idle;
+        let body_done = async move {
+            let _ = tokio::time::timeout(idle, sent).await;
+        };
+        within_first_byte(call, body_done, shared.timeouts.first_byte).await
     };
     let resp = match answer {
         None => return fail(Failure::Timeout),

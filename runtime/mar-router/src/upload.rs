@@ -2,7 +2,7 @@
 //! the idle window is cut (H28), and its end is signalled so that the first-byte timer starts
 //! when the app has the whole request, not while a large upload is still moving.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
@@ -147,7 +147,7 @@ fn is_malformed(e: &(dyn std::error::Error + 'static)) -> bool {
 /// `None` when the app did not start its response in time.
 pub(crate) async fn within_first_byte<F: Future>(
     request: F,
-    sent: oneshot::Receiver<()>,
+    sent: impl IntoFuture,
     first_byte: Duration,
 ) -> Option<F::Output> {
     let timer = async {

@@ -225,6 +225,16 @@ async fn body_limit_idle_upload_timeout_and_panics_get_the_routers_pages() {
         // The handler does not answer within the first-byte timeout.
         ("slow", "/slow", "Content-Length: 0\r\n", "", 503, "H12"),
         ("panic", "/panic", "Content-Length: 0\r\n", "", 500, "H500"),
+        // A handler that leaves its whole body unread and never answers: H12 after the idle
+        // window and the first-byte timeout, not a request held forever.
+        (
+            "unread",
+            "/slow",
+            "Content-Length: 5\r\n",
+            "hello",
+            503,
+            "H12",
+        ),
     ];
     for (name, path, extra, body, status, code) in cases {
         let rid = format!("inproc-{name}-0123456789");
@@ -238,8 +248,8 @@ async fn body_limit_idle_upload_timeout_and_panics_get_the_routers_pages() {
             "{name}: {line}"
         );
     }
-    // The announced-too-large request never reached the handler: 5 of the 6 did.
-    assert_eq!(probe.calls.load(Ordering::SeqCst), 5);
+    // The announced-too-large request never reached the handler: 6 of the 7 did.
+    assert_eq!(probe.calls.load(Ordering::SeqCst), 6);
 }
 
 #[tokio::test]

@@ -113,7 +113,7 @@ fn table() -> Vec<Case> {
         case(
             "spoofed-forwarding",
             "echo",
-            "GET / HTTP/1.1\r\nX-Forwarded-For: 10.9.9.9\r\nX-Forwarded-Proto: https\r\nX-Request-Start: 1\r\nVia: 1.0 other",
+            "GET / HTTP/1.1\r\nX-Forwarded-For: 10.9.9.9\r\nConnection: X-Forwarded-For\r\nX-Forwarded-Proto: https\r\nX-Request-Start: 1\r\nVia: 1.0 other",
             "",
             200,
             None,
@@ -329,6 +329,7 @@ async fn unclear_hosts_get_400_on_both_paths_and_never_reach_an_app() {
         for raw in [
             "GET / HTTP/1.1\r\nHost: echo.localhost\r\nHost: other.localhost\r\nConnection: close\r\n\r\n",
             "GET / HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: [::1] status=200 request_id=forged\r\nConnection: close\r\n\r\n",
             "GET http://other.localhost/ HTTP/1.1\r\nHost: echo.localhost\r\nConnection: close\r\n\r\n",
             "GET http://echo.localhost/ HTTP/1.1\r\nHost: other.localhost\r\nConnection: close\r\n\r\n",
         ] {
