@@ -823,14 +823,23 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let logs = Arc::new(Logs::open(&d.path().join("logs")).unwrap());
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut s = spec(
-            d.path(),
-            "worker",
-            "trap '' TERM; while true; do sleep 0.1; done",
+        let ready = d.path().join("trap-set");
+        let command = format!(
+            "trap '' TERM; touch {}; while true; do sleep 0.1; done",
+            ready.display()
         );
+        let mut s = spec(d.path(), "worker", &command);
         s.stop_grace = Duration::from_millis(300);
         let inst = Instance::spawn(s, logs, tx);
         inst.first_boot().await.unwrap();
+        // Stop only once the shell ignores SIGTERM, or it dies of the first signal.
+        for _ in 0..100 {
+            if ready.exists() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ready.exists(), "the worker never set its trap");
         let State::Up { pid, .. } = inst.state() else {
             panic!("not up")
         };
