@@ -5,8 +5,11 @@
 //! directory into a built directory plus process types, streaming what it does as lines.
 
 mod exec;
+mod ownership;
 pub mod procfile;
 pub mod slugignore;
+
+pub use ownership::chown_tree;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -535,29 +538,58 @@ fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn chown_tree(root: &Path, uid: u32, gid: u32) -> io::Result<()> {
-    std::os::unix::fs::lchown(root, Some(uid), Some(gid))?;
-    if root.is_symlink() || !root.is_dir() {
-        return Ok(());
-    }
-    for entry in std::fs::read_dir(root)? {
-        chown_tree(&entry?.path(), uid, gid)?;
-    }
-    Ok(())
-}
-
-/// Packs `dir` into a gzip'd tar at `dest` and returns its size in bytes.
-pub fn pack_slug(dir: &Path, dest: &Path) -> io::Result<u64> {
+/// Packs `dir` into a gzip'd tar at `dest` and returns its size in bytes. With `run_as`, the
+/// tree is read by `tar` running as that user: the tree is the app's, and its processes (a
+/// build's leftovers, the running app) can swap a directory for a symlink while it is read; as
+/// the app's user, the walk can read nothing that is not the app's own, where root's walk would
+/// have packed whatever the symlink pointed to (the admin token) into the app's slug.
+pub fn pack_slug(dir: &Path, dest: &Path, run_as: Option<(u32, u32)>) -> io::Result<u64> {
     let tmp = dest.with_extension("partial");
     {
         let file = std::fs::File::create(&tmp)?;
         // Fast compression: the slug is kept for rollbacks, and push-to-serve time matters more
         // than a few megabytes of disk.
-        let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
-        let mut tar = tar::Builder::new(gz);
-        tar.follow_symlinks(false);
-        tar.append_dir_all(".", dir)?;
-        tar.into_inner()?.finish()?.sync_all()?;
+        let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+        match run_as {
+            None => {
+                let mut tar = tar::Builder::new(&mut gz);
+                tar.follow_symlinks(false);
+                tar.append_dir_all(".", dir)?;
+                tar.finish()?;
+            }
+            Some((uid, gid)) => {
+                use std::os::unix::process::CommandExt;
+                // std drops root's supplementary groups when it sets the uid.
+                let mut child = std::process::Command::new("tar")
+                    .args(["--create", "--file=-", "--directory"])
+                    .arg(dir)
+                    .arg(".")
+                    .env_clear()
+                    .env("PATH", mar_core::SYSTEM_PATH)
+                    .env("LANG", "C.UTF-8")
+                    .uid(uid)
+                    .gid(gid)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()?;
+                let mut stdout = child
+                    .stdout
+                    .take()
+                    .ok_or_else(|| io::Error::other("tar has no stdout"))?;
+                let copied = io::copy(&mut stdout, &mut gz);
+                let out = child.wait_with_output()?;
+                copied?;
+                if !out.status.success() {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(io::Error::other(format!(
+                        "packing the slug failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+            }
+        }
+        gz.finish()?.sync_all()?;
     }
     std::fs::rename(&tmp, dest)?;
     Ok(std::fs::metadata(dest)?.len())
@@ -617,9 +649,74 @@ mod tests {
         std::fs::create_dir_all(src.join("bin")).unwrap();
         std::fs::write(src.join("bin/run"), "#!/bin/sh\n").unwrap();
         let slug = d.path().join("s.tar.gz");
-        assert!(pack_slug(&src, &slug).unwrap() > 0);
+        assert!(pack_slug(&src, &slug, None).unwrap() > 0);
         let dest = d.path().join("out");
         unpack_slug(&slug, &dest).unwrap();
         assert!(dest.join("bin/run").is_file());
+    }
+
+    /// The attack on slug packing: while the slug is packed, a process of the app's swaps a
+    /// directory of its build for a symlink to a root-only directory, in a loop. Packed by
+    /// root, the secret landed in the slug; packed as the app's user, it cannot.
+    #[test]
+    fn a_slug_packed_as_the_app_never_holds_what_a_swapped_symlink_points_to() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to pack as another user (CI has it)");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("token"), "root's secret").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        for i in 0..50 {
+            std::fs::write(src.join(format!("sub/f{i}")), "app's own").unwrap();
+        }
+        std::os::unix::fs::symlink(&outside, src.join("link")).unwrap();
+        chown_tree(&src, 4242, 4242).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (stop, a, b) = (stop.clone(), src.join("sub"), src.join("link"));
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = nix::fcntl::renameat2(
+                        nix::fcntl::AT_FDCWD,
+                        &a,
+                        nix::fcntl::AT_FDCWD,
+                        &b,
+                        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                    );
+                }
+            })
+        };
+        let slug = d.path().join("s.tar.gz");
+        let mut leaked = 0;
+        for _ in 0..400 {
+            // A read that hits the swap mid-way may fail; what matters is what gets packed.
+            if pack_slug(&src, &slug, Some((4242, 4242))).is_err() {
+                continue;
+            }
+            let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(
+                std::fs::File::open(&slug).unwrap(),
+            ));
+            for entry in archive.entries().unwrap() {
+                let mut entry = entry.unwrap();
+                let mut content = String::new();
+                let _ = std::io::Read::read_to_string(&mut entry, &mut content);
+                if content.contains("root's secret") {
+                    leaked += 1;
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert_eq!(
+            leaked, 0,
+            "the root-only file was packed into the app's slug"
+        );
     }
 }

@@ -100,7 +100,8 @@ impl Apps {
             std::fs::create_dir_all(d)?;
         }
         let (bd, sl) = (build_dir.clone(), slug.clone());
-        let size = tokio::task::spawn_blocking(move || mar_build::pack_slug(&bd, &sl))
+        let run_as = stored.uid.map(|uid| (uid, uid));
+        let size = tokio::task::spawn_blocking(move || mar_build::pack_slug(&bd, &sl, run_as))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))??;
         std::fs::rename(&build_dir, &run_dir)?;

@@ -51,7 +51,7 @@ impl Apps {
         if !dir.is_dir() {
             mar_build::unpack_slug(slug, &dir)?;
             if let Some(uid) = uid {
-                chown_tree(&dir, uid)?;
+                mar_build::chown_tree(&dir, uid, uid)?;
             }
             self.secure_app_dirs(app, &dir, uid)?;
         }
@@ -68,17 +68,4 @@ impl Apps {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
         Ok(tmp)
     }
-}
-
-/// Gives `root` and everything under it to `uid` (symlinks themselves, never their targets),
-/// so the app's user owns the slug it runs from.
-fn chown_tree(root: &Path, uid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(root, Some(uid), Some(uid))?;
-    if root.is_symlink() || !root.is_dir() {
-        return Ok(());
-    }
-    for entry in std::fs::read_dir(root)? {
-        chown_tree(&entry?.path(), uid)?;
-    }
-    Ok(())
 }
