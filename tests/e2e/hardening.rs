@@ -131,3 +131,107 @@ async fn a_build_is_private_from_its_first_byte() {
     let builds = std::fs::metadata(mar.data_dir.join("builds")).unwrap();
     assert_eq!(builds.permissions().mode() & 0o777, 0o711);
 }
+
+#[tokio::test]
+async fn apps_never_run_as_root_when_their_users_cannot_reach_the_data_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::Builder::new()
+        .prefix("mar-e2e-")
+        .tempdir_in(mar_tests::scratch_root())
+        .unwrap();
+    // Like /root: closed to everyone else.
+    let closed = tmp.path().join("closed");
+    std::fs::create_dir_all(closed.join("data")).unwrap();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = Command::new(mar_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(closed.join("data"))
+        .env_remove("MAR_HOME")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{} is not searchable by other users",
+            closed.display()
+        )) && stderr.contains("Apps never run as root"),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("mar listening"));
+    assert!(!closed.join("data/serve.json").exists());
+}
+
+/// The processes whose working directory is inside `dir`: an app's, found without its pid.
+fn processes_in(dir: &std::path::Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test]
+async fn the_app_sandbox_is_complete() {
+    // A secret file that `mar serve` inherited open (from a careless service manager).
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "the operator's secret").unwrap();
+    let mar = MarServer::start_leaking(secret.path());
+    mar.deploy_lifecycle("alice", &[]);
+    mar.deploy_lifecycle("mallory", &[]);
+
+    // No setuid binary can raise an app's privileges.
+    assert_eq!(
+        mar.get("alice.localhost", "/status?field=NoNewPrivs")
+            .await
+            .body,
+        "1"
+    );
+    // The descriptor did not reach the app.
+    let inherited = mar.get("alice.localhost", "/inherited").await.body;
+    assert_eq!(inherited, "", "the app inherited: {inherited}");
+
+    // /var/tmp and /dev/shm are private, as /tmp is.
+    let name = format!("alice-left-this-{}", std::process::id());
+    for dir in ["/var/tmp", "/dev/shm"] {
+        let w = mar
+            .get(
+                "alice.localhost",
+                &format!("/shared-write?dir={dir}&name={name}"),
+            )
+            .await;
+        assert_eq!(w.status, 200, "{dir}: {}", w.body);
+        let own = mar
+            .get("alice.localhost", &format!("/shared-list?dir={dir}"))
+            .await;
+        assert!(own.body.contains(&name), "{dir}: {}", own.body);
+        let other = mar
+            .get("mallory.localhost", &format!("/shared-list?dir={dir}"))
+            .await;
+        assert!(!other.body.contains(&name), "mallory sees alice's {dir}");
+        assert!(
+            !std::path::Path::new(dir).join(&name).exists(),
+            "{dir} on the host"
+        );
+    }
+
+    // The apps die with `mar serve`, even killed with SIGKILL and never started again.
+    let apps = mar.data_dir.join("apps");
+    assert!(!processes_in(&apps).is_empty());
+    let killed = Command::new("kill")
+        .args(["-KILL", &mar.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    eventually(Duration::from_secs(10), || {
+        let left = processes_in(&apps);
+        async move { left.is_empty().then_some(()) }
+    })
+    .await;
+}

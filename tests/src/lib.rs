@@ -103,6 +103,29 @@ impl MarServer {
         Self::start_in_with(Arc::new(tmp), data_dir, extra)
     }
 
+    /// Starts a server that inherited `leak` as an open descriptor it did not ask for.
+    pub fn start_leaking(leak: &Path) -> Self {
+        let tmp = tempfile::Builder::new()
+            .prefix("mar-e2e-")
+            .tempdir_in(scratch_root())
+            .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data_dir = tmp.path().join("data");
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let (child, addr, https_addr, stderr) = spawn_serve_leaking(&data_dir, &[], Some(leak))
+            .unwrap_or_else(|e| panic!("mar serve did not start: {e}"));
+        Self {
+            tmp: Arc::new(tmp),
+            data_dir,
+            addr,
+            https_addr,
+            extra: Vec::new(),
+            child: Some(child),
+            stderr,
+        }
+    }
+
     /// Starts a server on an existing data directory (a restart).
     pub fn start_in(tmp: Arc<tempfile::TempDir>, data_dir: PathBuf) -> Self {
         Self::start_in_with(tmp, data_dir, Vec::new())
@@ -285,7 +308,28 @@ impl Drop for MarServer {
 type Spawned = (Child, SocketAddr, Option<SocketAddr>, Arc<Mutex<String>>);
 
 fn spawn_serve(data_dir: &Path, extra: &[String]) -> Result<Spawned, String> {
-    let mut child = Command::new(mar_bin())
+    spawn_serve_leaking(data_dir, extra, None)
+}
+
+/// Spawns `mar serve`, with `leak` open as descriptor 7 without close-on-exec when given, as a
+/// careless service manager or shell would hand it over.
+fn spawn_serve_leaking(
+    data_dir: &Path,
+    extra: &[String],
+    leak: Option<&Path>,
+) -> Result<Spawned, String> {
+    let mut cmd = match leak {
+        None => Command::new(mar_bin()),
+        Some(file) => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg("exec 7<\"$0\" && exec \"$@\"")
+                .arg(file)
+                .arg(mar_bin());
+            sh
+        }
+    };
+    let mut child = cmd
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(extra)

@@ -221,6 +221,16 @@ pub enum RuntimeError {
     /// The git setup failed.
     #[error(transparent)]
     Git(#[from] mar_git::GitError),
+    /// As root, the apps' users could not reach the data directory, so apps would run as root.
+    #[error(
+        "as root, mar serve runs every app as a user of its own, who must pass through every directory above the data directory {data_dir}; {blocking} is not searchable by other users. Use a data directory they can reach (as root the default is /var/lib/mar: --data-dir or MAR_HOME), or chmod o+x {blocking}. Apps never run as root"
+    )]
+    Unreachable {
+        /// The data directory.
+        data_dir: String,
+        /// The directory on its path that others cannot search.
+        blocking: String,
+    },
     /// Another `mar serve` holds the data directory.
     #[error(
         "another `mar serve` (pid {pid}, {url}) is using the data directory {data_dir}; stop it first, or give this one another --data-dir"
@@ -363,6 +373,16 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     }
     // Before anything is cleared or killed as a previous run's leftovers.
     let lock = lock_data_dir(&paths)?;
+    // Fail closed: apps never run as root because their own users cannot reach their files.
+    if nix::unistd::geteuid().is_root()
+        && let Some(blocking) =
+            apps::unreachable_ancestor(&std::fs::canonicalize(paths.root()).map_err(dd)?)
+    {
+        return Err(RuntimeError::Unreachable {
+            data_dir: data_dir.clone(),
+            blocking: blocking.display().to_string(),
+        });
+    }
     // Leftovers of builds interrupted by a crash or kill of the previous run.
     if let Ok(entries) = std::fs::read_dir(paths.builds()) {
         for e in entries.flatten() {

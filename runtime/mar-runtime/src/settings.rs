@@ -19,6 +19,11 @@ pub const MEMORY_LIMIT: &str = "MAR_MEMORY_LIMIT";
 pub const PIDS_LIMIT: &str = "MAR_PIDS_LIMIT";
 /// Open files per process.
 pub const NOFILE_LIMIT: &str = "MAR_NOFILE_LIMIT";
+/// CPU per instance, in cores: `0.5`, `2`, `500m`.
+pub const CPU_LIMIT: &str = "MAR_CPU_LIMIT";
+/// The CPU an instance gets unless its app says otherwise, in thousandths of a core: one
+/// core, so that one busy app cannot take a whole machine from the platform and the others.
+pub const DEFAULT_CPU_MILLIS: u64 = 1000;
 /// Seconds without a WebSocket frame after which the router closes the connection.
 pub const WS_IDLE_TIMEOUT: &str = "MAR_WEBSOCKET_IDLE_TIMEOUT";
 /// `router` makes the router ping WebSocket clients itself; `app` (default) leaves it to the app.
@@ -37,7 +42,7 @@ pub struct AppSettings {
     pub stop_timeout: Duration,
     /// See [`WAIT_TO_RETIRE`].
     pub wait_to_retire: Duration,
-    /// Memory, processes and open files per instance.
+    /// Memory, processes, open files and CPU per instance.
     pub limits: Limits,
     /// What the router enforces for this app.
     pub router: mar_router::AppOptions,
@@ -67,6 +72,32 @@ pub fn parse_size(s: &str) -> Option<u64> {
         .ok()
         .filter(|n| *n > 0)
         .and_then(|n| n.checked_mul(mult))
+}
+
+/// Parses a CPU amount in cores (`0.5`, `2`, `1.25`) or thousandths of a core (`500m`) into
+/// thousandths of a core, from 10m (a hundredth of a core) to 1024 cores.
+pub fn parse_cpu(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let millis = if let Some(m) = s.strip_suffix('m') {
+        m.parse::<u64>().ok()?
+    } else {
+        let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+        if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let whole: u64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().ok()?
+        };
+        let frac: u64 = if frac.is_empty() {
+            0
+        } else {
+            format!("{frac:0<3}").parse().ok()?
+        };
+        whole.checked_mul(1000)?.checked_add(frac)?
+    };
+    (10..=1024 * 1000).contains(&millis).then_some(millis)
 }
 
 fn seconds(name: &str, v: &str, max: u64) -> Result<Duration, String> {
@@ -117,6 +148,9 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
             .map(drop)
             .ok_or_else(|| format!("{name} must be a size like 10M, not {value:?}")),
         NOFILE_LIMIT => count(name, value, 64, 1 << 20).map(drop),
+        CPU_LIMIT => parse_cpu(value).map(drop).ok_or_else(|| {
+            format!("{name} must be an amount of CPU from 0.01 to 1024 cores, like 0.5, 2 or 500m, not {value:?}")
+        }),
         _ => Ok(()),
     }
 }
@@ -148,6 +182,11 @@ impl AppSettings {
                         .and_then(|v| count(NOFILE_LIMIT, v, 64, 1 << 20).ok())
                         .unwrap_or(10_000),
                 ),
+                cpu_millis: Some(
+                    get(CPU_LIMIT)
+                        .and_then(parse_cpu)
+                        .unwrap_or(DEFAULT_CPU_MILLIS),
+                ),
             },
             router: {
                 let mut r = defaults.router.clone();
@@ -176,6 +215,35 @@ impl AppSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_amounts() {
+        assert_eq!(parse_cpu("0.5"), Some(500));
+        assert_eq!(parse_cpu("2"), Some(2000));
+        assert_eq!(parse_cpu("1.25"), Some(1250));
+        assert_eq!(parse_cpu(".1"), Some(100));
+        assert_eq!(parse_cpu("500m"), Some(500));
+        for bad in [
+            "", "0", "0.001", "5m", "-1", "1.2345", "1,5", "x", "2000", "1.5m",
+        ] {
+            assert_eq!(parse_cpu(bad), None, "{bad}");
+        }
+        assert!(validate(CPU_LIMIT, "0.5").is_ok());
+        assert!(
+            validate(CPU_LIMIT, "lots")
+                .unwrap_err()
+                .contains("like 0.5, 2 or 500m")
+        );
+        let s = AppSettings::from_config(
+            &BTreeMap::new(),
+            &Defaults {
+                boot_timeout: Duration::from_secs(60),
+                stop_timeout: Duration::from_secs(30),
+                router: mar_router::AppOptions::default(),
+            },
+        );
+        assert_eq!(s.limits.cpu_millis, Some(DEFAULT_CPU_MILLIS));
+    }
 
     #[test]
     fn sizes() {

@@ -3,9 +3,10 @@
 //! forks. Processes cannot leave their group, which is what makes two things reliable: reading
 //! an instance's memory, and finding every leftover process after `mar serve` was SIGKILLed.
 //!
-//! cgroup v1 (separate `memory` and `pids` hierarchies, as on this project's machines) and v2
-//! (the unified hierarchy) are both handled; where neither is writable, instances run without
-//! limits and a warning says so once.
+//! cgroup v1 (separate `memory`, `pids` and `cpu` hierarchies, as on this project's machines)
+//! and v2 (the unified hierarchy) are both handled; where neither is writable, instances run
+//! without limits and a warning says so once. The CPU controller is used where it is there;
+//! its absence is said once too.
 
 use std::path::{Path, PathBuf};
 
@@ -18,12 +19,32 @@ pub struct Limits {
     pub pids: Option<u64>,
     /// Open files (RLIMIT_NOFILE).
     pub nofile: Option<u64>,
+    /// CPU time, in thousandths of a core (a quota per 100 ms period).
+    pub cpu_millis: Option<u64>,
+}
+
+/// The CFS period quotas are counted in, in microseconds (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
+
+impl Limits {
+    /// The CFS quota per [`CPU_PERIOD_US`], in microseconds.
+    fn cpu_quota_us(&self) -> Option<u64> {
+        self.cpu_millis
+            .map(|m| (m * CPU_PERIOD_US / 1000).max(1000))
+    }
 }
 
 #[derive(Debug, Clone)]
 enum Layout {
-    V1 { memory: PathBuf, pids: PathBuf },
-    V2 { root: PathBuf },
+    V1 {
+        memory: PathBuf,
+        pids: PathBuf,
+        /// The `cpu` hierarchy's group, where it is mounted and writable.
+        cpu: Option<PathBuf>,
+    },
+    V2 {
+        root: PathBuf,
+    },
 }
 
 /// The root groups of one `mar serve`.
@@ -59,12 +80,28 @@ impl Cgroups {
             && v1_pids.join("cgroup.procs").exists()
         {
             let (memory, pids) = (v1_memory.join(name), v1_pids.join(name));
-            (writable_dir(&memory) && writable_dir(&pids)).then_some(Layout::V1 { memory, pids })
+            let cpu = Some(base.join("cpu").join(name)).filter(|c| writable_dir(c));
+            if cpu.is_none() {
+                eprintln!("mar: no writable cpu cgroup: app CPU limits are not enforced");
+            }
+            (writable_dir(&memory) && writable_dir(&pids)).then_some(Layout::V1 {
+                memory,
+                pids,
+                cpu,
+            })
         } else if base.join("cgroup.controllers").exists() {
             let root = base.join(name);
             let ok = writable_dir(&root)
                 && std::fs::write(base.join("cgroup.subtree_control"), "+memory +pids").is_ok()
                 && std::fs::write(root.join("cgroup.subtree_control"), "+memory +pids").is_ok();
+            // The cpu controller is optional: without it, memory and process limits still hold.
+            let cpu = std::fs::write(base.join("cgroup.subtree_control"), "+cpu").is_ok()
+                && std::fs::write(root.join("cgroup.subtree_control"), "+cpu").is_ok();
+            if ok && !cpu {
+                eprintln!(
+                    "mar: the cgroup cpu controller is not available: app CPU limits are not enforced"
+                );
+            }
             ok.then_some(Layout::V2 { root })
         } else {
             None
@@ -86,7 +123,10 @@ impl Cgroups {
     /// without stopping its apps) and removes the groups. Returns how many processes it killed.
     pub fn sweep(&self) -> usize {
         let roots: Vec<PathBuf> = match &self.layout {
-            Some(Layout::V1 { memory, pids }) => vec![memory.clone(), pids.clone()],
+            Some(Layout::V1 { memory, pids, cpu }) => [memory.clone(), pids.clone()]
+                .into_iter()
+                .chain(cpu.clone())
+                .collect(),
             Some(Layout::V2 { root }) => vec![root.clone()],
             None => return 0,
         };
@@ -114,7 +154,10 @@ impl Cgroups {
     /// Removes this server's (empty) root groups, at shutdown.
     pub fn remove_root(&self) {
         let roots: Vec<PathBuf> = match &self.layout {
-            Some(Layout::V1 { memory, pids }) => vec![memory.clone(), pids.clone()],
+            Some(Layout::V1 { memory, pids, cpu }) => [memory.clone(), pids.clone()]
+                .into_iter()
+                .chain(cpu.clone())
+                .collect(),
             Some(Layout::V2 { root }) => vec![root.clone()],
             None => return,
         };
@@ -133,10 +176,22 @@ impl Cgroups {
             return Ok(None);
         };
         let group = match layout {
-            Layout::V1 { memory, pids } => {
+            Layout::V1 { memory, pids, cpu } => {
                 let (m, p) = (memory.join(instance), pids.join(instance));
                 std::fs::create_dir_all(&m)?;
                 std::fs::create_dir_all(&p)?;
+                let mut procs = vec![m.join("cgroup.procs"), p.join("cgroup.procs")];
+                let mut dirs = vec![m.clone(), p.clone()];
+                if let Some(cpu) = cpu {
+                    let c = cpu.join(instance);
+                    std::fs::create_dir_all(&c)?;
+                    if let Some(quota) = limits.cpu_quota_us() {
+                        std::fs::write(c.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string())?;
+                        std::fs::write(c.join("cpu.cfs_quota_us"), quota.to_string())?;
+                    }
+                    procs.push(c.join("cgroup.procs"));
+                    dirs.push(c);
+                }
                 if let Some(b) = limits.memory_bytes {
                     std::fs::write(m.join("memory.limit_in_bytes"), b.to_string())?;
                     // Without swap accounting the file is absent; the RAM limit still holds.
@@ -146,8 +201,8 @@ impl Cgroups {
                     std::fs::write(p.join("pids.max"), n.to_string())?;
                 }
                 InstanceGroup {
-                    procs: vec![m.join("cgroup.procs"), p.join("cgroup.procs")],
-                    dirs: vec![m.clone(), p],
+                    procs,
+                    dirs,
                     v2: false,
                     memory_dir: m,
                 }
@@ -161,6 +216,10 @@ impl Cgroups {
                 }
                 if let Some(n) = limits.pids {
                     std::fs::write(d.join("pids.max"), n.to_string())?;
+                }
+                if let Some(quota) = limits.cpu_quota_us() {
+                    // Absent when the cpu controller is not enabled for the group.
+                    let _ = std::fs::write(d.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}"));
                 }
                 InstanceGroup {
                     procs: vec![d.join("cgroup.procs")],

@@ -863,12 +863,14 @@ mod tests {
 
     /// Limits need root and a writable cgroup hierarchy, which this project's machines and CI
     /// have; elsewhere the test says why it did not run.
-    fn confined() -> Option<Cgroups> {
+    /// A root group of the test's own (`name`): tests run at once, and one's sweep must not
+    /// kill another's processes.
+    fn confined(name: &str) -> Option<Cgroups> {
         if !nix::unistd::geteuid().is_root() {
             eprintln!("skipped: needs root");
             return None;
         }
-        let cg = Cgroups::detect(&format!("mar-unit-{}", std::process::id()));
+        let cg = Cgroups::detect(&format!("mar-unit-{}-{name}", std::process::id()));
         assert!(
             cg.available(),
             "this machine has cgroups: they must be writable for root"
@@ -878,7 +880,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_limit_kills_with_r15_and_user_tmp_and_nofile_apply() {
-        let Some(cg) = confined() else { return };
+        let Some(cg) = confined("memory") else { return };
         let d = tempfile::tempdir().unwrap();
         let logs = Arc::new(Logs::open(&d.path().join("logs")).unwrap());
         let (tx, _rx) = mpsc::unbounded_channel();
@@ -896,6 +898,7 @@ mod tests {
             memory_bytes: Some(64 << 20),
             pids: Some(64),
             nofile: Some(256),
+            cpu_millis: None,
         };
         s.cgroups = Some(cg.clone());
         let inst = Instance::spawn(s, logs.clone(), tx);
@@ -923,5 +926,44 @@ mod tests {
         );
         assert_eq!(cg.sweep(), 0, "nothing is left in the groups after a stop");
         cg.remove_root();
+    }
+
+    /// A process that spins gets no more CPU than its limit: measured from its own CPU time
+    /// in /proc over a second of wall time.
+    #[tokio::test]
+    async fn cpu_limit_caps_a_spinning_process() {
+        let Some(cg) = confined("cpu") else { return };
+        let d = tempfile::tempdir().unwrap();
+        let logs = Arc::new(Logs::open(&d.path().join("logs")).unwrap());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut s = spec(d.path(), "worker", "while :; do :; done");
+        s.limits = Limits {
+            cpu_millis: Some(200),
+            ..Limits::default()
+        };
+        s.cgroups = Some(cg.clone());
+        let inst = Instance::spawn(s, logs, tx);
+        inst.first_boot().await.unwrap();
+        let State::Up { pid, .. } = inst.state() else {
+            panic!("not up")
+        };
+        let ticks = || -> u64 {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+            let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+            let f: Vec<&str> = after_name.split(' ').collect();
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+            f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+        };
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .unwrap()
+            .unwrap() as f64;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (t0, w0) = (ticks(), std::time::Instant::now());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let used = (ticks() - t0) as f64 / hz / w0.elapsed().as_secs_f64();
+        inst.stop().await;
+        cg.remove_root();
+        assert!(used < 0.3, "a 0.2-core limit let it use {used:.2} cores");
+        assert!(used > 0.1, "it should still run: {used:.2} cores");
     }
 }

@@ -57,6 +57,11 @@ enum Command {
 }
 
 fn default_data_dir() -> PathBuf {
+    // As root, where the apps' own users can reach it (root's home is closed to them), as
+    // Dokku keeps its apps under its own home.
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/mar");
+    }
     match std::env::var_os("HOME") {
         Some(h) if !h.is_empty() => Path::new(&h).join(".mar"),
         _ => PathBuf::from("mar-data"),

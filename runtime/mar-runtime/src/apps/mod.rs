@@ -352,27 +352,31 @@ fn cgroup_name(data_dir: &Path) -> String {
 /// Apps get their own users (and a private /tmp) when `mar` runs as root and the data directory
 /// is reachable by other users (every ancestor searchable). Otherwise every app runs as the
 /// current user, and a warning at start says why.
-fn can_isolate(cfg: &Config) -> bool {
+fn can_isolate(_cfg: &Config) -> bool {
+    // As root, `start` has refused a data directory the apps' users cannot reach, so every
+    // app gets a user of its own; not as root, they all run as the current user.
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
             "mar: not running as root: apps run as the current user, without per-app users or limits"
         );
         return false;
     }
+    true
+}
+
+/// The first directory from `dir` up that other users cannot search (pass through), if any:
+/// the apps' users must reach their directories under the data directory.
+pub(crate) fn unreachable_ancestor(dir: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let mut dir = Some(cfg.data_dir.as_path());
-    while let Some(d) = dir {
-        let searchable = std::fs::metadata(d)
+    let mut d = Some(dir);
+    while let Some(p) = d {
+        let searchable = std::fs::metadata(p)
             .map(|m| m.permissions().mode() & 0o001 != 0)
             .unwrap_or(false);
         if !searchable {
-            eprintln!(
-                "mar: apps run as root, because {} is not searchable by other users (chmod o+x it to give each app its own user)",
-                d.display()
-            );
-            return false;
+            return Some(p.to_owned());
         }
-        dir = d.parent();
+        d = p.parent();
     }
-    true
+    None
 }

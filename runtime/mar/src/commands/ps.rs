@@ -28,7 +28,7 @@ pub(crate) enum PsCommand {
         /// What to restart.
         target: Option<String>,
     },
-    /// Set per-instance limits (memory, processes, open files); restarts the app.
+    /// Set per-instance limits (memory, processes, open files, CPU); restarts the app.
     #[command(name = "ps:resize")]
     PsResize {
         /// Memory per instance, like 512M or 1G.
@@ -40,6 +40,9 @@ pub(crate) enum PsCommand {
         /// Open files per process.
         #[arg(long)]
         nofile: Option<String>,
+        /// CPU per instance, in cores: 0.5, 2, or 500m.
+        #[arg(long)]
+        cpu: Option<String>,
     },
     /// Run a one-off command in the app's environment and slug: `mar run -a APP -- CMD…`.
     Run {
@@ -59,7 +62,8 @@ pub(crate) async fn run(cmd: PsCommand, ctx: &Context) -> anyhow::Result<ExitCod
             memory,
             pids,
             nofile,
-        } => resize(ctx, memory, pids, nofile).await,
+            cpu,
+        } => resize(ctx, [memory, pids, nofile, cpu]).await,
         PsCommand::Run { command } => run_command(ctx, command).await,
     }
 }
@@ -138,12 +142,10 @@ async fn restart(ctx: &Context, target: Option<String>) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// `mar ps:resize [--memory] [--pids] [--nofile]`: the limits are config vars.
+/// `mar ps:resize [--memory] [--pids] [--nofile] [--cpu]`: the limits are config vars.
 async fn resize(
     ctx: &Context,
-    memory: Option<String>,
-    pids: Option<String>,
-    nofile: Option<String>,
+    [memory, pids, nofile, cpu]: [Option<String>; 4],
 ) -> anyhow::Result<ExitCode> {
     let app = resolve_app(ctx.app.clone())?;
     let mut changes = BTreeMap::new();
@@ -151,6 +153,7 @@ async fn resize(
         ("MAR_MEMORY_LIMIT", memory),
         ("MAR_PIDS_LIMIT", pids),
         ("MAR_NOFILE_LIMIT", nofile),
+        ("MAR_CPU_LIMIT", cpu),
     ] {
         if let Some(v) = v {
             changes.insert(k.to_owned(), Some(v));
