@@ -32,11 +32,14 @@ async fn multi_buildpack_contract() {
 
     let push = app.push(&mar.git_url("multi"), "main");
     assert!(push.ok(), "{}", push.all());
+    // The build ran as the app's own user: the one its passwd entry names.
+    let uid = user_uid("multi", &mar.data_dir);
+    assert!(uid >= 20000, "{uid}");
     let out = &push.stderr;
     for expected in [
         "remote: -----> Removed 2 paths listed in .slugignore",
         "remote: -----> Exporter app detected",
-        &format!("remote:        stack=mar-24 source_version={sha} uid=20000"),
+        &format!("remote:        stack=mar-24 source_version={sha} uid={uid}"),
         "remote:        greeting=hi there",
         "remote:        git_dir=absent",
         "remote: -----> Reporter app detected",
@@ -65,6 +68,19 @@ async fn multi_buildpack_contract() {
         .path();
     assert!(run.join("server.py").is_file());
     assert!(!run.join("docs").exists() && !run.join("art/big.psd").exists());
+}
+
+/// The uid of the passwd entry that names `app` of the server at `data_dir`.
+fn user_uid(app: &str, data_dir: &std::path::Path) -> u32 {
+    let data_dir = std::fs::canonicalize(data_dir).unwrap();
+    let gecos = format!("mini-MAR app {app} of {}", data_dir.display());
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    passwd
+        .lines()
+        .find(|l| l.split(':').nth(4) == Some(gecos.as_str()))
+        .and_then(|l| l.split(':').nth(2))
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no passwd entry for {gecos}"))
 }
 
 #[tokio::test]

@@ -235,3 +235,134 @@ async fn the_app_sandbox_is_complete() {
     })
     .await;
 }
+
+/// The pids of processes running as `uid` (real or effective).
+fn processes_of(uid: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
+        let ids: Vec<u32> = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .map(|l| {
+                l[4..]
+                    .split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.iter().take(2).any(|id| *id == uid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test]
+async fn apps_of_two_servers_never_share_a_user_and_a_destroyed_apps_user_is_given_back_clean() {
+    let one = MarServer::start();
+    let two = MarServer::start();
+    one.deploy_lifecycle("alice", &[]);
+    two.deploy_lifecycle("bob", &[]);
+    let alice: u32 = one
+        .get("alice.localhost", "/whoami")
+        .await
+        .body
+        .parse()
+        .unwrap();
+    let bob: u32 = two
+        .get("bob.localhost", "/whoami")
+        .await
+        .body
+        .parse()
+        .unwrap();
+    assert_ne!(alice, bob, "the first apps of two servers share a user");
+    // Tools can look the users up.
+    let name = Command::new("id")
+        .args(["-nu", &alice.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&name.stdout).trim(),
+        format!("mar-{alice}")
+    );
+
+    // Alice leaves a process outside her process group, then is destroyed.
+    let daemon: u32 = one
+        .get("alice.localhost", "/daemon")
+        .await
+        .body
+        .parse()
+        .unwrap();
+    assert!(processes_of(alice).contains(&daemon));
+    let destroyed = one.mar(&["apps:destroy", "alice", "--confirm", "alice"]);
+    assert!(destroyed.ok(), "{}", destroyed.all());
+    // Nothing runs as her user any more, and only then is the uid given back.
+    assert!(
+        processes_of(alice).is_empty(),
+        "left: {:?}",
+        processes_of(alice)
+    );
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(
+        !passwd
+            .lines()
+            .any(|l| l.split(':').nth(2) == Some(&alice.to_string())),
+        "alice's entry is still there"
+    );
+    // Bob is untouched.
+    assert_eq!(two.get("bob.localhost", "/").await.status, 200);
+}
+
+/// Processes whose command line is exactly `cmdline` (arguments joined by spaces).
+fn processes_running(cmdline: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        let raw = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.join(" ") == cmdline {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test]
+async fn builds_are_sandboxed_like_apps() {
+    let mar = MarServer::start();
+    mar.create_app("hostile");
+    let app = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    let hostile = repo_root().join("tests/fixtures/buildpacks/hostile");
+    app.write(".buildpacks", &format!("{}\n", hostile.display()));
+    app.commit("hostile build");
+    let push = app.push(&mar.git_url("hostile"), "main");
+    assert!(push.ok(), "{}", push.all());
+    let out = &push.stderr;
+    let forked: usize = out
+        .split("forked=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no fork count in:\n{out}"));
+    assert!(
+        (1..1024).contains(&forked),
+        "a build started {forked} processes under a limit of 1024"
+    );
+    assert!(out.contains("nofile=10000 nnp=1"), "{out}");
+    assert!(out.contains("daemon left"), "{out}");
+    // The daemon did not outlive the build.
+    assert!(
+        processes_running("sleep 6017").is_empty(),
+        "the build's daemon survived it"
+    );
+}

@@ -1,5 +1,6 @@
 //! Running one buildpack script: its own process group, output streamed line by line, and a
-//! deadline after which the whole group is killed (a hanging `make` leaves no orphans).
+//! deadline after which the whole group is killed (a hanging `make` leaves no orphans). When
+//! the script ends, whatever it left in its process group or the build's cgroup is killed too.
 
 use std::process::{ExitStatus, Stdio};
 
@@ -29,6 +30,7 @@ pub(crate) async fn run(
     capture: bool,
     deadline: Instant,
     cancel: &CancellationToken,
+    group: Option<&mar_supervisor::InstanceGroup>,
 ) -> Result<Result<(ExitStatus, String), Stop>, BuildError> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -46,7 +48,18 @@ pub(crate) async fn run(
     let pump_err = pump(stderr, out.clone(), indent.to_owned(), false);
     let pump_out = pump(stdout, out.clone(), indent.to_owned(), capture);
     let waited = async {
-        let (captured, _, status) = tokio::join!(pump_out, pump_err, child.wait());
+        let exited = async {
+            let status = child.wait().await;
+            // Nothing a script started may outlive it: a daemon it left (in a session of its
+            // own, outside its process group) would hold the output pipes open and run on as
+            // the app's user. The build's cgroup holds every process it forked.
+            kill_group(pgid);
+            if let Some(g) = group {
+                g.kill_all();
+            }
+            status
+        };
+        let (captured, _, status) = tokio::join!(pump_out, pump_err, exited);
         status.map(|s| (s, captured))
     };
     tokio::select! {
@@ -56,10 +69,16 @@ pub(crate) async fn run(
         }
         _ = tokio::time::sleep_until(deadline) => {
             kill_group(pgid);
+            if let Some(g) = group {
+                g.kill_all();
+            }
             Ok(Err(Stop::TimedOut))
         }
         _ = cancel.cancelled() => {
             kill_group(pgid);
+            if let Some(g) = group {
+                g.kill_all();
+            }
             Ok(Err(Stop::Cancelled))
         }
     }

@@ -137,6 +137,39 @@ pub struct BuildSpec {
     pub timeout: Duration,
     /// Run buildpack scripts as this uid/gid (set when `mar` runs as root).
     pub run_as: Option<(u32, u32)>,
+    /// The sandbox and control groups every process of the build runs in (set when `mar`
+    /// runs as root): the app's user, private temporary directories, no new privileges, and
+    /// memory, process and CPU limits; whatever a script leaves running is killed when it ends.
+    pub confinement: Option<Confinement>,
+}
+
+/// How a build's processes are confined; see [`BuildSpec::confinement`].
+#[derive(Debug, Clone)]
+pub struct Confinement {
+    /// The user (the app's), private temporary directories, open-files limit.
+    pub sandbox: mar_supervisor::Sandbox,
+    /// The build's control groups, with its limits; `None` where cgroups are not writable.
+    pub group: Option<mar_supervisor::InstanceGroup>,
+}
+
+impl BuildSpec {
+    /// Makes `cmd` run as the build's user, confined when the build is.
+    fn as_build_user(&self, cmd: &mut Command) -> io::Result<()> {
+        match (&self.confinement, self.run_as) {
+            // The sandbox drops to the user itself, after joining the groups as root.
+            (Some(c), _) => mar_supervisor::confine(cmd, &c.sandbox, c.group.as_ref()),
+            (None, Some((uid, gid))) => {
+                cmd.uid(uid).gid(gid);
+                Ok(())
+            }
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// The build's control groups, if it has any.
+    fn group(&self) -> Option<&mar_supervisor::InstanceGroup> {
+        self.confinement.as_ref().and_then(|c| c.group.as_ref())
+    }
 }
 
 /// What a successful build yields.
@@ -175,6 +208,12 @@ pub async fn build(
             .mode(0o700)
             .create(d)?;
     }
+    // Buildpacks fetched with git are cloned as the app's user, whoever owns a local source
+    // repository the app names: what that user can read is all it can get. git refuses other
+    // owners' repositories unless told (the settings that could run commands from a served
+    // repository, such as `uploadpack.packObjectsHook`, are only honoured from protected
+    // configuration anyway). Written while the work space is still root's alone.
+    std::fs::write(home.join(".gitconfig"), "[safe]\n\tdirectory = *\n")?;
     for (k, v) in &spec.config {
         // Config var names were validated at the API; still refuse anything path-like here.
         if !k.contains('/') && k != "." && k != ".." {
@@ -213,15 +252,6 @@ pub async fn build(
     }
 
     let chosen = choose_buildpacks(spec, out, deadline, cancel).await?;
-    // Buildpacks fetched into the work space (git clones, made by root) belong to the build's
-    // user too: a buildpack writes its `export` file beside its `bin/`.
-    if let Some((uid, gid)) = spec.run_as {
-        for pack in &chosen {
-            if pack.dir.starts_with(&spec.work_dir) {
-                chown_tree(&pack.dir, uid, gid)?;
-            }
-        }
-    }
 
     let mut names = Vec::new();
     let mut exports: Vec<PathBuf> = Vec::new();
@@ -234,10 +264,10 @@ pub async fn build(
             None => return Err(BuildError::NotCompatible(bp.label.clone())),
         };
         out.step(format!("{name} app detected"));
-        let mut cmd = script(spec, bp, "compile", &home, &exports);
+        let mut cmd = script(spec, bp, "compile", &home, &exports)?;
         cmd.arg(&spec.build_dir).arg(&spec.cache_dir).arg(&env_dir);
         let (status, _) = finish(
-            exec::run(cmd, out, "", false, deadline, cancel).await?,
+            exec::run(cmd, out, "", false, deadline, cancel, spec.group()).await?,
             spec,
         )?;
         if !status.success() {
@@ -246,10 +276,10 @@ pub async fn build(
                 status: status.to_string(),
             });
         }
-        let mut cmd = script(spec, bp, "release", &home, &exports);
+        let mut cmd = script(spec, bp, "release", &home, &exports)?;
         cmd.arg(&spec.build_dir);
         let (status, yaml) = finish(
-            exec::run(cmd, out, "       ", true, deadline, cancel).await?,
+            exec::run(cmd, out, "       ", true, deadline, cancel, spec.group()).await?,
             spec,
         )?;
         if !status.success() {
@@ -323,7 +353,7 @@ fn script(
     name: &str,
     home: &Path,
     exports: &[PathBuf],
-) -> Command {
+) -> io::Result<Command> {
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
         .arg("for e in \"${@:1:$MAR_EXPORT_COUNT}\"; do . \"$e\"; done; shift \"$MAR_EXPORT_COUNT\"; unset MAR_EXPORT_COUNT; exec \"$@\"")
@@ -338,10 +368,8 @@ fn script(
         .env("SOURCE_VERSION", &spec.source_version)
         .env("MAR_EXPORT_COUNT", exports.len().to_string())
         .current_dir(&spec.build_dir);
-    if let Some((uid, gid)) = spec.run_as {
-        cmd.uid(uid).gid(gid);
-    }
-    cmd
+    spec.as_build_user(&mut cmd)?;
+    Ok(cmd)
 }
 
 async fn detect(
@@ -353,10 +381,10 @@ async fn detect(
     cancel: &CancellationToken,
     out: &Output,
 ) -> Result<Option<String>, BuildError> {
-    let mut cmd = script(spec, bp, "detect", home, exports);
+    let mut cmd = script(spec, bp, "detect", home, exports)?;
     cmd.arg(&spec.build_dir);
     let (status, stdout) = finish(
-        exec::run(cmd, out, "       ", true, deadline, cancel).await?,
+        exec::run(cmd, out, "       ", true, deadline, cancel, spec.group()).await?,
         spec,
     )?;
     if !status.success() {
@@ -435,14 +463,30 @@ async fn fetch(
         });
     }
     let local = Path::new(url);
-    if local.is_absolute() && local.is_dir() {
-        if !local.join("bin/compile").is_file() {
+    if local.is_absolute() {
+        // A private copy, as a clone would be: buildpacks write their `export` file into
+        // their own directory. Made by the build's user, so a path the app names can only
+        // bring in what that user may read (never root's files), and symlinks stay symlinks.
+        let dest = spec.work_dir.join(format!("buildpack-{index}"));
+        let mut cmd = Command::new("cp");
+        cmd.args(["-R", "-P", "--"])
+            .arg(local)
+            .arg(&dest)
+            .env_clear()
+            .env("PATH", mar_core::SYSTEM_PATH);
+        spec.as_build_user(&mut cmd)?;
+        let (status, _) = finish(
+            exec::run(cmd, out, "       ", false, deadline, cancel, spec.group()).await?,
+            spec,
+        )?;
+        if !status.success() {
+            return Err(fail(
+                "cannot copy it (it must exist and be readable by the app's user)".into(),
+            ));
+        }
+        if !dest.join("bin/compile").is_file() {
             return Err(fail("it has no bin/compile".into()));
         }
-        // A private copy, as a clone would be: buildpacks write their `export` file into
-        // their own directory, and the build user may not write to the original.
-        let dest = spec.work_dir.join(format!("buildpack-{index}"));
-        copy_dir(local, &dest).map_err(|e| fail(format!("cannot copy it: {e}")))?;
         return Ok(Buildpack {
             dir: dest,
             label: url.to_owned(),
@@ -462,12 +506,18 @@ async fn fetch(
     if let Some(r) = reference {
         cmd.args(["--branch", r]);
     }
+    // Cloned by the build's user, into its own work space.
     cmd.arg("--")
         .arg(repo)
         .arg(&dest)
+        .env_clear()
+        .env("PATH", mar_core::SYSTEM_PATH)
+        .env("HOME", spec.work_dir.join("home"))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_TERMINAL_PROMPT", "0");
+    spec.as_build_user(&mut cmd)?;
     let (status, _) = finish(
-        exec::run(cmd, out, "       ", false, deadline, cancel).await?,
+        exec::run(cmd, out, "       ", false, deadline, cancel, spec.group()).await?,
         spec,
     )?;
     if !status.success() {
@@ -518,24 +568,6 @@ fn parse_release(yaml: &str) -> Result<ReleaseInfo, String> {
         default_process_types: parsed.default_process_types.unwrap_or_default(),
         config_vars,
     })
-}
-
-fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let (src, dest) = (entry.path(), to.join(entry.file_name()));
-        let ty = entry.file_type()?;
-        if ty.is_dir() {
-            copy_dir(&src, &dest)?;
-        } else if ty.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dest)?;
-        } else {
-            // Keeps the mode bits, so bin/* stay executable.
-            std::fs::copy(&src, &dest)?;
-        }
-    }
-    Ok(())
 }
 
 /// Packs `dir` into a gzip'd tar at `dest` and returns its size in bytes. With `run_as`, the

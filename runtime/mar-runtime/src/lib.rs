@@ -371,12 +371,15 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     ] {
         std::fs::create_dir_all(&d).map_err(dd)?;
     }
+    // Absolute from here on: the apps' passwd entries name it, and processes run elsewhere.
+    let mut cfg = cfg;
+    cfg.data_dir = std::fs::canonicalize(&cfg.data_dir).map_err(dd)?;
+    let paths = Paths::new(&cfg.data_dir);
     // Before anything is cleared or killed as a previous run's leftovers.
     let lock = lock_data_dir(&paths)?;
     // Fail closed: apps never run as root because their own users cannot reach their files.
     if nix::unistd::geteuid().is_root()
-        && let Some(blocking) =
-            apps::unreachable_ancestor(&std::fs::canonicalize(paths.root()).map_err(dd)?)
+        && let Some(blocking) = apps::unreachable_ancestor(paths.root())
     {
         return Err(RuntimeError::Unreachable {
             data_dir: data_dir.clone(),
@@ -429,7 +432,6 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         }
         None => None,
     };
-    let mut cfg = cfg;
     cfg.listen = addr;
     let cfg = Arc::new(cfg);
     let self_ip = if addr.ip().is_unspecified() {

@@ -200,20 +200,12 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Creates an app. With `uid_base`, it also gets its own user id: the lowest free one from
-    /// `uid_base` up.
-    pub fn create_app(&self, name: &AppName, uid_base: Option<u32>) -> Result<App> {
+    /// Creates an app, with the user id it was given (allocated host-wide by the caller), if
+    /// apps get their own.
+    pub fn create_app(&self, name: &AppName, uid: Option<u32>) -> Result<App> {
         let created_at = now();
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let uid: Option<u32> = match uid_base {
-            Some(base) => Some(tx.query_row(
-                "SELECT MAX(?1, COALESCE(MAX(uid) + 1, ?1)) FROM apps",
-                params![base],
-                |r| r.get(0),
-            )?),
-            None => None,
-        };
         let n = tx.execute(
             "INSERT OR IGNORE INTO apps (name, created_at, uid) VALUES (?1, ?2, ?3)",
             params![name.as_str(), created_at, uid],
@@ -571,7 +563,7 @@ mod tests {
         let b = AppName::parse("b").unwrap();
         let c = AppName::parse("c").unwrap();
         assert_eq!(s.create_app(&b, Some(20000)).unwrap().uid, Some(20000));
-        assert_eq!(s.create_app(&c, Some(20000)).unwrap().uid, Some(20001));
+        assert_eq!(s.create_app(&c, Some(20007)).unwrap().uid, Some(20007));
         let d = mar_core::Hostname::parse("www.example.com").unwrap();
         s.add_domain(&app, &d).unwrap();
         assert!(matches!(

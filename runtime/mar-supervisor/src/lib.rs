@@ -8,9 +8,20 @@
 
 mod cgroup;
 mod sandbox;
+pub mod users;
 
 pub use cgroup::{Cgroups, InstanceGroup, Limits};
 pub use sandbox::Sandbox;
+
+/// Arranges for `cmd`'s child to run in `sandbox` and in `group`'s control groups: for
+/// processes that are not instances (a build's scripts), confined as an instance is.
+pub fn confine(
+    cmd: &mut tokio::process::Command,
+    sandbox: &Sandbox,
+    group: Option<&InstanceGroup>,
+) -> std::io::Result<()> {
+    sandbox::apply(cmd, sandbox, group.map_or(&[][..], |g| g.procs.as_slice()))
+}
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};

@@ -77,8 +77,15 @@ impl Apps {
             source_version: commit.clone(),
             timeout: self.cfg.build_timeout,
             run_as: stored.uid.map(|u| (u, u)),
+            confinement: self.build_confinement(app, &build_id(&commit), stored.uid)?,
         };
-        let built = mar_build::build(&spec, out, cancel).await?;
+        let built = mar_build::build(&spec, out, cancel).await;
+        // The build's groups go with it, and anything still in them.
+        if let Some(g) = spec.confinement.as_ref().and_then(|c| c.group.as_ref()) {
+            g.kill_all();
+            g.remove();
+        }
+        let built = built?;
         let checks = match std::fs::read_to_string(build_dir.join("app.json")) {
             Ok(text) => healthcheck::parse_app_json(&text).map_err(DeployError::Invalid)?,
             Err(_) => Vec::new(),

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 
 use mar_core::AppName;
 use mar_store::{NewRelease, Release};
-use mar_supervisor::{Instance, ProcessSpec, Sandbox};
+use mar_supervisor::{Instance, Limits, ProcessSpec, Sandbox};
 use tokio_util::sync::CancellationToken;
 
 use super::{Apps, DeployError, Slot};
@@ -66,6 +66,32 @@ impl Apps {
         self.isolate && !self.cfg.data_dir.starts_with("/tmp")
     }
 
+    /// How a build of `app` is confined when apps are isolated: as the app's user, in a
+    /// sandbox like an instance's, in control groups of its own with [`build_limits`]. The
+    /// caller kills what is left in the groups and removes them when the build ends.
+    pub(super) fn build_confinement(
+        &self,
+        app: &AppName,
+        id: &str,
+        uid: Option<u32>,
+    ) -> Result<Option<mar_build::Confinement>, DeployError> {
+        if !self.isolate {
+            return Ok(None);
+        }
+        let group = match &self.cgroups {
+            Some(cg) => cg.create(&format!("build-{app}-{id}"), &build_limits())?,
+            None => None,
+        };
+        Ok(Some(mar_build::Confinement {
+            sandbox: Sandbox {
+                user: uid.map(|u| (u, u)),
+                private_tmp: self.private_tmp(),
+                nofile: build_limits().nofile,
+            },
+            group,
+        }))
+    }
+
     /// The spec of instance `ty.index` of a recorded release.
     pub(super) fn spec_from_release(
         &self,
@@ -114,5 +140,16 @@ impl Apps {
             }
         }
         Ok(slots)
+    }
+}
+
+/// What one build may use: enough for compilers and package managers, not a whole machine.
+/// The build's time limit is `build_timeout` in `mar.yaml`.
+fn build_limits() -> Limits {
+    Limits {
+        memory_bytes: Some(2 << 30),
+        pids: Some(1024),
+        nofile: Some(10_000),
+        cpu_millis: Some(1000),
     }
 }

@@ -28,6 +28,16 @@ impl Apps {
                     r.reason(&self.cfg.domain)
                 );
             }
+            // An app from before users had entries gets one; an app whose uid another app of
+            // this host holds must not run, or the two would share a user.
+            if let Some(uid) = app.uid
+                && let Err(e) = mar_supervisor::users::ensure(uid, name.as_str(), self.paths.root())
+            {
+                eprintln!("mar: app {name} is not started: {e}");
+                self.logs
+                    .append(&name, "mar[api]", &format!("Not started: {e}"));
+                continue;
+            }
             match self.store.current_release(&name) {
                 Ok(Some(rel)) if rel.slug.is_some() => {
                     let new = NewRelease {
