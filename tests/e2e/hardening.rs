@@ -366,3 +366,33 @@ async fn builds_are_sandboxed_like_apps() {
         "the build's daemon survived it"
     );
 }
+
+#[tokio::test]
+async fn pushed_files_the_platform_reads_are_never_followed_out_of_the_tree() {
+    let mar = MarServer::start();
+    mar.create_app("linky");
+    let token = mar.token();
+    let app = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    // A Procfile that is a symlink to the admin token.
+    std::fs::remove_file(app.dir.join("Procfile")).unwrap();
+    std::os::unix::fs::symlink(mar.data_dir.join("token"), app.dir.join("Procfile")).unwrap();
+    app.commit("procfile as a symlink");
+    let push = app.push(&mar.git_url("linky"), "main");
+    assert!(!push.ok(), "{}", push.all());
+    assert!(
+        push.stderr.contains(
+            "Procfile is a symbolic link (or leads out of the app): push the file itself"
+        ),
+        "{}",
+        push.stderr
+    );
+    assert!(
+        !push.all().contains(token.trim()),
+        "the token leaked into the push output"
+    );
+    let logs = mar.mar(&["logs", "-a", "linky", "-n", "200"]).stdout;
+    assert!(
+        !logs.contains(token.trim()),
+        "the token leaked into the app's log"
+    );
+}

@@ -7,9 +7,11 @@
 mod exec;
 mod ownership;
 pub mod procfile;
+mod pushed;
 pub mod slugignore;
 
 pub use ownership::chown_tree;
+pub use pushed::{PushedFileError, read_pushed};
 
 use std::collections::BTreeMap;
 use std::io;
@@ -82,6 +84,9 @@ pub enum BuildError {
     /// A file operation of the build failed.
     #[error("build I/O: {0}")]
     Io(#[from] io::Error),
+    /// A file of the pushed tree that the platform reads is not a plain file inside it.
+    #[error(transparent)]
+    Pushed(#[from] PushedFileError),
 }
 
 /// Where build output goes: one line at a time, as the pusher sees it.
@@ -228,8 +233,7 @@ pub async fn build(
         }
     }
 
-    let ignore_file = spec.build_dir.join(".slugignore");
-    if let Ok(text) = std::fs::read_to_string(&ignore_file) {
+    if let Some(text) = read_pushed(&spec.build_dir, ".slugignore")? {
         let removed = slugignore::SlugIgnore::parse(&text).apply(&spec.build_dir)?;
         if !removed.is_empty() {
             out.step(format!(
@@ -310,18 +314,14 @@ pub async fn build(
             list.join(", ")
         ));
     }
-    let procfile = spec.build_dir.join("Procfile");
-    match std::fs::read_to_string(&procfile) {
-        Ok(text) => {
+    match read_pushed(&spec.build_dir, "Procfile")? {
+        Some(text) => {
             let declared = procfile::parse(&text)?;
             let list: Vec<&str> = declared.keys().map(String::as_str).collect();
             out.detail(format!("Procfile declares types -> {}", list.join(", ")));
             process_types.extend(declared);
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            out.detail("No Procfile; using the buildpack's default process types");
-        }
-        Err(e) => return Err(e.into()),
+        None => out.detail("No Procfile; using the buildpack's default process types"),
     }
     if !process_types.contains_key("web") {
         out.detail("Warning: no `web` process type, so this app will receive no HTTP traffic.");
@@ -411,7 +411,7 @@ async fn choose_buildpacks(
         .filter(|u| !u.trim().is_empty())
     {
         urls.push(url.trim().to_owned());
-    } else if let Ok(text) = std::fs::read_to_string(spec.build_dir.join(".buildpacks")) {
+    } else if let Some(text) = read_pushed(&spec.build_dir, ".buildpacks")? {
         urls.extend(
             text.lines()
                 .map(str::trim)

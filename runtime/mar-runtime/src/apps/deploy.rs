@@ -86,9 +86,11 @@ impl Apps {
             g.remove();
         }
         let built = built?;
-        let checks = match std::fs::read_to_string(build_dir.join("app.json")) {
-            Ok(text) => healthcheck::parse_app_json(&text).map_err(DeployError::Invalid)?,
-            Err(_) => Vec::new(),
+        let checks = match mar_build::read_pushed(&build_dir, "app.json")
+            .map_err(|e| DeployError::Invalid(e.to_string()))?
+        {
+            Some(text) => healthcheck::parse_app_json(&text).map_err(DeployError::Invalid)?,
+            None => Vec::new(),
         };
         if !checks.is_empty() {
             out.detail(format!(
