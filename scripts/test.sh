@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every test on a fresh Debian machine of this project's kind:
-# installs what the tests need (git, Python venv, Node.js/npm, Qt 5 with WebSockets), builds the
+# installs what the tests need (git, Python venv, Node.js/npm, Qt 5 with WebSockets, nftables
+# for keeping apps off each other's ports), builds the
 # workspace once (one profile: the tests run the `mar` binary it produces), checks formatting and
 # lints, then runs the suite.
 set -euo pipefail
@@ -9,7 +10,7 @@ cd "$(dirname "$0")/.."
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for pkg in git python3 python3-venv python3-pip build-essential procps qtbase5-dev qt5-qmake \
-           libqt5websockets5-dev libqt5webchannel5-dev; do
+           libqt5websockets5-dev libqt5webchannel5-dev nftables; do
   have "$pkg" || need+=("$pkg")
 done
 # Node.js may come from another source than Debian; only install Debian's when none is there.

@@ -396,3 +396,234 @@ async fn pushed_files_the_platform_reads_are_never_followed_out_of_the_tree() {
         "the token leaked into the app's log"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_push_is_refused_and_leaves_nothing_behind() {
+    let mar = MarServer::start_with(Some("max_source_size: 1M\n"));
+    mar.create_app("big");
+    let app = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    let push = app.push(&mar.git_url("big"), "main");
+    assert!(push.ok(), "{}", push.all());
+    let builds = || {
+        std::fs::read_dir(mar.data_dir.join("builds"))
+            .unwrap()
+            .count()
+    };
+
+    // Compressible: a small pack, a large tree once unpacked.
+    app.write("zeros.txt", &"0".repeat(3 << 20));
+    app.commit("three megabytes of zeros");
+    let push = app.push(&mar.git_url("big"), "main");
+    assert!(!push.ok(), "{}", push.all());
+    assert!(
+        push.stderr.contains(
+            "the pushed source is larger than the limit of 1.0M (max_source_size in mar.yaml)"
+        ),
+        "{}",
+        push.stderr
+    );
+    assert_eq!(builds(), 0, "a refused push left a build behind");
+
+    // Incompressible, past the limit: refused with the same message.
+    app.git(&["reset", "-q", "--hard", "HEAD~1"]);
+    let mut noise = vec![0u8; 3 << 19];
+    getrandom_fill(&mut noise);
+    std::fs::write(app.dir.join("noise.bin"), &noise).unwrap();
+    app.commit("one and a half megabytes of noise");
+    let push = app.push(&mar.git_url("big"), "main");
+    assert!(!push.ok(), "{}", push.all());
+    assert!(
+        push.stderr
+            .contains("the pushed source is larger than the limit"),
+        "{}",
+        push.stderr
+    );
+    assert_eq!(builds(), 0);
+    // Past twice the limit, git refuses the pack before it is stored.
+    let mut noise = vec![0u8; 3 << 20];
+    getrandom_fill(&mut noise);
+    std::fs::write(app.dir.join("noise.bin"), &noise).unwrap();
+    app.commit("three megabytes of noise");
+    let push = app.push(&mar.git_url("big"), "main");
+    assert!(!push.ok(), "{}", push.all());
+    assert_eq!(builds(), 0);
+    let objects = std::process::Command::new("git")
+        .args(["count-objects", "-v"])
+        .current_dir(mar.data_dir.join("repos/big.git"))
+        .output()
+        .unwrap();
+    let sizes = String::from_utf8_lossy(&objects.stdout).into_owned();
+    let stored_kib: u64 = sizes
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("size: ")
+                .or_else(|| l.strip_prefix("size-pack: "))
+        })
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .sum();
+    assert!(stored_kib < 1024, "the refused pushes were stored: {sizes}");
+    // The first release still serves.
+    assert_eq!(mar.get("big.localhost", "/").await.status, 200);
+}
+
+/// Fills `buf` with bytes no compressor can shrink (an xorshift stream seeded from the clock).
+fn getrandom_fill(buf: &mut [u8]) {
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    for b in buf.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+}
+
+/// The port and pid of `app`'s web.1, from `mar ps --json`.
+fn web_port_and_pid(mar: &MarServer, app: &str) -> (u64, u64) {
+    let ps: serde_json::Value =
+        serde_json::from_str(&mar.mar(&["ps", "-a", app, "--json"]).stdout).unwrap();
+    (
+        ps[0]["port"].as_u64().unwrap_or(0),
+        ps[0]["pid"].as_u64().unwrap_or(0),
+    )
+}
+
+#[tokio::test]
+async fn apps_reach_each_other_only_through_the_router_and_cannot_squat_a_port() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("alice", &[]);
+    mar.deploy_lifecycle("mallory", &[]);
+    let (port, pid) = web_port_and_pid(&mar, "alice");
+    assert!(port > 0 && pid > 0);
+
+    // Straight to alice's instance: refused for mallory, fine for alice herself.
+    let direct = mar
+        .get("mallory.localhost", &format!("/connect?port={port}"))
+        .await
+        .body;
+    assert!(
+        direct.starts_with("refused"),
+        "mallory reached alice directly: {direct}"
+    );
+    assert_eq!(
+        mar.get("alice.localhost", &format!("/connect?port={port}"))
+            .await
+            .body,
+        "connected"
+    );
+
+    // Alice crashes; mallory squats her port at once.
+    let killed = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pid}")])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let squat = mar
+        .get("mallory.localhost", &format!("/squat?port={port}"))
+        .await
+        .body;
+    // Alice comes back on a new port, and her users never reach mallory.
+    let (new_port, _) = eventually(Duration::from_secs(20), || async {
+        let (p, pid) = web_port_and_pid(&mar, "alice");
+        (pid > 0 && p != port && p > 0).then_some((p, pid))
+    })
+    .await;
+    assert_ne!(new_port, port, "squat: {squat}");
+    for _ in 0..20 {
+        let r = mar.get("alice.localhost", "/").await;
+        assert!(
+            r.status != 200 || r.body.contains("lifecycle fixture"),
+            "alice's traffic reached the squatter: {}",
+            r.body
+        );
+    }
+    eventually(Duration::from_secs(20), || async {
+        let r = mar.get("alice.localhost", "/").await;
+        (r.status == 200 && r.body.contains("lifecycle fixture")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_apps_home_is_ephemeral_and_bounded() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("filler", &["MAR_DISK_LIMIT=32M"]);
+    let r = mar.get("filler.localhost", "/fill?mb=64").await;
+    assert_eq!(r.status, 507, "{}", r.body);
+    let mb: u32 = r
+        .body
+        .strip_prefix("full after ")
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{}", r.body));
+    assert!((16..=32).contains(&mb), "wrote {mb} MB under a 32M limit");
+    // The writes never reached the platform's disk: the slug on it is as it was.
+    let run = std::fs::read_dir(mar.data_dir.join("apps/filler/run"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    assert!(run.join("server.py").is_file());
+    assert!(
+        !run.join("filled.bin").exists(),
+        "the app wrote into the slug on disk"
+    );
+    // The app still serves, and a small write fits.
+    assert_eq!(
+        mar.get("filler.localhost", "/fill?mb=4").await.body,
+        "wrote 4 MB"
+    );
+}
+
+/// Opens a connection from `from` and sends one keep-alive request for `/healthz`; returns the
+/// stream and the answer's first line.
+async fn healthz_from(from: &str, addr: std::net::SocketAddr) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let _ = s
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    (s, text)
+}
+
+#[tokio::test]
+async fn one_client_cannot_take_every_connection() {
+    let mar = MarServer::start_with(Some("max_connections_per_client: 20\n"));
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let (s, answer) = healthz_from("127.0.0.1", mar.addr).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        held.push(s);
+    }
+    // The 21st from the same address is refused, and told why.
+    let (_, answer) = healthz_from("127.0.0.1", mar.addr).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("too many connections from your address"),
+        "{answer}"
+    );
+    // Everyone else is still served.
+    let (_, answer) = healthz_from("127.0.0.2", mar.addr).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Closing connections gives the places back.
+    held.clear();
+    eventually(Duration::from_secs(5), || async {
+        let (_, answer) = healthz_from("127.0.0.1", mar.addr).await;
+        answer.starts_with("HTTP/1.1 200").then_some(())
+    })
+    .await;
+}

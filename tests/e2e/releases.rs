@@ -104,7 +104,7 @@ async fn release_phase_runs_before_the_new_processes_and_can_abort() {
     let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/lifecycle"));
     repo.write(
         "Procfile",
-        "web: python3 server.py\nrelease: echo \"migrating as $DYNO\" && touch migrated\n",
+        "web: python3 server.py\nrelease: echo \"migrating as $DYNO at $(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)\" && touch migrated\n",
     );
     repo.commit("with release phase");
     let push = repo.push(&mar.git_url("migrating"), "main");
@@ -121,11 +121,34 @@ async fn release_phase_runs_before_the_new_processes_and_can_abort() {
         "{}",
         push.stderr
     );
+    // The release command ran before the web process started: its clock reading (printed in
+    // the push) is earlier than the log line of the web process's start (both UTC, ISO 8601,
+    // so they compare as strings).
+    let ran = push
+        .stderr
+        .split("migrating as release.1 at ")
+        .nth(1)
+        .and_then(|s| s.get(..24))
+        .unwrap_or_else(|| panic!("no release output in:\n{}", push.stderr))
+        .to_owned();
+    let logs = mar.mar(&["logs", "-a", "migrating", "-n", "500"]).stdout;
+    let web = logs
+        .lines()
+        .find(|l| l.contains("mar[web.1]: Starting process"))
+        .and_then(|l| l.get(..24))
+        .unwrap_or_else(|| panic!("no web start in:\n{logs}"))
+        .to_owned();
+    assert!(
+        ran < web,
+        "the web process started ({web}) before the release command ran ({ran})"
+    );
+    // Each process has a home of its own, as each dyno has its own ephemeral filesystem:
+    // what the release command wrote there is not the web process's.
     assert_eq!(
         mar.get("migrating.localhost", "/read?path=migrated")
             .await
             .status,
-        200
+        403
     );
 
     repo.write(

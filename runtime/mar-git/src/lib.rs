@@ -68,12 +68,19 @@ pub fn parse_git_path(path: &str) -> Result<(AppName, &'static str), GitError> {
 pub struct GitServer {
     root: PathBuf,
     hooks: PathBuf,
+    /// Largest pack a push may send, in bytes (`receive.maxInputSize`).
+    max_push: u64,
 }
 
 impl GitServer {
     /// Serves repositories under `root`; `hook_program` is run as the pre-receive hook of
     /// every repository (written into `hooks_dir`).
-    pub fn new(root: &Path, hooks_dir: &Path, hook_program: &Path) -> Result<Self, GitError> {
+    pub fn new(
+        root: &Path,
+        hooks_dir: &Path,
+        hook_program: &Path,
+        max_push: u64,
+    ) -> Result<Self, GitError> {
         std::fs::create_dir_all(root)?;
         std::fs::create_dir_all(hooks_dir)?;
         let quoted = hook_program.to_string_lossy().replace('\'', "'\\''");
@@ -87,6 +94,7 @@ impl GitServer {
         Ok(Self {
             root: root.to_owned(),
             hooks: hooks_dir.to_owned(),
+            max_push,
         })
     }
 
@@ -152,13 +160,21 @@ impl GitServer {
             // Pushes are authorized by the router already; receive-pack is off by default in
             // http-backend for anonymous users, so say so. The hooks directory is shared by all
             // repositories, and repositories owned by another uid are still ours.
-            .env("GIT_CONFIG_COUNT", "3")
+            .env("GIT_CONFIG_COUNT", "4")
             .env("GIT_CONFIG_KEY_0", "http.receivepack")
             .env("GIT_CONFIG_VALUE_0", "true")
             .env("GIT_CONFIG_KEY_1", "core.hooksPath")
             .env("GIT_CONFIG_VALUE_1", &self.hooks)
             .env("GIT_CONFIG_KEY_2", "safe.directory")
             .env("GIT_CONFIG_VALUE_2", "*")
+            // A pack past twice the limit is refused by receive-pack itself before it fills the
+            // disk; the pusher then sees only a broken connection, which is why the limit
+            // proper (with its message) is the hook's, on the tree it unpacks.
+            .env("GIT_CONFIG_KEY_3", "receive.maxInputSize")
+            .env(
+                "GIT_CONFIG_VALUE_3",
+                self.max_push.saturating_mul(2).to_string(),
+            )
             .envs(hook_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -307,6 +323,7 @@ mod tests {
             &d.path().join("repos"),
             &d.path().join("hooks"),
             Path::new("/bin/true"),
+            1 << 30,
         )
         .unwrap();
         let app = AppName::parse("a").unwrap();

@@ -2,7 +2,8 @@
 //! and HTTP/2 from clients, keep-alive pool to backends, WebSocket upgrades relayed) or to its
 //! in-process handler, and the bare domain to the platform's in-process handler.
 //!
-//! One direction through it: the accept loop (`server.rs`) hands each connection to the
+//! One direction through it: the accept loop (`server.rs`, which admits connections under the
+//! caps of `admission.rs`) hands each connection to the
 //! HTTP/1.1 fast path (`fast_path/`) or the general hyper path (`general_path.rs`, which calls
 //! in-process handlers through `in_process.rs`); both use the shared parts below them: the
 //! exchange's context and accounting (`shared.rs`), the one failure table (`failure.rs`), the
@@ -13,6 +14,7 @@
 //! [`RouteTable`] the runtime publishes and maps every failure to one error page. In-process
 //! services reach it only through `mar-http`'s [`Handler`].
 
+mod admission;
 mod connector;
 mod failure;
 mod fast_path;
@@ -34,6 +36,7 @@ mod upload;
 #[cfg(test)]
 mod tests;
 
+pub use admission::Admission;
 pub use forwarding::Inbound;
 pub use mar_http::{Body, BoxError, Handler, ResponseFuture, full};
 pub use metrics::Metrics;

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admission::{Admission, Admitted};
 use crate::fast_path::{self, Outcome};
 use crate::forwarding::Inbound;
 use crate::general_path::GeneralPath;
@@ -62,6 +63,7 @@ impl Proxy {
 /// Serves `listener` until `shutdown` fires, then lets in-flight requests finish for up to
 /// `grace` before returning. With `tls`, every connection is a TLS one (h2 or http/1.1 by
 /// ALPN).
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
@@ -69,6 +71,7 @@ pub async fn serve(
     grace: Duration,
     limits: ServerLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    admission: Arc<Admission>,
 ) {
     let local = match listener.local_addr() {
         Ok(a) => a,
@@ -101,6 +104,17 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
+        let admitted = match admission.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(why) => {
+                // Told why without reading anything (TLS clients get nothing they could read
+                // before a handshake), then closed.
+                if tls.is_none() {
+                    let _ = stream.try_write(crate::admission::refusal(why));
+                }
+                continue;
+            }
+        };
         // Small request/response pairs should not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         let inbound = Inbound {
@@ -113,6 +127,7 @@ pub async fn serve(
             builder: builder.clone(),
             watcher: graceful.watcher(),
             inbound,
+            admitted,
         };
         let shutdown = shutdown.clone();
         let tracker = connections.clone();
@@ -165,6 +180,8 @@ struct General {
     builder: auto::Builder<TokioExecutor>,
     watcher: Watcher,
     inbound: Inbound,
+    /// The connection's place under the caps, held until it closes.
+    admitted: Admitted,
 }
 
 impl General {
@@ -188,8 +205,11 @@ impl General {
             // Its own task: this one's state is sized for the HTTP path, and an idle WebSocket
             // should hold only what the relay needs.
             Outcome::WebSocket(ws) => {
-                let proxy = self.proxy;
-                tracker.spawn(async move { ws.run(&proxy.shared).await });
+                let (proxy, admitted) = (self.proxy, self.admitted);
+                tracker.spawn(async move {
+                    ws.run(&proxy.shared).await;
+                    drop(admitted);
+                });
             }
         }
     }

@@ -119,6 +119,9 @@ impl From<DeployError> for ApiError {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", e.to_string())
             }
             DeployError::BadInput(m) => Self::bad_request(m),
+            DeployError::TooLarge(_) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "TooLarge", e.to_string())
+            }
             DeployError::Boot(_) | DeployError::Build(_) | DeployError::ReleasePhase(_) => {
                 Self::new(
                     StatusCode::UNPROCESSABLE_ENTITY,

@@ -69,6 +69,12 @@ pub struct FileConfig {
     /// Threads serving requests, each with its own listener and event loop (nginx's
     /// `worker_processes`); `auto` for one per core.
     pub router_threads: Option<RouterThreadsText>,
+    /// Most client connections open at once (default: what the open-files limit allows).
+    pub max_connections: Option<usize>,
+    /// Largest push, like `512M`: the pack git receives, and the source tree unpacked.
+    pub max_source_size: Option<String>,
+    /// Most client connections from one address (default: a quarter of `max_connections`).
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// `router_threads` as written in `mar.yaml`: a number, or a word (`auto`, or a number in
@@ -169,6 +175,12 @@ pub struct Config {
     pub access_log: bool,
     /// Threads serving requests (1 by default).
     pub router_threads: usize,
+    /// `max_connections`, when set.
+    pub max_connections: Option<usize>,
+    /// Largest push (pack and unpacked tree), in bytes.
+    pub max_source_size: u64,
+    /// `max_connections_per_client`, when set.
+    pub max_connections_per_client: Option<usize>,
     /// The `mar` executable, run as the git pre-receive hook.
     pub mar_exe: PathBuf,
 }
@@ -272,6 +284,9 @@ impl Config {
             router,
             access_log: file.access_log.unwrap_or(true),
             router_threads,
+            max_connections: file.max_connections,
+            max_source_size: size("max_source_size", file.max_source_size, 512 << 20)?,
+            max_connections_per_client: file.max_connections_per_client,
             mar_exe,
         })
     }

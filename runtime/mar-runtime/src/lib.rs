@@ -77,6 +77,7 @@ struct RouterParts {
     shutdown: CancellationToken,
     timeouts: mar_router::Timeouts,
     limits: mar_router::ServerLimits,
+    admission: Arc<mar_router::Admission>,
 }
 
 /// Starts router thread `i`: its own current-thread runtime serving its listeners until
@@ -135,6 +136,7 @@ fn router_thread(
                     DRAIN_GRACE,
                     limits,
                     None,
+                    parts.admission.clone(),
                 );
                 match secure {
                     Some((l, acceptor)) => {
@@ -145,6 +147,7 @@ fn router_thread(
                             DRAIN_GRACE,
                             limits,
                             Some(acceptor),
+                            parts.admission,
                         );
                         tokio::join!(serve_plain, serve_secure);
                     }
@@ -287,6 +290,31 @@ fn lock_data_dir(paths: &Paths) -> Result<nix::fcntl::Flock<std::fs::File>, Runt
     }
 }
 
+/// Descriptors kept for the platform's own work (its database, logs, builds, processes) when
+/// the router is at its connection limit.
+const FD_HEADROOM: u64 = 1024;
+
+/// The router's connection caps: `max_connections` (by default as many as the open-files
+/// limit allows, two descriptors each, a client's and an app's, less [`FD_HEADROOM`]) and
+/// `max_connections_per_client` (by default a quarter of that). The soft open-files limit is
+/// raised to the hard one first, as servers do.
+fn connection_caps(cfg: &Config) -> Arc<mar_router::Admission> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let nofile = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard))
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() =>
+        {
+            hard
+        }
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    };
+    let fits = usize::try_from(nofile.saturating_sub(FD_HEADROOM) / 2).unwrap_or(usize::MAX);
+    let total = cfg.max_connections.unwrap_or(fits).max(1);
+    let per_client = cfg.max_connections_per_client.unwrap_or(total / 4).max(1);
+    mar_router::Admission::new(total, per_client)
+}
+
 /// Time in-flight requests get to finish at shutdown.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
 /// How long router access log lines wait to be written together.
@@ -416,7 +444,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     }
     let logs = Arc::new(Logs::open(&paths.logs()).map_err(dd)?);
     let routes = Arc::new(RouteTable::new(&cfg.domain));
-    let git = GitServer::new(&paths.repos(), &paths.hooks(), &cfg.mar_exe)?;
+    let git = GitServer::new(
+        &paths.repos(),
+        &paths.hooks(),
+        &cfg.mar_exe,
+        cfg.max_source_size,
+    )?;
 
     let threads = cfg.router_threads;
     let (listeners, addr) = listen(cfg.listen, threads)?;
@@ -447,7 +480,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     let serve_info = serde_json::json!({ "url": self_url, "pid": std::process::id() });
     std::fs::write(paths.serve_file(), serve_info.to_string()).map_err(dd)?;
 
-    let apps = apps::Apps::new(cfg.clone(), store.clone(), logs.clone(), routes.clone());
+    let apps = apps::Apps::new(cfg.clone(), store.clone(), logs.clone(), routes.clone()).await;
     apps.restore().await;
     let metrics = Arc::new(mar_router::Metrics::default());
     let logs_for_router = logs.clone();
@@ -524,6 +557,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         shutdown: shutdown.clone(),
         timeouts: cfg.timeouts,
         limits: cfg.server_limits,
+        admission: connection_caps(&cfg),
     };
     let mut https = https.map(|(ls, acceptor, _)| (ls.into_iter(), acceptor));
     let mut exits = Vec::with_capacity(threads);

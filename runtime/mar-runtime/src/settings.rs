@@ -19,6 +19,8 @@ pub const MEMORY_LIMIT: &str = "MAR_MEMORY_LIMIT";
 pub const PIDS_LIMIT: &str = "MAR_PIDS_LIMIT";
 /// Open files per process.
 pub const NOFILE_LIMIT: &str = "MAR_NOFILE_LIMIT";
+/// What an instance may write to its (ephemeral) home: `512M`, `2G`.
+pub const DISK_LIMIT: &str = "MAR_DISK_LIMIT";
 /// CPU per instance, in cores: `0.5`, `2`, `500m`.
 pub const CPU_LIMIT: &str = "MAR_CPU_LIMIT";
 /// The CPU an instance gets unless its app says otherwise, in thousandths of a core: one
@@ -44,6 +46,8 @@ pub struct AppSettings {
     pub wait_to_retire: Duration,
     /// Memory, processes, open files and CPU per instance.
     pub limits: Limits,
+    /// What an instance may write to its home, in bytes.
+    pub disk_bytes: u64,
     /// What the router enforces for this app.
     pub router: mar_router::AppOptions,
 }
@@ -148,6 +152,12 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
             .map(drop)
             .ok_or_else(|| format!("{name} must be a size like 10M, not {value:?}")),
         NOFILE_LIMIT => count(name, value, 64, 1 << 20).map(drop),
+        DISK_LIMIT => match parse_size(value) {
+            Some(b) if b >= 16 << 20 => Ok(()),
+            _ => Err(format!(
+                "{name} must be a size of at least 16M, like 512M or 2G, not {value:?}"
+            )),
+        },
         CPU_LIMIT => parse_cpu(value).map(drop).ok_or_else(|| {
             format!("{name} must be an amount of CPU from 0.01 to 1024 cores, like 0.5, 2 or 500m, not {value:?}")
         }),
@@ -188,6 +198,10 @@ impl AppSettings {
                         .unwrap_or(DEFAULT_CPU_MILLIS),
                 ),
             },
+            disk_bytes: get(DISK_LIMIT)
+                .and_then(parse_size)
+                .filter(|b| *b >= 16 << 20)
+                .unwrap_or(512 << 20),
             router: {
                 let mut r = defaults.router.clone();
                 if let Some(d) = get(WS_IDLE_TIMEOUT)

@@ -272,6 +272,23 @@ impl InstanceGroup {
         }
     }
 
+    /// The pids of every process in the groups.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .procs
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
     /// SIGKILLs every process in the group; returns how many there were.
     pub fn kill_all(&self) -> usize {
         let mut n = 0;

@@ -7,11 +7,14 @@
 //! changes as [`Event`]s and the runtime decides what they mean for traffic.
 
 mod cgroup;
+mod firewall;
+pub mod listener;
 mod sandbox;
 pub mod users;
 
 pub use cgroup::{Cgroups, InstanceGroup, Limits};
-pub use sandbox::Sandbox;
+pub use firewall::Firewall;
+pub use sandbox::{EphemeralHome, Sandbox};
 
 /// Arranges for `cmd`'s child to run in `sandbox` and in `group`'s control groups: for
 /// processes that are not instances (a build's scripts), confined as an instance is.
@@ -66,6 +69,8 @@ pub struct ProcessSpec {
     pub limits: Limits,
     /// Where instances get their control groups; `None` runs without them.
     pub cgroups: Option<Cgroups>,
+    /// Keeps other users off a web instance's port; `None` leaves it open.
+    pub firewall: Option<Firewall>,
 }
 
 impl ProcessSpec {
@@ -145,6 +150,12 @@ pub enum BootError {
     /// It could not be spawned at all.
     #[error("cannot start process: {0}")]
     Spawn(String),
+    /// Something answered on `$PORT`, but not a process of this instance (another process took
+    /// the port first).
+    #[error(
+        "Port {0} is held by a process outside this instance; no traffic goes there, and the instance restarts on a new port"
+    )]
+    PortTaken(u16),
 }
 
 struct Shared {
@@ -319,15 +330,23 @@ impl Actor {
 
     async fn run(self) {
         let mut crashes: u32 = 0;
-        let mut port = if self.spec().is_web() {
-            free_port()
-        } else {
-            None
-        };
         loop {
+            // A new port at every start: a crashed instance's port may have been taken by
+            // another process meanwhile (an app squatting it), and must not keep this one
+            // from coming back.
+            let mut port = if self.spec().is_web() {
+                free_port()
+            } else {
+                None
+            };
+            // Only this app's user (and root) may connect to it, from before it listens.
+            let guarded = self.guard_port(port).await;
             let started = Instant::now();
             let ended = self.run_once(&mut port).await;
             self.release_group();
+            if let (Some(fw), Some((p, uid))) = (&self.spec().firewall, guarded) {
+                fw.release(p, uid).await;
+            }
             match ended {
                 Ended::Stopped => break,
                 Ended::Crashed(reason) => {
@@ -363,6 +382,29 @@ impl Actor {
 
     fn command(&self, port: Option<u16>) -> Command {
         command(self.spec(), port)
+    }
+
+    /// Closes `port` to every user but the app's own and root's; returns what to release.
+    async fn guard_port(&self, port: Option<u16>) -> Option<(u16, u32)> {
+        let spec = self.spec();
+        let (fw, p, (uid, _)) = (spec.firewall.as_ref()?, port?, spec.sandbox.user?);
+        match fw.guard(p, uid).await {
+            Ok(()) => Some((p, uid)),
+            Err(e) => {
+                self.log(&format!("Cannot close port {p} to other apps: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The pids of this instance's processes: its control groups' members, or the leader.
+    fn pids(&self, leader: u32) -> Vec<u32> {
+        let group = self.shared.group.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pids: Vec<u32> = group.as_ref().map(|g| g.pids()).unwrap_or_default();
+        if pids.is_empty() {
+            pids.push(leader);
+        }
+        pids
     }
 
     async fn run_once(&self, port: &mut Option<u16>) -> Ended {
@@ -412,6 +454,16 @@ impl Actor {
                         let err = BootError::Timeout(spec.boot_timeout.as_secs());
                         self.log(&err.to_string());
                         self.log("Stopping process with SIGKILL");
+                        kill(&child, Signal::SIGKILL);
+                        let _ = child.wait().await;
+                        self.boot_result(Err(err.clone()));
+                        return Ended::Crashed(err.to_string());
+                    }
+                    // What answers on the port must be this instance, not a process that took
+                    // the port first: traffic never goes to another app's listener.
+                    if listener::held_by(p, &self.pids(pid)) != Some(true) {
+                        let err = BootError::PortTaken(p);
+                        self.log(&err.to_string());
                         kill(&child, Signal::SIGKILL);
                         let _ = child.wait().await;
                         self.boot_result(Err(err.clone()));
@@ -770,6 +822,7 @@ mod tests {
             sandbox: Sandbox::default(),
             limits: Limits::default(),
             cgroups: None,
+            firewall: None,
         }
     }
 
@@ -904,6 +957,7 @@ mod tests {
             user: Some((65534, 65534)),
             private_tmp: true,
             nofile: Some(256),
+            home: None,
         };
         s.limits = Limits {
             memory_bytes: Some(64 << 20),

@@ -1,5 +1,5 @@
 //! What happens between `fork` and `exec` of an app process: join its control groups, get a
-//! private `/tmp`, `/var/tmp` and `/dev/shm`, cap open files, drop to the app's own user, die
+//! private `/tmp`, `/var/tmp` and `/dev/shm` and an ephemeral, size-limited home, cap open files, drop to the app's own user, die
 //! with `mar serve`, gain no privileges ever after (`no_new_privs`), and inherit no descriptor
 //! beyond stdin, stdout and stderr.
 //!
@@ -25,6 +25,23 @@ pub struct Sandbox {
     pub private_tmp: bool,
     /// RLIMIT_NOFILE.
     pub nofile: Option<u64>,
+    /// An ephemeral, size-limited home (with `private_tmp`): see [`EphemeralHome`].
+    pub home: Option<EphemeralHome>,
+}
+
+/// The app's home (its unpacked slug) as the app sees it: the slug read-only below, and the
+/// app's writes in a size-limited tmpfs above (an overlay), gone when the process ends, as on
+/// Heroku. So an app cannot fill the platform's disk through its home, nor change the slug
+/// other instances and root-side code read.
+#[derive(Debug, Clone)]
+pub struct EphemeralHome {
+    /// The unpacked slug (the process's working directory and `HOME`).
+    pub dir: std::path::PathBuf,
+    /// An empty directory, root's, where the tmpfs for the writes is mounted in the process's
+    /// own mount namespace.
+    pub scratch: std::path::PathBuf,
+    /// Most bytes the app may write there.
+    pub size: u64,
 }
 
 /// Arranges for `cmd`'s child to enter `procs` (cgroup.procs files) and the sandbox.
@@ -47,6 +64,33 @@ pub(crate) fn apply(
         .collect::<io::Result<_>>()?;
     let tmpfs = CString::new("tmpfs").map_err(io::Error::other)?;
     let tmp_opts = CString::new("mode=1777,size=256m").map_err(io::Error::other)?;
+    // The overlay over the home, prepared before the fork.
+    let cstr =
+        |p: &std::path::Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
+    let home = match (&sandbox.home, sandbox.private_tmp) {
+        (Some(h), true) => {
+            let (dir, scratch) = (h.dir.to_string_lossy(), h.scratch.to_string_lossy());
+            // Overlay options are comma-separated, and a colon separates lower layers.
+            if [&dir, &scratch].iter().any(|p| p.contains([',', ':'])) {
+                return Err(io::Error::other(
+                    "the app's directories cannot be overlaid: ',' or ':' in the data directory's path",
+                ));
+            }
+            Some((
+                cstr(&h.dir)?,
+                cstr(&h.scratch)?,
+                cstr(&h.scratch.join("upper"))?,
+                cstr(&h.scratch.join("work"))?,
+                CString::new(format!("size={},mode=0700", h.size)).map_err(io::Error::other)?,
+                CString::new(format!(
+                    "lowerdir={dir},upperdir={scratch}/upper,workdir={scratch}/work"
+                ))
+                .map_err(io::Error::other)?,
+                CString::new("overlay").map_err(io::Error::other)?,
+            ))
+        }
+        _ => None,
+    };
     // `mar serve` itself: the app's parent, whose death the app must not outlive.
     let parent = libc::pid_t::try_from(std::process::id()).map_err(io::Error::other)?;
     let sandbox = sandbox.clone();
@@ -99,6 +143,31 @@ pub(crate) fn apply(
                         libc::MS_NOSUID | libc::MS_NODEV,
                         tmp_opts.as_ptr().cast(),
                     ))?;
+                }
+                if let Some((dir, scratch, upper, work, size_opts, overlay_opts, overlay)) = &home {
+                    check(libc::mount(
+                        tmpfs.as_ptr(),
+                        scratch.as_ptr(),
+                        tmpfs.as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        size_opts.as_ptr().cast(),
+                    ))?;
+                    check(libc::mkdir(upper.as_ptr(), 0o700))?;
+                    check(libc::mkdir(work.as_ptr(), 0o700))?;
+                    if let Some((uid, gid)) = sandbox.user {
+                        // The top of the merged home is the upper layer's: the app's.
+                        check(libc::chown(upper.as_ptr(), uid, gid))?;
+                    }
+                    check(libc::mount(
+                        overlay.as_ptr(),
+                        dir.as_ptr(),
+                        overlay.as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        overlay_opts.as_ptr().cast(),
+                    ))?;
+                    // The working directory was set before the mount, below it: enter the
+                    // overlay.
+                    check(libc::chdir(dir.as_ptr()))?;
                 }
             }
             if let Some(n) = sandbox.nofile {

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod admission;
 mod in_process;
 mod parity;
 
@@ -50,6 +51,15 @@ pub struct TestRouter {
 
 impl TestRouter {
     pub async fn start(fast_path: bool, timeouts: Timeouts) -> Self {
+        Self::start_admitting(fast_path, timeouts, crate::Admission::unlimited()).await
+    }
+
+    /// A router whose connections are admitted by `admission`.
+    pub async fn start_admitting(
+        fast_path: bool,
+        timeouts: Timeouts,
+        admission: Arc<crate::Admission>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let table = Arc::new(RouteTable::new("localhost"));
@@ -79,6 +89,7 @@ impl TestRouter {
             Duration::from_secs(1),
             limits,
             None,
+            admission,
         ));
         Self {
             addr,
@@ -129,6 +140,15 @@ pub async fn exchange(addr: SocketAddr, raw: &[u8]) -> Answer {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(raw).await.unwrap();
     read_answer(&mut s).await
+}
+
+/// A connection to `addr` from the loopback address `from` (127.0.0.0/8 is all this host's).
+pub async fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(from.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(addr).await.unwrap()
 }
 
 /// Reads a whole answer from `s` until EOF.

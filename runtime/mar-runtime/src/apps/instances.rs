@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicUsize;
 
 use mar_core::AppName;
 use mar_store::{NewRelease, Release};
-use mar_supervisor::{Instance, Limits, ProcessSpec, Sandbox};
+use mar_supervisor::{EphemeralHome, Instance, Limits, ProcessSpec, Sandbox};
 use tokio_util::sync::CancellationToken;
 
 use super::{Apps, DeployError, Slot};
@@ -40,6 +40,16 @@ impl Apps {
             let tmp = self.app_tmp_dir(app, uid)?;
             env.insert("TMPDIR".to_owned(), tmp.to_string_lossy().into_owned());
         }
+        // Where the home can be overlaid (a mount namespace of its own), it is ephemeral and
+        // bounded.
+        let home = match private_tmp {
+            true => Some(EphemeralHome {
+                dir: dir.clone(),
+                scratch: self.scratch_dir(app)?,
+                size: settings.disk_bytes,
+            }),
+            false => None,
+        };
         Ok(ProcessSpec {
             app: app.clone(),
             process_type: ty.to_owned(),
@@ -54,10 +64,24 @@ impl Apps {
                 user: uid.map(|u| (u, u)),
                 private_tmp,
                 nofile: settings.limits.nofile,
+                home,
             },
             limits: settings.limits,
             cgroups: self.cgroups.clone(),
+            firewall: self.firewall.clone(),
         })
+    }
+
+    /// apps/APP/scratch: root's, empty, closed: where each instance mounts the tmpfs that holds
+    /// its writes to its home, in its own mount namespace.
+    fn scratch_dir(&self, app: &AppName) -> Result<std::path::PathBuf, DeployError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = self.paths.app(app).join("scratch");
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A private /tmp needs a mount over /tmp, which would hide the data directory (and so the
@@ -87,6 +111,7 @@ impl Apps {
                 user: uid.map(|u| (u, u)),
                 private_tmp: self.private_tmp(),
                 nofile: build_limits().nofile,
+                home: None,
             },
             group,
         }))

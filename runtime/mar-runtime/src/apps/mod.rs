@@ -84,6 +84,9 @@ pub enum DeployError {
     /// File system error.
     #[error("deploy I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The pushed source is over `max_source_size`.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 /// One running instance, the count of requests in flight to it, and the signal that closes
@@ -133,6 +136,8 @@ pub struct Apps {
     deploying: Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
     events: mpsc::UnboundedSender<Event>,
     cgroups: Option<Cgroups>,
+    /// Keeps apps off each other's instance ports (as root, where nftables works).
+    firewall: Option<mar_supervisor::Firewall>,
     isolate: bool,
     one_offs: AtomicU32,
 }
@@ -161,7 +166,7 @@ const APP_UID_BASE: u32 = 20_000;
 impl Apps {
     /// Creates the manager, kills what a previous run of `mar serve` left behind, and starts
     /// the task that turns instance events into routes.
-    pub fn new(
+    pub async fn new(
         cfg: Arc<Config>,
         store: Arc<Store>,
         logs: Arc<Logs>,
@@ -179,6 +184,12 @@ impl Apps {
                 eprintln!("mar: stopped {killed} app processes left by a previous run");
             }
         }
+        let firewall = match isolate {
+            true => {
+                mar_supervisor::Firewall::setup(&cgroup_name(&cfg.data_dir).replace('-', "_")).await
+            }
+            false => None,
+        };
         let apps = Arc::new(Self {
             paths: Paths::new(&cfg.data_dir),
             cfg,
@@ -189,6 +200,7 @@ impl Apps {
             deploying: Mutex::new(HashMap::new()),
             events,
             cgroups,
+            firewall,
             isolate,
             one_offs: AtomicU32::new(0),
         });
@@ -349,9 +361,9 @@ fn cgroup_name(data_dir: &Path) -> String {
     format!("mar-{h:016x}")
 }
 
-/// Apps get their own users (and a private /tmp) when `mar` runs as root and the data directory
-/// is reachable by other users (every ancestor searchable). Otherwise every app runs as the
-/// current user, and a warning at start says why.
+/// Apps get their own users (and a private /tmp) when `mar` runs as root (`start` has refused
+/// a data directory their users could not reach). Otherwise every app runs as the current
+/// user, and a warning at start says so.
 fn can_isolate(_cfg: &Config) -> bool {
     // As root, `start` has refused a data directory the apps' users cannot reach, so every
     // app gets a user of its own; not as root, they all run as the current user.

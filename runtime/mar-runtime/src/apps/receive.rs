@@ -41,26 +41,35 @@ impl Apps {
             private.create(&work).map_err(DeployError::Receive)?;
             private.create(&src).map_err(DeployError::Receive)?;
         }
-        let tar_path = work.join("source.tar");
-        let mut file = tokio::fs::File::create(&tar_path)
-            .await
-            .map_err(DeployError::Receive)?;
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk
-                .map_err(|e| DeployError::BadInput(format!("source upload broke off: {e}")))?;
-            file.write_all(&chunk).await.map_err(DeployError::Receive)?;
+        let limit = self.cfg.max_source_size;
+        let received = async {
+            let tar_path = work.join("source.tar");
+            let mut file = tokio::fs::File::create(&tar_path)
+                .await
+                .map_err(DeployError::Receive)?;
+            let mut size = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk
+                    .map_err(|e| DeployError::BadInput(format!("source upload broke off: {e}")))?;
+                size += chunk.len() as u64;
+                if size > limit {
+                    return Err(too_large(limit));
+                }
+                file.write_all(&chunk).await.map_err(DeployError::Receive)?;
+            }
+            file.flush().await.map_err(DeployError::Receive)?;
+            drop(file);
+            let (tp, sp) = (tar_path.clone(), src.clone());
+            tokio::task::spawn_blocking(move || unpack_bounded(&tp, &sp, limit))
+                .await
+                .map_err(|e| DeployError::Receive(std::io::Error::other(e.to_string())))??;
+            Ok(())
+        };
+        if let Err(e) = received.await {
+            // A refused or broken push leaves nothing behind.
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(e);
         }
-        file.flush().await.map_err(DeployError::Receive)?;
-        drop(file);
-        let (tp, sp) = (tar_path.clone(), src.clone());
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            // `unpack` refuses entries that would land outside `sp` (absolute paths, `..`).
-            tar::Archive::new(std::fs::File::open(&tp)?).unpack(&sp)?;
-            std::fs::remove_file(&tp)
-        })
-        .await
-        .map_err(|e| DeployError::Receive(std::io::Error::other(e.to_string())))?
-        .map_err(|e| DeployError::BadInput(format!("source is not a valid tar archive: {e}")))?;
         Ok(Source {
             build_dir: src,
             work_dir: work,
@@ -68,4 +77,43 @@ impl Apps {
             received: t_receive.elapsed(),
         })
     }
+}
+
+/// Most entries a pushed tree may have.
+const MAX_ENTRIES: u64 = 200_000;
+
+fn too_large(limit: u64) -> DeployError {
+    DeployError::TooLarge(format!(
+        "the pushed source is larger than the limit of {} (max_source_size in mar.yaml)",
+        mar_build::human_size(limit)
+    ))
+}
+
+/// Unpacks the tar at `tar_path` into `dest` (then removes the tar), refusing a tree whose
+/// files add up to more than `limit` bytes or that has more than [`MAX_ENTRIES`] entries:
+/// what a tar says it holds is counted before it is written, so a small archive cannot
+/// unpack into a full disk.
+fn unpack_bounded(
+    tar_path: &std::path::Path,
+    dest: &std::path::Path,
+    limit: u64,
+) -> Result<(), DeployError> {
+    let bad = |e: std::io::Error| {
+        DeployError::BadInput(format!("source is not a valid tar archive: {e}"))
+    };
+    let file = std::fs::File::open(tar_path).map_err(DeployError::Receive)?;
+    let mut archive = tar::Archive::new(file);
+    let (mut total, mut count) = (0u64, 0u64);
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        count += 1;
+        total = total.saturating_add(entry.header().entry_size().map_err(bad)?);
+        if total > limit || count > MAX_ENTRIES {
+            return Err(too_large(limit));
+        }
+        // `unpack_in` refuses entries that would land outside `dest` (absolute paths, `..`,
+        // through a symlink the archive made).
+        entry.unpack_in(dest).map_err(bad)?;
+    }
+    std::fs::remove_file(tar_path).map_err(DeployError::Receive)
 }

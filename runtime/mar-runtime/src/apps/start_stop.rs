@@ -97,5 +97,8 @@ impl Apps {
             cg.sweep();
             cg.remove_root();
         }
+        if let Some(fw) = &self.firewall {
+            fw.remove().await;
+        }
     }
 }

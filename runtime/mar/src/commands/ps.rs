@@ -43,6 +43,9 @@ pub(crate) enum PsCommand {
         /// CPU per instance, in cores: 0.5, 2, or 500m.
         #[arg(long)]
         cpu: Option<String>,
+        /// What an instance may write to its (ephemeral) home, like 512M or 2G.
+        #[arg(long)]
+        disk: Option<String>,
     },
     /// Run a one-off command in the app's environment and slug: `mar run -a APP -- CMD…`.
     Run {
@@ -63,7 +66,8 @@ pub(crate) async fn run(cmd: PsCommand, ctx: &Context) -> anyhow::Result<ExitCod
             pids,
             nofile,
             cpu,
-        } => resize(ctx, [memory, pids, nofile, cpu]).await,
+            disk,
+        } => resize(ctx, [memory, pids, nofile, cpu, disk]).await,
         PsCommand::Run { command } => run_command(ctx, command).await,
     }
 }
@@ -142,10 +146,10 @@ async fn restart(ctx: &Context, target: Option<String>) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// `mar ps:resize [--memory] [--pids] [--nofile] [--cpu]`: the limits are config vars.
+/// `mar ps:resize [--memory] [--pids] [--nofile] [--cpu] [--disk]`: the limits are config vars.
 async fn resize(
     ctx: &Context,
-    [memory, pids, nofile, cpu]: [Option<String>; 4],
+    [memory, pids, nofile, cpu, disk]: [Option<String>; 5],
 ) -> anyhow::Result<ExitCode> {
     let app = resolve_app(ctx.app.clone())?;
     let mut changes = BTreeMap::new();
@@ -154,6 +158,7 @@ async fn resize(
         ("MAR_PIDS_LIMIT", pids),
         ("MAR_NOFILE_LIMIT", nofile),
         ("MAR_CPU_LIMIT", cpu),
+        ("MAR_DISK_LIMIT", disk),
     ] {
         if let Some(v) = v {
             changes.insert(k.to_owned(), Some(v));

@@ -1,0 +1,99 @@
+//! Apps cannot call each other's instances directly: a web instance's `$PORT` on the loopback
+//! interface takes connections only from root (`mar serve`: the router and health checks) and
+//! from the app's own user. Everything else reaches an app through the router, with its
+//! forwarded-header rules and access log. One nftables table per `mar serve` (data directory)
+//! holds the instance ports and their owners; an instance's entry is added once its listener
+//! is verified as its own, and removed when it stops.
+//!
+//! Where `nft` is missing or refused, apps run without this rule and a warning says so once,
+//! as for control groups.
+
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+
+/// The table of one `mar serve`.
+#[derive(Debug, Clone)]
+pub struct Firewall {
+    table: String,
+}
+
+/// Runs `nft -f -` with `script`; `Err` with nft's message.
+async fn nft(script: &str) -> Result<(), String> {
+    let mut child = tokio::process::Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let out = child.wait_with_output().await.map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+impl Firewall {
+    /// Creates (anew: what a previous run left is dropped) the table `name` (letters, digits
+    /// and `_`), or says why apps' ports stay open to each other.
+    pub async fn setup(name: &str) -> Option<Self> {
+        let table: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        // `add` then `delete` removes a leftover table without failing when there is none.
+        let script = format!(
+            "add table inet {table}\ndelete table inet {table}\n\
+             table inet {table} {{\n\
+               set ports {{ type inet_service; }}\n\
+               set owners {{ type inet_service . uid; }}\n\
+               chain output {{\n\
+                 type filter hook output priority 0; policy accept;\n\
+                 meta skuid 0 return\n\
+                 oifname \"lo\" tcp dport @ports tcp dport . meta skuid != @owners reject with tcp reset\n\
+               }}\n\
+             }}\n"
+        );
+        match nft(&script).await {
+            Ok(()) => Some(Self { table }),
+            Err(e) => {
+                eprintln!(
+                    "mar: no nftables ({e}): apps can connect to each other's ports directly; install nftables to keep them to the router"
+                );
+                None
+            }
+        }
+    }
+
+    /// Lets only `uid` (and root) connect to `port`.
+    pub async fn guard(&self, port: u16, uid: u32) -> Result<(), String> {
+        let t = &self.table;
+        nft(&format!(
+            "add element inet {t} owners {{ {port} . {uid} }}\nadd element inet {t} ports {{ {port} }}\n"
+        ))
+        .await
+    }
+
+    /// Forgets `port` (its instance stopped).
+    pub async fn release(&self, port: u16, uid: u32) {
+        let t = &self.table;
+        let _ = nft(&format!("delete element inet {t} ports {{ {port} }}\n")).await;
+        let _ = nft(&format!(
+            "delete element inet {t} owners {{ {port} . {uid} }}\n"
+        ))
+        .await;
+    }
+
+    /// Removes the table, at shutdown.
+    pub async fn remove(&self) {
+        let _ = nft(&format!("delete table inet {}\n", self.table)).await;
+    }
+}
