@@ -221,6 +221,41 @@ async fn the_app_sandbox_is_complete() {
         );
     }
 
+    // The platform's data directory is read-only to an app: its build cache and run
+    // directories are on the platform's disk, where nothing of the app's may grow.
+    let cache = mar.data_dir.join("apps/alice/cache");
+    let w = mar
+        .get(
+            "alice.localhost",
+            &format!("/shared-write?dir={}&name=grow", cache.display()),
+        )
+        .await;
+    assert_eq!(w.status, 403, "{}", w.body);
+    assert!(w.body.contains("Read-only file system"), "{}", w.body);
+    // Its /proc shows its own processes only: not mallory's.
+    let (_, mallory_pid) = web_port_and_pid(&mar, "mallory");
+    let procs = mar
+        .get("alice.localhost", "/shared-list?dir=/proc")
+        .await
+        .body;
+    assert!(
+        !procs.lines().any(|l| l == mallory_pid.to_string()),
+        "alice sees mallory's process {mallory_pid}"
+    );
+    // IPC objects of its own, and no core dumps.
+    let host_ipc = std::fs::read_link("/proc/self/ns/ipc").unwrap();
+    assert_ne!(
+        mar.get("alice.localhost", "/ns").await.body,
+        host_ipc.to_string_lossy()
+    );
+    assert_eq!(mar.get("alice.localhost", "/core").await.body, "0");
+    // No cloud metadata endpoint (where a VM's credentials are handed out).
+    let metadata = mar
+        .get("alice.localhost", "/connect?host=169.254.169.254&port=80")
+        .await
+        .body;
+    assert!(metadata.contains("Connection refused"), "{metadata}");
+
     // The apps die with `mar serve`, even killed with SIGKILL and never started again.
     let apps = mar.data_dir.join("apps");
     assert!(!processes_in(&apps).is_empty());
@@ -626,4 +661,59 @@ async fn one_client_cannot_take_every_connection() {
         answer.starts_with("HTTP/1.1 200").then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_tree_the_app_cannot_read_fails_its_push_instead_of_hanging_it() {
+    let mar = MarServer::start();
+    mar.create_app("locked");
+    let app = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    let pack = repo_root().join("tests/fixtures/buildpacks/unreadable");
+    app.write(".buildpacks", &format!("{}\n", pack.display()));
+    app.commit("unreadable files");
+    let started = std::time::Instant::now();
+    let push = app.push(&mar.git_url("locked"), "main");
+    assert!(!push.ok(), "{}", push.all());
+    assert!(
+        push.stderr.contains("cannot pack the slug") && push.stderr.contains("Permission denied"),
+        "{}",
+        push.stderr
+    );
+    assert!(started.elapsed() < Duration::from_secs(60), "the push hung");
+    // The app can still be pushed to: its lock was given back.
+    let app2 = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    let push = app2.push(&mar.git_url("locked"), "main");
+    assert!(push.ok(), "{}", push.all());
+}
+
+/// The most memory `pid` has used, in KiB (VmHWM).
+fn peak_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_process_that_never_ends_its_line_cannot_grow_the_platform() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("chatty", &[]);
+    let before = peak_kib(mar.pid());
+    // 60 MB without a newline, printed by a one-off process.
+    let out = mar.mar(&[
+        "run",
+        "-a",
+        "chatty",
+        "--",
+        "head -c 60000000 /dev/zero | tr '\\0' a",
+    ]);
+    assert!(out.ok(), "{}", out.stderr);
+    assert!(out.stdout.len() > 1_000_000, "{} bytes", out.stdout.len());
+    let grew = peak_kib(mar.pid()).saturating_sub(before);
+    assert!(
+        grew < 40 << 10,
+        "mar serve's peak memory grew by {grew} KiB"
+    );
 }

@@ -6,12 +6,15 @@ use std::process::{ExitStatus, Stdio};
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::process::Command;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{BuildError, Output};
+
+/// Most bytes of a script's stdout kept when it is captured.
+const MAX_CAPTURE: usize = 1 << 20;
 
 /// How a script run ended, short of success.
 pub(crate) enum Stop {
@@ -101,15 +104,16 @@ async fn pump(
     let Some(stream) = stream else {
         return captured;
     };
-    let mut lines = BufReader::new(stream).lines();
-    // A script that writes invalid UTF-8 ends its stream here; the exit status still decides.
-    while let Ok(Some(line)) = lines.next_line().await {
-        if capture {
+    mar_supervisor::output::for_each_line(stream, |line| {
+        if !capture {
+            out.line(format!("{indent}{line}"));
+        } else if captured.len() < MAX_CAPTURE {
+            // What a script's stdout says (detect's name, release's YAML) is small; a script
+            // that prints more cannot grow it further.
             captured.push_str(&line);
             captured.push('\n');
-        } else {
-            out.line(format!("{indent}{line}"));
         }
-    }
+    })
+    .await;
     captured
 }

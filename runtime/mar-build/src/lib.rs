@@ -89,27 +89,58 @@ pub enum BuildError {
     Pushed(#[from] PushedFileError),
 }
 
-/// Where build output goes: one line at a time, as the pusher sees it.
+/// Where build output goes: one line at a time, as the pusher sees it. At most
+/// [`OUTPUT_BACKLOG`] lines wait for a slow reader; past that, lines are dropped (and counted,
+/// and the count said once the reader catches up) rather than held in the platform's memory.
 #[derive(Clone)]
-pub struct Output(mpsc::UnboundedSender<String>);
+pub struct Output {
+    tx: mpsc::Sender<String>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Lines of output that may wait for the reader.
+pub const OUTPUT_BACKLOG: usize = 1024;
 
 impl Output {
     /// An output and the receiving end of its lines.
-    pub fn channel() -> (Self, mpsc::UnboundedReceiver<String>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (Self(tx), rx)
+    pub fn channel() -> (Self, mpsc::Receiver<String>) {
+        let (tx, rx) = mpsc::channel(OUTPUT_BACKLOG);
+        (
+            Self {
+                tx,
+                dropped: Default::default(),
+            },
+            rx,
+        )
     }
 
-    /// Sends one line (no trailing newline).
+    /// Sends one line (no trailing newline), or drops it when the reader is too far behind.
     pub fn line(&self, line: impl Into<String>) {
+        use std::sync::atomic::Ordering;
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0
+            && self
+                .tx
+                .try_send(format!(" !     ({dropped} lines of output dropped: they came faster than they were read)"))
+                .is_err()
+        {
+            self.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
         // The receiver only goes away when the pusher disconnected; the build's cancel token
         // handles that case.
-        let _ = self.0.send(line.into());
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(line.into()) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sends a line that must not be dropped (a build's result), waiting for room.
+    pub async fn line_surely(&self, line: impl Into<String>) {
+        let _ = self.tx.send(line.into()).await;
     }
 
     /// Resolves when the receiving end is gone (the pusher disconnected).
     pub async fn closed(&self) {
-        self.0.closed().await
+        self.tx.closed().await
     }
 
     /// A Heroku-style step line: `-----> text`.
@@ -570,61 +601,144 @@ fn parse_release(yaml: &str) -> Result<ReleaseInfo, String> {
     })
 }
 
-/// Packs `dir` into a gzip'd tar at `dest` and returns its size in bytes. With `run_as`, the
-/// tree is read by `tar` running as that user: the tree is the app's, and its processes (a
-/// build's leftovers, the running app) can swap a directory for a symlink while it is read; as
-/// the app's user, the walk can read nothing that is not the app's own, where root's walk would
-/// have packed whatever the symlink pointed to (the admin token) into the app's slug.
-pub fn pack_slug(dir: &Path, dest: &Path, run_as: Option<(u32, u32)>) -> io::Result<u64> {
+/// Who reads the tree a slug is packed from.
+#[derive(Debug, Clone, Copy)]
+pub enum Packer<'a> {
+    /// This process (not root, or apps without users of their own).
+    Platform,
+    /// `tar`, as the app's user, confined as its build was when `confinement` is given. The
+    /// tree is the app's, and its processes (a build's leftovers, the running app) can swap a
+    /// directory for a symlink while it is read: as the app's user, the walk can read nothing
+    /// that is not the app's own, where root's walk would have packed whatever the symlink
+    /// pointed to (the admin token) into the app's slug.
+    App {
+        /// The app's uid and gid.
+        run_as: (u32, u32),
+        /// The build's sandbox and control groups.
+        confinement: Option<&'a Confinement>,
+    },
+}
+
+/// Packs `dir` into a gzip'd tar at `dest` and returns its size in bytes: within `timeout`,
+/// and at most `max_bytes` of slug (a sparse file of terabytes must not keep the platform
+/// compressing zeros, nor fill its disk).
+pub async fn pack_slug(
+    dir: &Path,
+    dest: &Path,
+    packer: Packer<'_>,
+    timeout: Duration,
+    max_bytes: u64,
+) -> io::Result<u64> {
     let tmp = dest.with_extension("partial");
-    {
-        let file = std::fs::File::create(&tmp)?;
-        // Fast compression: the slug is kept for rollbacks, and push-to-serve time matters more
-        // than a few megabytes of disk.
-        let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
-        match run_as {
-            None => {
-                let mut tar = tar::Builder::new(&mut gz);
-                tar.follow_symlinks(false);
-                tar.append_dir_all(".", dir)?;
-                tar.finish()?;
+    let packed = tokio::time::timeout(timeout, async {
+        match packer {
+            Packer::Platform => {
+                let (d, t) = (dir.to_owned(), tmp.clone());
+                tokio::task::spawn_blocking(move || pack_here(&d, &t))
+                    .await
+                    .map_err(|e| io::Error::other(e.to_string()))?
             }
-            Some((uid, gid)) => {
-                use std::os::unix::process::CommandExt;
-                // std drops root's supplementary groups when it sets the uid.
-                let mut child = std::process::Command::new("tar")
-                    .args(["--create", "--file=-", "--directory"])
-                    .arg(dir)
-                    .arg(".")
-                    .env_clear()
-                    .env("PATH", mar_core::SYSTEM_PATH)
-                    .env("LANG", "C.UTF-8")
-                    .uid(uid)
-                    .gid(gid)
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()?;
-                let mut stdout = child
-                    .stdout
-                    .take()
-                    .ok_or_else(|| io::Error::other("tar has no stdout"))?;
-                let copied = io::copy(&mut stdout, &mut gz);
-                let out = child.wait_with_output()?;
-                copied?;
-                if !out.status.success() {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(io::Error::other(format!(
-                        "packing the slug failed: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    )));
-                }
-            }
+            Packer::App {
+                run_as,
+                confinement,
+            } => pack_as_app(dir, &tmp, run_as, confinement, max_bytes).await,
         }
-        gz.finish()?.sync_all()?;
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(io::Error::other(format!(
+            "packing the slug took longer than {}s",
+            timeout.as_secs()
+        )))
+    });
+    if let Err(e) = packed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    let size = std::fs::metadata(&tmp)?.len();
+    if size > max_bytes {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io::Error::other(format!(
+            "the slug is larger than {}",
+            human_size(max_bytes)
+        )));
     }
     std::fs::rename(&tmp, dest)?;
-    Ok(std::fs::metadata(dest)?.len())
+    Ok(size)
+}
+
+/// Packs by walking the tree here (no symlink followed).
+fn pack_here(dir: &Path, tmp: &Path) -> io::Result<()> {
+    let file = std::fs::File::create(tmp)?;
+    // Fast compression: the slug is kept for rollbacks, and push-to-serve time matters more
+    // than a few megabytes of disk.
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", dir)?;
+    tar.into_inner()?.finish()?.sync_all()
+}
+
+/// Packs with `tar` (and its `gzip`) running as the app's user; its errors are read while it
+/// runs, so a tree full of unreadable files cannot block it on a full pipe.
+async fn pack_as_app(
+    dir: &Path,
+    tmp: &Path,
+    (uid, gid): (u32, u32),
+    confinement: Option<&Confinement>,
+    max_bytes: u64,
+) -> io::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut cmd = Command::new("tar");
+    cmd.args(["--create", "--gzip", "--file=-", "--directory"])
+        .arg(dir)
+        .arg(".")
+        .env_clear()
+        .env("PATH", mar_core::SYSTEM_PATH)
+        .env("LANG", "C.UTF-8")
+        .env("GZIP", "-1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    match confinement {
+        Some(c) => mar_supervisor::confine(&mut cmd, &c.sandbox, c.group.as_ref())?,
+        None => {
+            cmd.uid(uid).gid(gid);
+        }
+    }
+    let mut child = cmd.spawn()?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| io::Error::other("tar has no stdout"))?;
+    let stderr = child.stderr.take();
+    let errors = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        if let Some(mut e) = stderr {
+            let _ = (&mut e).take(16 << 10).read_to_end(&mut kept).await;
+            let _ = tokio::io::copy(&mut e, &mut tokio::io::sink()).await;
+        }
+        kept
+    });
+    let mut file = tokio::fs::File::create(tmp).await?;
+    let copied = tokio::io::copy(&mut (&mut stdout).take(max_bytes + 1), &mut file).await?;
+    if copied > max_bytes {
+        return Err(io::Error::other(format!(
+            "the slug is larger than {}",
+            human_size(max_bytes)
+        )));
+    }
+    file.sync_all().await?;
+    let status = child.wait().await?;
+    let kept = errors.await.unwrap_or_default();
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "packing the slug failed: {}",
+            String::from_utf8_lossy(&kept).trim()
+        )));
+    }
+    Ok(())
 }
 
 /// Unpacks a slug made by [`pack_slug`] into `dest`.
@@ -632,6 +746,9 @@ pub fn unpack_slug(slug: &Path, dest: &Path) -> io::Result<()> {
     let file = std::fs::File::open(slug)?;
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
     archive.set_preserve_permissions(true);
+    // Files are unpacked by root: no setuid, setgid or sticky bit survives, whatever the slug
+    // says, so nothing root-owned and setuid is ever left in an app's directory.
+    archive.set_mask(0o7000);
     std::fs::create_dir_all(dest)?;
     archive.unpack(dest)
 }
@@ -681,7 +798,18 @@ mod tests {
         std::fs::create_dir_all(src.join("bin")).unwrap();
         std::fs::write(src.join("bin/run"), "#!/bin/sh\n").unwrap();
         let slug = d.path().join("s.tar.gz");
-        assert!(pack_slug(&src, &slug, None).unwrap() > 0);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let packed = rt.block_on(pack_slug(
+            &src,
+            &slug,
+            Packer::Platform,
+            Duration::from_secs(30),
+            1 << 30,
+        ));
+        assert!(packed.unwrap() > 0);
         let dest = d.path().join("out");
         unpack_slug(&slug, &dest).unwrap();
         assert!(dest.join("bin/run").is_file());
@@ -726,10 +854,27 @@ mod tests {
             })
         };
         let slug = d.path().join("s.tar.gz");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let mut leaked = 0;
         for _ in 0..400 {
             // A read that hits the swap mid-way may fail; what matters is what gets packed.
-            if pack_slug(&src, &slug, Some((4242, 4242))).is_err() {
+            let packer = Packer::App {
+                run_as: (4242, 4242),
+                confinement: None,
+            };
+            if rt
+                .block_on(pack_slug(
+                    &src,
+                    &slug,
+                    packer,
+                    Duration::from_secs(30),
+                    1 << 30,
+                ))
+                .is_err()
+            {
                 continue;
             }
             let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(

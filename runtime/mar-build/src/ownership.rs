@@ -8,7 +8,8 @@
 //! parent with `O_NOFOLLOW | O_DIRECTORY`, each entry is changed with
 //! `fchownat(AT_SYMLINK_NOFOLLOW)` relative to that handle, and a directory's own owner changes
 //! only after everything below it (so the app cannot enter a tree that is still being walked
-//! through a top it newly owns). A swapped-in symlink is changed itself, and never followed.
+//! through a top it newly owns). A swapped-in symlink is changed itself, and never followed;
+//! a file with more than one hard link is left alone.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -63,16 +64,36 @@ fn chown_entry(
             Ok(())
         }
         // A symlink (ELOOP), or anything that is not a directory: change it, not its target.
-        Err(Errno::ELOOP | Errno::ENOTDIR) => {
-            match fchownat(dir.as_fd(), name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(()) | Err(Errno::ENOENT) => Ok(()),
-                Err(e) => Err(e.into()),
-            }
-        }
+        Err(Errno::ELOOP | Errno::ENOTDIR) => chown_leaf(dir, name, uid, gid),
         // Removed meanwhile: nothing left to give.
         Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Changes a file or symlink itself, through a handle to it (`O_PATH|O_NOFOLLOW`), and leaves
+/// alone a regular file with more than one link: a hard link the app made to a file that is
+/// not its own (where `fs.protected_hardlinks` allows it) must not hand that file over.
+fn chown_leaf(dir: &OwnedFd, name: &Path, uid: Option<Uid>, gid: Option<Gid>) -> io::Result<()> {
+    let leaf = match openat(
+        dir.as_fd(),
+        name,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let stat = nix::sys::stat::fstat(&leaf)?;
+    let regular = nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode)
+        & nix::sys::stat::SFlag::S_IFMT
+        == nix::sys::stat::SFlag::S_IFREG;
+    if regular && stat.st_nlink > 1 {
+        return Ok(());
+    }
+    fchownat(leaf.as_fd(), "", uid, gid, AtFlags::AT_EMPTY_PATH)?;
+    Ok(())
 }
 
 /// The names in an open directory, read through its handle (`/proc/self/fd/N` names the open
@@ -113,6 +134,10 @@ mod tests {
         }
         assert_eq!(std::fs::metadata(outside.join("secret")).unwrap().uid(), 0);
         assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0);
+        // A hard link to a file outside is left alone (its inode is shared).
+        std::fs::hard_link(outside.join("secret"), tree.join("hard")).unwrap();
+        chown_tree(&tree, 4242, 4243).unwrap();
+        assert_eq!(std::fs::metadata(outside.join("secret")).unwrap().uid(), 0);
     }
 
     /// The attack: a subdirectory and a symlink to a root-owned directory swap places with

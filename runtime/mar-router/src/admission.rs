@@ -72,6 +72,7 @@ impl Admission {
 
     /// Admits a connection from `client`, or says why not.
     pub(crate) fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Admitted, Refused> {
+        let client = client_key(client);
         let refuse = |why| {
             self.refused.fetch_add(1, Ordering::Relaxed);
             self.warn(client, why);
@@ -141,6 +142,24 @@ impl Drop for Admitted {
     }
 }
 
+/// The address a client is counted under: an IPv6 client by its /64 (one host can pick any
+/// address in its prefix), an IPv4-mapped address as the IPv4 one. (Apps on this host, which
+/// could rotate through 127.0.0.0/8, are held to a count of their own by the platform's
+/// nftables rules.)
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None if v6.is_loopback() => ip,
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// What a refused plain-HTTP connection is told before it is closed.
 pub(crate) fn refusal(why: Refused) -> &'static [u8] {
     match why {
@@ -168,6 +187,19 @@ mod tests {
         drop(x1);
         let _x3 = a.admit(x).unwrap();
         assert_eq!(a.open(), 3);
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64_prefix() {
+        let a = Admission::new(100, 2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _one = a.admit(ip("2001:db8::1")).unwrap();
+        let _two = a.admit(ip("2001:db8::ffff:2")).unwrap();
+        assert_eq!(a.admit(ip("2001:db8::3")).unwrap_err(), Refused::Client);
+        let _other = a.admit(ip("2001:db8:0:1::1")).unwrap();
+        let _v4 = a.admit(ip("::ffff:10.0.0.1")).unwrap();
+        let _v4b = a.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.1")).unwrap_err(), Refused::Client);
     }
 
     #[test]

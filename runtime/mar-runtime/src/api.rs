@@ -235,7 +235,7 @@ fn command_of(body: &Bytes, key: &str) -> ApiResult<String> {
 
 /// A streamed `text/plain` response of the lines sent to `rx`, one per line, until every
 /// sender is gone.
-fn line_stream(rx: tokio::sync::mpsc::UnboundedReceiver<String>) -> Response {
+fn line_stream(rx: tokio::sync::mpsc::Receiver<String>) -> Response {
     let lines = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await

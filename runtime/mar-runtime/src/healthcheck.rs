@@ -166,8 +166,8 @@ async fn probe(
             .map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
-        let body = resp
-            .into_body()
+        // A check reads a small answer; an app that streams forever cannot fill memory.
+        let body = http_body_util::Limited::new(resp.into_body(), 64 << 10)
             .collect()
             .await
             .map_err(|e| e.to_string())?

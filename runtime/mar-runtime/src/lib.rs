@@ -480,7 +480,17 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     let serve_info = serde_json::json!({ "url": self_url, "pid": std::process::id() });
     std::fs::write(paths.serve_file(), serve_info.to_string()).map_err(dd)?;
 
-    let apps = apps::Apps::new(cfg.clone(), store.clone(), logs.clone(), routes.clone()).await;
+    let router_ports: Vec<u16> = std::iter::once(addr.port())
+        .chain(https.as_ref().map(|(_, _, a)| a.port()))
+        .collect();
+    let apps = apps::Apps::new(
+        cfg.clone(),
+        store.clone(),
+        logs.clone(),
+        routes.clone(),
+        &router_ports,
+    )
+    .await;
     apps.restore().await;
     let metrics = Arc::new(mar_router::Metrics::default());
     let logs_for_router = logs.clone();

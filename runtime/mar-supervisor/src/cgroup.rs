@@ -289,8 +289,23 @@ impl InstanceGroup {
         pids
     }
 
-    /// SIGKILLs every process in the group; returns how many there were.
+    /// SIGKILLs every process in the group, pass after pass until the group is empty (a
+    /// process that forks and exits in a loop escapes a single pass), for at most 2 s; returns
+    /// how many it killed.
     pub fn kill_all(&self) -> usize {
+        let mut killed = 0;
+        for _ in 0..400 {
+            killed += self.kill_pass();
+            if self.pids().is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        killed
+    }
+
+    /// One pass of [`InstanceGroup::kill_all`].
+    fn kill_pass(&self) -> usize {
         let mut n = 0;
         for procs in &self.procs {
             let Ok(text) = std::fs::read_to_string(procs) else {

@@ -1,6 +1,8 @@
 //! Apps cannot call each other's instances directly: a web instance's `$PORT` on the loopback
 //! interface takes connections only from root (`mar serve`: the router and health checks) and
-//! from the app's own user. Everything else reaches an app through the router, with its
+//! from the app's own user, and none from other hosts (the router is the way in). Apps cannot
+//! reach the cloud metadata address (169.254.0.0/16, where a VM's credentials are handed out),
+//! and one app holds at most so many connections to the router. Everything else reaches an app through the router, with its
 //! forwarded-header rules and access log. One nftables table per `mar serve` (data directory)
 //! holds the instance ports and their owners; an instance's entry is added once its listener
 //! is verified as its own, and removed when it stops.
@@ -11,6 +13,14 @@
 use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
+
+// Only new connections are judged: a reply (an app's SYN-ACK or answer) whose destination
+// port happens to equal another instance's port is not a connection to that instance.
+
+/// Most connections one app's processes may hold to the router at once: the router counts
+/// clients by address, and apps on this host all come from the loopback addresses, which they
+/// could otherwise fill for everyone there (the git hook and the CLI among them).
+const APP_ROUTER_CONNECTIONS: u32 = 1024;
 
 /// The table of one `mar serve`.
 #[derive(Debug, Clone)]
@@ -43,8 +53,19 @@ async fn nft(script: &str) -> Result<(), String> {
 
 impl Firewall {
     /// Creates (anew: what a previous run left is dropped) the table `name` (letters, digits
-    /// and `_`), or says why apps' ports stay open to each other.
-    pub async fn setup(name: &str) -> Option<Self> {
+    /// and `_`), or says why apps' ports stay open to each other. `app_uids` are the apps'
+    /// users, `router_ports` where the router listens.
+    pub async fn setup(
+        name: &str,
+        app_uids: std::ops::RangeInclusive<u32>,
+        router_ports: &[u16],
+    ) -> Option<Self> {
+        let uids = format!("{}-{}", app_uids.start(), app_uids.end());
+        let router = router_ports
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         let table: String = name
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
@@ -55,10 +76,18 @@ impl Firewall {
              table inet {table} {{\n\
                set ports {{ type inet_service; }}\n\
                set owners {{ type inet_service . uid; }}\n\
+               set router {{ type inet_service; elements = {{ {router} }} }}\n\
+               set app_conns {{ type uid; size 65535; flags dynamic; }}\n\
                chain output {{\n\
                  type filter hook output priority 0; policy accept;\n\
                  meta skuid 0 return\n\
-                 oifname \"lo\" tcp dport @ports tcp dport . meta skuid != @owners reject with tcp reset\n\
+                 oifname \"lo\" tcp dport @ports ct state new tcp dport . meta skuid != @owners reject with tcp reset\n\
+                 meta skuid {uids} ip daddr 169.254.0.0/16 reject\n\
+                 meta skuid {uids} oifname \"lo\" tcp dport @router ct state new add @app_conns {{ meta skuid ct count over {APP_ROUTER_CONNECTIONS} }} reject with tcp reset\n\
+               }}\n\
+               chain input {{\n\
+                 type filter hook input priority 0; policy accept;\n\
+                 iifname != \"lo\" tcp dport @ports ct state new drop\n\
                }}\n\
              }}\n"
         );

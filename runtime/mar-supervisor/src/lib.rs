@@ -9,6 +9,7 @@
 mod cgroup;
 mod firewall;
 pub mod listener;
+pub mod output;
 mod sandbox;
 pub mod users;
 
@@ -37,7 +38,7 @@ use mar_core::AppName;
 use mar_logs::Logs;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -418,11 +419,12 @@ impl Actor {
                 &spec.limits,
             ) {
                 Ok(g) => g,
+                // Limits that can be had but not set are not skipped: the start fails.
                 Err(e) => {
-                    self.log(&format!(
-                        "Cannot create control group, running without limits: {e}"
-                    ));
-                    None
+                    let err = BootError::Spawn(format!("cannot create its control group: {e}"));
+                    self.log(&err.to_string());
+                    self.boot_result(Err(err.clone()));
+                    return Ended::Crashed(err.to_string());
                 }
             },
             None => None,
@@ -661,11 +663,12 @@ fn command(spec: &ProcessSpec, port: Option<u16>) -> Command {
 }
 
 /// Runs a one-off process (`mar run`, the release phase) in the same confinement as the app's
-/// processes, sending each output line to `out`, and returns its exit code (128 + signal when
-/// killed). `cancel` or `timeout` kill its whole group.
+/// processes, giving each output line to `out` (which must not grow without bound: a process
+/// may print forever), and returns its exit code (128 + signal when killed). `cancel` or
+/// `timeout` kill its whole group.
 pub async fn one_off(
     spec: &ProcessSpec,
-    out: mpsc::UnboundedSender<String>,
+    out: impl Fn(String) + Clone + Send + 'static,
     timeout: Duration,
     cancel: CancellationToken,
 ) -> Result<i32, BootError> {
@@ -687,9 +690,7 @@ pub async fn one_off(
     let procs = group.as_ref().map(|g| g.procs.clone()).unwrap_or_default();
     sandbox::apply(&mut cmd, &spec.sandbox, &procs).map_err(|e| BootError::Spawn(e.to_string()))?;
     let mut child = cmd.spawn().map_err(|e| BootError::Spawn(e.to_string()))?;
-    let pumps = pump_output(&mut child, move |line| {
-        let _ = out.send(line);
-    });
+    let pumps = pump_output(&mut child, out);
     let result = tokio::select! {
         status = child.wait() => {
             use std::os::unix::process::ExitStatusExt;
@@ -739,13 +740,7 @@ fn pump_output(
     .flatten()
     .map(|stream| {
         let sink = sink.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stream).lines();
-            // A stream with invalid UTF-8 ends here; the process's exit status still counts.
-            while let Ok(Some(line)) = lines.next_line().await {
-                sink(line);
-            }
-        })
+        tokio::spawn(output::for_each_line(stream, sink))
     })
     .collect()
 }

@@ -42,6 +42,9 @@ pub struct EphemeralHome {
     pub scratch: std::path::PathBuf,
     /// Most bytes the app may write there.
     pub size: u64,
+    /// The platform's data directory, which the app sees read-only (its build cache and
+    /// other run directories are on the platform's disk, where nothing of the app's may grow).
+    pub read_only: std::path::PathBuf,
 }
 
 /// Arranges for `cmd`'s child to enter `procs` (cgroup.procs files) and the sandbox.
@@ -57,13 +60,18 @@ pub(crate) fn apply(
     let root = CString::new("/").map_err(io::Error::other)?;
     // Every directory where processes of different users meet: each gets its own tmpfs, so
     // an app cannot leave anything there for another, or read what another left.
-    let shared_dirs: Vec<CString> = ["/tmp", "/var/tmp", "/dev/shm"]
+    let shared_dirs: Vec<CString> = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue"]
         .iter()
         .filter(|d| std::path::Path::new(d).is_dir())
         .map(|d| CString::new(*d).map_err(io::Error::other))
         .collect::<io::Result<_>>()?;
     let tmpfs = CString::new("tmpfs").map_err(io::Error::other)?;
-    let tmp_opts = CString::new("mode=1777,size=256m").map_err(io::Error::other)?;
+    let tmp_opts = CString::new("mode=1777,size=256m,nr_inodes=65536").map_err(io::Error::other)?;
+    // A /proc of the app's own: it lists only processes of the app's user, so another app's
+    // command lines (a buildpack URL with a token in it) and environment are out of sight.
+    let proc_dir = CString::new("/proc").map_err(io::Error::other)?;
+    let proc_fs = CString::new("proc").map_err(io::Error::other)?;
+    let proc_opts = CString::new("hidepid=invisible").map_err(io::Error::other)?;
     // The overlay over the home, prepared before the fork.
     let cstr =
         |p: &std::path::Path| CString::new(p.as_os_str().as_bytes()).map_err(io::Error::other);
@@ -81,12 +89,14 @@ pub(crate) fn apply(
                 cstr(&h.scratch)?,
                 cstr(&h.scratch.join("upper"))?,
                 cstr(&h.scratch.join("work"))?,
-                CString::new(format!("size={},mode=0700", h.size)).map_err(io::Error::other)?,
+                CString::new(format!("size={},mode=0700,nr_inodes=65536", h.size))
+                    .map_err(io::Error::other)?,
                 CString::new(format!(
                     "lowerdir={dir},upperdir={scratch}/upper,workdir={scratch}/work"
                 ))
                 .map_err(io::Error::other)?,
                 CString::new("overlay").map_err(io::Error::other)?,
+                cstr(&h.read_only)?,
             ))
         }
         _ => None,
@@ -127,7 +137,9 @@ pub(crate) fn apply(
                 }
             }
             if sandbox.private_tmp {
-                check(libc::unshare(libc::CLONE_NEWNS))?;
+                // System V IPC objects and POSIX message queues of its own too: nothing left
+                // there outlives the instance or reaches another app.
+                check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC))?;
                 check(libc::mount(
                     std::ptr::null(),
                     root.as_ptr(),
@@ -144,7 +156,31 @@ pub(crate) fn apply(
                         tmp_opts.as_ptr().cast(),
                     ))?;
                 }
-                if let Some((dir, scratch, upper, work, size_opts, overlay_opts, overlay)) = &home {
+                check(libc::mount(
+                    proc_fs.as_ptr(),
+                    proc_dir.as_ptr(),
+                    proc_fs.as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    proc_opts.as_ptr().cast(),
+                ))?;
+                if let Some((dir, scratch, upper, work, size_opts, overlay_opts, overlay, data)) =
+                    &home
+                {
+                    // The data directory, read-only: the mounts below stay writable.
+                    check(libc::mount(
+                        data.as_ptr(),
+                        data.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null(),
+                    ))?;
+                    check(libc::mount(
+                        std::ptr::null(),
+                        data.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        std::ptr::null(),
+                    ))?;
                     check(libc::mount(
                         tmpfs.as_ptr(),
                         scratch.as_ptr(),
@@ -170,6 +206,12 @@ pub(crate) fn apply(
                     check(libc::chdir(dir.as_ptr()))?;
                 }
             }
+            // No core dumps: they would land in the (ephemeral) home or be handed to the host.
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            check(libc::setrlimit(libc::RLIMIT_CORE, &no_core))?;
             if let Some(n) = sandbox.nofile {
                 let lim = libc::rlimit {
                     rlim_cur: n,
@@ -193,7 +235,8 @@ pub(crate) fn apply(
                 0,
             ))?;
             if libc::getppid() != parent {
-                return Err(io::Error::other("mar serve exited while the app started"));
+                // (No allocation here, between fork and exec.)
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
             // No setuid binary or file capability can raise the app's privileges again.
             check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;

@@ -18,8 +18,8 @@ use std::process::Command;
 const NAME_PREFIX: &str = "mar-";
 /// What the GECOS field of an app's entry starts with; the rest names the app and its server.
 const GECOS_PREFIX: &str = "mini-MAR app ";
-/// Candidates tried before giving up.
-const SPAN: u32 = 100_000;
+/// How many ids from the base apps may get.
+pub const SPAN: u32 = 100_000;
 
 /// The passwd entry name of `uid`.
 pub fn user_name(uid: u32) -> String {
@@ -276,8 +276,11 @@ fn reclaim_orphans() {
     };
     let busy = process_uids();
     for e in entries(&text) {
+        // Only when the data directory itself is gone (deleted), not when it merely looks
+        // empty (an unmounted volume leaves its mount point behind).
         let orphan = e.name == user_name(e.id)
-            && owner_dir(&e.gecos).is_some_and(|d| !d.join("mar.db").exists())
+            && owner_dir(&e.gecos)
+                .is_some_and(|d| !d.exists() && d.parent().is_some_and(Path::exists))
             && !busy.contains(&e.id);
         if orphan {
             let _ = run(Command::new("userdel").arg(&e.name));

@@ -63,11 +63,12 @@ pub(super) async fn create_build(
                 release: None,
             },
         };
-        out.line(format!(
+        out.line_surely(format!(
             "{}{}",
             mar_sdk::types::BUILD_RESULT_MARK,
             serde_json::to_string(&result).unwrap_or_default()
-        ));
+        ))
+        .await;
         watcher.abort();
     });
     Ok(line_stream(rx))

@@ -152,19 +152,23 @@ pub(super) async fn run_command(
 ) -> ApiResult<Response> {
     let app = existing(&p, &app)?;
     let command = command_of(&body, "command")?;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (out, rx) = mar_build::Output::channel();
     let cancel = CancellationToken::new();
     // Hanging up kills the process. The watcher holds a sender, so it must be stopped once the
     // run is over or the stream would never end.
     let watcher = {
-        let (tx, cancel) = (tx.clone(), cancel.clone());
+        let (out, cancel) = (out.clone(), cancel.clone());
         tokio::spawn(async move {
-            tx.closed().await;
+            out.closed().await;
             cancel.cancel();
         })
     };
     tokio::spawn(async move {
-        let result = match p.apps.run_command(&app, &command, tx.clone(), cancel).await {
+        let result = match p
+            .apps
+            .run_command(&app, &command, out.clone(), cancel)
+            .await
+        {
             Ok(code) => RunResult {
                 exit_code: Some(code),
                 error: None,
@@ -175,11 +179,12 @@ pub(super) async fn run_command(
             },
         };
         watcher.abort();
-        let _ = tx.send(format!(
+        out.line_surely(format!(
             "{}{}",
             mar_sdk::types::BUILD_RESULT_MARK,
             serde_json::to_string(&result).unwrap_or_default()
-        ));
+        ))
+        .await;
     });
     Ok(line_stream(rx))
 }
@@ -194,18 +199,22 @@ pub(super) async fn exec_command(
 ) -> ApiResult<Json<serde_json::Value>> {
     let app = existing(&p, &app)?;
     let command = command_of(&body, "cmd")?;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (out, mut rx) = mar_build::Output::channel();
     let collect = tokio::spawn(async move {
-        let mut out = String::new();
+        // The answer holds at most this much of the command's output.
+        const KEPT: usize = 1 << 20;
+        let mut kept = String::new();
         while let Some(l) = rx.recv().await {
-            out.push_str(&l);
-            out.push('\n');
+            if kept.len() < KEPT {
+                kept.push_str(&l);
+                kept.push('\n');
+            }
         }
-        out
+        kept
     });
     let code = p
         .apps
-        .run_command(&app, &command, tx, CancellationToken::new())
+        .run_command(&app, &command, out, CancellationToken::new())
         .await?;
     let stdout = collect.await.unwrap_or_default();
     Ok(Json(

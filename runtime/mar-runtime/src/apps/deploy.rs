@@ -11,7 +11,6 @@ use mar_build::{BuildSpec, Output};
 use mar_core::AppName;
 use mar_store::{NewRelease, Release};
 use mar_supervisor::State;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Apps, DeployError, Deployed, Running, Slot, Source, Workload};
@@ -79,13 +78,10 @@ impl Apps {
             run_as: stored.uid.map(|u| (u, u)),
             confinement: self.build_confinement(app, &build_id(&commit), stored.uid)?,
         };
-        let built = mar_build::build(&spec, out, cancel).await;
-        // The build's groups go with it, and anything still in them.
-        if let Some(g) = spec.confinement.as_ref().and_then(|c| c.group.as_ref()) {
-            g.kill_all();
-            g.remove();
-        }
-        let built = built?;
+        // The build's groups go with it (once its slug is packed in them), and anything still
+        // in them, however this ends.
+        let _groups = BuildGroups(spec.confinement.as_ref().and_then(|c| c.group.clone()));
+        let built = mar_build::build(&spec, out, cancel).await?;
         let checks = match mar_build::read_pushed(&build_dir, "app.json")
             .map_err(|e| DeployError::Invalid(e.to_string()))?
         {
@@ -108,11 +104,19 @@ impl Apps {
         for d in [slug.parent(), run_dir.parent()].into_iter().flatten() {
             std::fs::create_dir_all(d)?;
         }
-        let (bd, sl) = (build_dir.clone(), slug.clone());
-        let run_as = stored.uid.map(|uid| (uid, uid));
-        let size = tokio::task::spawn_blocking(move || mar_build::pack_slug(&bd, &sl, run_as))
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let packer = match stored.uid {
+            Some(uid) => mar_build::Packer::App {
+                run_as: (uid, uid),
+                confinement: spec.confinement.as_ref(),
+            },
+            None => mar_build::Packer::Platform,
+        };
+        // A slug is at most what a push may be, four times over (what a build adds).
+        let max_slug = self.cfg.max_source_size.saturating_mul(4).max(1 << 30);
+        let size =
+            mar_build::pack_slug(&build_dir, &slug, packer, self.cfg.build_timeout, max_slug)
+                .await
+                .map_err(|e| DeployError::Invalid(format!("cannot pack the slug: {e}")))?;
         std::fs::rename(&build_dir, &run_dir)?;
         self.secure_app_dirs(app, &run_dir, stored.uid)?;
         out.step(format!(
@@ -173,17 +177,14 @@ impl Apps {
         };
         out.step("Running release command...");
         let spec = self.spec(app, new, "release", 1, command, self.next_version(app)?)?;
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let relay = {
-            let out = out.clone();
-            tokio::spawn(async move {
-                while let Some(line) = rx.recv().await {
-                    out.detail(line);
-                }
-            })
-        };
-        let res = mar_supervisor::one_off(&spec, tx, self.cfg.build_timeout, cancel.clone()).await;
-        let _ = relay.await;
+        let relay = out.clone();
+        let res = mar_supervisor::one_off(
+            &spec,
+            move |line| relay.detail(line),
+            self.cfg.build_timeout,
+            cancel.clone(),
+        )
+        .await;
         match res {
             Ok(0) => Ok(()),
             Ok(code) => Err(DeployError::ReleasePhase(format!(
@@ -441,6 +442,18 @@ fn valid_var(name: &str) -> bool {
         && b.len() <= 256
         && !b[0].is_ascii_digit()
         && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_')
+}
+
+/// A build's control groups: emptied and removed when dropped.
+struct BuildGroups(Option<mar_supervisor::InstanceGroup>);
+
+impl Drop for BuildGroups {
+    fn drop(&mut self) {
+        if let Some(g) = &self.0 {
+            g.kill_all();
+            g.remove();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ impl Apps {
                 dir: dir.clone(),
                 scratch: self.scratch_dir(app)?,
                 size: settings.disk_bytes,
+                read_only: self.paths.root().to_owned(),
             }),
             false => None,
         };

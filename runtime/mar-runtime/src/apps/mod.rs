@@ -171,6 +171,7 @@ impl Apps {
         store: Arc<Store>,
         logs: Arc<Logs>,
         routes: Arc<RouteTable>,
+        router_ports: &[u16],
     ) -> Arc<Self> {
         let (events, mut rx) = mpsc::unbounded_channel::<Event>();
         let isolate = can_isolate(&cfg);
@@ -186,7 +187,12 @@ impl Apps {
         }
         let firewall = match isolate {
             true => {
-                mar_supervisor::Firewall::setup(&cgroup_name(&cfg.data_dir).replace('-', "_")).await
+                mar_supervisor::Firewall::setup(
+                    &cgroup_name(&cfg.data_dir).replace('-', "_"),
+                    APP_UID_BASE..=APP_UID_BASE + mar_supervisor::users::SPAN,
+                    router_ports,
+                )
+                .await
             }
             false => None,
         };

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mar_core::AppName;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{Apps, DeployError, Running, Slot, Workload};
@@ -179,7 +178,7 @@ impl Apps {
         &self,
         app: &AppName,
         command: &str,
-        out: mpsc::UnboundedSender<String>,
+        out: mar_build::Output,
         cancel: CancellationToken,
     ) -> Result<i32, DeployError> {
         let release = self
@@ -198,9 +197,14 @@ impl Apps {
             "mar[api]",
             &format!("Starting process with command `{command}` as run.{index}"),
         );
-        let code = mar_supervisor::one_off(&spec, out, Duration::from_secs(3600), cancel)
-            .await
-            .map_err(|e| DeployError::Boot(e.to_string()))?;
+        let code = mar_supervisor::one_off(
+            &spec,
+            move |line| out.line(line),
+            Duration::from_secs(3600),
+            cancel,
+        )
+        .await
+        .map_err(|e| DeployError::Boot(e.to_string()))?;
         self.logs.append(
             app,
             "mar[api]",

@@ -49,11 +49,18 @@ impl Apps {
             .to_owned();
         let dir = self.paths.run_dir(app, &id);
         if !dir.is_dir() {
-            mar_build::unpack_slug(slug, &dir)?;
-            if let Some(uid) = uid {
-                mar_build::chown_tree(&dir, uid, uid)?;
+            let unpacked = (|| {
+                mar_build::unpack_slug(slug, &dir)?;
+                if let Some(uid) = uid {
+                    mar_build::chown_tree(&dir, uid, uid)?;
+                }
+                self.secure_app_dirs(app, &dir, uid)
+            })();
+            if let Err(e) = unpacked {
+                // Half a run directory (root-owned, open modes) must not stay behind.
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e.into());
             }
-            self.secure_app_dirs(app, &dir, uid)?;
         }
         Ok(dir)
     }
