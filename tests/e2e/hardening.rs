@@ -717,3 +717,29 @@ async fn a_process_that_never_ends_its_line_cannot_grow_the_platform() {
         "mar serve's peak memory grew by {grew} KiB"
     );
 }
+
+#[tokio::test]
+async fn without_the_firewall_apps_do_not_run_at_all() {
+    let tmp = tempfile::Builder::new()
+        .prefix("mar-e2e-")
+        .tempdir_in(mar_tests::scratch_root())
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // `nft` lives in /usr/sbin: without it on the PATH, nftables cannot be had.
+    let out = Command::new(mar_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env_remove("MAR_HOME")
+        .env("PATH", "/usr/bin:/bin")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot isolate apps: nftables is not usable"),
+        "{stderr}"
+    );
+    assert!(!tmp.path().join("data/serve.json").exists());
+}

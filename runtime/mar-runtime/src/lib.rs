@@ -234,6 +234,9 @@ pub enum RuntimeError {
         /// The directory on its path that others cannot search.
         blocking: String,
     },
+    /// As root, a part of the apps' isolation cannot be had here.
+    #[error("cannot isolate apps: {0}; mar serve does not run apps without it")]
+    Isolation(String),
     /// Another `mar serve` holds the data directory.
     #[error(
         "another `mar serve` (pid {pid}, {url}) is using the data directory {data_dir}; stop it first, or give this one another --data-dir"
@@ -491,6 +494,11 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         &router_ports,
     )
     .await;
+    // Fail closed: as root, apps run isolated or not at all.
+    if let Some(missing) = apps.missing_isolation() {
+        let _ = std::fs::remove_file(paths.serve_file());
+        return Err(RuntimeError::Isolation(missing));
+    }
     apps.restore().await;
     let metrics = Arc::new(mar_router::Metrics::default());
     let logs_for_router = logs.clone();

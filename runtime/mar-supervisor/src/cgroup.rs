@@ -4,8 +4,8 @@
 //! an instance's memory, and finding every leftover process after `mar serve` was SIGKILLed.
 //!
 //! cgroup v1 (separate `memory`, `pids` and `cpu` hierarchies, as on this project's machines)
-//! and v2 (the unified hierarchy) are both handled; where neither is writable, instances run
-//! without limits and a warning says so once. The CPU controller is used where it is there;
+//! and v2 (the unified hierarchy) are both handled; where neither is writable, `mar serve` (as
+//! root) does not start. The CPU controller is used where it is there;
 //! its absence is said once too.
 
 use std::path::{Path, PathBuf};
@@ -107,9 +107,7 @@ impl Cgroups {
             None
         };
         if layout.is_none() {
-            eprintln!(
-                "mar: no writable cgroup hierarchy: app memory and process limits are not enforced"
-            );
+            eprintln!("mar: no writable cgroup hierarchy under /sys/fs/cgroup");
         }
         Self { layout }
     }

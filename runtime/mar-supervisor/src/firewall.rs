@@ -7,8 +7,8 @@
 //! holds the instance ports and their owners; an instance's entry is added once its listener
 //! is verified as its own, and removed when it stops.
 //!
-//! Where `nft` is missing or refused, apps run without this rule and a warning says so once,
-//! as for control groups.
+//! Where `nft` is missing or refused, `mar serve` (as root) does not start: apps are isolated
+//! or do not run.
 
 use std::process::Stdio;
 
@@ -94,9 +94,7 @@ impl Firewall {
         match nft(&script).await {
             Ok(()) => Some(Self { table }),
             Err(e) => {
-                eprintln!(
-                    "mar: no nftables ({e}): apps can connect to each other's ports directly; install nftables to keep them to the router"
-                );
+                eprintln!("mar: nftables: {e}");
                 None
             }
         }

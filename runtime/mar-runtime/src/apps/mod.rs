@@ -220,6 +220,24 @@ impl Apps {
         apps
     }
 
+    /// What isolation is missing though apps run with users of their own (as root): then
+    /// the platform does not start, rather than run apps that can reach each other's ports
+    /// or exhaust the machine.
+    pub fn missing_isolation(&self) -> Option<String> {
+        if !self.isolate {
+            return None;
+        }
+        match (&self.cgroups, &self.firewall) {
+            (None, _) => Some(
+                "no writable cgroup hierarchy under /sys/fs/cgroup: app memory, process and CPU limits cannot be enforced".into(),
+            ),
+            (_, None) => Some(
+                "nftables is not usable: apps could connect to each other's ports directly; install it (apt-get install nftables)".into(),
+            ),
+            _ => None,
+        }
+    }
+
     /// Where a new app's own uid starts, when apps get one.
     pub fn uid_base(&self) -> Option<u32> {
         self.isolate.then_some(APP_UID_BASE)
