@@ -6,6 +6,30 @@ use std::time::Duration;
 
 use mar_tests::{MarServer, eventually, mar_bin, repo_root};
 
+/// Pushes `repo` to `app` and asserts the push was refused with `why` in its output.
+fn assert_refused(
+    mar: &MarServer,
+    repo: &mar_tests::GitRepo,
+    app: &str,
+    why: &str,
+) -> mar_tests::CmdOutput {
+    let push = repo.push(&mar.git_url(app), "main");
+    assert!(!push.ok(), "{}", push.all());
+    assert!(push.stderr.contains(why), "{}", push.stderr);
+    push
+}
+
+/// Creates `app` and a copy of the shell example that builds with the fixture buildpack
+/// `fixture` (under tests/fixtures/buildpacks), committed and ready to push.
+fn with_fixture_buildpack(mar: &MarServer, app: &str, fixture: &str) -> mar_tests::GitRepo {
+    mar.create_app(app);
+    let repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    let pack = repo_root().join("tests/fixtures/buildpacks").join(fixture);
+    repo.write(".buildpacks", &format!("{}\n", pack.display()));
+    repo.commit(&format!("built by the {fixture} buildpack"));
+    repo
+}
+
 #[tokio::test]
 async fn a_second_server_on_the_same_data_directory_is_refused_and_harms_nothing() {
     let mar = MarServer::start();
@@ -108,15 +132,11 @@ async fn http(addr: std::net::SocketAddr, path: &str, auth: &str) -> mar_tests::
 #[tokio::test]
 async fn a_build_is_private_from_its_first_byte() {
     let mar = MarServer::start();
-    mar.create_app("private");
+    let app = with_fixture_buildpack(&mar, "private", "modes");
     assert!(
         mar.mar(&["config:set", "SECRET=hunter2", "-a", "private"])
             .ok()
     );
-    let app = mar.repo_from(&repo_root().join("examples/shell-hello"));
-    let modes = repo_root().join("tests/fixtures/buildpacks/modes");
-    app.write(".buildpacks", &format!("{}\n", modes.display()));
-    app.commit("report modes");
     let push = app.push(&mar.git_url("private"), "main");
     assert!(push.ok(), "{}", push.all());
     // `builds/` lets a build's user through to its own build and lists nothing; the build,
@@ -163,18 +183,21 @@ async fn apps_never_run_as_root_when_their_users_cannot_reach_the_data_directory
     assert!(!closed.join("data/serve.json").exists());
 }
 
+/// The pids of the processes whose `/proc/PID` directory satisfies `pred`.
+fn pids_where(pred: impl Fn(&std::path::Path) -> bool) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            pred(&e.path()).then_some(pid)
+        })
+        .collect()
+}
+
 /// The processes whose working directory is inside `dir`: an app's, found without its pid.
 fn processes_in(dir: &std::path::Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if std::fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)) {
-            pids.push(pid);
-        }
-    }
-    pids
+    pids_where(|p| std::fs::read_link(p.join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
 }
 
 #[tokio::test]
@@ -273,27 +296,17 @@ async fn the_app_sandbox_is_complete() {
 
 /// The pids of processes running as `uid` (real or effective).
 fn processes_of(uid: u32) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
-        let ids: Vec<u32> = status
+    pids_where(|p| {
+        let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+        status
             .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .map(|l| {
-                l[4..]
-                    .split_whitespace()
-                    .filter_map(|v| v.parse().ok())
-                    .collect()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .is_some_and(|ids| {
+                ids.split_whitespace()
+                    .take(2)
+                    .any(|id| id == uid.to_string())
             })
-            .unwrap_or_default();
-        if ids.iter().take(2).any(|id| *id == uid) {
-            pids.push(pid);
-        }
-    }
-    pids
+    })
 }
 
 #[tokio::test]
@@ -354,32 +367,21 @@ async fn apps_of_two_servers_never_share_a_user_and_a_destroyed_apps_user_is_giv
 
 /// Processes whose command line is exactly `cmdline` (arguments joined by spaces).
 fn processes_running(cmdline: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        let raw = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+    pids_where(|p| {
+        let raw = std::fs::read(p.join("cmdline")).unwrap_or_default();
         let args: Vec<String> = raw
             .split(|b| *b == 0)
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        if args.join(" ") == cmdline {
-            pids.push(pid);
-        }
-    }
-    pids
+        args.join(" ") == cmdline
+    })
 }
 
 #[tokio::test]
 async fn builds_are_sandboxed_like_apps() {
     let mar = MarServer::start();
-    mar.create_app("hostile");
-    let app = mar.repo_from(&repo_root().join("examples/shell-hello"));
-    let hostile = repo_root().join("tests/fixtures/buildpacks/hostile");
-    app.write(".buildpacks", &format!("{}\n", hostile.display()));
-    app.commit("hostile build");
+    let app = with_fixture_buildpack(&mar, "hostile", "hostile");
     let push = app.push(&mar.git_url("hostile"), "main");
     assert!(push.ok(), "{}", push.all());
     let out = &push.stderr;
@@ -412,14 +414,11 @@ async fn pushed_files_the_platform_reads_are_never_followed_out_of_the_tree() {
     std::fs::remove_file(app.dir.join("Procfile")).unwrap();
     std::os::unix::fs::symlink(mar.data_dir.join("token"), app.dir.join("Procfile")).unwrap();
     app.commit("procfile as a symlink");
-    let push = app.push(&mar.git_url("linky"), "main");
-    assert!(!push.ok(), "{}", push.all());
-    assert!(
-        push.stderr.contains(
-            "Procfile is a symbolic link (or leads out of the app): push the file itself"
-        ),
-        "{}",
-        push.stderr
+    let push = assert_refused(
+        &mar,
+        &app,
+        "linky",
+        "Procfile is a symbolic link (or leads out of the app): push the file itself",
     );
     assert!(
         !push.all().contains(token.trim()),
@@ -448,14 +447,11 @@ async fn an_oversized_push_is_refused_and_leaves_nothing_behind() {
     // Compressible: a small pack, a large tree once unpacked.
     app.write("zeros.txt", &"0".repeat(3 << 20));
     app.commit("three megabytes of zeros");
-    let push = app.push(&mar.git_url("big"), "main");
-    assert!(!push.ok(), "{}", push.all());
-    assert!(
-        push.stderr.contains(
-            "the pushed source is larger than the limit of 1.0M (max_source_size in mar.yaml)"
-        ),
-        "{}",
-        push.stderr
+    assert_refused(
+        &mar,
+        &app,
+        "big",
+        "the pushed source is larger than the limit of 1.0M (max_source_size in mar.yaml)",
     );
     assert_eq!(builds(), 0, "a refused push left a build behind");
 
@@ -465,13 +461,11 @@ async fn an_oversized_push_is_refused_and_leaves_nothing_behind() {
     getrandom_fill(&mut noise);
     std::fs::write(app.dir.join("noise.bin"), &noise).unwrap();
     app.commit("one and a half megabytes of noise");
-    let push = app.push(&mar.git_url("big"), "main");
-    assert!(!push.ok(), "{}", push.all());
-    assert!(
-        push.stderr
-            .contains("the pushed source is larger than the limit"),
-        "{}",
-        push.stderr
+    assert_refused(
+        &mar,
+        &app,
+        "big",
+        "the pushed source is larger than the limit",
     );
     assert_eq!(builds(), 0);
     // Past twice the limit, git refuses the pack before it is stored.
@@ -666,19 +660,10 @@ async fn one_client_cannot_take_every_connection() {
 #[tokio::test]
 async fn a_tree_the_app_cannot_read_fails_its_push_instead_of_hanging_it() {
     let mar = MarServer::start();
-    mar.create_app("locked");
-    let app = mar.repo_from(&repo_root().join("examples/shell-hello"));
-    let pack = repo_root().join("tests/fixtures/buildpacks/unreadable");
-    app.write(".buildpacks", &format!("{}\n", pack.display()));
-    app.commit("unreadable files");
+    let app = with_fixture_buildpack(&mar, "locked", "unreadable");
     let started = std::time::Instant::now();
-    let push = app.push(&mar.git_url("locked"), "main");
-    assert!(!push.ok(), "{}", push.all());
-    assert!(
-        push.stderr.contains("cannot pack the slug") && push.stderr.contains("Permission denied"),
-        "{}",
-        push.stderr
-    );
+    let push = assert_refused(&mar, &app, "locked", "cannot pack the slug");
+    assert!(push.stderr.contains("Permission denied"), "{}", push.stderr);
     assert!(started.elapsed() < Duration::from_secs(60), "the push hung");
     // The app can still be pushed to: its lock was given back.
     let app2 = mar.repo_from(&repo_root().join("examples/shell-hello"));

@@ -87,15 +87,7 @@ impl MarServer {
 
     /// Starts a server with `mar.yaml` and extra `mar serve` arguments.
     pub fn start_with_args(mar_yaml: Option<&str>, extra: &[&str]) -> Self {
-        let tmp = tempfile::Builder::new()
-            .prefix("mar-e2e-")
-            .tempdir_in(scratch_root())
-            .unwrap();
-        // Builds run as an unprivileged user when the data directory is reachable by others.
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let data_dir = tmp.path().join("data");
-        std::fs::create_dir_all(&data_dir).unwrap();
+        let (tmp, data_dir) = new_data_dir();
         if let Some(y) = mar_yaml {
             std::fs::write(data_dir.join("mar.yaml"), y).unwrap();
         }
@@ -105,14 +97,7 @@ impl MarServer {
 
     /// Starts a server that inherited `leak` as an open descriptor it did not ask for.
     pub fn start_leaking(leak: &Path) -> Self {
-        let tmp = tempfile::Builder::new()
-            .prefix("mar-e2e-")
-            .tempdir_in(scratch_root())
-            .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let data_dir = tmp.path().join("data");
-        std::fs::create_dir_all(&data_dir).unwrap();
+        let (tmp, data_dir) = new_data_dir();
         let (child, addr, https_addr, stderr) = spawn_serve_leaking(&data_dir, &[], Some(leak))
             .unwrap_or_else(|e| panic!("mar serve did not start: {e}"));
         Self {
@@ -306,6 +291,20 @@ impl Drop for MarServer {
 }
 
 type Spawned = (Child, SocketAddr, Option<SocketAddr>, Arc<Mutex<String>>);
+
+/// A fresh temporary directory (searchable by others: apps' users must reach their files
+/// under it) with an empty data directory in it.
+fn new_data_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::Builder::new()
+        .prefix("mar-e2e-")
+        .tempdir_in(scratch_root())
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data_dir = tmp.path().join("data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    (tmp, data_dir)
+}
 
 fn spawn_serve(data_dir: &Path, extra: &[String]) -> Result<Spawned, String> {
     spawn_serve_leaking(data_dir, extra, None)

@@ -138,6 +138,19 @@ impl Output {
         let _ = self.tx.send(line.into()).await;
     }
 
+    /// A token cancelled when the reader goes away (the pusher hung up: stop the work rather
+    /// than finish it for nobody), and the task that watches; abort it once the work is done,
+    /// or the output never ends (it holds a sender).
+    pub fn cancel_when_gone(&self) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+        let (out, cancel) = (self.clone(), CancellationToken::new());
+        let token = cancel.clone();
+        let watcher = tokio::spawn(async move {
+            out.closed().await;
+            cancel.cancel();
+        });
+        (token, watcher)
+    }
+
     /// Resolves when the receiving end is gone (the pusher disconnected).
     pub async fn closed(&self) {
         self.tx.closed().await
@@ -475,6 +488,23 @@ async fn choose_buildpacks(
 
 /// Resolves a buildpack reference: a built-in name, a local directory, or a git URL with an
 /// optional `#ref`.
+/// Runs one step of fetching a buildpack (a copy, a clone) as the build's user, with its
+/// output shown to the pusher.
+async fn fetch_step(
+    spec: &BuildSpec,
+    mut cmd: Command,
+    out: &Output,
+    deadline: Instant,
+    cancel: &CancellationToken,
+) -> Result<std::process::ExitStatus, BuildError> {
+    spec.as_build_user(&mut cmd)?;
+    let (status, _) = finish(
+        exec::run(cmd, out, "       ", false, deadline, cancel, spec.group()).await?,
+        spec,
+    )?;
+    Ok(status)
+}
+
 async fn fetch(
     spec: &BuildSpec,
     url: &str,
@@ -505,12 +535,10 @@ async fn fetch(
             .arg(&dest)
             .env_clear()
             .env("PATH", mar_core::SYSTEM_PATH);
-        spec.as_build_user(&mut cmd)?;
-        let (status, _) = finish(
-            exec::run(cmd, out, "       ", false, deadline, cancel, spec.group()).await?,
-            spec,
-        )?;
-        if !status.success() {
+        if !fetch_step(spec, cmd, out, deadline, cancel)
+            .await?
+            .success()
+        {
             return Err(fail(
                 "cannot copy it (it must exist and be readable by the app's user)".into(),
             ));
@@ -546,11 +574,7 @@ async fn fetch(
         .env("HOME", spec.work_dir.join("home"))
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_TERMINAL_PROMPT", "0");
-    spec.as_build_user(&mut cmd)?;
-    let (status, _) = finish(
-        exec::run(cmd, out, "       ", false, deadline, cancel, spec.group()).await?,
-        spec,
-    )?;
+    let status = fetch_step(spec, cmd, out, deadline, cancel).await?;
     if !status.success() {
         return Err(fail(format!("git clone exited with {status}")));
     }
@@ -821,8 +845,7 @@ mod tests {
     #[test]
     fn a_slug_packed_as_the_app_never_holds_what_a_swapped_symlink_points_to() {
         use std::os::unix::fs::PermissionsExt;
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root to pack as another user (CI has it)");
+        if !crate::ownership::attack::as_root() {
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -838,21 +861,7 @@ mod tests {
         }
         std::os::unix::fs::symlink(&outside, src.join("link")).unwrap();
         chown_tree(&src, 4242, 4242).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let swapper = {
-            let (stop, a, b) = (stop.clone(), src.join("sub"), src.join("link"));
-            std::thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = nix::fcntl::renameat2(
-                        nix::fcntl::AT_FDCWD,
-                        &a,
-                        nix::fcntl::AT_FDCWD,
-                        &b,
-                        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-                    );
-                }
-            })
-        };
+        let swapper = crate::ownership::attack::swap_in_a_loop(src.join("sub"), src.join("link"));
         let slug = d.path().join("s.tar.gz");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -889,8 +898,7 @@ mod tests {
                 }
             }
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        swapper.join().unwrap();
+        drop(swapper);
         assert_eq!(
             leaked, 0,
             "the root-only file was packed into the app's slug"

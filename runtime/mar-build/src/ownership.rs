@@ -105,6 +105,61 @@ fn entries(dir: &OwnedFd) -> io::Result<Vec<std::ffi::OsString>> {
         .collect()
 }
 
+/// What the attack tests of this crate share: a root check, and the swap of a directory and a
+/// symlink in a loop.
+#[cfg(test)]
+pub(crate) mod attack {
+    #![allow(clippy::unwrap_used)]
+
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Whether this test can chown (as the project's machines and CI can); says why not.
+    pub fn as_root() -> bool {
+        let root = nix::unistd::geteuid().is_root();
+        if !root {
+            eprintln!("skipped: needs root (this project's machines and CI have it)");
+        }
+        root
+    }
+
+    /// Exchanges `a` and `b` with `renameat2(RENAME_EXCHANGE)` in a loop until dropped.
+    pub struct Swapper {
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    pub fn swap_in_a_loop(a: PathBuf, b: PathBuf) -> Swapper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let _ = nix::fcntl::renameat2(
+                    nix::fcntl::AT_FDCWD,
+                    &a,
+                    nix::fcntl::AT_FDCWD,
+                    &b,
+                    nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+                );
+            }
+        });
+        Swapper {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    impl Drop for Swapper {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -115,8 +170,7 @@ mod tests {
 
     #[test]
     fn a_tree_is_given_away_and_symlinks_are_not_followed() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: chown needs root (this project's machines and CI have it)");
+        if !super::attack::as_root() {
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -145,8 +199,7 @@ mod tests {
     /// chowned the symlink's target within a few hundred walks here.
     #[test]
     fn a_subdirectory_swapped_for_a_symlink_mid_walk_is_never_followed() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: chown needs root (this project's machines and CI have it)");
+        if !super::attack::as_root() {
             return;
         }
         let d = tempfile::tempdir().unwrap();
@@ -162,26 +215,11 @@ mod tests {
             std::fs::write(sub.join(format!("f{i}")), "x").unwrap();
         }
         std::os::unix::fs::symlink(&outside, tree.join("link")).unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let swapper = {
-            let (stop, a, b) = (stop.clone(), sub.clone(), tree.join("link"));
-            std::thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = nix::fcntl::renameat2(
-                        nix::fcntl::AT_FDCWD,
-                        &a,
-                        nix::fcntl::AT_FDCWD,
-                        &b,
-                        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
-                    );
-                }
-            })
-        };
+        let swapper = super::attack::swap_in_a_loop(sub.clone(), tree.join("link"));
         for _ in 0..1500 {
             chown_tree(&tree, 4242, 4242).unwrap();
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        swapper.join().unwrap();
+        drop(swapper);
         for i in 0..20 {
             let m = std::fs::metadata(outside.join(format!("secret{i}"))).unwrap();
             assert_eq!(

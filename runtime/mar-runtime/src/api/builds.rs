@@ -8,7 +8,6 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use mar_build::Output;
 use mar_sdk::types::BuildResult;
-use tokio_util::sync::CancellationToken;
 
 use super::{Admin, ApiError, ApiResult, Platform, existing, line_stream};
 
@@ -40,16 +39,9 @@ pub(super) async fn create_build(
         .receive_source(&app, commit, body.into_data_stream())
         .await?;
     let (out, rx) = Output::channel();
-    let cancel = CancellationToken::new();
-    let watcher = {
-        let (out, cancel) = (out.clone(), cancel.clone());
-        tokio::spawn(async move {
-            // The pusher hung up (Ctrl-C): stop the build rather than deploy a commit git will
-            // not record.
-            out.closed().await;
-            cancel.cancel();
-        })
-    };
+    // The pusher hung up (Ctrl-C): stop the build rather than deploy a commit git will not
+    // record.
+    let (cancel, watcher) = out.cancel_when_gone();
     let p2 = p.clone();
     tokio::spawn(async move {
         let _guard = guard;

@@ -153,16 +153,8 @@ pub(super) async fn run_command(
     let app = existing(&p, &app)?;
     let command = command_of(&body, "command")?;
     let (out, rx) = mar_build::Output::channel();
-    let cancel = CancellationToken::new();
-    // Hanging up kills the process. The watcher holds a sender, so it must be stopped once the
-    // run is over or the stream would never end.
-    let watcher = {
-        let (out, cancel) = (out.clone(), cancel.clone());
-        tokio::spawn(async move {
-            out.closed().await;
-            cancel.cancel();
-        })
-    };
+    // Hanging up kills the process.
+    let (cancel, watcher) = out.cancel_when_gone();
     tokio::spawn(async move {
         let result = match p
             .apps

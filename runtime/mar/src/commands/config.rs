@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::Subcommand;
+use mar_core::AppName;
 
 use super::Context;
 use super::{print_config, print_json, resolve_app};
@@ -61,15 +62,7 @@ async fn set(ctx: &Context, pairs: Vec<String>) -> anyhow::Result<ExitCode> {
         changes.insert(k.to_owned(), Some(v.to_owned()));
     }
     let keys: Vec<String> = changes.keys().cloned().collect();
-    eprint!("Setting {} and restarting {app}... ", keys.join(", "));
-    let config = ctx.client.update_config(app.as_str(), &changes).await?;
-    let release = ctx
-        .client
-        .releases(app.as_str())
-        .await?
-        .first()
-        .map(|r| r.version);
-    eprintln!("done, v{}", release.unwrap_or(0));
+    let config = change(ctx, &app, "Setting", &keys, &changes).await?;
     if ctx.json {
         return print_json(&config);
     }
@@ -81,13 +74,16 @@ async fn set(ctx: &Context, pairs: Vec<String>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `mar config:unset K...`.
-async fn unset(ctx: &Context, keys: Vec<String>) -> anyhow::Result<ExitCode> {
-    let app = resolve_app(ctx.app.clone())?;
-    let changes: BTreeMap<String, Option<String>> =
-        keys.iter().map(|k| (k.clone(), None)).collect();
-    eprint!("Unsetting {} and restarting {app}... ", keys.join(", "));
-    let config = ctx.client.update_config(app.as_str(), &changes).await?;
+/// Sends a config change (a new release; the app restarts) and says which release it made.
+async fn change(
+    ctx: &Context,
+    app: &AppName,
+    verb: &str,
+    keys: &[String],
+    changes: &BTreeMap<String, Option<String>>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    eprint!("{verb} {} and restarting {app}... ", keys.join(", "));
+    let config = ctx.client.update_config(app.as_str(), changes).await?;
     let release = ctx
         .client
         .releases(app.as_str())
@@ -95,6 +91,15 @@ async fn unset(ctx: &Context, keys: Vec<String>) -> anyhow::Result<ExitCode> {
         .first()
         .map(|r| r.version);
     eprintln!("done, v{}", release.unwrap_or(0));
+    Ok(config)
+}
+
+/// `mar config:unset K...`.
+async fn unset(ctx: &Context, keys: Vec<String>) -> anyhow::Result<ExitCode> {
+    let app = resolve_app(ctx.app.clone())?;
+    let changes: BTreeMap<String, Option<String>> =
+        keys.iter().map(|k| (k.clone(), None)).collect();
+    let config = change(ctx, &app, "Unsetting", &keys, &changes).await?;
     if ctx.json {
         return print_json(&config);
     }
