@@ -235,6 +235,17 @@ async fn boot_timeout_is_per_app_and_health_checks_gate_traffic() {
     );
     repo.commit("with healthchecks");
     assert!(mar.mar(&["config:set", "HEALTHY=0", "-a", "careful"]).ok());
+    let releases = |mar: &MarServer| -> (usize, String) {
+        let ps = ps(mar, "careful");
+        let list: serde_json::Value =
+            serde_json::from_str(&mar.mar(&["releases", "--json", "-a", "careful"]).stdout)
+                .unwrap();
+        (
+            list.as_array().map_or(0, Vec::len),
+            ps[0]["release"].to_string(),
+        )
+    };
+    let before = releases(&mar);
     let push = repo.push(&mar.git_url("careful"), "main");
     assert!(!push.ok(), "{}", push.stderr);
     assert!(
@@ -253,6 +264,13 @@ async fn boot_timeout_is_per_app_and_health_checks_gate_traffic() {
         mar.get("careful.localhost", "/").await.status,
         200,
         "the previous release keeps serving"
+    );
+    // Both releases would answer 200: what shows the old one serves is that no release was
+    // recorded and the instances still run the one they ran.
+    assert_eq!(
+        releases(&mar),
+        before,
+        "a release that failed its checks was recorded"
     );
     assert!(mar.mar(&["config:set", "HEALTHY=1", "-a", "careful"]).ok());
     let push = repo.push(&mar.git_url("careful"), "main");
@@ -302,9 +320,36 @@ async fn sigterm_ignorer_is_killed_after_the_stop_timeout() {
         logs.contains("Stopping remaining processes with SIGKILL"),
         "{logs}"
     );
+    // SIGKILL came only after the stop timeout (2 s), not at once: the log's own clock says.
+    let at = |needle: &str| {
+        logs.lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.get(..23))
+            .and_then(|t| chrono_ms(t))
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{logs}"))
+    };
+    let waited = at("Error R12 (Exit timeout)") - at("Stopping all processes with SIGTERM");
+    assert!(
+        waited >= 1900,
+        "SIGKILL after {waited} ms, not the 2 s stop timeout"
+    );
+    // The whole process group is gone, not only its leader: signal 0 to the group fails.
     eventually(Duration::from_secs(10), || async {
-        let alive = std::path::Path::new(&format!("/proc/{before}")).exists();
-        (!alive).then_some(())
+        let group = std::process::Command::new("kill")
+            .args(["-0", "--", &format!("-{before}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        (!group.success()).then_some(())
     })
     .await;
+}
+
+/// Milliseconds of the day of a log timestamp `2026-11-30T10:11:12.345`.
+fn chrono_ms(t: &str) -> Option<i64> {
+    let time = t.split('T').nth(1)?;
+    let (hms, ms) = time.split_once('.')?;
+    let mut parts = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+    Some(((h * 60 + m) * 60 + s) * 1000 + ms.parse::<i64>().ok()?)
 }
