@@ -325,7 +325,7 @@ async fn sigterm_ignorer_is_killed_after_the_stop_timeout() {
         logs.lines()
             .find(|l| l.contains(needle))
             .and_then(|l| l.get(..23))
-            .and_then(|t| chrono_ms(t))
+            .and_then(chrono_ms)
             .unwrap_or_else(|| panic!("no {needle:?} in:\n{logs}"))
     };
     let waited = at("Error R12 (Exit timeout)") - at("Stopping all processes with SIGTERM");
