@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mar_tests::{MarServer, eventually, mar_bin, repo_root};
+use mar_tests::{MarServer, eventually, mar_bin, pids_where, processes_running, repo_root};
 
 /// Pushes `repo` to `app` and asserts the push was refused with `why` in its output.
 fn assert_refused(
@@ -183,18 +183,6 @@ async fn apps_never_run_as_root_when_their_users_cannot_reach_the_data_directory
     assert!(!closed.join("data/serve.json").exists());
 }
 
-/// The pids of the processes whose `/proc/PID` directory satisfies `pred`.
-fn pids_where(pred: impl Fn(&std::path::Path) -> bool) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
-            pred(&e.path()).then_some(pid)
-        })
-        .collect()
-}
-
 /// The processes whose working directory is inside `dir`: an app's, found without its pid.
 fn processes_in(dir: &std::path::Path) -> Vec<u32> {
     pids_where(|p| std::fs::read_link(p.join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir)))
@@ -363,19 +351,6 @@ async fn apps_of_two_servers_never_share_a_user_and_a_destroyed_apps_user_is_giv
     );
     // Bob is untouched.
     assert_eq!(two.get("bob.localhost", "/").await.status, 200);
-}
-
-/// Processes whose command line is exactly `cmdline` (arguments joined by spaces).
-fn processes_running(cmdline: &str) -> Vec<u32> {
-    pids_where(|p| {
-        let raw = std::fs::read(p.join("cmdline")).unwrap_or_default();
-        let args: Vec<String> = raw
-            .split(|b| *b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        args.join(" ") == cmdline
-    })
 }
 
 #[tokio::test]

@@ -125,6 +125,24 @@ async fn api_and_git_need_the_token() {
         "{}",
         push.stderr
     );
+    // Nothing was stored or released by the refused push.
+    let heads = std::process::Command::new("git")
+        .args(["for-each-ref"])
+        .current_dir(mar.data_dir.join("repos/guarded.git"))
+        .output()
+        .unwrap();
+    assert!(
+        heads.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&heads.stdout)
+    );
+    let releases = mar.api("GET", "/v1/apps/guarded/releases", "").await;
+    assert_eq!(
+        releases.json()["results"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        releases.body
+    );
     // CLI with a wrong token says so.
     let out = std::process::Command::new(mar_bin())
         .args(["apps"])
@@ -159,15 +177,27 @@ async fn app_names_are_dns_labels() {
         assert_eq!(api.status, 400, "{bad}: {}", api.body);
     }
     mar.create_app("good-name-1");
+    assert!(
+        mar.mar(&["config:set", "KEEP=me", "-a", "good-name-1"])
+            .ok()
+    );
+    let apps_before = mar.mar(&["apps", "--json"]).stdout;
+    let config_before = mar.mar(&["config", "-a", "good-name-1", "--json"]).stdout;
     let dup = mar.mar(&["apps:create", "good-name-1"]);
     assert!(
-        dup.stderr.contains("app good-name-1 already exists"),
+        !dup.ok() && dup.stderr.contains("app good-name-1 already exists"),
         "{}",
         dup.stderr
     );
     let garbage = mar.api("POST", "/v1/apps", "{not json").await;
     assert_eq!(garbage.status, 400);
     assert_eq!(garbage.json()["error"]["reason"], "BadRequest");
+    // The refusals changed nothing: no app was added or replaced, no config lost.
+    assert_eq!(mar.mar(&["apps", "--json"]).stdout, apps_before);
+    assert_eq!(
+        mar.mar(&["config", "-a", "good-name-1", "--json"]).stdout,
+        config_before
+    );
 }
 
 #[tokio::test]

@@ -335,6 +335,16 @@ async fn custom_domains_route_to_apps() {
         let out = mar.mar(&["domains:add", "other", bad]);
         assert!(!out.ok(), "{bad} was accepted");
     }
+    // The refusals changed nothing: the domain is still branded's alone.
+    assert_eq!(
+        mar.mar(&["domains", "other", "--json"])
+            .stdout
+            .trim()
+            .replace([' ', '\n'], ""),
+        "[]"
+    );
+    let r = mar.get("www.example.test", "/env/DYNO").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "web.1"));
     // Domains survive a restart.
     let mar = mar.restart();
     let r = eventually(Duration::from_secs(20), || async {

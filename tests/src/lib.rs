@@ -671,3 +671,28 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The pids of the processes whose `/proc/PID` directory satisfies `pred`.
+pub fn pids_where(pred: impl Fn(&Path) -> bool) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            pred(&e.path()).then_some(pid)
+        })
+        .collect()
+}
+
+/// Processes whose command line is exactly `cmdline` (arguments joined by spaces).
+pub fn processes_running(cmdline: &str) -> Vec<u32> {
+    pids_where(|p| {
+        let raw = std::fs::read(p.join("cmdline")).unwrap_or_default();
+        let args: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        args.join(" ") == cmdline
+    })
+}
