@@ -116,6 +116,15 @@ async fn deploys_restarts_and_scaling_under_load_lose_no_request() {
         Duration::from_millis(5),
         4,
     );
+    // Slow POSTs beside them: a request the router never sends twice, so a broken drain would
+    // show (a GET refused by a stopping instance is quietly sent to another).
+    let posts = Load::start_posts(
+        mar.addr,
+        "steady.localhost",
+        "/slow-post?ms=250",
+        Duration::from_millis(10),
+        4,
+    );
     for i in 0..2 {
         repo.write("VERSION", &format!("{i}\n"));
         repo.commit(&format!("v{i}"));
@@ -153,6 +162,33 @@ async fn deploys_restarts_and_scaling_under_load_lose_no_request() {
         failures.len(),
         &failures[..failures.len().min(5)]
     );
+    let (posted, failures) = posts.finish().await;
+    // Four always in flight, across every switch above.
+    assert!(posted >= 12, "only {posted} POSTs were sent");
+    assert!(
+        failures.is_empty(),
+        "{} of {posted} POSTs failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    // Every POST reached the app exactly once, and the router broke off no exchange.
+    let logs = eventually(Duration::from_secs(5), || async {
+        let logs = mar.mar(&["logs", "-a", "steady", "-n", "100000"]).stdout;
+        logs.contains("slow-post 0-1").then_some(logs)
+    })
+    .await;
+    let mut seen = std::collections::HashMap::new();
+    for l in logs.lines() {
+        if let Some(id) = l.split("slow-post ").nth(1) {
+            *seen.entry(id.trim().to_owned()).or_insert(0) += 1;
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "POSTs handled more than once: {twice:?}");
+    assert_eq!(seen.len(), posted, "POSTs that never reached the app");
+    for code in ["code=H13", "code=H18"] {
+        assert!(!logs.contains(code), "{code} in:\n{logs}");
+    }
 }
 
 #[tokio::test]

@@ -517,6 +517,17 @@ impl Resp {
 
 /// One `GET` on a fresh connection, reporting failures instead of panicking (for load loops).
 pub async fn try_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
+    try_request(addr, "GET", host, path, Bytes::new()).await
+}
+
+/// One request on a fresh connection; connection errors are `Err`, not panics.
+pub async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    body: Bytes,
+) -> Result<(u16, String), String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -525,9 +536,11 @@ pub async fn try_get(addr: SocketAddr, host: &str, path: &str) -> Result<(u16, S
             .await
             .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let req = http::Request::get(path)
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", host)
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(body))
         .map_err(|e| e.to_string())?;
     let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
@@ -557,15 +570,56 @@ impl Load {
         every: Duration,
         workers: usize,
     ) -> Self {
+        Self::start_with(addr, host, path, every, workers, false)
+    }
+
+    /// Like [`Load::start`], but each request is a `POST` (which the router never sends twice)
+    /// with a body, to `path?id=W-N`: unique ids, so the app's log can show each was handled
+    /// once. The answer must be `done W-N`.
+    pub fn start_posts(
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        every: Duration,
+        workers: usize,
+    ) -> Self {
+        Self::start_with(addr, host, path, every, workers, true)
+    }
+
+    fn start_with(
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        every: Duration,
+        workers: usize,
+        posts: bool,
+    ) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
-        for _ in 0..workers {
+        for worker in 0..workers {
             let (stop, host, path) = (stop.clone(), host.to_owned(), path.to_owned());
             tasks.push(tokio::spawn(async move {
                 let (mut sent, mut failures) = (0usize, Vec::new());
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     sent += 1;
-                    match try_get(addr, &host, &path).await {
+                    let id = format!("{worker}-{sent}");
+                    let answer = if posts {
+                        let sep = if path.contains('?') { '&' } else { '?' };
+                        try_request(
+                            addr,
+                            "POST",
+                            &host,
+                            &format!("{path}{sep}id={id}"),
+                            Bytes::from_static(b"payload"),
+                        )
+                        .await
+                    } else {
+                        try_get(addr, &host, &path).await
+                    };
+                    match answer {
+                        Ok((200, body)) if posts && body != format!("done {id}") => {
+                            failures.push(format!("{id} answered {body:?}"));
+                        }
                         Ok((200, _)) => {}
                         Ok((status, body)) => failures.push(format!(
                             "{status}: {}",
