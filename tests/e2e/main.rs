@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod buildpacks;
+mod claims;
 mod deploy;
 mod failures;
 mod formation;

@@ -17,8 +17,23 @@ async fn serve_reports_its_port_and_stops_cleanly() {
     assert_eq!(mode & 0o777, 0o600);
     let token = mar.mar(&["auth:token"]);
     assert_eq!(token.stdout.trim(), mar.token());
+    // So is the state database, and serve.json names the running server.
+    for f in ["mar.db", "metrics_token"] {
+        let mode = std::fs::metadata(mar.data_dir.join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let serve: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(mar.data_dir.join("serve.json")).unwrap())
+            .unwrap();
+    assert_eq!(serve["pid"], mar.pid());
+    let data_dir = mar.data_dir.clone();
     let status = mar.stop();
     assert!(status.success(), "exit status {status}");
+    // A stopped server leaves no serve.json to mislead the CLI.
+    assert!(!data_dir.join("serve.json").exists());
 }
 
 #[tokio::test]

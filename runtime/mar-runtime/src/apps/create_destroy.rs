@@ -51,6 +51,9 @@ impl Apps {
         let uid = self.store.get_app(app)?.uid;
         self.stop_app(app).await;
         self.store.delete_app(app)?;
+        // Its route goes now: the stop's own state changes were published while the app
+        // still existed, and left an error page (503) where there is no app at all (404).
+        self.publish(app);
         self.publish_domains();
         metrics.remove(app);
         let _ = git.delete_repo(app);

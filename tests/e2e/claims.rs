@@ -1,0 +1,142 @@
+//! Behaviours the README and ARCHITECTURE.md promise, each shown end to end: WebSockets
+//! closed with 1012 on a deploy and 1009 past the size limit, `apps:destroy` of a running app,
+//! HTTP/2 requests with bodies, and the H10 and H20 pages.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use mar_tests::{MarServer, eventually, repo_root};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+async fn ws(
+    mar: &MarServer,
+    app: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    let mut req = format!("ws://{}/ws", mar.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("host", format!("{app}.localhost").parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// Reads until the server's Close frame; returns its code.
+async fn close_code(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Option<CloseCode> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match msg {
+            Ok(Message::Close(frame)) => return frame.map(|f| f.code),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_deploy_closes_old_websockets_with_1012_and_big_messages_get_1009() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle(
+        "sockets",
+        &["MAR_WEBSOCKET_MAX_MESSAGE=64K", "MAR_WAIT_TO_RETIRE=2"],
+    );
+    // Past the size limit: the router closes with 1009 (message too big).
+    let mut big = ws(&mar, "sockets").await;
+    big.send(Message::binary(vec![7u8; 100 << 10]))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut big).await, Some(CloseCode::Size));
+    // A WebSocket to the old release gets 1012 (service restart) once a deploy retires it.
+    let mut old = ws(&mar, "sockets").await;
+    old.send(Message::text("before")).await.unwrap();
+    assert_eq!(old.next().await.unwrap().unwrap(), Message::text("before"));
+    let redeploy = mar.mar(&["config:set", "GREETING=new", "-a", "sockets"]);
+    assert!(redeploy.ok(), "{}", redeploy.all());
+    assert_eq!(close_code(&mut old).await, Some(CloseCode::Restart));
+    // A new one reaches the new release.
+    let mut new = ws(&mar, "sockets").await;
+    new.send(Message::text("after")).await.unwrap();
+    assert_eq!(new.next().await.unwrap().unwrap(), Message::text("after"));
+}
+
+#[tokio::test]
+async fn destroying_a_running_app_stops_it_and_forgets_it() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("doomed", &[]);
+    let run = mar.data_dir.join("apps/doomed");
+    assert!(
+        !mar_tests::pids_where(|p| {
+            std::fs::read_link(p.join("cwd")).is_ok_and(|c| c.starts_with(&run))
+        })
+        .is_empty()
+    );
+    let out = mar.mar(&["apps:destroy", "doomed", "--confirm", "doomed"]);
+    assert!(out.ok(), "{}", out.all());
+    assert!(
+        mar_tests::pids_where(|p| {
+            std::fs::read_link(p.join("cwd")).is_ok_and(|c| c.starts_with(&run))
+        })
+        .is_empty(),
+        "the app's processes outlived it"
+    );
+    assert!(!run.exists() && !mar.data_dir.join("repos/doomed.git").exists());
+    assert_eq!(mar.get("doomed.localhost", "/").await.status, 404);
+    assert!(!mar.mar(&["apps", "--json"]).stdout.contains("doomed"));
+}
+
+#[tokio::test]
+async fn http2_requests_with_bodies_reach_the_app() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("h2body", &[]);
+    let stream = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let body = Bytes::from(vec![b'x'; 300_000]);
+    let req = http::Request::post("http://h2body.localhost/echo")
+        .body(Full::new(body.clone()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(echoed, body);
+}
+
+#[tokio::test]
+async fn crashed_and_booting_apps_get_their_pages() {
+    let mar = MarServer::start();
+    mar.create_app("wobbly");
+    let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/lifecycle"));
+    // It comes up, then crashes for good a moment later, every time.
+    repo.write("Procfile", "web: python3 server.py --crash-after 1\n");
+    repo.commit("crashes");
+    let push = repo.push(&mar.git_url("wobbly"), "main");
+    assert!(push.ok(), "{}", push.all());
+    // Between crashes the router says which it is: H10 while crashed, H20 while booting.
+    let seen = std::cell::RefCell::new(std::collections::HashSet::new());
+    eventually(Duration::from_secs(40), || async {
+        let r = mar.http("GET", "wobbly.localhost", "/", "").await;
+        for (code, title) in [("H10", "App crashed"), ("H20", "App boot in progress")] {
+            if r.status == 503 && r.body.contains(code) {
+                assert!(r.body.contains(title), "{}", r.body);
+                seen.borrow_mut().insert(code);
+            }
+        }
+        (seen.borrow().len() == 2).then_some(())
+    })
+    .await;
+}
