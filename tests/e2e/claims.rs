@@ -140,3 +140,58 @@ async fn crashed_and_booting_apps_get_their_pages() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn one_lifecycle_operation_per_app_at_a_time() {
+    let mar = MarServer::start_with(Some("build_timeout: 8\n"));
+    mar.deploy_lifecycle("busy", &[]);
+    let hanging = repo_root().join("tests/fixtures/buildpacks/hanging");
+    assert!(
+        mar.mar(&[
+            "config:set",
+            &format!("BUILDPACK_URL={}", hanging.display()),
+            "-a",
+            "busy"
+        ])
+        .ok()
+    );
+    let releases_before = mar.mar(&["releases", "-a", "busy", "--json"]).stdout;
+    // A push whose build hangs holds the app's lock until the build timeout.
+    let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/hanging-build"));
+    let mut push = repo
+        .cmd(&["push", "--force", &mar.git_url("busy"), "main"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = push.stderr.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 1024];
+    while !seen.contains("Hanging on purpose") {
+        use std::io::Read;
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "the push ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    for op in [
+        vec!["config:set", "OTHER=1", "-a", "busy"],
+        vec!["ps:scale", "web=2", "-a", "busy"],
+        vec!["ps:restart", "-a", "busy"],
+        vec!["rollback", "-a", "busy"],
+        vec!["apps:destroy", "busy", "--confirm", "busy"],
+    ] {
+        let out = mar.mar(&op);
+        assert!(
+            !out.ok() && out.stderr.contains("another deploy of busy is in progress"),
+            "{op:?}: {}",
+            out.all()
+        );
+    }
+    // None of them changed anything.
+    assert_eq!(
+        mar.mar(&["releases", "-a", "busy", "--json"]).stdout,
+        releases_before
+    );
+    assert_eq!(mar.get("busy.localhost", "/").await.status, 200);
+    let _ = push.wait();
+}

@@ -292,6 +292,9 @@ struct Actor {
 enum Ended {
     Stopped,
     Crashed(String),
+    /// Another process bound the port between its pick and the app's bind: our race, not the
+    /// app's crash; it starts again at once on a new port.
+    PortTaken,
 }
 
 impl Actor {
@@ -331,6 +334,7 @@ impl Actor {
 
     async fn run(self) {
         let mut crashes: u32 = 0;
+        let mut port_races: u32 = 0;
         loop {
             // A new port at every start: a crashed instance's port may have been taken by
             // another process meanwhile (an app squatting it), and must not keep this one
@@ -350,7 +354,17 @@ impl Actor {
             }
             match ended {
                 Ended::Stopped => break,
+                Ended::PortTaken if port_races < MAX_PORT_RACES => port_races += 1,
+                Ended::PortTaken => {
+                    let err = BootError::Spawn("every port tried was taken".into());
+                    self.boot_result(Err(err.clone()));
+                    self.set_state(State::Crashed {
+                        reason: err.to_string(),
+                    });
+                    break;
+                }
                 Ended::Crashed(reason) => {
+                    port_races = 0;
                     // A process that ran for a while before crashing starts a fresh series:
                     // restart it at once, as after its first crash.
                     if started.elapsed() >= STABLE_AFTER {
@@ -479,7 +493,7 @@ impl Actor {
                     // bind; that is our race, not the app's crash, so pick another port.
                     if !port_is_free(p) && started.elapsed() < spec.boot_timeout {
                         self.log(&format!("Port {p} was taken by another process; retrying on a new port"));
-                        *port = free_port();
+                        return Ended::PortTaken;
                     }
                     self.boot_result(Err(BootError::Exited(status.clone())));
                     return Ended::Crashed(format!("exited with status {status}"));
@@ -763,9 +777,36 @@ fn describe(status: std::io::Result<std::process::ExitStatus>) -> String {
     }
 }
 
+/// Port races in a row after which an instance gives up.
+const MAX_PORT_RACES: u32 = 10;
+
 /// A port that was free a moment ago. The app binds it later, so this can race with another
 /// process; the actor detects that case and retries with a new port.
+///
+/// Picked below the kernel's ephemeral range (`ip_local_port_range`): a port the kernel hands
+/// out for outgoing connections (the router's own to apps, among them) could be taken by one
+/// between the pick and the app's bind; one below the range is taken only by a deliberate
+/// bind. Falls back to a kernel-chosen port when that range is full or absent.
 fn free_port() -> Option<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(1));
+    if high > low {
+        let mut seed = [0u8; 2];
+        let span = u32::from(high - low) + 1;
+        for _ in 0..64 {
+            if getrandom::fill(&mut seed).is_err() {
+                break;
+            }
+            let offset = u32::from(u16::from_le_bytes(seed)) % span;
+            let port = low + offset as u16;
+            if port_is_free(port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return Some(port);
+            }
+        }
+    }
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
