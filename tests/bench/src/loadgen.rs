@@ -62,9 +62,9 @@ pub struct HttpResult {
 }
 
 impl HttpResult {
-    /// Responses per second in the window (all statuses).
+    /// 2xx responses per second in the window (others are errors, counted apart).
     pub fn rps(&self) -> f64 {
-        (self.ok + self.non2xx) as f64 / self.secs.max(1e-9)
+        self.ok as f64 / self.secs.max(1e-9)
     }
 
     /// All responses in the window.

@@ -107,7 +107,7 @@ fn bench(args: &Args) {
         .map(|c| c.parse().expect("--conns takes numbers"))
         .collect();
     let close_conns: usize = args.get("close-conns", 16);
-    let targets = args.list("targets", "direct,nginx,mar-1t,mar");
+    let targets = args.list("targets", "direct,nginx,nginx-1024,mar-1t,mar");
     args.finish(USAGE);
     if targets.iter().any(|t| t.starts_with("mar")) {
         subject::check_mar_bin();
@@ -142,15 +142,27 @@ fn bench(args: &Args) {
         cfg.threads
     );
     let backend = Nginx::start("backend", BACKEND_CONF, "@BACKEND@", &[]);
-    let proxy = targets.iter().any(|t| t == "nginx").then(|| {
+    let nginx_with = |name: &str, conf: &str| {
         let port = backend.port.to_string();
         Nginx::start(
-            "proxy",
-            PROXY_CONF,
+            name,
+            conf,
             "@LISTEN@",
             &[("@BACKEND@", port.clone()), ("@WS_BACKEND@", port)],
         )
-    });
+    };
+    let proxy = targets
+        .iter()
+        .any(|t| t == "nginx")
+        .then(|| nginx_with("proxy", PROXY_CONF));
+    // The reference keeps 64 idle upstream connections; mini-MAR's pool keeps up to 1,024 per
+    // instance. nginx with a pool of the same size runs beside it, so the 1,000-connection row
+    // compares like with like as well as with the reference.
+    let pooled_conf = PROXY_CONF.replace("keepalive 64;", "keepalive 1024;");
+    let proxy_1024 = targets
+        .iter()
+        .any(|t| t == "nginx-1024")
+        .then(|| nginx_with("proxy-1024", &pooled_conf));
     // mini-MAR twice: configured as the nginx reference is (one router thread, a single-threaded
     // platform, no access log), then with the defaults (one router thread, access log on).
     let start_mar = |yaml: Option<&str>, extra: &[&str]| {
@@ -183,18 +195,20 @@ fn bench(args: &Args) {
             },
         });
     }
-    if let Some(p) = &proxy {
-        let mut b = backend.pids();
-        b.push(p.master);
-        all.push(Target {
-            name: "nginx",
-            addr: ([127, 0, 0, 1], p.port).into(),
-            host: "localhost".into(),
-            watched: Watched {
-                proxy: p.workers(),
-                backend: b,
-            },
-        });
+    for (name, p) in [("nginx", &proxy), ("nginx-1024", &proxy_1024)] {
+        if let Some(p) = p {
+            let mut b = backend.pids();
+            b.push(p.master);
+            all.push(Target {
+                name,
+                addr: ([127, 0, 0, 1], p.port).into(),
+                host: "localhost".into(),
+                watched: Watched {
+                    proxy: p.workers(),
+                    backend: b,
+                },
+            });
+        }
     }
     for (name, m) in [("mar-1t", &mar_1t), ("mar", &mar)] {
         if let Some(m) = m {
@@ -227,20 +241,31 @@ fn bench(args: &Args) {
     'outer: for (si, sc) in scenarios.iter().enumerate() {
         println!("\n== proxied HTTP ({}) ==", sc.label);
         for round in 0..rounds {
-            let mut direct_rps = f64::NAN;
-            for (ti, t) in all.iter().enumerate() {
+            // The order of the targets turns by one every round, so none always runs first
+            // (on a cold machine) or last (after the others warmed it).
+            let mut this_round: Vec<Option<Run>> = vec![None; all.len()];
+            for k in 0..all.len() {
+                let ti = (k + round) % all.len();
                 if report::stop_requested() {
                     break 'outer;
                 }
                 cfg.quiet.wait();
-                let mut r = run_one(t, sc, &cfg);
-                if t.name == "direct" {
-                    // A noisy direct run makes no ratio; the summary falls back to medians.
-                    direct_rps = if r.noisy { f64::NAN } else { r.rps };
-                } else {
+                this_round[ti] = Some(run_one(&all[ti], sc, &cfg));
+            }
+            // Ratios against this round's direct run; a noisy one makes no ratio (the summary
+            // falls back to medians).
+            let direct_rps = all
+                .iter()
+                .zip(&this_round)
+                .find(|(t, _)| t.name == "direct")
+                .and_then(|(_, r)| r.as_ref())
+                .map_or(f64::NAN, |r| if r.noisy { f64::NAN } else { r.rps });
+            for (ti, r) in this_round.into_iter().enumerate() {
+                let Some(mut r) = r else { continue };
+                if all[ti].name != "direct" {
                     r.ratio = r.rps / direct_rps;
                 }
-                print_run(round, t, &r);
+                print_run(round, &all[ti], &r);
                 runs[si][ti].push(r);
             }
         }
@@ -281,7 +306,9 @@ fn run_one(t: &Target, sc: &Scenario, cfg: &Cfg) -> Run {
     let mut snaps = Vec::new();
     let res = run_http(&load, |_| snaps.push(t.watched.snap()));
     let cpu = CpuUse::between(&snaps[0], &snaps[1]);
-    let n = res.responses().max(1) as f64;
+    // Only 2xx answers count as work done: an error page is cheap, and must not flatter the
+    // CPU per request or the req/s (errors are printed apart).
+    let n = res.ok.max(1) as f64;
     if let Some(e) = &res.first_error {
         println!("    first error: {e}");
     }
@@ -391,14 +418,16 @@ fn summary(sc: &Scenario, all: &[Target], runs: &[Vec<Run>]) {
             ),
             None => format!("p99 {}", ms(p99)),
         };
-        let vs_nginx = match nginx {
-            Some(n) => format!(
-                "; {name}/nginx: {}x the req/s, {}x the CPU per request",
-                report::ratio(rps / n.1),
-                report::ratio(cpu / n.3)
-            ),
-            None => String::new(),
-        };
+        let mut vs_nginx = String::new();
+        for reference in ["nginx", "nginx-1024"] {
+            if let Some(n) = med.iter().find(|m| m.0 == reference) {
+                vs_nginx.push_str(&format!(
+                    "; {name}/{reference}: {}x the req/s, {}x the CPU per request",
+                    report::ratio(rps / n.1),
+                    report::ratio(cpu / n.3)
+                ));
+            }
+        }
         println!(
             "    {name} vs targets: {}/req (≤ 25µs) {}, ratio {} (≥ 0.45) {}, {p99_check}, errors {errors} {}{vs_nginx}",
             us(cpu),
@@ -440,7 +469,9 @@ fn load_cmd(args: &Args) {
     let mut snaps = Vec::new();
     let res = run_http(&load, |_| snaps.push(watched.snap()));
     let cpu = CpuUse::between(&snaps[0], &snaps[1]);
-    let n = res.responses().max(1) as f64;
+    // Only 2xx answers count as work done: an error page is cheap, and must not flatter the
+    // CPU per request or the req/s (errors are printed apart).
+    let n = res.ok.max(1) as f64;
     println!(
         "{} conns{}: {} req/s  p50 {}  p99 {}  max {}  errors {}  non-2xx {}  loadgen {}/req{}  other {:.1}%",
         load.conns,
