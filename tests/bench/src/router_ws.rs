@@ -53,6 +53,8 @@ struct Run {
     sys_pct: f64,
     other_pct: f64,
     lost: u64,
+    /// Messages echoed twice (by sequence number).
+    dup: u64,
     failed: u64,
     noisy: bool,
     /// Paced: p99 minus direct's p99 of the same round. Burst: rate / direct's rate.
@@ -299,7 +301,7 @@ fn bench(args: &Args) {
                     r.vs_direct = r.p99 - direct_p99;
                 }
                 print_run("paced", t, &r);
-                if r.lost + r.failed > 0 {
+                if r.lost + r.dup + r.failed > 0 {
                     println!("{}", diagnose(t.name, proxy.as_ref(), mar_of(t.name)));
                 }
                 paced[ti].push(r);
@@ -316,7 +318,7 @@ fn bench(args: &Args) {
                     r.vs_direct = r.rate / direct_rate;
                 }
                 print_run("burst", t, &r);
-                if r.lost + r.failed > 0 {
+                if r.lost + r.dup + r.failed > 0 {
                     println!("{}", diagnose(t.name, proxy.as_ref(), mar_of(t.name)));
                 }
                 burst[ti].push(r);
@@ -389,7 +391,7 @@ fn idle(t: &Target, n: usize, cfg: &Cfg) -> (String, bool) {
     });
     let elapsed = t0.elapsed().as_secs_f64();
     let per = after.saturating_sub(before) as f64 / res.connected.max(1) as f64;
-    let lost = res.connect_failed + res.connected.saturating_sub(res.received);
+    let lost = res.connect_failed + res.connected.saturating_sub(res.distinct) + res.duplicated;
     let err = res
         .first_error
         .map(|e| format!(" (first error: {e})"))
@@ -454,6 +456,7 @@ fn run_mode(t: &Target, cfg: &Cfg, paced: bool) -> Run {
         sys_pct: 100.0 * cpu.proxy_sys_s / cpu.proxy_s,
         other_pct: cpu.other_pct,
         lost: res.lost(),
+        dup: res.duplicated,
         failed: res.connect_failed + res.broken,
         noisy: cpu.other_pct > NOISY_PCT,
         vs_direct: f64::NAN,
@@ -463,7 +466,7 @@ fn run_mode(t: &Target, cfg: &Cfg, paced: bool) -> Run {
 fn print_run(what: &str, t: &Target, r: &Run) {
     println!(
         "  {what} {:<6} {:>7} msg/s  p50 {:>8}  p99 {:>8}  proxy {:>7}/frame{}  other {:4.1}%{}  \
-         lost {}  failed conns {}",
+         lost {}  dup {}  failed conns {}",
         t.name,
         rate(r.rate),
         ms(r.p50),
@@ -477,6 +480,7 @@ fn print_run(what: &str, t: &Target, r: &Run) {
         r.other_pct,
         if r.noisy { " NOISY" } else { "" },
         r.lost,
+        r.dup,
         r.failed
     );
 }
@@ -505,7 +509,8 @@ fn summary(label: &str, paced: bool, all: &[Target], runs: &[Vec<Run>]) {
             (true, true) => p99 - direct_p99,
             (true, false) => rt / direct_rate,
         };
-        let lost: u64 = runs[ti].iter().map(|r| r.lost + r.failed).sum();
+        // Lost, duplicated (by sequence number) and broken all count against "no loss".
+        let lost: u64 = runs[ti].iter().map(|r| r.lost + r.dup + r.failed).sum();
         let noisy = if all_noisy { " (all runs noisy)" } else { "" };
         let sep = if ti == 0 { "   " } else { " | " };
         let rel = if t.name == "direct" {

@@ -86,6 +86,10 @@ pub struct WsResult {
     pub sent: u64,
     /// Echoes received (whole run).
     pub received: u64,
+    /// Distinct messages echoed (by sequence number, per connection): what was not lost.
+    pub distinct: u64,
+    /// Echoes of a message already echoed (by sequence number): duplicates.
+    pub duplicated: u64,
     /// Echoes received inside the measured window.
     pub window_received: u64,
     /// Round trips of the messages sent in the window (burst: all), µs.
@@ -95,9 +99,9 @@ pub struct WsResult {
 }
 
 impl WsResult {
-    /// Messages sent and never echoed.
+    /// Messages sent and never echoed, by sequence number (a duplicate does not hide a loss).
     pub fn lost(&self) -> u64 {
-        self.sent.saturating_sub(self.received)
+        self.sent.saturating_sub(self.distinct)
     }
 
     /// Echoed messages per second in the window.
@@ -114,6 +118,8 @@ impl WsResult {
         }
         self.sent += o.sent;
         self.received += o.received;
+        self.distinct += o.distinct;
+        self.duplicated += o.duplicated;
         self.window_received += o.window_received;
         self.hist.merge(&o.hist);
     }
@@ -286,6 +292,9 @@ async fn conn(
         sent: Cell::new(0),
         writer_done: Cell::new(false),
         received: Cell::new(0),
+        seen: RefCell::new(Vec::new()),
+        distinct: Cell::new(0),
+        duplicated: Cell::new(0),
         window_received: Cell::new(0),
         hist: RefCell::new(Hist::new()),
         error: RefCell::new(None),
@@ -307,6 +316,8 @@ async fn conn(
     let mut s = stats.borrow_mut();
     s.sent += c.sent.get();
     s.received += c.received.get();
+    s.distinct += c.distinct.get();
+    s.duplicated += c.duplicated.get();
     s.window_received += c.window_received.get();
     s.hist.merge(&c.hist.borrow());
     if let Some(e) = c.error.take() {
@@ -324,6 +335,10 @@ struct ConnState<'a> {
     sent: Cell<u64>,
     writer_done: Cell<bool>,
     received: Cell<u64>,
+    /// Sequence numbers echoed so far, one bit each.
+    seen: RefCell<Vec<u64>>,
+    distinct: Cell<u64>,
+    duplicated: Cell<u64>,
     window_received: Cell<u64>,
     hist: RefCell<Hist>,
     error: RefCell<Option<String>>,
@@ -332,6 +347,21 @@ struct ConnState<'a> {
 impl ConnState<'_> {
     fn now_ns(&self) -> u64 {
         self.shared.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Counts an echo of message `seq`: new, or a duplicate.
+    fn note_seq(&self, seq: u64) {
+        let mut seen = self.seen.borrow_mut();
+        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if seen.len() <= word {
+            seen.resize(word + 1, 0);
+        }
+        if seen[word] & bit != 0 {
+            self.duplicated.set(self.duplicated.get() + 1);
+        } else {
+            seen[word] |= bit;
+            self.distinct.set(self.distinct.get() + 1);
+        }
     }
 
     fn fail(&self, what: &str, e: &io::Error) {
@@ -389,9 +419,11 @@ impl ConnState<'_> {
                 pos += total;
                 match opcode {
                     0x1 | 0x2 if p.len() >= 16 => {
+                        let seq = u64::from_le_bytes(p[0..8].try_into().unwrap());
                         let sent_ns = u64::from_le_bytes(p[8..16].try_into().unwrap());
                         let now = self.now_ns();
                         self.received.set(self.received.get() + 1);
+                        self.note_seq(seq);
                         let in_window = now >= start_ns && now < end_ns;
                         if in_window {
                             self.window_received.set(self.window_received.get() + 1);
@@ -416,7 +448,7 @@ impl ConnState<'_> {
             }
             buf.drain(..pos);
             pos = 0;
-            if self.writer_done.get() && self.received.get() >= self.sent.get() {
+            if self.writer_done.get() && self.distinct.get() >= self.sent.get() {
                 return;
             }
             if self.error.borrow().is_some() {

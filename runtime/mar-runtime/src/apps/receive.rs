@@ -53,6 +53,16 @@ impl Apps {
                     .map_err(|e| DeployError::BadInput(format!("source upload broke off: {e}")))?;
                 size += chunk.len() as u64;
                 if size > limit {
+                    // The rest is read and dropped (up to a bound) before the refusal is sent:
+                    // a sender still writing when the connection closes sees only a broken
+                    // pipe, not the reason.
+                    let mut dropped = 0u64;
+                    while let Some(Ok(more)) = body.next().await {
+                        dropped += more.len() as u64;
+                        if dropped > DRAIN_PAST_LIMIT {
+                            break;
+                        }
+                    }
                     return Err(too_large(limit));
                 }
                 file.write_all(&chunk).await.map_err(DeployError::Receive)?;
@@ -78,6 +88,9 @@ impl Apps {
         })
     }
 }
+
+/// How much of a refused upload is read (and dropped) so that its sender gets the answer.
+const DRAIN_PAST_LIMIT: u64 = 64 << 20;
 
 /// Most entries a pushed tree may have.
 const MAX_ENTRIES: u64 = 200_000;
