@@ -1,6 +1,8 @@
 //! Benchmark: deploys under load. A steady 200 requests/s go to an app while it is deployed
-//! five times and scaled from 1 to 3 web instances and back; the benchmark counts failed
-//! requests (target: zero) and reports latency overall and during the switches. It also times
+//! five times and scaled from 1 to 3 web instances and back, with slow POSTs beside them (300
+//! ms each, four always in flight: a request the router never sends twice, so a drain that
+//! cuts one shows); the benchmark counts failed requests and POSTs not handled exactly once
+//! (target: zero) and reports latency overall and during the switches. It also times
 //! `mar ps:restart` until the app serves from the new instance, and a crash (SIGKILL of the web
 //! process) until the app serves again.
 //!
@@ -12,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mar_tests::{MarServer, repo_root, try_get};
+use mar_tests::{Load, MarServer, repo_root, try_get};
 
 #[derive(Default)]
 struct Samples {
@@ -78,6 +80,13 @@ async fn main() {
         })
     };
 
+    let posts = Load::start_posts(
+        mar.addr,
+        "steady.localhost",
+        "/slow-post?ms=300",
+        Duration::from_millis(10),
+        4,
+    );
     let mut switches: Vec<(String, Duration, Duration)> = Vec::new();
     let mut op = |name: &str, f: &mut dyn FnMut()| {
         let start = t0.elapsed();
@@ -103,6 +112,17 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     loader.await.unwrap();
+    let (posted, post_failures) = posts.finish().await;
+    // Each POST's id is in the app's log once per time it was handled.
+    let logs = mar.mar(&["logs", "-a", "steady", "-n", "100000"]).stdout;
+    let mut handled = std::collections::HashMap::new();
+    for l in logs.lines() {
+        if let Some(id) = l.split("slow-post ").nth(1) {
+            *handled.entry(id.trim().to_owned()).or_insert(0u32) += 1;
+        }
+    }
+    let twice = handled.values().filter(|n| **n > 1).count();
+    let never = posted.saturating_sub(handled.len());
 
     let s = std::mem::take(&mut *samples.lock().unwrap());
     let failed = s.all.iter().filter(|x| !x.2).count();
@@ -135,6 +155,13 @@ async fn main() {
     }
     for e in s.errors.iter().take(5) {
         println!("  failure: {e}");
+    }
+    println!(
+        "  slow POSTs beside them: {posted} sent, {} failed, {twice} handled twice, {never} never handled (target 0, 0, 0)",
+        post_failures.len()
+    );
+    for e in post_failures.iter().take(5) {
+        println!("  POST failure: {e}");
     }
 
     // ps:restart until the new instance serves (the command returns after the switch).
