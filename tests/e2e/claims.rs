@@ -195,3 +195,29 @@ async fn one_lifecycle_operation_per_app_at_a_time() {
     assert_eq!(mar.get("busy.localhost", "/").await.status, 200);
     let _ = push.wait();
 }
+
+#[tokio::test]
+async fn an_apps_log_rotates_past_16_mib() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("chatter", &[]);
+    let log = mar.data_dir.join("logs/chatter.log");
+    assert_eq!(
+        mar.get("chatter.localhost", "/spew?mb=20").await.body,
+        "spewed"
+    );
+    let rotated = mar.data_dir.join("logs/chatter.log.1");
+    eventually(Duration::from_secs(20), || async {
+        rotated.exists().then_some(())
+    })
+    .await;
+    let (now, old) = (
+        std::fs::metadata(&log).unwrap().len(),
+        std::fs::metadata(&rotated).unwrap().len(),
+    );
+    assert!(now < 16 << 20, "the live log is {now} bytes");
+    assert!(old >= 16 << 20, "the rotated log is {old} bytes");
+    // The log still works after the rotation.
+    assert_eq!(mar.get("chatter.localhost", "/").await.status, 200);
+    let tail = mar.mar(&["logs", "-a", "chatter", "-n", "5"]);
+    assert!(tail.ok() && !tail.stdout.is_empty(), "{}", tail.all());
+}
