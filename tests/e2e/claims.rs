@@ -221,3 +221,28 @@ async fn an_apps_log_rotates_past_16_mib() {
     let tail = mar.mar(&["logs", "-a", "chatter", "-n", "5"]);
     assert!(tail.ok() && !tail.stdout.is_empty(), "{}", tail.all());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_requests_in_flight_finish() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("graceful", &[]);
+    let addr = mar.addr;
+    let slow = tokio::spawn(async move {
+        mar_tests::try_get(addr, "graceful.localhost", "/slow?ms=1500").await
+    });
+    // Once the app has the request, the server is told to stop.
+    eventually(Duration::from_secs(10), || async {
+        let logs = mar.mar(&["logs", "-a", "graceful", "-n", "50"]).stdout;
+        logs.contains("slow request started").then_some(())
+    })
+    .await;
+    let stopped = tokio::task::spawn_blocking(move || mar.stop())
+        .await
+        .unwrap();
+    assert!(stopped.success(), "exit status {stopped}");
+    let answer = slow.await.unwrap();
+    assert!(
+        matches!(answer, Ok((200, ref body)) if body == "slow done"),
+        "the request in flight at shutdown was cut: {answer:?}"
+    );
+}
