@@ -714,17 +714,25 @@ async fn pack_as_app(
 ) -> io::Result<()> {
     use tokio::io::AsyncReadExt;
     let mut cmd = Command::new("tar");
-    cmd.args(["--create", "--gzip", "--file=-", "--directory"])
-        .arg(dir)
-        .arg(".")
-        .env_clear()
-        .env("PATH", mar_core::SYSTEM_PATH)
-        .env("LANG", "C.UTF-8")
-        .env("GZIP", "-1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
+    // `--hard-dereference`: hard links go in as files, so the slug unpacks without any, and
+    // handing the unpacked tree to the app skips none (`chown_tree` leaves linked files alone).
+    cmd.args([
+        "--create",
+        "--gzip",
+        "--hard-dereference",
+        "--file=-",
+        "--directory",
+    ])
+    .arg(dir)
+    .arg(".")
+    .env_clear()
+    .env("PATH", mar_core::SYSTEM_PATH)
+    .env("LANG", "C.UTF-8")
+    .env("GZIP", "-1")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .kill_on_drop(true);
     match confinement {
         Some(c) => mar_supervisor::confine(&mut cmd, &c.sandbox, c.group.as_ref())?,
         None => {

@@ -22,6 +22,15 @@ impl Apps {
         set(&self.paths.app(app), 0o711)?;
         set(&self.paths.app(app).join("slugs"), 0o700)?;
         set(&self.paths.app(app).join("run"), 0o711)?;
+        // The run directory was the build's, which the app's user owned: it must still be a
+        // directory, not a symlink swapped in for it, before root changes its mode (which
+        // follows symlinks).
+        if !std::fs::symlink_metadata(run_dir)?.is_dir() {
+            return Err(std::io::Error::other(format!(
+                "{} is not a directory",
+                run_dir.display()
+            )));
+        }
         if let Some(uid) = uid {
             std::os::unix::fs::lchown(run_dir, Some(uid), Some(uid))?;
         }
