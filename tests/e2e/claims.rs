@@ -9,22 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use mar_tests::{MarServer, eventually, repo_root};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-
-async fn ws(
-    mar: &MarServer,
-    app: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let mut req = format!("ws://{}/ws", mar.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("host", format!("{app}.localhost").parse().unwrap());
-    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    ws
-}
 
 /// Reads until the server's Close frame; returns its code.
 async fn close_code(
@@ -51,20 +36,20 @@ async fn a_deploy_closes_old_websockets_with_1012_and_big_messages_get_1009() {
         &["MAR_WEBSOCKET_MAX_MESSAGE=64K", "MAR_WAIT_TO_RETIRE=2"],
     );
     // Past the size limit: the router closes with 1009 (message too big).
-    let mut big = ws(&mar, "sockets").await;
+    let mut big = mar_tests::websocket(&mar, "sockets").await;
     big.send(Message::binary(vec![7u8; 100 << 10]))
         .await
         .unwrap();
     assert_eq!(close_code(&mut big).await, Some(CloseCode::Size));
     // A WebSocket to the old release gets 1012 (service restart) once a deploy retires it.
-    let mut old = ws(&mar, "sockets").await;
+    let mut old = mar_tests::websocket(&mar, "sockets").await;
     old.send(Message::text("before")).await.unwrap();
     assert_eq!(old.next().await.unwrap().unwrap(), Message::text("before"));
     let redeploy = mar.mar(&["config:set", "GREETING=new", "-a", "sockets"]);
     assert!(redeploy.ok(), "{}", redeploy.all());
     assert_eq!(close_code(&mut old).await, Some(CloseCode::Restart));
     // A new one reaches the new release.
-    let mut new = ws(&mar, "sockets").await;
+    let mut new = mar_tests::websocket(&mar, "sockets").await;
     new.send(Message::text("after")).await.unwrap();
     assert_eq!(new.next().await.unwrap().unwrap(), Message::text("after"));
 }
@@ -158,21 +143,7 @@ async fn one_lifecycle_operation_per_app_at_a_time() {
     let releases_before = mar.mar(&["releases", "-a", "busy", "--json"]).stdout;
     // A push whose build hangs holds the app's lock until the build timeout.
     let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/hanging-build"));
-    let mut push = repo
-        .cmd(&["push", "--force", &mar.git_url("busy"), "main"])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = push.stderr.take().unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 1024];
-    while !seen.contains("Hanging on purpose") {
-        use std::io::Read;
-        let n = stderr.read(&mut buf).unwrap();
-        assert!(n > 0, "the push ended early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let (mut push, _stderr, _) = mar_tests::start_hanging_push(&repo, &mar.git_url("busy"));
     for op in [
         vec!["config:set", "OTHER=1", "-a", "busy"],
         vec!["ps:scale", "web=2", "-a", "busy"],

@@ -157,21 +157,7 @@ async fn hanging_build_is_killed_and_a_concurrent_push_is_refused() {
     let repo = mar.repo_from(&fixture("hanging-build"));
 
     // Start the hanging push and wait until its build is running (its output says so).
-    let mut first = repo
-        .cmd(&["push", &mar.git_url("slow"), "main"])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = first.stderr.take().unwrap();
-    let mut seen = String::new();
-    let mut buf = [0u8; 1024];
-    while !seen.contains("Hanging on purpose") {
-        use std::io::Read;
-        let n = stderr.read(&mut buf).unwrap();
-        assert!(n > 0, "first push ended early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let (mut first, mut stderr, seen) = mar_tests::start_hanging_push(&repo, &mar.git_url("slow"));
     let second = mar.repo_from(&repo_root().join("examples/shell-hello"));
     let push = second.push(&mar.git_url("slow"), "main");
     assert_rejected(&push, &["another deploy of slow is in progress"]);

@@ -155,10 +155,7 @@ async fn a_build_is_private_from_its_first_byte() {
 #[tokio::test]
 async fn apps_never_run_as_root_when_their_users_cannot_reach_the_data_directory() {
     use std::os::unix::fs::PermissionsExt;
-    let tmp = tempfile::Builder::new()
-        .prefix("mar-e2e-")
-        .tempdir_in(mar_tests::scratch_root())
-        .unwrap();
+    let tmp = mar_tests::scratch_dir();
     // Like /root: closed to everyone else.
     let closed = tmp.path().join("closed");
     std::fs::create_dir_all(closed.join("data")).unwrap();
@@ -680,12 +677,7 @@ async fn a_process_that_never_ends_its_line_cannot_grow_the_platform() {
 
 #[tokio::test]
 async fn without_the_firewall_apps_do_not_run_at_all() {
-    let tmp = tempfile::Builder::new()
-        .prefix("mar-e2e-")
-        .tempdir_in(mar_tests::scratch_root())
-        .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = mar_tests::scratch_dir();
     // `nft` lives in /usr/sbin: without it on the PATH, nftables cannot be had.
     let out = Command::new(mar_bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])

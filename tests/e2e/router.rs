@@ -11,21 +11,6 @@ use http_body_util::{BodyExt, Full};
 use mar_tests::{MarServer, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-async fn ws(
-    mar: &MarServer,
-    app: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let mut req = format!("ws://{}/ws", mar.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("host", format!("{app}.localhost").parse().unwrap());
-    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    ws
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_idle_rule_app_pings_and_router_keepalive() {
@@ -44,7 +29,7 @@ async fn websocket_idle_rule_app_pings_and_router_keepalive() {
     );
 
     // Echo works, then silence is cut at the idle timeout with a Close (1001).
-    let mut c = ws(&mar, "silent").await;
+    let mut c = mar_tests::websocket(&mar, "silent").await;
     c.send(Message::text("hello")).await.unwrap();
     assert_eq!(c.next().await.unwrap().unwrap(), Message::text("hello"));
     let t = Instant::now();
@@ -73,7 +58,7 @@ async fn websocket_idle_rule_app_pings_and_router_keepalive() {
     // An app that pings more often than the timeout keeps its client (tungstenite answers
     // the pings while we read).
     for app in ["pinging", "kept"] {
-        let mut c = ws(&mar, app).await;
+        let mut c = mar_tests::websocket(&mar, app).await;
         let t = Instant::now();
         let mut pings = 0;
         while t.elapsed() < Duration::from_secs(5) {
@@ -649,7 +634,7 @@ async fn one_worker_thread_serves_http_websockets_and_deploys() {
     mar.deploy_lifecycle("single", &[]);
     let r = mar.get("single.localhost", "/env/DYNO").await;
     assert_eq!((r.status, r.body.as_str()), (200, "web.1"));
-    let mut c = ws(&mar, "single").await;
+    let mut c = mar_tests::websocket(&mar, "single").await;
     c.send(Message::text("one thread")).await.unwrap();
     assert_eq!(
         c.next().await.unwrap().unwrap(),
@@ -693,7 +678,7 @@ async fn two_router_threads_share_the_connections() {
     for r in futures_util::future::join_all(requests).await {
         assert_eq!((r.status, r.body.as_str()), (200, "web.1"));
     }
-    let mut c = ws(&mar, "spread").await;
+    let mut c = mar_tests::websocket(&mar, "spread").await;
     c.send(Message::text("two threads")).await.unwrap();
     assert_eq!(
         c.next().await.unwrap().unwrap(),

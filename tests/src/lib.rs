@@ -295,12 +295,7 @@ type Spawned = (Child, SocketAddr, Option<SocketAddr>, Arc<Mutex<String>>);
 /// A fresh temporary directory (searchable by others: apps' users must reach their files
 /// under it) with an empty data directory in it.
 fn new_data_dir() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::Builder::new()
-        .prefix("mar-e2e-")
-        .tempdir_in(scratch_root())
-        .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let tmp = scratch_dir();
     let data_dir = tmp.path().join("data");
     std::fs::create_dir_all(&data_dir).unwrap();
     (tmp, data_dir)
@@ -749,4 +744,52 @@ pub fn processes_running(cmdline: &str) -> Vec<u32> {
             .collect();
         args.join(" ") == cmdline
     })
+}
+
+/// A push of `repo` to `url` whose build hangs (the `hanging` buildpack), returned once the
+/// build runs: the child and the rest of its error output, with what it printed so far.
+pub fn start_hanging_push(repo: &GitRepo, url: &str) -> (Child, std::process::ChildStderr, String) {
+    let mut push = repo
+        .cmd(&["push", "--force", url, "main"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = push.stderr.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 1024];
+    while !seen.contains("Hanging on purpose") {
+        let n = stderr.read(&mut buf).unwrap();
+        assert!(n > 0, "the push ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    (push, stderr, seen)
+}
+
+/// A WebSocket to `app`'s `/ws` through the router, upgraded (101).
+pub async fn websocket(
+    mar: &MarServer,
+    app: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/ws", mar.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("host", format!("{app}.localhost").parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+/// A fresh temporary directory under [`scratch_root`], searchable by others (apps' users must
+/// reach their files under it).
+pub fn scratch_dir() -> tempfile::TempDir {
+    let tmp = tempfile::Builder::new()
+        .prefix("mar-e2e-")
+        .tempdir_in(scratch_root())
+        .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    tmp
 }
