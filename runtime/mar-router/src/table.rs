@@ -86,8 +86,6 @@ pub struct InProcessTarget {
     pub handler: Arc<dyn Handler>,
     /// Requests in flight to it.
     pub load: Arc<AtomicUsize>,
-    /// Cancelled when it is retired.
-    pub retire: CancellationToken,
     /// No first-byte timeout, idle window or body limit: for the platform, whose pushes run a
     /// whole build before they answer, whose log tails stay quiet for minutes, and whose API
     /// bounds its own uploads.
@@ -101,7 +99,6 @@ impl InProcessTarget {
             name: name.into(),
             handler,
             load: Arc::new(AtomicUsize::new(0)),
-            retire: CancellationToken::new(),
             patient: false,
         }
     }
