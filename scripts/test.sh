@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one command that runs every test on a fresh Debian machine of this project's kind:
 # installs what the tests need (git, Python venv, Node.js/npm, Qt 5 with WebSockets, nftables
-# for keeping apps off each other's ports), builds the
+# for keeping apps off each other's ports, clang-14 with wasi-libc and componentize-py for the
+# WebAssembly guests the wasm buildpack builds from source), builds the
 # workspace once (one profile: the tests run the `mar` binary it produces), checks formatting and
 # lints, then runs the suite.
 set -euo pipefail
@@ -10,7 +11,8 @@ cd "$(dirname "$0")/.."
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for pkg in git python3 python3-venv python3-pip build-essential procps qtbase5-dev qt5-qmake \
-           libqt5websockets5-dev libqt5webchannel5-dev nftables; do
+           libqt5websockets5-dev libqt5webchannel5-dev nftables \
+           clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32; do
   have "$pkg" || need+=("$pkg")
 done
 # Node.js may come from another source than Debian; only install Debian's when none is there.
@@ -21,6 +23,16 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# componentize-py (from PyPI) builds Python wasi:http components; the build sandbox's PATH has
+# /usr/local/bin, and its own virtualenv keeps it apart from the system's Python packages.
+componentize_py_version=0.25.1
+if ! componentize-py --version 2>/dev/null | grep -qx "componentize-py $componentize_py_version"; then
+  echo "==> installing componentize-py $componentize_py_version"
+  python3 -m venv /opt/componentize-py
+  /opt/componentize-py/bin/pip install -q "componentize-py==$componentize_py_version"
+  ln -sf /opt/componentize-py/bin/componentize-py /usr/local/bin/componentize-py
 fi
 
 echo "==> building"

@@ -19,4 +19,5 @@ mod releases;
 mod router;
 mod tidy;
 mod uploads;
+mod wasm;
 mod websocket;

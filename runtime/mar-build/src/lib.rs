@@ -11,7 +11,7 @@ mod pushed;
 pub mod slugignore;
 
 pub use ownership::chown_tree;
-pub use pushed::{PushedFileError, read_pushed};
+pub use pushed::{PushedFileError, open_pushed_dir, read_pushed, read_pushed_bytes};
 
 use std::collections::BTreeMap;
 use std::io;
@@ -25,8 +25,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use procfile::ProcfileError;
 
+/// What the built-in wasm buildpack's `bin/detect` prints: a build it took part in made a
+/// WebAssembly app, which the runtime serves in-process.
+pub const WASM_BUILDPACK: &str = "WebAssembly";
+
 /// The built-in buildpacks, in detection order.
-pub const BUILTIN_ORDER: &[&str] = &["python", "nodejs", "qt", "procfile"];
+pub const BUILTIN_ORDER: &[&str] = &["wasm", "python", "nodejs", "qt", "procfile"];
 
 /// Why a build failed. Each message is meant for the pusher.
 #[derive(Debug, thiserror::Error)]
@@ -367,7 +371,8 @@ pub async fn build(
         }
         None => out.detail("No Procfile; using the buildpack's default process types"),
     }
-    if !process_types.contains_key("web") {
+    // A WebAssembly app is served in-process, with no web process.
+    if !process_types.contains_key("web") && !names.iter().any(|n| n == WASM_BUILDPACK) {
         out.detail("Warning: no `web` process type, so this app will receive no HTTP traffic.");
         out.detail("Add a line such as `web: ./server --port $PORT` to your Procfile.");
     }

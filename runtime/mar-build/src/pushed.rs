@@ -23,9 +23,12 @@ pub enum PushedFileError {
     /// A directory, a FIFO, a device...
     #[error("{0} is not a regular file")]
     NotAFile(String),
-    /// Over [`MAX_SIZE`].
-    #[error("{0} is larger than 1 MiB")]
-    TooLarge(String),
+    /// Not a directory where one was expected.
+    #[error("{0} is not a directory")]
+    NotADirectory(String),
+    /// Over the size allowed for it.
+    #[error("{0} is larger than {1}")]
+    TooLarge(String, String),
     /// Not UTF-8 text.
     #[error("{0} is not UTF-8 text")]
     NotText(String),
@@ -43,6 +46,20 @@ pub enum PushedFileError {
 /// `None` when there is no such file. `dir`'s own parents must not be writable by the app:
 /// its last component is not followed, and nothing below it is.
 pub fn read_pushed(dir: &Path, name: &str) -> Result<Option<String>, PushedFileError> {
+    let Some(bytes) = read_pushed_bytes(dir, name, MAX_SIZE)? else {
+        return Ok(None);
+    };
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| PushedFileError::NotText(name.to_owned()))
+}
+
+/// As [`read_pushed`], for a binary file of at most `max` bytes (a WebAssembly module).
+pub fn read_pushed_bytes(
+    dir: &Path,
+    name: &str,
+    max: u64,
+) -> Result<Option<Vec<u8>>, PushedFileError> {
     let io_err = |source: io::Error| PushedFileError::Io {
         name: name.to_owned(),
         source,
@@ -73,15 +90,46 @@ pub fn read_pushed(dir: &Path, name: &str) -> Result<Option<String>, PushedFileE
     }
     let mut bytes = Vec::new();
     std::fs::File::from(fd)
-        .take(MAX_SIZE + 1)
+        .take(max + 1)
         .read_to_end(&mut bytes)
         .map_err(io_err)?;
-    if bytes.len() as u64 > MAX_SIZE {
-        return Err(PushedFileError::TooLarge(name.to_owned()));
+    if bytes.len() as u64 > max {
+        return Err(PushedFileError::TooLarge(
+            name.to_owned(),
+            crate::human_size(max),
+        ));
     }
-    String::from_utf8(bytes)
-        .map(Some)
-        .map_err(|_| PushedFileError::NotText(name.to_owned()))
+    Ok(Some(bytes))
+}
+
+/// Opens the directory `name` of the tree at `dir` as a handle, on the same terms as
+/// [`read_pushed`] (no symlink anywhere, nothing outside the tree), so that whoever uses the
+/// handle later sees this directory even if the app swaps the path for a symlink afterwards.
+pub fn open_pushed_dir(dir: &Path, name: &str) -> Result<std::os::fd::OwnedFd, PushedFileError> {
+    let io_err = |source: io::Error| PushedFileError::Io {
+        name: name.to_owned(),
+        source,
+    };
+    let root = open(
+        dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_err(e.into()))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    match openat2(&root, name, how) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::ELOOP | Errno::EXDEV) => Err(PushedFileError::Symlink(name.to_owned())),
+        Err(Errno::ENOTDIR) => Err(PushedFileError::NotADirectory(name.to_owned())),
+        Err(Errno::ENOENT) => Err(PushedFileError::NotADirectory(name.to_owned())),
+        Err(e) => Err(io_err(e.into())),
+    }
 }
 
 #[cfg(test)]
@@ -123,7 +171,22 @@ mod tests {
         std::fs::write(tree.join("big"), vec![b'a'; (MAX_SIZE + 1) as usize]).unwrap();
         assert!(matches!(
             read_pushed(&tree, "big").unwrap_err(),
-            PushedFileError::TooLarge(_)
+            PushedFileError::TooLarge(..)
         ));
+        assert!(open_pushed_dir(&tree, "sub").is_ok());
+        assert!(matches!(
+            open_pushed_dir(&tree, "up").unwrap_err(),
+            PushedFileError::Symlink(_)
+        ));
+        assert!(matches!(
+            open_pushed_dir(&tree, "Procfile").unwrap_err(),
+            PushedFileError::NotADirectory(_)
+        ));
+        assert_eq!(
+            read_pushed_bytes(&tree, "big", 1 << 30)
+                .unwrap()
+                .map(|b| b.len()),
+            Some((MAX_SIZE + 1) as usize)
+        );
     }
 }

@@ -84,6 +84,12 @@ impl Connection {
     }
 }
 
+/// Put in a response's extensions by a handler whose own deadline for the request passed (a
+/// WASM guest stopped at its epoch deadline): the router answers with its request-timeout page
+/// and code instead (503, H12), as when an app behind a port does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimedOut;
+
 /// A body holding `bytes` whole.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(bytes.into())

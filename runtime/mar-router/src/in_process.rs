@@ -95,6 +95,10 @@ pub(crate) async fn serve(
         }
         Some(Ok(resp)) => resp,
     };
+    // The handler's own deadline passed (a WASM guest stopped): the router's timeout page.
+    if resp.extensions().get::<mar_http::TimedOut>().is_some() {
+        return fail(Failure::Timeout);
+    }
     if let Some(f) = fault.get().copied() {
         return fail(f);
     }

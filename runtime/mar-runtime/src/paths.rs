@@ -71,6 +71,12 @@ impl Paths {
     pub fn slug(&self, app: &AppName, id: &str) -> PathBuf {
         self.app(app).join("slugs").join(format!("{id}.tar.gz"))
     }
+    /// `apps/APP/wasm/`: root's copies of WebAssembly releases' modules (`ID.wasm`) and their
+    /// precompiled artifacts (`ID.KEY.cwasm`, KEY the engine's compatibility hash); mode 0700,
+    /// as nothing in it is the app's to write.
+    pub fn wasm_dir(&self, app: &AppName) -> PathBuf {
+        self.app(app).join("wasm")
+    }
     /// `apps/APP/run/ID/`: an unpacked slug that processes run from.
     pub fn run_dir(&self, app: &AppName, id: &str) -> PathBuf {
         self.app(app).join("run").join(id)

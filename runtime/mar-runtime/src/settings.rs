@@ -34,6 +34,16 @@ pub const WS_KEEPALIVE: &str = "MAR_WEBSOCKET_KEEPALIVE";
 pub const WS_MAX_MESSAGE: &str = "MAR_WEBSOCKET_MAX_MESSAGE";
 /// Largest request body.
 pub const MAX_BODY_SIZE: &str = "MAR_MAX_BODY_SIZE";
+/// WASM apps: seconds one request may run in the guest before it is stopped (503, H12).
+pub const WASM_TIMEOUT: &str = "MAR_WASM_TIMEOUT";
+/// WASM apps: linear memory per instance, summed over its memories: `128M`.
+pub const WASM_MEMORY: &str = "MAR_WASM_MEMORY";
+/// WASM apps: requests running in guests at once; more wait for a slot.
+pub const WASM_CONCURRENCY: &str = "MAR_WASM_CONCURRENCY";
+/// WASM apps: `true` keeps a wasi:http instance for the next request instead of a fresh one.
+pub const WASM_INSTANCE_REUSE: &str = "MAR_WASM_INSTANCE_REUSE";
+/// The most memory a WASM app may ask for per instance (the engine's ceiling).
+pub const WASM_MAX_MEMORY: u64 = 1 << 30;
 
 /// The settings in force for one app.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +60,8 @@ pub struct AppSettings {
     pub disk_bytes: u64,
     /// What the router enforces for this app.
     pub router: mar_router::AppOptions,
+    /// What a WASM app's guests may use.
+    pub wasm: mar_wasm::Limits,
 }
 
 /// Defaults that apply where an app sets nothing.
@@ -158,6 +170,23 @@ pub fn validate(name: &str, value: &str) -> Result<(), String> {
                 "{name} must be a size of at least 16M, like 512M or 2G, not {value:?}"
             )),
         },
+        WASM_TIMEOUT => match seconds(name, value, 3600) {
+            Ok(d) if d.as_secs() >= 1 => Ok(()),
+            _ => Err(format!(
+                "{name} must be a whole number of seconds from 1 to 3600, not {value:?}"
+            )),
+        },
+        WASM_MEMORY => match parse_size(value) {
+            Some(b) if (1 << 20..=WASM_MAX_MEMORY).contains(&b) => Ok(()),
+            _ => Err(format!(
+                "{name} must be a size from 1M to 1G, like 128M, not {value:?}"
+            )),
+        },
+        WASM_CONCURRENCY => count(name, value, 1, 1024).map(drop),
+        WASM_INSTANCE_REUSE => match value {
+            "true" | "false" => Ok(()),
+            _ => Err(format!("{name} must be true or false, not {value:?}")),
+        },
         CPU_LIMIT => parse_cpu(value).map(drop).ok_or_else(|| {
             format!("{name} must be an amount of CPU from 0.01 to 1024 cores, like 0.5, 2 or 500m, not {value:?}")
         }),
@@ -222,6 +251,25 @@ impl AppSettings {
                 }
                 r
             },
+            wasm: {
+                let d = mar_wasm::Limits::default();
+                mar_wasm::Limits {
+                    timeout: get(WASM_TIMEOUT)
+                        .and_then(|v| seconds(WASM_TIMEOUT, v, 3600).ok())
+                        .filter(|d| !d.is_zero())
+                        .unwrap_or(d.timeout),
+                    memory: get(WASM_MEMORY)
+                        .and_then(parse_size)
+                        .filter(|b| (1 << 20..=WASM_MAX_MEMORY).contains(b))
+                        .and_then(|b| usize::try_from(b).ok())
+                        .unwrap_or(d.memory),
+                    concurrency: get(WASM_CONCURRENCY)
+                        .and_then(|v| count(WASM_CONCURRENCY, v, 1, 1024).ok())
+                        .and_then(|n| usize::try_from(n).ok())
+                        .unwrap_or(d.concurrency),
+                    reuse: get(WASM_INSTANCE_REUSE).map_or(d.reuse, |v| v == "true"),
+                }
+            },
         }
     }
 }
@@ -284,6 +332,41 @@ mod tests {
         );
         assert!(validate(PIDS_LIMIT, "2").is_err());
         assert!(validate("GREETING", "anything").is_ok());
+    }
+
+    #[test]
+    fn wasm_limits() {
+        let defaults = Defaults {
+            boot_timeout: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(30),
+            router: mar_router::AppOptions::default(),
+        };
+        let d = AppSettings::from_config(&BTreeMap::new(), &defaults).wasm;
+        assert_eq!(d, mar_wasm::Limits::default());
+        let mut config = BTreeMap::new();
+        for (k, v) in [
+            (WASM_TIMEOUT, "2"),
+            (WASM_MEMORY, "64M"),
+            (WASM_CONCURRENCY, "3"),
+            (WASM_INSTANCE_REUSE, "true"),
+        ] {
+            assert!(validate(k, v).is_ok(), "{k}={v}");
+            config.insert(k.to_owned(), v.to_owned());
+        }
+        let w = AppSettings::from_config(&config, &defaults).wasm;
+        assert_eq!(w.timeout, Duration::from_secs(2));
+        assert_eq!(w.memory, 64 << 20);
+        assert_eq!(w.concurrency, 3);
+        assert!(w.reuse);
+        for (k, v) in [
+            (WASM_TIMEOUT, "0"),
+            (WASM_MEMORY, "2G"),
+            (WASM_MEMORY, "512K"),
+            (WASM_CONCURRENCY, "0"),
+            (WASM_INSTANCE_REUSE, "yes"),
+        ] {
+            assert!(validate(k, v).unwrap_err().contains(k), "{k}={v}");
+        }
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct Release {
     pub buildpacks: Vec<String>,
     /// The app's health checks (`app.json` `healthchecks`), as JSON; `null` for none.
     pub healthchecks: String,
+    /// For a WebAssembly release, what the runtime needs to serve it (the module, its
+    /// interface, its manifest settings), as JSON the runtime owns; `None` for processes.
+    pub wasm: Option<String>,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
@@ -111,6 +114,8 @@ pub struct NewRelease {
     pub buildpacks: Vec<String>,
     /// See [`Release::healthchecks`].
     pub healthchecks: String,
+    /// See [`Release::wasm`].
+    pub wasm: Option<String>,
 }
 
 /// The state database. Cheap to share behind an `Arc`.
@@ -161,6 +166,7 @@ const MIGRATIONS: &[&str] = &[
          app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
          created_at TEXT NOT NULL
      );",
+    "ALTER TABLE releases ADD COLUMN wasm TEXT;",
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -296,8 +302,8 @@ impl Store {
         )?;
         let created_at = now();
         tx.execute(
-            "INSERT INTO releases (app, version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at, healthchecks)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO releases (app, version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at, healthchecks, wasm)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 app.as_str(),
                 version,
@@ -310,6 +316,7 @@ impl Store {
                 serde_json::to_string(&new.buildpacks)?,
                 created_at,
                 new.healthchecks,
+                new.wasm,
             ],
         )?;
         tx.execute(
@@ -333,6 +340,7 @@ impl Store {
             commit: new.commit,
             buildpacks: new.buildpacks,
             healthchecks: new.healthchecks,
+            wasm: new.wasm,
             created_at,
         })
     }
@@ -342,7 +350,7 @@ impl Store {
         self.get_app(app)?;
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at, healthchecks
+            "SELECT version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at, healthchecks, wasm
              FROM releases WHERE app = ?1 ORDER BY version DESC",
         )?;
         let rows = stmt.query_map(params![app.as_str()], release_row)?;
@@ -359,7 +367,7 @@ impl Store {
         let row = self
             .conn()
             .query_row(
-                "SELECT version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at, healthchecks
+                "SELECT version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at, healthchecks, wasm
                  FROM releases WHERE app = ?1 ORDER BY version DESC LIMIT 1",
                 params![app.as_str()],
                 release_row,
@@ -421,7 +429,7 @@ impl Store {
         let row = self
             .conn()
             .query_row(
-                "SELECT version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at, healthchecks
+                "SELECT version, description, slug, slug_size, process_types, config, commit_sha, buildpacks, created_at, healthchecks, wasm
                  FROM releases WHERE app = ?1 AND version = ?2",
                 params![app.as_str(), version],
                 release_row,
@@ -475,6 +483,7 @@ struct RawRelease {
     buildpacks: String,
     created_at: String,
     healthchecks: String,
+    wasm: Option<String>,
 }
 
 fn release_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRelease> {
@@ -489,6 +498,7 @@ fn release_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRelease> {
         buildpacks: r.get(7)?,
         created_at: r.get(8)?,
         healthchecks: r.get(9)?,
+        wasm: r.get(10)?,
     })
 }
 
@@ -504,6 +514,7 @@ impl RawRelease {
             commit: self.commit,
             buildpacks: serde_json::from_str(&self.buildpacks)?,
             healthchecks: self.healthchecks,
+            wasm: self.wasm,
             created_at: self.created_at,
         })
     }

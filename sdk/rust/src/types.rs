@@ -33,6 +33,55 @@ pub struct AppInfo {
     pub release: Option<i64>,
     /// RFC 3339 creation time.
     pub created_at: String,
+    /// For a WebAssembly app, the interface its module exports and its limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<WasmInfo>,
+}
+
+/// A WebAssembly app's module and limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WasmInfo {
+    /// `wasi-http` or `wagi`.
+    pub interface: String,
+    /// What that means, in words.
+    pub description: String,
+    /// Seconds a request may run in the guest.
+    pub timeout_secs: u64,
+    /// Linear memory per instance, in bytes.
+    pub memory_bytes: u64,
+    /// Requests running at once.
+    pub concurrency: usize,
+    /// Whether instances are reused between requests.
+    pub instance_reuse: bool,
+}
+
+/// A WebAssembly app's figures now (in `mar ps`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WasmStats {
+    /// Requests in flight through the router.
+    pub in_flight: usize,
+    /// Running in a guest.
+    pub running: usize,
+    /// Waiting for a slot.
+    pub waiting: usize,
+    /// The app's concurrency limit.
+    pub concurrency: usize,
+    /// Instances in use over all apps.
+    pub pool_in_use: usize,
+    /// The pool's size.
+    pub pool_size: usize,
+    /// Requests since the release started.
+    pub requests: u64,
+    /// Of which failed in the guest.
+    pub failures: u64,
+    /// Instances made.
+    pub instantiations: u64,
+    /// Requests that reused an instance.
+    pub reused: u64,
+    /// Mean instantiation time, in microseconds.
+    pub mean_instantiation_us: u64,
+    /// The last instantiation's time, in microseconds.
+    pub last_instantiation_us: u64,
 }
 
 /// Body of `POST /v1/apps`.
@@ -111,6 +160,9 @@ pub struct ProcessInfo {
     pub restarts: u32,
     /// Memory in use by the instance's processes, in bytes.
     pub memory_bytes: Option<u64>,
+    /// For a WebAssembly app's one entry (`wasm`), its handler's figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wasm: Option<WasmStats>,
 }
 
 /// A log line in the MAR API's shape.

@@ -44,6 +44,13 @@ impl Handler for Probe {
             match path.as_str() {
                 "/slow" => tokio::time::sleep(Duration::from_secs(3)).await,
                 "/panic" => panic!("the probe was asked to panic"),
+                // A handler whose own deadline passed (a stopped WASM guest) says so.
+                "/deadline" => {
+                    let mut r = http::Response::new(crate::full("guest stopped"));
+                    *r.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                    r.extensions_mut().insert(mar_http::TimedOut);
+                    return r;
+                }
                 "/held" => drop(gate.acquire().await),
                 "/ws" => {
                     let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
@@ -225,6 +232,15 @@ async fn body_limit_idle_upload_timeout_and_panics_get_the_routers_pages() {
         // The handler does not answer within the first-byte timeout.
         ("slow", "/slow", "Content-Length: 0\r\n", "", 503, "H12"),
         ("panic", "/panic", "Content-Length: 0\r\n", "", 500, "H500"),
+        // The handler's own deadline: the router's timeout page, not the handler's body.
+        (
+            "deadline",
+            "/deadline",
+            "Content-Length: 0\r\n",
+            "",
+            503,
+            "H12",
+        ),
         // A handler that leaves its whole body unread and never answers: H12 after the idle
         // window and the first-byte timeout, not a request held forever.
         (
@@ -248,8 +264,8 @@ async fn body_limit_idle_upload_timeout_and_panics_get_the_routers_pages() {
             "{name}: {line}"
         );
     }
-    // The announced-too-large request never reached the handler: 6 of the 7 did.
-    assert_eq!(probe.calls.load(Ordering::SeqCst), 6);
+    // The announced-too-large request never reached the handler: 7 of the 8 did.
+    assert_eq!(probe.calls.load(Ordering::SeqCst), 7);
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use bytes::Bytes;
 use http::StatusCode;
 use mar_core::AppName;
-use mar_sdk::types::{AppInfo, CreateApp, Results};
+use mar_sdk::types::{AppInfo, CreateApp, Results, WasmInfo};
 
 use super::{Admin, ApiError, ApiResult, Platform, app_name, existing};
 
@@ -37,6 +37,17 @@ impl Platform {
             ),
             release: release.map(|r| r.version),
             created_at: stored.created_at,
+            wasm: self.apps.wasm(app).map(|w| {
+                let l = w.limits();
+                WasmInfo {
+                    interface: w.interface().as_str().to_owned(),
+                    description: w.interface().describe().to_owned(),
+                    timeout_secs: l.timeout.as_secs(),
+                    memory_bytes: l.memory as u64,
+                    concurrency: l.concurrency,
+                    instance_reuse: l.reuse,
+                }
+            }),
         })
     }
 }

@@ -9,7 +9,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use bytes::Bytes;
 use mar_core::AppName;
-use mar_sdk::types::{FormationEntry, ProcessInfo, Results, RunResult};
+use mar_sdk::types::{FormationEntry, ProcessInfo, Results, RunResult, WasmStats};
 use mar_supervisor::State as PState;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +21,37 @@ pub(super) async fn list_processes(
     Path(app): Path<String>,
 ) -> ApiResult<Json<Results<ProcessInfo>>> {
     let app = existing(&p, &app)?;
+    if let Some((w, in_flight, release)) = p.apps.wasm_serving(&app) {
+        let s = w.stats();
+        return Ok(Json(Results {
+            results: vec![ProcessInfo {
+                dyno: "wasm".into(),
+                process_type: "wasm".into(),
+                state: "up".into(),
+                command: w.interface().describe().into(),
+                release,
+                port: None,
+                pid: None,
+                uptime_secs: None,
+                restarts: 0,
+                memory_bytes: None,
+                wasm: Some(WasmStats {
+                    in_flight,
+                    running: s.running,
+                    waiting: s.waiting,
+                    concurrency: s.concurrency,
+                    pool_in_use: s.pool_in_use,
+                    pool_size: s.pool_size,
+                    requests: s.requests,
+                    failures: s.failures,
+                    instantiations: s.instantiations,
+                    reused: s.reused,
+                    mean_instantiation_us: s.mean_instantiation_us,
+                    last_instantiation_us: s.last_instantiation_us,
+                }),
+            }],
+        }));
+    }
     let results = p
         .apps
         .instances(&app)
@@ -44,6 +75,7 @@ pub(super) async fn list_processes(
                 uptime_secs: uptime,
                 restarts: i.restarts(),
                 memory_bytes: i.memory(),
+                wasm: None,
             }
         })
         .collect();

@@ -13,6 +13,7 @@ use mar_store::{NewRelease, Release};
 use mar_supervisor::State;
 use tokio_util::sync::CancellationToken;
 
+use super::wasm::WasmRelease;
 use super::{Apps, DeployError, Deployed, Running, Slot, Source, Workload};
 use crate::healthcheck;
 
@@ -94,13 +95,16 @@ impl Apps {
                 checks.len()
             ));
         }
+        let id = build_id(&commit);
+        let slug = self.paths.slug(app, &id);
+        let run_dir = self.paths.run_dir(app, &id);
+        let wasm = self
+            .prepare_wasm(app, &build_dir, &run_dir, &id, &built.buildpacks, out)
+            .await?;
         let build_time = t_build.elapsed();
 
         let t_slug = Instant::now();
         out.step("Compressing...");
-        let id = build_id(&commit);
-        let slug = self.paths.slug(app, &id);
-        let run_dir = self.paths.run_dir(app, &id);
         for d in [slug.parent(), run_dir.parent()].into_iter().flatten() {
             std::fs::create_dir_all(d)?;
         }
@@ -113,10 +117,17 @@ impl Apps {
         };
         // A slug is at most what a push may be, four times over (what a build adds).
         let max_slug = self.cfg.max_source_size.saturating_mul(4).max(1 << 30);
-        let size =
+        let packed =
             mar_build::pack_slug(&build_dir, &slug, packer, self.cfg.build_timeout, max_slug)
                 .await
-                .map_err(|e| DeployError::Invalid(format!("cannot pack the slug: {e}")))?;
+                .map_err(|e| DeployError::Invalid(format!("cannot pack the slug: {e}")));
+        let size = match packed {
+            Ok(size) => size,
+            Err(e) => {
+                self.forget_wasm(app, &id);
+                return Err(e);
+            }
+        };
         std::fs::rename(&build_dir, &run_dir)?;
         self.secure_app_dirs(app, &run_dir, stored.uid)?;
         out.step(format!(
@@ -137,6 +148,7 @@ impl Apps {
             commit: Some(commit.clone()),
             buildpacks: built.buildpacks,
             healthchecks: serde_json::to_string(&checks).unwrap_or_else(|_| "null".to_owned()),
+            wasm,
         };
         let result = async {
             self.release_phase(app, &new, out, cancel).await?;
@@ -149,6 +161,7 @@ impl Apps {
                 // Nothing refers to this build's slug: it never became a release.
                 let _ = std::fs::remove_file(&slug);
                 let _ = std::fs::remove_dir_all(&run_dir);
+                self.forget_wasm(app, &id);
                 return Err(e);
             }
         };
@@ -251,6 +264,7 @@ impl Apps {
                 commit: r.commit,
                 buildpacks: r.buildpacks,
                 healthchecks: r.healthchecks,
+                wasm: r.wasm,
             },
             None => NewRelease {
                 description,
@@ -308,6 +322,7 @@ impl Apps {
             commit: old.commit,
             buildpacks: old.buildpacks,
             healthchecks: old.healthchecks,
+            wasm: old.wasm,
         };
         if new.slug.is_none() {
             return Ok(self.store.create_release(app, new)?);
@@ -327,7 +342,63 @@ impl Apps {
     ) -> Result<(Timings, Release), DeployError> {
         let version = self.next_version(app)?;
         let t_boot = Instant::now();
-        let slots = self.start_slots(app, &new, version)?;
+        let workload = match WasmRelease::of(new.wasm.as_deref()).map_err(DeployError::Invalid)? {
+            Some(wasm) => {
+                out.step("Loading the WebAssembly module");
+                let running = self
+                    .load_wasm(app, &new.config, &wasm)
+                    .await
+                    .map_err(|e| {
+                        DeployError::Boot(format!(
+                            "the WebAssembly module cannot be loaded: {e}; the previous release keeps serving"
+                        ))
+                    })?;
+                Workload::Handler(running)
+            }
+            None => Workload::Processes(self.boot_slots(app, &new, version, out).await?),
+        };
+        let boot = t_boot.elapsed();
+        let t_switch = Instant::now();
+        let release = self.store.create_release(app, new)?;
+        let settings = self.settings(&release.config);
+        let old = self.running().insert(
+            app.clone(),
+            Running {
+                release: release.clone(),
+                workload,
+            },
+        );
+        self.publish(app);
+        let switch = t_switch.elapsed();
+        out.step(format!("Launching... done, v{}", release.version));
+        out.detail(format!("{} deployed to mini-MAR", self.web_url(app)));
+        self.logs.append(
+            app,
+            "mar[api]",
+            &format!(
+                "Release v{} created: {}",
+                release.version, release.description
+            ),
+        );
+        match old.map(|o| o.workload) {
+            Some(Workload::Processes(old)) => self.retire(app, old, settings.wait_to_retire),
+            // Requests in flight hold the old handler and finish on it; nothing to stop.
+            Some(Workload::Handler(_)) | None => {}
+        }
+        self.prune(app);
+        Ok((Timings { boot, switch }, release))
+    }
+
+    /// Starts a process release's instances and waits for them to boot and pass the health
+    /// checks; on failure they are stopped again and the log's last lines go to `out`.
+    async fn boot_slots(
+        &self,
+        app: &AppName,
+        new: &NewRelease,
+        version: i64,
+        out: &Output,
+    ) -> Result<Vec<Slot>, DeployError> {
+        let slots = self.start_slots(app, new, version)?;
         let checks = healthcheck::from_release(&new.healthchecks);
         if slots
             .iter()
@@ -344,34 +415,7 @@ impl Apps {
             futures_util::future::join_all(slots.iter().map(|s| s.instance.stop())).await;
             return Err(DeployError::Boot(msg));
         }
-        let boot = t_boot.elapsed();
-        let t_switch = Instant::now();
-        let release = self.store.create_release(app, new)?;
-        let settings = self.settings(&release.config);
-        let old = self
-            .running()
-            .insert(app.clone(), Running::processes(release.clone(), slots));
-        self.publish(app);
-        let switch = t_switch.elapsed();
-        out.step(format!("Launching... done, v{}", release.version));
-        out.detail(format!("{} deployed to mini-MAR", self.web_url(app)));
-        self.logs.append(
-            app,
-            "mar[api]",
-            &format!(
-                "Release v{} created: {}",
-                release.version, release.description
-            ),
-        );
-        if let Some(Running {
-            workload: Workload::Processes(old),
-            ..
-        }) = old
-        {
-            self.retire(app, old, settings.wait_to_retire);
-        }
-        self.prune(app);
-        Ok((Timings { boot, switch }, release))
+        Ok(slots)
     }
 
     /// Waits for new instances to boot; web instances must also pass the health checks.

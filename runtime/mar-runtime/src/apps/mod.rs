@@ -18,6 +18,7 @@
 //! - `instances`: turning a release into process specs and running instances;
 //! - `workspace`: the app's directories on disk (run directories, ownership, modes);
 //! - `route_target`: the pure policy that turns instance states into a route target;
+//! - `wasm`: WebAssembly releases (compiling a pushed module, loading its handler);
 //! - `start_stop`: bringing apps back when `mar serve` starts, stopping them at the end.
 
 mod create_destroy;
@@ -29,6 +30,7 @@ mod receive;
 mod retire;
 mod route_target;
 mod start_stop;
+mod wasm;
 mod workspace;
 
 use std::collections::{BTreeMap, HashMap};
@@ -98,15 +100,14 @@ struct Slot {
     retire: CancellationToken,
 }
 
-/// What runs a release's code.
-///
-/// Today every release runs as processes, one slot per instance. An in-process handler (a
-/// WASM release) will be another variant that carries its handler and needs no fake slot;
-/// matching on this enum everywhere (instead of reaching for a slot list) is what lets the
-/// compiler point at each place that must then decide what such a release means.
+/// What runs a release's code: processes, one slot per instance, or an in-process handler
+/// (a WASM release), which has no slots. Matching on this enum everywhere (instead of
+/// reaching for a slot list) makes every operation decide what it means for each kind.
 enum Workload {
     /// Process instances started from the release's slug, per its formation.
     Processes(Vec<Slot>),
+    /// A WebAssembly module served in-process.
+    Handler(wasm::WasmRunning),
 }
 
 /// The release an app runs now and what runs it.
@@ -140,6 +141,8 @@ pub struct Apps {
     firewall: Option<mar_supervisor::Firewall>,
     isolate: bool,
     one_offs: AtomicU32,
+    /// The WebAssembly host, made when the first WASM release is loaded.
+    wasm_host: Mutex<Option<Arc<mar_wasm::Host>>>,
 }
 
 /// A pushed tree, unpacked and ready to build.
@@ -209,6 +212,7 @@ impl Apps {
             firewall,
             isolate,
             one_offs: AtomicU32::new(0),
+            wasm_host: Mutex::new(None),
         });
         let weak = Arc::downgrade(&apps);
         tokio::spawn(async move {
@@ -327,7 +331,7 @@ impl Apps {
     pub fn instances(&self, app: &AppName) -> Vec<Instance> {
         let mut v: Vec<Instance> = match self.running().get(app).map(|r| &r.workload) {
             Some(Workload::Processes(slots)) => slots.iter().map(|s| s.instance.clone()).collect(),
-            None => Vec::new(),
+            Some(Workload::Handler(_)) | None => Vec::new(),
         };
         v.sort_by(|a, b| {
             (&a.spec().process_type, a.spec().index).cmp(&(&b.spec().process_type, b.spec().index))
@@ -338,6 +342,9 @@ impl Apps {
     /// One word for the state of the app's instances: `idle` (none), `running` (all up),
     /// `crashed` (one crashed), or `starting`.
     pub fn state(&self, app: &AppName) -> &'static str {
+        if self.wasm(app).is_some() {
+            return "running";
+        }
         let instances = self.instances(app);
         if instances.is_empty() {
             "idle"
@@ -353,6 +360,26 @@ impl Apps {
             "crashed"
         } else {
             "starting"
+        }
+    }
+
+    /// The WASM handler serving `app` now, if it runs a WASM release.
+    pub fn wasm(&self, app: &AppName) -> Option<mar_wasm::WasmApp> {
+        match self.running().get(app).map(|r| &r.workload) {
+            Some(Workload::Handler(w)) => Some(w.app.clone()),
+            _ => None,
+        }
+    }
+
+    /// The WASM handler serving `app`, its requests in flight through the router, and its
+    /// release's version.
+    pub fn wasm_serving(&self, app: &AppName) -> Option<(mar_wasm::WasmApp, usize, i64)> {
+        match self.running().get(app) {
+            Some(Running {
+                release,
+                workload: Workload::Handler(w),
+            }) => Some((w.app.clone(), w.target.in_flight(), release.version)),
+            _ => None,
         }
     }
 

@@ -23,6 +23,12 @@ impl Apps {
     ) -> Result<BTreeMap<String, u32>, DeployError> {
         let _guard = self.lock(app)?;
         let current = self.store.current_release(app)?;
+        if current.as_ref().is_some_and(|r| r.wasm.is_some()) {
+            return Err(DeployError::Invalid(format!(
+                "{app} is a WebAssembly app: it has no processes to scale, its requests run in-process; set {} to change how many run at once",
+                crate::settings::WASM_CONCURRENCY
+            )));
+        }
         for (ty, n) in &changes {
             mar_core::ProcessType::parse(ty).map_err(|e| DeployError::Invalid(e.to_string()))?;
             if ty == "release" {
@@ -60,7 +66,11 @@ impl Apps {
             let Some(run) = running.get_mut(app) else {
                 return Ok(self.store.formation(app)?);
             };
-            let Workload::Processes(slots) = &mut run.workload;
+            let Workload::Processes(slots) = &mut run.workload else {
+                return Err(DeployError::Invalid(format!(
+                    "{app} is a WebAssembly app: it has no processes to scale"
+                )));
+            };
             for (ty, want) in &changes {
                 let Some(command) = release.process_types.get(ty) else {
                     continue;
@@ -114,8 +124,13 @@ impl Apps {
             let run = running
                 .get(app)
                 .ok_or_else(|| DeployError::Invalid(format!("{app} has no running processes")))?;
-            let Workload::Processes(slots) = &run.workload;
-            (run.release.clone(), slots.clone())
+            match &run.workload {
+                Workload::Processes(slots) => (run.release.clone(), Some(slots.clone())),
+                Workload::Handler(_) => (run.release.clone(), None),
+            }
+        };
+        let Some(slots) = slots else {
+            return self.restart_wasm(app, release).await;
         };
         let chosen: Vec<Slot> = slots
             .into_iter()
@@ -171,6 +186,28 @@ impl Apps {
             self.retire(app, vec![old], settings.wait_to_retire);
         }
         Ok(restarted)
+    }
+
+    /// A WASM app's restart: a new handler from the same release (fresh instances, counters
+    /// and idle pool) takes the traffic; requests in flight finish on the old one.
+    async fn restart_wasm(
+        &self,
+        app: &AppName,
+        release: mar_store::Release,
+    ) -> Result<Vec<String>, DeployError> {
+        let wasm = super::wasm::WasmRelease::of(release.wasm.as_deref())
+            .map_err(DeployError::Invalid)?
+            .ok_or_else(|| DeployError::Invalid(format!("{app} runs no WebAssembly release")))?;
+        let running = self
+            .load_wasm(app, &release.config, &wasm)
+            .await
+            .map_err(|e| DeployError::Boot(format!("{e}; the running handler keeps serving")))?;
+        if let Some(run) = self.running().get_mut(app) {
+            run.workload = Workload::Handler(running);
+        }
+        self.publish(app);
+        self.logs.append(app, "mar[api]", "Restarted wasm");
+        Ok(vec!["wasm".to_owned()])
     }
 
     /// Runs a one-off command in the app's current slug and environment, as `run.N`.

@@ -52,7 +52,8 @@ impl Apps {
         });
     }
 
-    /// Deletes slugs (and their unpacked copies) that none of the last `keep_releases`
+    /// Deletes slugs (and their unpacked copies, and the WebAssembly module and artifacts
+    /// made from them) that none of the last `keep_releases`
     /// releases uses.
     pub(super) fn prune(&self, app: &AppName) {
         let Ok(releases) = self.store.releases(app) else {
@@ -78,6 +79,7 @@ impl Apps {
                 .and_then(|n| n.strip_suffix(".tar.gz"))
             {
                 let _ = std::fs::remove_dir_all(self.paths.run_dir(app, id));
+                self.forget_wasm(app, id);
             }
             let _ = std::fs::remove_file(&path);
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 use mar_core::AppName;
-use mar_router::{AppTarget, Unavailable, Upstream};
+use mar_router::{AppTarget, InProcessTarget, Unavailable, Upstream};
 use mar_supervisor::State;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +27,8 @@ pub(crate) struct WebInstance {
 
 /// The running release of an app, reduced to what routing needs.
 pub(crate) struct ReleaseWeb {
+    /// The handler of a WASM release, which takes all of its traffic.
+    pub in_process: Option<InProcessTarget>,
     /// Whether the release's Procfile has a `web` process type.
     pub declares_web: bool,
     /// Its web instances (none when scaled to zero).
@@ -36,7 +38,12 @@ pub(crate) struct ReleaseWeb {
 impl ReleaseWeb {
     /// Snapshots a running release's web instances.
     pub(crate) fn of(run: &Running) -> Self {
+        let in_process = match &run.workload {
+            Workload::Handler(w) => Some(w.target.clone()),
+            Workload::Processes(_) => None,
+        };
         let web = match &run.workload {
+            Workload::Handler(_) => Vec::new(),
             Workload::Processes(slots) => slots
                 .iter()
                 .filter(|s| s.instance.spec().process_type == "web")
@@ -49,6 +56,7 @@ impl ReleaseWeb {
                 .collect(),
         };
         Self {
+            in_process,
             declares_web: run.release.process_types.contains_key("web"),
             web,
         }
@@ -68,6 +76,9 @@ pub(crate) fn route_target(app: &AppName, release: Option<ReleaseWeb>) -> AppTar
             format!("The app {app} has no release yet. Deploy it with `git push`."),
         );
     };
+    if let Some(target) = release.in_process {
+        return AppTarget::InProcess(target);
+    }
     let ups: Vec<Upstream> = release
         .web
         .iter()
@@ -161,7 +172,34 @@ mod tests {
     }
 
     fn release(declares_web: bool, web: Vec<WebInstance>) -> Option<ReleaseWeb> {
-        Some(ReleaseWeb { declares_web, web })
+        Some(ReleaseWeb {
+            in_process: None,
+            declares_web,
+            web,
+        })
+    }
+
+    #[test]
+    fn a_wasm_release_takes_its_traffic_in_process() {
+        struct Nothing;
+        impl mar_http::Handler for Nothing {
+            fn call(&self, _: http::Request<mar_http::Body>) -> mar_http::ResponseFuture {
+                Box::pin(async { http::Response::new(mar_http::empty()) })
+            }
+        }
+        let target = InProcessTarget::new("wasm", std::sync::Arc::new(Nothing));
+        let t = route_target(
+            &app(),
+            Some(ReleaseWeb {
+                in_process: Some(target),
+                declares_web: false,
+                web: vec![],
+            }),
+        );
+        let AppTarget::InProcess(t) = t else {
+            panic!("expected the handler");
+        };
+        assert_eq!(t.name, "wasm");
     }
 
     /// The code and hint of an error target; panics on any other target.

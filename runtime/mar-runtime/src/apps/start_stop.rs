@@ -39,6 +39,7 @@ impl Apps {
                 continue;
             }
             match self.store.current_release(&name) {
+                Ok(Some(rel)) if rel.wasm.is_some() => self.restore_wasm(&name, rel).await,
                 Ok(Some(rel)) if rel.slug.is_some() => {
                     let new = NewRelease {
                         slug: rel.slug.clone(),
@@ -70,6 +71,36 @@ impl Apps {
         }
     }
 
+    /// Brings a WASM release back from its stored artifact.
+    async fn restore_wasm(&self, name: &AppName, rel: mar_store::Release) {
+        let loaded = match super::wasm::WasmRelease::of(rel.wasm.as_deref()) {
+            Ok(Some(w)) => self.load_wasm(name, &rel.config, &w).await,
+            Ok(None) => return,
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok(running) => {
+                self.logs.append(
+                    name,
+                    "mar[api]",
+                    &format!("Restoring release v{} after start", rel.version),
+                );
+                self.running().insert(
+                    name.clone(),
+                    Running {
+                        release: rel,
+                        workload: Workload::Handler(running),
+                    },
+                );
+            }
+            Err(e) => self.logs.append(
+                name,
+                "mar[api]",
+                &format!("Cannot restore v{}: {e}", rel.version),
+            ),
+        }
+    }
+
     /// Stops an app's processes and forgets its routes (before destroying it).
     pub async fn stop_app(&self, app: &AppName) {
         let run = self.running().remove(app);
@@ -89,7 +120,8 @@ impl Apps {
         let stops = all
             .iter()
             .flat_map(|r| match &r.workload {
-                Workload::Processes(slots) => slots.iter(),
+                Workload::Processes(slots) => slots.as_slice(),
+                Workload::Handler(_) => &[],
             })
             .map(|s| s.instance.stop());
         futures_util::future::join_all(stops).await;

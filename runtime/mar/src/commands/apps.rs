@@ -92,7 +92,23 @@ async fn info(ctx: &Context, name: Option<String>) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    println!("Formation: {}", dynos.join(" "));
+    match &info.wasm {
+        Some(w) => {
+            println!("WASM:      {}", w.description);
+            println!(
+                "Limits:    {}s per request, {} MiB per instance, {} at once{}",
+                w.timeout_secs,
+                w.memory_bytes >> 20,
+                w.concurrency,
+                if w.instance_reuse {
+                    ", instances reused"
+                } else {
+                    ", a fresh instance per request"
+                }
+            );
+        }
+        None => println!("Formation: {}", dynos.join(" ")),
+    }
     println!("Created:   {}", info.created_at);
     Ok(ExitCode::SUCCESS)
 }

@@ -85,6 +85,28 @@ async fn list(ctx: &Context) -> anyhow::Result<ExitCode> {
             println!("=== {}: `{}`", p.process_type, p.command);
             last_type = p.process_type.clone();
         }
+        if let Some(w) = &p.wasm {
+            println!(
+                "wasm: up (v{}) in flight {}, running {}/{} (waiting {}), pool {}/{}",
+                p.release,
+                w.in_flight,
+                w.running,
+                w.concurrency,
+                w.waiting,
+                w.pool_in_use,
+                w.pool_size
+            );
+            println!(
+                "      requests {}, failed {}, instances {} (mean {} µs, last {} µs), reused {}",
+                w.requests,
+                w.failures,
+                w.instantiations,
+                w.mean_instantiation_us,
+                w.last_instantiation_us,
+                w.reused
+            );
+            continue;
+        }
         let uptime = p
             .uptime_secs
             .map_or(String::new(), |s| format!(" for {s}s"));

@@ -1,0 +1,353 @@
+//! WebAssembly apps end to end: the examples built from source by the wasm buildpack on
+//! `git push` (clang-14 for the C WAGI handler, componentize-py for the Python wasi:http
+//! component), served in-process through the router, with config vars, rollback across the
+//! two interfaces, a restart of `mar serve` that loads the stored artifact, and each kind of
+//! misbehaving guest contained to its own request.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mar_tests::{MarServer, eventually, http, repo_root};
+
+fn example(name: &str) -> std::path::PathBuf {
+    repo_root().join("examples").join(name)
+}
+
+/// The app's log as `mar logs` prints it.
+fn logs(mar: &MarServer, app: &str) -> String {
+    let out = mar.mar(&["logs", "-n", "500", "-a", app]);
+    assert!(out.ok(), "{}", out.all());
+    out.stdout
+}
+
+#[tokio::test]
+async fn a_c_wagi_handler_is_built_on_push_and_gets_the_cgi_request() {
+    let mar = MarServer::start();
+    mar.create_app("cgi");
+    let repo = mar.repo_from(&example("wasm-hello-c"));
+    let push = repo.push(&mar.git_url("cgi"), "main");
+    assert!(push.ok(), "{}", push.all());
+    for line in [
+        "remote: -----> WebAssembly app detected",
+        "remote: -----> Building hello.wasm from hello.c with",
+        "remote: -----> Compiling the WebAssembly module hello.wasm",
+        "WAGI module (WASI preview1 command, CGI/1.1)",
+        "remote: -----> Launching... done, v1",
+    ] {
+        assert!(
+            push.stderr.contains(line),
+            "no {line:?} in:\n{}",
+            push.stderr
+        );
+    }
+    assert!(
+        !push.stderr.contains("no `web` process type"),
+        "{}",
+        push.stderr
+    );
+
+    let r = mar.get("cgi.localhost", "/").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "Hello from C on WebAssembly\n");
+
+    let r = http(
+        mar.addr,
+        "GET",
+        "cgi.localhost",
+        "/cgi?a=1&b=two",
+        &[("x-test", "yes")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    for var in [
+        "REQUEST_METHOD=GET",
+        "PATH_INFO=/cgi",
+        "SCRIPT_NAME=\n",
+        "QUERY_STRING=a=1&b=two",
+        "SERVER_NAME=cgi.localhost",
+        &format!("SERVER_PORT={}", mar.addr.port()),
+        "SERVER_PROTOCOL=HTTP/1.1",
+        "REMOTE_ADDR=127.0.0.1",
+        "X_MATCHED_ROUTE=/...",
+        // The URL as the client gave it: its Host header had no port.
+        "X_FULL_URL=http://cgi.localhost/cgi?a=1&b=two",
+        "HTTP_X_TEST=yes",
+        "GATEWAY_INTERFACE=CGI/1.1",
+    ] {
+        assert!(r.body.contains(var), "no {var:?} in:\n{}", r.body);
+    }
+
+    // A body in and out, larger than the pipes between guest and router (streamed, not held).
+    let body: String = (0..300_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let r = mar.http("POST", "cgi.localhost", "/echo", &body).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["x-echo-length"], "300000");
+    assert_eq!(r.body, body);
+
+    // Status and Location from the CGI head.
+    let r = mar.get("cgi.localhost", "/go").await;
+    assert_eq!(
+        (r.status, r.headers["location"].to_str().unwrap()),
+        (302, "/")
+    );
+    let r = mar.get("cgi.localhost", "/nowhere").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body, "no route for /nowhere\n");
+
+    // A config change is a new release, served at once.
+    let out = mar.mar(&["config:set", "GREETING=Howdy", "-a", "cgi"]);
+    assert!(out.ok(), "{}", out.all());
+    let r = mar.get("cgi.localhost", "/").await;
+    assert_eq!(r.body, "Howdy from C on WebAssembly\n");
+    let releases = mar.mar(&["releases", "-a", "cgi"]);
+    assert!(releases.stdout.contains("v2"), "{}", releases.all());
+
+    // What the guest printed to stderr, and the router's lines (written in the background),
+    // are in the app's log.
+    let log = eventually(Duration::from_secs(10), || async {
+        let log = logs(&mar, "cgi");
+        log.contains("dyno=wasm").then_some(log)
+    })
+    .await;
+    assert!(
+        log.contains("app[wasm]: no route for GET /nowhere"),
+        "{log}"
+    );
+
+    let ps = mar.mar(&["ps", "-a", "cgi"]);
+    assert!(ps.ok(), "{}", ps.all());
+    assert!(ps.stdout.contains("wasm: up (v2)"), "{}", ps.stdout);
+    assert!(ps.stdout.contains("requests 1,"), "{}", ps.stdout);
+    let info = mar.mar(&["apps:info", "-a", "cgi"]);
+    assert!(
+        info.stdout.contains("WASM:      WAGI module"),
+        "{}",
+        info.stdout
+    );
+    let scale = mar.mar(&["ps:scale", "web=2", "-a", "cgi"]);
+    assert!(!scale.ok());
+    assert!(scale.all().contains("WebAssembly app"), "{}", scale.all());
+}
+
+#[tokio::test]
+async fn a_python_component_serves_rolls_back_to_wagi_and_back_and_survives_a_restart() {
+    let mut mar = MarServer::start();
+    mar.create_app("hybrid");
+    let out = mar.mar(&["config:set", "GREETING=Hej", "-a", "hybrid"]);
+    assert!(out.ok(), "{}", out.all());
+    let py = mar.repo_from(&example("wasm-hello-python"));
+    let push = py.push(&mar.git_url("hybrid"), "main");
+    assert!(push.ok(), "{}", push.all());
+    for line in [
+        "remote: -----> Building app.wasm from the Python module app with componentize-py",
+        "wasi:http component (wasi:http/incoming-handler)",
+        "remote: -----> Launching... done, v2",
+    ] {
+        assert!(
+            push.stderr.contains(line),
+            "no {line:?} in:\n{}",
+            push.stderr
+        );
+    }
+    let r = mar.get("hybrid.localhost", "/").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "Hej from Python on WebAssembly\n")
+    );
+    let r = mar.get("hybrid.localhost", "/env?name=GREETING").await;
+    assert_eq!(r.body, "Hej");
+    let r = mar
+        .http("POST", "hybrid.localhost", "/echo", "round trip")
+        .await;
+    assert_eq!((r.status, r.body.as_str()), (200, "round trip"));
+    assert_eq!(r.headers["x-echo-length"], "10");
+
+    // The C handler pushed to the same app: a WAGI release (v3) after a component one.
+    let c = mar.repo_from(&example("wasm-hello-c"));
+    let push = c.push(&mar.git_url("hybrid"), "main");
+    assert!(push.ok(), "{}", push.all());
+    assert_eq!(
+        mar.get("hybrid.localhost", "/").await.body,
+        "Hej from C on WebAssembly\n"
+    );
+
+    // Rollback in both directions between the interfaces.
+    let out = mar.mar(&["rollback", "v2", "-a", "hybrid"]);
+    assert!(out.ok(), "{}", out.all());
+    assert_eq!(
+        mar.get("hybrid.localhost", "/").await.body,
+        "Hej from Python on WebAssembly\n"
+    );
+    let out = mar.mar(&["rollback", "v3", "-a", "hybrid"]);
+    assert!(out.ok(), "{}", out.all());
+    assert_eq!(
+        mar.get("hybrid.localhost", "/").await.body,
+        "Hej from C on WebAssembly\n"
+    );
+    let out = mar.mar(&["rollback", "v2", "-a", "hybrid"]);
+    assert!(out.ok(), "{}", out.all());
+
+    // A restart of `mar serve` loads the stored artifact: the first request is answered
+    // without compiling the 18 MB component again.
+    mar = mar.restart();
+    let t0 = Instant::now();
+    let r = mar.get("hybrid.localhost", "/").await;
+    let first = t0.elapsed();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "Hej from Python on WebAssembly\n")
+    );
+    let log = logs(&mar, "hybrid");
+    assert!(log.contains("Restoring release v6 after start"), "{log}");
+    assert!(
+        !log.contains("Compiling the WebAssembly module again"),
+        "{log}"
+    );
+    assert!(
+        first < Duration::from_secs(5),
+        "first request took {first:?}"
+    );
+}
+
+#[tokio::test]
+async fn each_misbehaving_guest_fails_only_its_own_request() {
+    let mar = MarServer::start();
+    mar.create_app("faults");
+    let out = mar.mar(&[
+        "config:set",
+        "MAR_WASM_TIMEOUT=2",
+        "MAR_WASM_MEMORY=32M",
+        "-a",
+        "faults",
+    ]);
+    assert!(out.ok(), "{}", out.all());
+    let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/wasm-faults"));
+    let push = repo.push(&mar.git_url("faults"), "main");
+    assert!(push.ok(), "{}", push.all());
+    mar.deploy_lifecycle("procs", &[]);
+
+    // Two guests computing forever, with a process app and the same WASM app's good route
+    // served meanwhile at full speed.
+    let spinners: Vec<_> = (0..2)
+        .map(|_| {
+            let addr = mar.addr;
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                let r = http(addr, "GET", "faults.localhost", "/loop", &[], Bytes::new()).await;
+                (r, t0.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        assert_eq!(mar.get("procs.localhost", "/").await.status, 200);
+        assert_eq!(mar.get("faults.localhost", "/ok").await.body, "fine\n");
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "a busy guest slowed other requests: {:?}",
+            t0.elapsed()
+        );
+    }
+    for s in spinners {
+        let (r, took) = s.await.unwrap();
+        assert_eq!(r.status, 503, "{r:?}");
+        assert!(r.body.contains("H12"), "{}", r.body);
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(6),
+            "{took:?}"
+        );
+    }
+
+    for (path, status, logged) in [
+        ("/trap", 500, "the handler failed"),
+        ("/bomb", 500, "memory limit of 32 MiB"),
+        ("/badcgi", 500, "without a colon"),
+        ("/exit", 500, "exited with status 3"),
+    ] {
+        let r = mar.get("faults.localhost", path).await;
+        assert_eq!(r.status, status, "{path}: {r:?}");
+        let log = logs(&mar, "faults");
+        assert!(log.contains(logged), "{path}: no {logged:?} in\n{log}");
+        assert_eq!(
+            mar.get("faults.localhost", "/ok").await.body,
+            "fine\n",
+            "{path}"
+        );
+    }
+    let log = eventually(Duration::from_secs(10), || async {
+        let log = logs(&mar, "faults");
+        log.contains("code=H12").then_some(log)
+    })
+    .await;
+    assert!(log.contains("past its deadline of 2s"), "{log}");
+
+    // A response far larger than the pipes streams through whole.
+    let r = mar.get("faults.localhost", "/big?5000000").await;
+    assert_eq!((r.status, r.body.len()), (200, 5_000_000));
+}
+
+#[tokio::test]
+async fn a_push_of_something_that_is_not_webassembly_is_rejected_and_the_old_release_serves() {
+    let mar = MarServer::start();
+    mar.create_app("notwasm");
+    let repo = mar.repo_from(&example("wasm-hello-c"));
+    let push = repo.push(&mar.git_url("notwasm"), "main");
+    assert!(push.ok(), "{}", push.all());
+
+    for (what, file, content, says) in [
+        (
+            "text",
+            "app.json",
+            r#"{"wasm": {"module": "handler.wasm"}}"#,
+            "not a WebAssembly binary",
+        ),
+        (
+            "core module without _start",
+            "app.json",
+            r#"{"wasm": {"module": "reactor.wasm"}}"#,
+            "without a `_start` function",
+        ),
+        (
+            "unknown manifest key",
+            "app.json",
+            r#"{"wasm": {"module": "hello.wasm", "build": "c", "source": "hello.c", "outbound": []}}"#,
+            "unknown field `outbound`",
+        ),
+        (
+            "module outside the app",
+            "app.json",
+            r#"{"wasm": {"module": "../../../etc/hostname"}}"#,
+            "must be a path inside the app",
+        ),
+    ] {
+        repo.write(file, content);
+        repo.write("handler.wasm", "#!/bin/sh\necho this is a shell script\n");
+        // A valid core module with no entry point: "\0asm", version 1, no sections.
+        std::fs::write(repo.dir.join("reactor.wasm"), b"\0asm\x01\0\0\0").unwrap();
+        repo.commit(what);
+        let push = repo.push(&mar.git_url("notwasm"), "main");
+        assert!(!push.ok(), "{what}: accepted:\n{}", push.all());
+        assert!(
+            push.stderr.contains(says),
+            "{what}: no {says:?} in:\n{}",
+            push.stderr
+        );
+        assert!(
+            push.stderr
+                .contains("Push rejected; the previous release keeps serving"),
+            "{what}"
+        );
+        let r = mar.get("notwasm.localhost", "/").await;
+        assert_eq!(r.body, "Hello from C on WebAssembly\n", "{what}");
+    }
+    let releases = mar.api("GET", "/v1/apps/notwasm/releases", "").await.json();
+    assert_eq!(
+        releases["results"].as_array().map(Vec::len),
+        Some(1),
+        "{releases}"
+    );
+}
