@@ -30,7 +30,8 @@ fi
 componentize_py_version=0.25.1
 if ! componentize-py --version 2>/dev/null | grep -qx "componentize-py $componentize_py_version"; then
   echo "==> installing componentize-py $componentize_py_version"
-  python3 -m venv /opt/componentize-py
+  # Debian's interpreter, which the build sandbox's users can run (not one under /root).
+  /usr/bin/python3 -m venv /opt/componentize-py
   /opt/componentize-py/bin/pip install -q "componentize-py==$componentize_py_version"
   ln -sf /opt/componentize-py/bin/componentize-py /usr/local/bin/componentize-py
 fi

@@ -6,6 +6,8 @@ instance per request.
 
 GET /              a greeting that uses the GREETING config var
 GET /env?name=NAME the value of one config var (404 when unset)
+GET /count         how many requests this instance has served: always 1 with a fresh instance
+                   per request (the default), counting up with MAR_WASM_INSTANCE_REUSE=true
 POST /echo         the request body back, with its length in X-Echo-Length
 anything else      404
 """
@@ -26,6 +28,9 @@ from wit_world.imports.types import (
 )
 
 CHUNK = 4096
+
+# Module state lives as long as the instance: one request by default.
+served = 0
 
 
 def read_body(request: IncomingRequest) -> bytes:
@@ -60,6 +65,8 @@ def respond(out: ResponseOutparam, status: int, body: bytes, headers=None) -> No
 
 class IncomingHandler(exports.IncomingHandler):
     def handle(self, request: IncomingRequest, response_out: ResponseOutparam) -> None:
+        global served
+        served += 1
         method = request.method()
         path_with_query = request.path_with_query() or "/"
         path, _, query = path_with_query.partition("?")
@@ -73,6 +80,8 @@ class IncomingHandler(exports.IncomingHandler):
                 respond(response_out, 404, f"{name} is not set\n".encode())
             else:
                 respond(response_out, 200, value.encode())
+        elif isinstance(method, Method_Get) and path == "/count":
+            respond(response_out, 200, str(served).encode())
         elif isinstance(method, Method_Post) and path == "/echo":
             body = read_body(request)
             respond(response_out, 200, body, [("x-echo-length", str(len(body)).encode())])

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mar_tests::{MarServer, eventually, http, repo_root};
+use mar_tests::{Load, MarServer, eventually, http, repo_root};
 
 fn example(name: &str) -> std::path::PathBuf {
     repo_root().join("examples").join(name)
@@ -20,9 +20,10 @@ fn logs(mar: &MarServer, app: &str) -> String {
     out.stdout
 }
 
-#[tokio::test]
+// Multi-threaded: the CLI calls block one thread while the load runs on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_c_wagi_handler_is_built_on_push_and_gets_the_cgi_request() {
-    let mar = MarServer::start();
+    let mut mar = MarServer::start();
     mar.create_app("cgi");
     let repo = mar.repo_from(&example("wasm-hello-c"));
     let push = repo.push(&mar.git_url("cgi"), "main");
@@ -97,9 +98,15 @@ async fn a_c_wagi_handler_is_built_on_push_and_gets_the_cgi_request() {
     assert_eq!(r.status, 404);
     assert_eq!(r.body, "no route for /nowhere\n");
 
-    // A config change is a new release, served at once.
+    // A config change is a new release, switched to without dropping a request.
+    let load = Load::start(mar.addr, "cgi.localhost", "/", Duration::from_millis(5), 4);
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let out = mar.mar(&["config:set", "GREETING=Howdy", "-a", "cgi"]);
     assert!(out.ok(), "{}", out.all());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (sent, failures) = load.finish().await;
+    assert!(sent > 10, "{sent}");
+    assert!(failures.is_empty(), "{failures:?}");
     let r = mar.get("cgi.localhost", "/").await;
     assert_eq!(r.body, "Howdy from C on WebAssembly\n");
     let releases = mar.mar(&["releases", "-a", "cgi"]);
@@ -120,7 +127,19 @@ async fn a_c_wagi_handler_is_built_on_push_and_gets_the_cgi_request() {
     let ps = mar.mar(&["ps", "-a", "cgi"]);
     assert!(ps.ok(), "{}", ps.all());
     assert!(ps.stdout.contains("wasm: up (v2)"), "{}", ps.stdout);
-    assert!(ps.stdout.contains("requests 1,"), "{}", ps.stdout);
+    assert!(
+        ps.stdout.contains(", failed 0, instances "),
+        "{}",
+        ps.stdout
+    );
+    let requests: u64 = ps
+        .stdout
+        .split("requests ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(requests > 10, "{}", ps.stdout);
     let info = mar.mar(&["apps:info", "-a", "cgi"]);
     assert!(
         info.stdout.contains("WASM:      WAGI module"),
@@ -130,6 +149,31 @@ async fn a_c_wagi_handler_is_built_on_push_and_gets_the_cgi_request() {
     let scale = mar.mar(&["ps:scale", "web=2", "-a", "cgi"]);
     assert!(!scale.ok());
     assert!(scale.all().contains("WebAssembly app"), "{}", scale.all());
+
+    // Root's copies: the module and its artifact, out of the app's reach.
+    let wasm_dir = mar.data_dir.join("apps/cgi/wasm");
+    let mode = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().mode() & 0o7777
+    };
+    assert_eq!(mode(&wasm_dir), 0o700);
+    let artifacts: Vec<std::path::PathBuf> = std::fs::read_dir(&wasm_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".cwasm"))
+        .collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    assert_eq!(mode(&artifacts[0]), 0o600);
+    // An artifact that is gone (or was built by another engine) is compiled again from root's
+    // copy of the module at start, and the app serves.
+    std::fs::remove_file(&artifacts[0]).unwrap();
+    mar = mar.restart();
+    assert_eq!(
+        mar.get("cgi.localhost", "/").await.body,
+        "Howdy from C on WebAssembly\n"
+    );
+    assert!(logs(&mar, "cgi").contains("Compiling the WebAssembly module again"));
+    assert!(artifacts[0].is_file());
 }
 
 #[tokio::test]
@@ -210,6 +254,108 @@ async fn a_python_component_serves_rolls_back_to_wagi_and_back_and_survives_a_re
         first < Duration::from_secs(5),
         "first request took {first:?}"
     );
+
+    // A fresh instance per request: module state never carries over. With instance reuse,
+    // it does.
+    for _ in 0..2 {
+        assert_eq!(mar.get("hybrid.localhost", "/count").await.body, "1");
+    }
+    let out = mar.mar(&["config:set", "MAR_WASM_INSTANCE_REUSE=true", "-a", "hybrid"]);
+    assert!(out.ok(), "{}", out.all());
+    let mut counts = Vec::new();
+    for _ in 0..3 {
+        counts.push(mar.get("hybrid.localhost", "/count").await.body);
+    }
+    assert_eq!(counts, ["1", "2", "3"]);
+    let ps = mar.mar(&["ps", "-a", "hybrid", "--json"]);
+    let ps: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
+    let w = &ps[0]["wasm"];
+    assert_eq!(
+        (w["instantiations"].as_u64(), w["reused"].as_u64()),
+        (Some(1), Some(2)),
+        "{w}"
+    );
+}
+
+/// This machine's address on its default route: reachable by guests, unlike loopback.
+fn lan_address() -> std::net::IpAddr {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("192.0.2.1:80").unwrap();
+    let ip = s.local_addr().unwrap().ip();
+    assert!(
+        !ip.is_loopback(),
+        "this test needs an address other than loopback (a default route)"
+    );
+    ip
+}
+
+#[tokio::test]
+async fn outbound_http_reaches_only_allowed_hosts_and_never_this_machine_by_loopback() {
+    let ip = lan_address();
+    // A plain HTTP server on the LAN address, which the guest is allowed to call.
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                break;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+                    )
+                    .await;
+            });
+        }
+    });
+    let mar = MarServer::start();
+    mar.create_app("out");
+    let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/wasm-outbound"));
+    repo.write(
+        "app.json",
+        &serde_json::json!({"wasm": {
+            "module": "app.wasm", "build": "python", "source": "app",
+            "allowed_outbound_hosts": [format!("http://{ip}:{port}"), "http://127.0.0.1:*"],
+        }})
+        .to_string(),
+    );
+    repo.commit("allow");
+    let push = repo.push(&mar.git_url("out"), "main");
+    assert!(push.ok(), "{}", push.all());
+    let fetch = |url: String| {
+        let mar = &mar;
+        async move {
+            let r = mar.get("out.localhost", &format!("/?url={url}")).await;
+            assert_eq!(r.status, 200, "{r:?}");
+            r.body
+        }
+    };
+    assert_eq!(
+        fetch(format!("http://{ip}:{port}/")).await,
+        "status=200 body=hello"
+    );
+    // Another port of the same host is not on the list.
+    let other = if port == u16::MAX { port - 1 } else { port + 1 };
+    assert_eq!(
+        fetch(format!("http://{ip}:{other}/")).await,
+        "error=ErrorCode_HttpRequestDenied"
+    );
+    assert_eq!(
+        fetch("https://example.com/".into()).await,
+        "error=ErrorCode_HttpRequestDenied"
+    );
+    // Listed, but this machine by loopback: mar's own port (the platform, other apps).
+    assert_eq!(
+        fetch(format!("http://127.0.0.1:{}/", mar.addr.port())).await,
+        "error=ErrorCode_DestinationIpProhibited"
+    );
+    let log = logs(&mar, "out");
+    assert!(log.contains("not in allowed_outbound_hosts"), "{log}");
+    assert!(log.contains("is this machine or link-local"), "{log}");
 }
 
 #[tokio::test]
@@ -285,6 +431,16 @@ async fn each_misbehaving_guest_fails_only_its_own_request() {
     .await;
     assert!(log.contains("past its deadline of 2s"), "{log}");
 
+    // The manifest's `files` directory, read-only, and nothing outside it.
+    assert_eq!(
+        mar.get("faults.localhost", "/file").await.body,
+        "read from the slug\n"
+    );
+    assert_eq!(
+        mar.get("faults.localhost", "/escape").await.body,
+        "read outside: denied, write: denied\n"
+    );
+
     // A response far larger than the pipes streams through whole.
     let r = mar.get("faults.localhost", "/big?5000000").await;
     assert_eq!((r.status, r.body.len()), (200, 5_000_000));
@@ -323,11 +479,20 @@ async fn a_push_of_something_that_is_not_webassembly_is_rejected_and_the_old_rel
             r#"{"wasm": {"module": "../../../etc/hostname"}}"#,
             "must be a path inside the app",
         ),
+        (
+            "files through a symlink",
+            "app.json",
+            r#"{"wasm": {"module": "hello.wasm", "build": "c", "source": "hello.c", "files": "etc"}}"#,
+            "etc is a symbolic link",
+        ),
     ] {
         repo.write(file, content);
         repo.write("handler.wasm", "#!/bin/sh\necho this is a shell script\n");
         // A valid core module with no entry point: "\0asm", version 1, no sections.
         std::fs::write(repo.dir.join("reactor.wasm"), b"\0asm\x01\0\0\0").unwrap();
+        if !repo.dir.join("etc").exists() {
+            std::os::unix::fs::symlink("/etc", repo.dir.join("etc")).unwrap();
+        }
         repo.commit(what);
         let push = repo.push(&mar.git_url("notwasm"), "main");
         assert!(!push.ok(), "{what}: accepted:\n{}", push.all());

@@ -25,9 +25,13 @@ pub(crate) const TICK: Duration = Duration::from_millis(10);
 /// The host's sizes.
 #[derive(Debug, Clone)]
 pub struct HostOptions {
-    /// Instances that may exist at once, over all apps (the pool's size); requests past it
-    /// wait for a slot.
+    /// Instances that may run requests at once, over all apps; requests past it wait for a
+    /// slot.
     pub pool_instances: u32,
+    /// Instances that may wait idle for reuse at once, over all apps (apps that opted into
+    /// instance reuse); past it a finished instance is dropped instead of kept. The pool holds
+    /// both, so an idle instance never takes a running request's place.
+    pub idle_instances: u32,
     /// The most linear memory one instance may ever have, the ceiling of every app's cap.
     pub max_instance_memory: usize,
     /// Threads of the executor guests run on.
@@ -38,6 +42,7 @@ impl Default for HostOptions {
     fn default() -> Self {
         Self {
             pool_instances: 256,
+            idle_instances: 64,
             max_instance_memory: 1 << 30,
             executor_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
@@ -72,6 +77,7 @@ pub struct Host {
     runtime: Option<tokio::runtime::Runtime>,
     executor: tokio::runtime::Handle,
     pub(crate) slots: Arc<Semaphore>,
+    pub(crate) idle: Arc<Semaphore>,
     pub(crate) options: HostOptions,
     pooling: bool,
 }
@@ -118,6 +124,7 @@ impl Host {
             executor: executor.handle().clone(),
             runtime: Some(executor),
             slots: Arc::new(Semaphore::new(options.pool_instances as usize)),
+            idle: Arc::new(Semaphore::new(options.idle_instances as usize)),
             options,
             pooling,
         }))
@@ -248,12 +255,15 @@ fn config(options: &HostOptions, pooled: bool) -> Config {
     c.memory_init_cow(true);
     c.parallel_compilation(true);
     if pooled {
-        let n = options.pool_instances.max(1);
+        let n = options
+            .pool_instances
+            .max(1)
+            .saturating_add(options.idle_instances);
         let mut p = PoolingAllocationConfig::default();
-        // A component made by componentize-py has several core instances, memories and
-        // tables; room for a handful of those per component instance.
+        // A component made by componentize-py has a dozen or more core instances, and
+        // several memories and tables; room for that many per component instance.
         p.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(8))
+            .total_core_instances(n.saturating_mul(16))
             .total_memories(n.saturating_mul(4))
             .total_tables(n.saturating_mul(8))
             .total_stacks(n)

@@ -56,6 +56,7 @@ impl Fixture {
     fn new() -> Self {
         let host = Host::new(HostOptions {
             pool_instances: 8,
+            idle_instances: 4,
             max_instance_memory: 64 << 20,
             executor_threads: 2,
         })
@@ -348,4 +349,32 @@ fn an_artifact_of_another_engine_is_refused_not_run() {
     std::fs::write(&path, b"\x7fELF not really").unwrap();
     assert!(f.host.load(&path, Interface::Wagi).is_err());
     assert_eq!(f.host.artifact_key().len(), 16);
+}
+
+#[tokio::test]
+async fn without_the_address_space_for_the_pool_instances_come_on_demand() {
+    let f = Fixture::new();
+    assert!(f.host.pooling(), "a small pool fits this machine");
+    // Millions of slots of a gigabyte each cannot be reserved anywhere.
+    let host = Host::new(HostOptions {
+        pool_instances: 4_000_000,
+        idle_instances: 0,
+        max_instance_memory: 1 << 30,
+        executor_threads: 1,
+    })
+    .unwrap();
+    assert!(!host.pooling());
+    let f = Fixture {
+        host,
+        lines: Arc::default(),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let app = f.app(
+        &wagi(
+            &format!("(call $say (i32.const 1024) (i32.const {}))", HELLO.len()),
+            &[HELLO],
+        ),
+        limits(),
+    );
+    assert_eq!(call(&app, get("/")).await.0, StatusCode::CREATED);
 }

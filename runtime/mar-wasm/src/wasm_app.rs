@@ -169,7 +169,8 @@ pub(crate) struct Shared {
     _files_fd: Option<OwnedFd>,
     pub(crate) stats: Counters,
     concurrency: Arc<Semaphore>,
-    idle: Mutex<Vec<component::Instance>>,
+    /// Instances kept for reuse, each holding a permit of the host's idle budget.
+    idle: Mutex<Vec<(component::Instance, OwnedSemaphorePermit)>>,
     program: Loaded,
 }
 
@@ -220,18 +221,28 @@ impl Shared {
         }
     }
 
+    /// An instance kept for reuse, if any (its idle permit goes back as it starts running).
     pub(crate) fn take_idle(&self) -> Option<component::Instance> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .map(|(instance, _permit)| instance)
     }
 
+    /// Keeps a finished instance for the next request, if the host's idle budget and the
+    /// app's concurrency allow; otherwise it is dropped.
     pub(crate) fn put_idle(
         &self,
         store: wasmtime::Store<component::ComponentState>,
         proxy: wasmtime_wasi_http::p2::bindings::Proxy,
     ) {
+        let Ok(permit) = self.host.idle.clone().try_acquire_owned() else {
+            return;
+        };
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.limits.concurrency {
-            idle.push((store, proxy));
+            idle.push(((store, proxy), permit));
         }
     }
 
