@@ -36,6 +36,24 @@ if ! componentize-py --version 2>/dev/null | grep -qx "componentize-py $componen
   ln -sf /opt/componentize-py/bin/componentize-py /usr/local/bin/componentize-py
 fi
 
+# The packages the examples' builds install, fetched once here, so that the tests install
+# them from this machine and never from the network (a build failure in a test then means what
+# it says): Python wheels for pip's --find-links, and an npm cache (a warm build cache) for
+# npm's offline mode. Debian's interpreter, as the builds use it.
+offline=/var/cache/mar-tests
+if [ ! -f "$offline/ready" ] || ! cmp -s "$offline/ready" <(cat examples/python-hello/requirements.txt examples/node-hello/package-lock.json); then
+  echo "==> fetching the examples' packages into $offline"
+  rm -rf "$offline" && mkdir -p "$offline/wheels" "$offline/npm"
+  /usr/bin/python3 -m pip download -q --only-binary=:all: -d "$offline/wheels" \
+    -r examples/python-hello/requirements.txt
+  node_tmp=$(mktemp -d)
+  cp examples/node-hello/package.json examples/node-hello/package-lock.json "$node_tmp/"
+  (cd "$node_tmp" && npm ci -q --omit=dev --no-audit --no-fund --cache "$offline/npm" >/dev/null)
+  rm -rf "$node_tmp"
+  chmod -R a+rX "$offline"
+  cat examples/python-hello/requirements.txt examples/node-hello/package-lock.json > "$offline/ready"
+fi
+
 echo "==> building"
 cargo build --workspace --all-targets --locked
 # The gates come before the tests, so a formatting or lint failure is reported in seconds rather

@@ -217,3 +217,77 @@ async fn shutdown_lets_requests_in_flight_finish() {
         "the request in flight at shutdown was cut: {answer:?}"
     );
 }
+
+/// Scaled to three web instances, a deploy where one of the three new instances never boots
+/// is rejected as a whole: no release, the old instances keep all the traffic, and none of the
+/// new ones is left running.
+#[tokio::test]
+async fn a_deploy_where_one_of_several_web_instances_fails_to_boot_changes_nothing() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("three", &["MAR_BOOT_TIMEOUT=5"]);
+    let out = mar.mar(&["ps:scale", "web=3", "-a", "three"]);
+    assert!(out.ok(), "{}", out.all());
+    let ps = |mar: &MarServer| -> Vec<(String, i64, String)> {
+        let out = mar.mar(&["ps", "-a", "three", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["dyno"].as_str().unwrap().to_owned(),
+                    p["release"].as_i64().unwrap(),
+                    p["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let before = eventually(Duration::from_secs(30), || async {
+        let now = ps(&mar);
+        (now.len() == 3 && now.iter().all(|p| p.2 == "up")).then_some(now)
+    })
+    .await;
+    let releases_before = mar.api("GET", "/v1/apps/three/releases", "").await.json()["results"]
+        .as_array()
+        .unwrap()
+        .len();
+
+    // The new release's web.2 exits at once, every time.
+    let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/lifecycle"));
+    repo.write(
+        "Procfile",
+        "web: if [ \"$DYNO\" = web.2 ]; then echo web.2 refuses to start; exit 1; fi; exec python3 server.py\n",
+    );
+    repo.commit("web.2 fails");
+    let push = repo.push(&mar.git_url("three"), "main");
+    assert!(!push.ok(), "{}", push.all());
+    assert!(push.stderr.contains("web.2"), "{}", push.stderr);
+    assert!(
+        push.stderr.contains("The previous release keeps serving"),
+        "{}",
+        push.stderr
+    );
+
+    assert_eq!(ps(&mar), before, "the old instances are the ones running");
+    let releases = mar.api("GET", "/v1/apps/three/releases", "").await.json()["results"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(releases, releases_before);
+    let mut served = std::collections::BTreeSet::new();
+    for _ in 0..9 {
+        let r = mar.get("three.localhost", "/").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        served.insert(r.body);
+    }
+    assert_eq!(served.len(), 3, "all three old instances serve: {served:?}");
+    // Nothing of the new release runs: no process was started from a run directory other
+    // than the old instances'.
+    let run = mar.data_dir.join("apps/three/run");
+    let dirs: Vec<_> = std::fs::read_dir(&run).unwrap().flatten().collect();
+    assert_eq!(
+        dirs.len(),
+        1,
+        "the failed build's run directory is gone: {dirs:?}"
+    );
+}

@@ -167,6 +167,8 @@ async fn restart_of_mar_serve_brings_apps_back_and_shutdown_stops_them() {
 async fn python_app_builds_with_pip_and_serves() {
     let mar = MarServer::start();
     mar.create_app("py");
+    // v1 is the config change that keeps pip off the network.
+    mar.offline_pip("py");
     let repo = mar.repo_from(&example("python-hello"));
     let push = repo.push(&mar.git_url("py"), "main");
     assert!(push.ok(), "push failed:\n{}", push.all());
@@ -176,7 +178,7 @@ async fn python_app_builds_with_pip_and_serves() {
         push.stderr
     );
     assert!(
-        push.stderr.contains("remote: -----> Launching... done, v1"),
+        push.stderr.contains("remote: -----> Launching... done, v2"),
         "{}",
         push.stderr
     );
@@ -199,7 +201,7 @@ async fn python_app_builds_with_pip_and_serves() {
         push.stderr
     );
     assert!(
-        push.stderr.contains("Launching... done, v2"),
+        push.stderr.contains("Launching... done, v3"),
         "{}",
         push.stderr
     );
@@ -213,6 +215,7 @@ async fn python_app_builds_with_pip_and_serves() {
 async fn node_app_installs_from_npm_and_serves() {
     let mar = MarServer::start();
     mar.create_app("node");
+    mar.offline_npm("node");
     let repo = mar.repo_from(&example("node-hello"));
     let push = repo.push(&mar.git_url("node"), "main");
     assert!(push.ok(), "push failed:\n{}", push.all());

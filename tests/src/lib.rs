@@ -191,6 +191,49 @@ impl MarServer {
         assert!(out.ok(), "apps:create {name}: {}", out.all());
     }
 
+    /// Makes `app`'s builds install Python packages only from the wheels the test setup
+    /// fetched into [`OFFLINE_PACKAGES`] (pip's own `PIP_NO_INDEX` and `PIP_FIND_LINKS`, as
+    /// config vars), never from the network: a failed install then means what it says.
+    pub fn offline_pip(&self, app: &str) {
+        let wheels = Path::new(OFFLINE_PACKAGES).join("wheels");
+        assert!(
+            wheels.is_dir(),
+            "no {}: run `bash scripts/test.sh`, which fetches the examples' packages",
+            wheels.display()
+        );
+        let out = self.mar(&[
+            "config:set",
+            "PIP_NO_INDEX=1",
+            &format!("PIP_FIND_LINKS={}", wheels.display()),
+            "-a",
+            app,
+        ]);
+        assert!(out.ok(), "{}", out.all());
+    }
+
+    /// Gives `app` a warm npm build cache (a copy of the one the test setup filled in
+    /// [`OFFLINE_PACKAGES`]) and makes npm work offline (`npm_config_offline`), so its build
+    /// never reaches the network.
+    pub fn offline_npm(&self, app: &str) {
+        let cache = Path::new(OFFLINE_PACKAGES).join("npm");
+        assert!(
+            cache.is_dir(),
+            "no {}: run `bash scripts/test.sh`, which fetches the examples' packages",
+            cache.display()
+        );
+        let dest = self.data_dir.join("apps").join(app).join("cache");
+        std::fs::create_dir_all(&dest).unwrap();
+        let status = Command::new("cp")
+            .arg("-r")
+            .arg(&cache)
+            .arg(dest.join("npm"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "copying the npm cache failed");
+        let out = self.mar(&["config:set", "npm_config_offline=true", "-a", app]);
+        assert!(out.ok(), "{}", out.all());
+    }
+
     /// Creates `app`, sets `config` (`K=V` pairs) and pushes the lifecycle fixture app, whose
     /// routes the lifecycle, isolation and router tests use.
     pub fn deploy_lifecycle(&self, app: &str, config: &[&str]) {
@@ -491,6 +534,10 @@ fn copy_tree(src: &Path, dest: &Path) {
         }
     }
 }
+
+/// Where the test setup (`scripts/test.sh`) keeps the packages the examples' builds install:
+/// `wheels/` for pip, `npm/` an npm cache.
+pub const OFFLINE_PACKAGES: &str = "/var/cache/mar-tests";
 
 /// An HTTP response, body read in full.
 #[derive(Debug)]

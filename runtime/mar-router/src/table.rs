@@ -443,6 +443,32 @@ mod tests {
         ));
     }
 
+    /// A set-aside instance is skipped only for the window: then it takes its turn again.
+    #[test]
+    fn a_set_aside_instance_comes_back_after_the_window() {
+        let t = RouteTable::new("localhost");
+        let app = AppName::parse("echo").unwrap();
+        let ups = vec![up(1), up(2)];
+        t.set(&app, AppTarget::Upstreams(ups.clone()));
+        let ports = |n: usize| -> Vec<u16> {
+            (0..n)
+                .map(|_| match t.resolve(Some("echo.localhost")) {
+                    Resolved::App {
+                        target: Resolution::Upstream(u, _),
+                        ..
+                    } => u.addr.port(),
+                    _ => panic!("not routed"),
+                })
+                .collect()
+        };
+        ups[0].set_aside();
+        assert!(ports(4).iter().all(|p| *p == 2));
+        std::thread::sleep(std::time::Duration::from_millis(SET_ASIDE_MS + 100));
+        let mut back = ports(4);
+        back.sort_unstable();
+        assert_eq!(back, [1, 1, 2, 2], "round-robin over both again");
+    }
+
     #[test]
     fn custom_domains_win_over_the_platform_domain_rule() {
         let t = RouteTable::new("localhost");

@@ -72,6 +72,9 @@ pub struct ProcessSpec {
     pub cgroups: Option<Cgroups>,
     /// Keeps other users off a web instance's port; `None` leaves it open.
     pub firewall: Option<Firewall>,
+    /// How long a process must stay up for its crashes to count from zero again (and its
+    /// next restart to come at once): [`STABLE_AFTER`] for apps.
+    pub stable_after: Duration,
 }
 
 impl ProcessSpec {
@@ -187,7 +190,7 @@ fn backoff(crashes: u32) -> Duration {
 }
 
 /// Uptime after which a crash no longer counts as part of a crash loop.
-const STABLE_AFTER: Duration = Duration::from_secs(60);
+pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -367,7 +370,7 @@ impl Actor {
                     port_races = 0;
                     // A process that ran for a while before crashing starts a fresh series:
                     // restart it at once, as after its first crash.
-                    if started.elapsed() >= STABLE_AFTER {
+                    if started.elapsed() >= self.spec().stable_after {
                         crashes = 0;
                     }
                     crashes += 1;
@@ -449,6 +452,9 @@ impl Actor {
             return Ended::Crashed(format!("cannot sandbox: {e}"));
         }
         let oom_before = group.as_ref().map_or(0, InstanceGroup::oom_kills);
+        // Counted from before the spawn: a process that hits its limit in its first
+        // milliseconds (before it is up) is reported too.
+        let hits_before = group.as_ref().map_or(0, InstanceGroup::limit_hits);
         *self.shared.group.lock().unwrap_or_else(|e| e.into_inner()) = group;
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -510,7 +516,7 @@ impl Actor {
             since: std::time::SystemTime::now(),
         });
         self.boot_result(Ok(()));
-        let mut hits = self.group_stat(InstanceGroup::limit_hits);
+        let mut hits = hits_before;
         let mut monitor = tokio::time::interval(Duration::from_secs(2));
         loop {
             tokio::select! {
@@ -859,7 +865,56 @@ mod tests {
             limits: Limits::default(),
             cgroups: None,
             firewall: None,
+            stable_after: STABLE_AFTER,
         }
+    }
+
+    /// The restart back-off grows with each crash in a row, and starts again from nothing
+    /// once a process has stayed up for `stable_after`.
+    #[tokio::test]
+    async fn the_restart_back_off_resets_after_a_stable_run() {
+        let d = tempfile::tempdir().unwrap();
+        let logs = Arc::new(Logs::open(&d.path().join("logs")).unwrap());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut s = spec(
+            d.path(),
+            "worker",
+            "n=$(( $(cat count 2>/dev/null || echo 0) + 1 )); echo $n > count; echo \"run $n\"; \
+             case $n in 1|2|3|5) exit 1;; 4) sleep 1.5; exit 1;; *) exec sleep 30;; esac",
+        );
+        s.stable_after = Duration::from_secs(1);
+        let inst = Instance::spawn(s, logs.clone(), tx);
+        let app = AppName::parse("t").unwrap();
+        let mut lines = Vec::new();
+        for _ in 0..200 {
+            lines = logs
+                .recent(&app, 100, 0)
+                .unwrap()
+                .into_iter()
+                .map(|l| l.render())
+                .collect::<Vec<_>>();
+            if lines.iter().any(|l| l.ends_with("run 6")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        inst.stop().await;
+        let waits: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.split("Restarting in ").nth(1))
+            .collect();
+        // Three quick crashes: at once, 1 s, 2 s. Then a run longer than `stable_after`: its
+        // crash is the first of a new series (at once, no line), and the next waits 1 s again.
+        assert_eq!(
+            waits,
+            [
+                "1s after 2 crashes",
+                "2s after 3 crashes",
+                "1s after 2 crashes"
+            ],
+            "{lines:#?}"
+        );
+        assert!(lines.iter().any(|l| l.ends_with("run 6")), "{lines:#?}");
     }
 
     #[tokio::test]

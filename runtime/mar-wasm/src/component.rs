@@ -4,6 +4,7 @@
 //! sets it, while the guest goes on streaming the body in its own task under its deadline.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use http::{Request, Response, StatusCode};
@@ -125,14 +126,23 @@ pub(crate) async fn serve(
         _ => Scheme::Http,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
+    // Set as the guest sets its response: from then on, how its run ends (a trap mid-body, the
+    // deadline) is the guest task's to log, as nobody awaits it any more.
+    let answered = Arc::new(AtomicBool::new(false));
     // The router notes a body that failed for the client's reason (too large, stalled) and
     // answers with its own page; the guest sees only that its body broke off.
     let req =
         req.map(|b| b.map_err(|e| wasmtime_wasi_http::Error::InternalError(Some(e.to_string()))));
     let resources = {
         let mut http = store.data_mut().http();
-        http.new_incoming_request(scheme, req)
-            .and_then(|incoming| Ok((incoming, http.new_response_outparam(tx)?)))
+        http.new_incoming_request(scheme, req).and_then(|incoming| {
+            let answered = answered.clone();
+            let out = http.new_response_outparam_from_callback(move |r| {
+                answered.store(true, Ordering::Release);
+                let _ = tx.send(r);
+            })?;
+            Ok((incoming, out))
+        })
     };
     let (incoming, out) = match resources {
         Ok(r) => r,
@@ -156,18 +166,15 @@ pub(crate) async fn serve(
         if matches!(outcome, Outcome::Done) && guest_shared.limits.reuse {
             guest_shared.put_idle(store, proxy);
         }
+        if answered.load(Ordering::Acquire) {
+            guest_shared.finished(&outcome);
+        }
         outcome
     });
     match rx.await {
         Ok(Ok(resp)) => {
-            // What the guest does after the head (a trap mid-body, the deadline) is logged
-            // when it ends; the body it was streaming then ends early.
-            let watcher = shared.clone();
-            shared.host.executor().spawn(async move {
-                if let Ok(outcome) = guest.await {
-                    watcher.finished(&outcome);
-                }
-            });
+            // The guest task goes on (streaming the body) and logs how it ends.
+            drop(guest);
             resp.map(|b| mar_http::boxed(b.map_err(|e| mar_http::BoxError::from(format!("{e:?}")))))
         }
         Ok(Err(code)) => {

@@ -70,6 +70,7 @@ impl Apps {
             limits: settings.limits,
             cgroups: self.cgroups.clone(),
             firewall: self.firewall.clone(),
+            stable_after: mar_supervisor::STABLE_AFTER,
         })
     }
 
