@@ -1089,6 +1089,92 @@ mod tests {
         cg.remove_root();
     }
 
+    /// Page cache counts towards the memory limit: a process that reads a file larger than its
+    /// limit makes the kernel reclaim at the limit (no kill, as cache can be dropped), which
+    /// the monitor reports as R14 while the process keeps running.
+    #[tokio::test]
+    async fn memory_at_the_limit_without_a_kill_is_r14() {
+        let Some(cg) = confined("r14") else { return };
+        // On a disk-backed file system (beside the test binary), not /tmp, which may be a
+        // tmpfs whose pages stay charged to their writer.
+        let exe = std::env::current_exe().unwrap();
+        let d = tempfile::tempdir_in(exe.parent().unwrap()).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        // 160 MiB on disk, dropped from the page cache, so the instance's read charges it.
+        let big = d.path().join("big");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&big).unwrap();
+            let block = vec![7u8; 1 << 20];
+            for _ in 0..160 {
+                f.write_all(&block).unwrap();
+            }
+            f.sync_all().unwrap();
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let r = std::fs::File::open(&big).unwrap();
+        nix::fcntl::posix_fadvise(
+            &r,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        )
+        .unwrap();
+        let logs = Arc::new(Logs::open(&d.path().join("logs")).unwrap());
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let mut s = spec(
+            d.path(),
+            "worker",
+            &format!("echo read $(cat {} | wc -c); exec sleep 30", big.display()),
+        );
+        s.sandbox = Sandbox {
+            user: Some((65534, 65534)),
+            private_tmp: false,
+            nofile: Some(256),
+            home: None,
+        };
+        s.limits = Limits {
+            memory_bytes: Some(48 << 20),
+            pids: Some(64),
+            nofile: Some(256),
+            cpu_millis: None,
+        };
+        s.cgroups = Some(cg.clone());
+        let inst = Instance::spawn(s, logs.clone(), tx);
+        inst.first_boot().await.unwrap();
+        let app = AppName::parse("t").unwrap();
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = logs
+                .recent(&app, 100, 0)
+                .unwrap()
+                .into_iter()
+                .map(|l| l.render())
+                .collect::<Vec<_>>()
+                .join("\n");
+            if text.contains("Error R14") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let still_up = matches!(inst.state(), State::Up { .. });
+        inst.stop().await;
+        assert!(text.contains("read 167772160"), "{text}");
+        assert!(
+            text.contains("Error R14 (Memory quota exceeded) -> memory use reached the 48M limit"),
+            "{text}"
+        );
+        assert!(!text.contains("Error R15"), "{text}");
+        assert!(still_up, "the process was not killed: {text}");
+        cg.remove_root();
+    }
+
     /// A process that spins gets no more CPU than its limit: measured from its own CPU time
     /// in /proc over a second of wall time.
     #[tokio::test]
