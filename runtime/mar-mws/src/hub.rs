@@ -1,0 +1,540 @@
+//! One gateway's live state: reservations, connected sockets with an index by tag, routing
+//! with bounded per-socket queues, and the numbered history for recovery. Pure data behind
+//! one lock, no I/O, and time passed in (`now`), so every rule is unit-tested here.
+//!
+//! Routing (the spec's `valid_client?`): a message reaches a socket if `receivers.sockets`
+//! holds `"*"` or the socket's id, or if any of `receivers.tags` is one of its tags. The set of
+//! sockets is built from the id map and the tag index, never by scanning every socket (except
+//! for `"*"`, which is every socket by definition).
+//!
+//! Recovery (Centrifugo's model): every message gets the next sequence number of the
+//! gateway's history, which also has an epoch, drawn at random when the history starts (a
+//! restart of the server begins a new one). A client that comes back with the epoch and the
+//! last number it saw gets everything after it, all of it or nothing: when the history no
+//! longer reaches back that far (retention by age and count), or the epoch is another, it is
+//! told so and must resync.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+/// A gateway's limits.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// How long a reserved socket's token may wait to be used.
+    pub reservation_ttl: Duration,
+    /// Messages a socket's queue holds before the socket is cut as too slow.
+    pub queue: usize,
+    /// How long messages stay in the history.
+    pub retention: Duration,
+    /// How many messages the history keeps at most.
+    pub retention_count: usize,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self {
+            reservation_ttl: Duration::from_secs(300),
+            queue: 256,
+            retention: Duration::from_secs(120),
+            retention_count: 1000,
+        }
+    }
+}
+
+/// Who a message is for (`receivers` in `POST messages`); `None` fields select nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Receivers {
+    /// `["*"]` for every socket, or socket ids.
+    pub sockets: Option<Vec<String>>,
+    /// Tags: every socket with one of them.
+    pub tags: Option<Vec<String>>,
+}
+
+/// One message on its way to a socket: the same bytes for every socket it reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Its number in the gateway's history.
+    pub seq: u64,
+    /// The `data`, sent verbatim as one text frame.
+    pub data: Bytes,
+}
+
+/// A socket reserved with `POST sockets` (or through `websocket_uri`), waiting for its client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The socket's id (`POST sockets` answers it as `id`).
+    pub id: String,
+    /// The single-use token in its URI.
+    pub token: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Until when the token may be used.
+    pub expires_at: Instant,
+}
+
+/// Why a token does not connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectError {
+    /// Never issued, or already used.
+    Unknown,
+    /// Issued, but not used in time.
+    Expired,
+}
+
+impl ConnectError {
+    /// The close reason a client sees.
+    pub fn reason(self) -> &'static str {
+        match self {
+            ConnectError::Unknown => "unknown or already used token",
+            ConnectError::Expired => "token expired: reserve a new socket",
+        }
+    }
+}
+
+/// A socket that connected: what its writer task reads from.
+#[derive(Debug)]
+pub struct Connected {
+    /// Its id.
+    pub id: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// The messages routed to it, in order.
+    pub queue: mpsc::Receiver<Delivery>,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The message's number.
+    pub seq: u64,
+    /// Sockets it was queued for.
+    pub delivered: usize,
+    /// Sockets whose queue was full: they are disconnected (their writer sees the queue
+    /// close and sends Close 1013).
+    pub cut: Vec<String>,
+}
+
+/// A connected socket, for `GET sockets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// Its id.
+    pub id: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// When it connected (wall clock, RFC 3339 in the API).
+    pub connected_at: std::time::SystemTime,
+}
+
+/// The answer to a recovery request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Everything after the given number (maybe nothing), in order.
+    Complete(Vec<Delivery>),
+    /// The history no longer reaches back that far, or it is another epoch's: resync.
+    Gap,
+}
+
+struct Socket {
+    tags: Vec<String>,
+    connected_at: std::time::SystemTime,
+    tx: mpsc::Sender<Delivery>,
+}
+
+struct Kept {
+    at: Instant,
+    delivery: Delivery,
+}
+
+struct State {
+    reservations: HashMap<String, Reservation>,
+    sockets: HashMap<String, Socket>,
+    by_tag: HashMap<String, HashSet<String>>,
+    history: VecDeque<Kept>,
+    next_seq: u64,
+}
+
+/// One gateway's live state.
+pub struct Hub {
+    options: HubOptions,
+    epoch: String,
+    state: Mutex<State>,
+}
+
+/// 24 hex digits from the system's random source, as MongoDB-style ids look.
+fn random_id() -> String {
+    let mut b = [0u8; 12];
+    // The only failure is an unusable system random source, which nothing can work around;
+    // the time then still makes ids distinct.
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        b.copy_from_slice(&t.to_le_bytes()[..12]);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Hub {
+    /// An empty gateway, with a new history epoch.
+    pub fn new(options: HubOptions) -> Self {
+        Self {
+            options,
+            epoch: random_id(),
+            state: Mutex::new(State {
+                reservations: HashMap::new(),
+                sockets: HashMap::new(),
+                by_tag: HashMap::new(),
+                history: VecDeque::new(),
+                next_seq: 1,
+            }),
+        }
+    }
+
+    /// The history's epoch.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // Nothing here is left half-done by a panic that matters more than serving on.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserves a socket with `tags`; its token is good once, until the reservation expires.
+    pub fn reserve(&self, tags: Vec<String>, now: Instant) -> Reservation {
+        let r = Reservation {
+            id: random_id(),
+            token: format!("{}{}", random_id(), random_id()),
+            tags,
+            expires_at: now + self.options.reservation_ttl,
+        };
+        let mut st = self.state();
+        st.reservations.retain(|_, r| r.expires_at > now);
+        st.reservations.insert(r.token.clone(), r.clone());
+        r
+    }
+
+    /// Uses a token: the reservation becomes a connected socket with its queue.
+    pub fn connect(&self, token: &str, now: Instant) -> Result<Connected, ConnectError> {
+        let mut st = self.state();
+        let r = st.reservations.remove(token).ok_or(ConnectError::Unknown)?;
+        if r.expires_at <= now {
+            return Err(ConnectError::Expired);
+        }
+        let (tx, rx) = mpsc::channel(self.options.queue.max(1));
+        for t in &r.tags {
+            st.by_tag.entry(t.clone()).or_default().insert(r.id.clone());
+        }
+        st.sockets.insert(
+            r.id.clone(),
+            Socket {
+                tags: r.tags.clone(),
+                connected_at: std::time::SystemTime::now(),
+                tx,
+            },
+        );
+        Ok(Connected {
+            id: r.id,
+            tags: r.tags,
+            queue: rx,
+        })
+    }
+
+    /// Forgets a socket (its client went away, or it was deleted or cut). Whether it was
+    /// connected.
+    pub fn disconnect(&self, id: &str) -> bool {
+        let mut st = self.state();
+        remove_socket(&mut st, id)
+    }
+
+    /// Routes `data` to the sockets `receivers` selects, once each, and keeps it in the
+    /// history. A socket whose queue is full is cut.
+    pub fn publish(&self, data: Bytes, receivers: &Receivers, now: Instant) -> Published {
+        let mut st = self.state();
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let delivery = Delivery { seq, data };
+        st.history.push_back(Kept {
+            at: now,
+            delivery: delivery.clone(),
+        });
+        trim(&mut st.history, &self.options, now);
+
+        let mut targets: BTreeSet<String> = BTreeSet::new();
+        if let Some(ids) = &receivers.sockets {
+            if ids.iter().any(|i| i == "*") {
+                targets.extend(st.sockets.keys().cloned());
+            } else {
+                targets.extend(ids.iter().filter(|i| st.sockets.contains_key(*i)).cloned());
+            }
+        }
+        if let Some(tags) = &receivers.tags {
+            for t in tags {
+                if let Some(ids) = st.by_tag.get(t) {
+                    targets.extend(ids.iter().cloned());
+                }
+            }
+        }
+        let (mut delivered, mut cut) = (0, Vec::new());
+        for id in targets {
+            let Some(s) = st.sockets.get(&id) else {
+                continue;
+            };
+            match s.tx.try_send(delivery.clone()) {
+                Ok(()) => delivered += 1,
+                // Full: too slow to keep up. Closed: its writer is gone. Either way it goes.
+                Err(_) => cut.push(id),
+            }
+        }
+        for id in &cut {
+            remove_socket(&mut st, id);
+        }
+        Published {
+            seq,
+            delivered,
+            cut,
+        }
+    }
+
+    /// What a client that saw message `after` of `epoch` missed.
+    pub fn recover(&self, epoch: &str, after: u64, now: Instant) -> Recovery {
+        if epoch != self.epoch {
+            return Recovery::Gap;
+        }
+        let mut st = self.state();
+        trim(&mut st.history, &self.options, now);
+        if after + 1 >= st.next_seq {
+            return Recovery::Complete(Vec::new());
+        }
+        // Complete only if the history still holds the message right after `after`.
+        let oldest = st.history.front().map(|k| k.delivery.seq);
+        match oldest {
+            Some(first) if first <= after + 1 => Recovery::Complete(
+                st.history
+                    .iter()
+                    .filter(|k| k.delivery.seq > after)
+                    .map(|k| k.delivery.clone())
+                    .collect(),
+            ),
+            _ => Recovery::Gap,
+        }
+    }
+
+    /// The connected sockets, or those with `tag`, by id.
+    pub fn sockets(&self, tag: Option<&str>) -> Vec<SocketInfo> {
+        let st = self.state();
+        let info = |(id, s): (&String, &Socket)| SocketInfo {
+            id: id.clone(),
+            tags: s.tags.clone(),
+            connected_at: s.connected_at,
+        };
+        let mut v: Vec<SocketInfo> = match tag {
+            None => st.sockets.iter().map(info).collect(),
+            Some(t) => st
+                .by_tag
+                .get(t)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| st.sockets.get_key_value(id))
+                .map(info)
+                .collect(),
+        };
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// One connected socket.
+    pub fn socket(&self, id: &str) -> Option<SocketInfo> {
+        let st = self.state();
+        st.sockets.get(id).map(|s| SocketInfo {
+            id: id.to_owned(),
+            tags: s.tags.clone(),
+            connected_at: s.connected_at,
+        })
+    }
+}
+
+fn remove_socket(st: &mut State, id: &str) -> bool {
+    let Some(s) = st.sockets.remove(id) else {
+        return false;
+    };
+    for t in &s.tags {
+        if let Some(ids) = st.by_tag.get_mut(t) {
+            ids.remove(id);
+            if ids.is_empty() {
+                st.by_tag.remove(t);
+            }
+        }
+    }
+    true
+}
+
+fn trim(history: &mut VecDeque<Kept>, options: &HubOptions, now: Instant) {
+    while history.len() > options.retention_count {
+        history.pop_front();
+    }
+    while history
+        .front()
+        .is_some_and(|k| now.saturating_duration_since(k.at) > options.retention)
+    {
+        history.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hub() -> Hub {
+        Hub::new(HubOptions {
+            reservation_ttl: Duration::from_secs(300),
+            queue: 4,
+            retention: Duration::from_secs(120),
+            retention_count: 5,
+        })
+    }
+
+    fn tags(t: &[&str]) -> Vec<String> {
+        t.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn drain(c: &mut Connected) -> Vec<u64> {
+        let mut v = Vec::new();
+        while let Ok(d) = c.queue.try_recv() {
+            v.push(d.seq);
+        }
+        v
+    }
+
+    #[test]
+    fn tokens_are_single_use_and_expire() {
+        let (h, t0) = (hub(), Instant::now());
+        let r = h.reserve(tags(&["a"]), t0);
+        assert_eq!(r.id.len(), 24);
+        assert!(h.connect(&r.token, t0).is_ok());
+        assert_eq!(h.connect(&r.token, t0).unwrap_err(), ConnectError::Unknown);
+        assert_eq!(
+            h.connect("nonsense", t0).unwrap_err(),
+            ConnectError::Unknown
+        );
+        let late = h.reserve(vec![], t0);
+        assert_eq!(
+            h.connect(&late.token, t0 + Duration::from_secs(301))
+                .unwrap_err(),
+            ConnectError::Expired
+        );
+    }
+
+    #[test]
+    fn routing_by_star_id_and_tag_reaches_each_socket_once() {
+        let (h, t0) = (hub(), Instant::now());
+        let mut a = h
+            .connect(&h.reserve(tags(&["users.1", "room"]), t0).token, t0)
+            .unwrap();
+        let mut b = h
+            .connect(&h.reserve(tags(&["users.2", "room"]), t0).token, t0)
+            .unwrap();
+        let mut c = h.connect(&h.reserve(vec![], t0).token, t0).unwrap();
+        let all = Receivers {
+            sockets: Some(tags(&["*"])),
+            tags: None,
+        };
+        assert_eq!(h.publish(Bytes::from("1"), &all, t0).delivered, 3);
+        // A tag and an id that both select `a`: once.
+        let p = h.publish(
+            Bytes::from("2"),
+            &Receivers {
+                sockets: Some(vec![a.id.clone(), "no-such-socket".into()]),
+                tags: Some(tags(&["users.1"])),
+            },
+            t0,
+        );
+        assert_eq!(p.delivered, 1);
+        let room = Receivers {
+            sockets: None,
+            tags: Some(tags(&["room"])),
+        };
+        assert_eq!(h.publish(Bytes::from("3"), &room, t0).delivered, 2);
+        assert_eq!(
+            h.publish(Bytes::from("4"), &Receivers::default(), t0)
+                .delivered,
+            0
+        );
+        assert_eq!(drain(&mut a), [1, 2, 3]);
+        assert_eq!(drain(&mut b), [1, 3]);
+        assert_eq!(drain(&mut c), [1]);
+        // The same bytes for everyone.
+        h.publish(Bytes::from("5"), &room, t0);
+        let (x, y) = (a.queue.try_recv().unwrap(), b.queue.try_recv().unwrap());
+        assert_eq!(x.data.as_ptr(), y.data.as_ptr());
+    }
+
+    #[test]
+    fn a_slow_socket_is_cut_and_the_others_lose_nothing() {
+        let (h, t0) = (hub(), Instant::now());
+        let slow = h.connect(&h.reserve(tags(&["t"]), t0).token, t0).unwrap();
+        let mut fast = h.connect(&h.reserve(tags(&["t"]), t0).token, t0).unwrap();
+        let to_t = Receivers {
+            sockets: None,
+            tags: Some(tags(&["t"])),
+        };
+        let mut got = Vec::new();
+        for i in 0..10u64 {
+            let p = h.publish(Bytes::from(i.to_string()), &to_t, t0);
+            if i == 4 {
+                assert_eq!(
+                    p.cut,
+                    [slow.id.as_str()],
+                    "the fifth overflows a queue of 4"
+                );
+            }
+            got.extend(drain(&mut fast));
+        }
+        assert_eq!(got, (1..=10).collect::<Vec<_>>());
+        assert!(h.socket(&slow.id).is_none());
+        assert_eq!(h.sockets(Some("t")).len(), 1);
+    }
+
+    #[test]
+    fn disconnecting_cleans_the_tag_index() {
+        let (h, t0) = (hub(), Instant::now());
+        let a = h.connect(&h.reserve(tags(&["x"]), t0).token, t0).unwrap();
+        assert_eq!(h.sockets(Some("x")).len(), 1);
+        assert!(h.disconnect(&a.id));
+        assert!(!h.disconnect(&a.id));
+        assert!(h.sockets(Some("x")).is_empty());
+        assert!(h.sockets(None).is_empty());
+    }
+
+    #[test]
+    fn recovery_is_all_or_nothing() {
+        let (h, t0) = (hub(), Instant::now());
+        let none = Receivers::default();
+        for i in 0..3 {
+            h.publish(Bytes::from(format!("m{i}")), &none, t0);
+        }
+        let seqs = |r: Recovery| match r {
+            Recovery::Complete(v) => Some(v.iter().map(|d| d.seq).collect::<Vec<_>>()),
+            Recovery::Gap => None,
+        };
+        let e = h.epoch().to_owned();
+        assert_eq!(seqs(h.recover(&e, 1, t0)), Some(vec![2, 3]));
+        assert_eq!(seqs(h.recover(&e, 3, t0)), Some(vec![]));
+        assert_eq!(seqs(h.recover("another-epoch", 1, t0)), None);
+        // Past the count: 5 kept (4..=8), so after 2 there is a hole.
+        for i in 3..8 {
+            h.publish(Bytes::from(format!("m{i}")), &none, t0);
+        }
+        assert_eq!(seqs(h.recover(&e, 2, t0)), None);
+        assert_eq!(seqs(h.recover(&e, 3, t0)), Some(vec![4, 5, 6, 7, 8]));
+        // Past the age: nothing older than 2 minutes.
+        let later = t0 + Duration::from_secs(121);
+        assert_eq!(seqs(h.recover(&e, 7, later)), None);
+        assert_eq!(seqs(h.recover(&e, 8, later)), Some(vec![]));
+    }
+}
