@@ -15,7 +15,8 @@
 //! told so and must resync.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -102,8 +103,31 @@ pub struct Connected {
     pub id: String,
     /// Its tags.
     pub tags: Vec<String>,
-    /// The messages routed to it, in order.
+    /// The messages routed to it, in order; it closes when the hub lets the socket go.
     pub queue: mpsc::Receiver<Delivery>,
+    closed: Arc<AtomicU8>,
+}
+
+/// Why the hub let a socket go (what its queue's end means).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// It did not (the session itself ended).
+    Open,
+    /// Its queue was full: too slow to keep up.
+    TooSlow,
+    /// It was deleted through the API.
+    Deleted,
+}
+
+impl Connected {
+    /// Why its queue ended.
+    pub fn closed(&self) -> Closed {
+        match self.closed.load(Ordering::Acquire) {
+            1 => Closed::TooSlow,
+            2 => Closed::Deleted,
+            _ => Closed::Open,
+        }
+    }
 }
 
 /// What a publish did.
@@ -142,6 +166,7 @@ struct Socket {
     tags: Vec<String>,
     connected_at: std::time::SystemTime,
     tx: mpsc::Sender<Delivery>,
+    closed: Arc<AtomicU8>,
 }
 
 struct Kept {
@@ -227,6 +252,7 @@ impl Hub {
             return Err(ConnectError::Expired);
         }
         let (tx, rx) = mpsc::channel(self.options.queue.max(1));
+        let closed = Arc::new(AtomicU8::new(0));
         for t in &r.tags {
             st.by_tag.entry(t.clone()).or_default().insert(r.id.clone());
         }
@@ -236,20 +262,28 @@ impl Hub {
                 tags: r.tags.clone(),
                 connected_at: std::time::SystemTime::now(),
                 tx,
+                closed: closed.clone(),
             },
         );
         Ok(Connected {
             id: r.id,
             tags: r.tags,
             queue: rx,
+            closed,
         })
     }
 
-    /// Forgets a socket (its client went away, or it was deleted or cut). Whether it was
-    /// connected.
+    /// Forgets a socket whose session ended. Whether it was connected.
     pub fn disconnect(&self, id: &str) -> bool {
         let mut st = self.state();
-        remove_socket(&mut st, id)
+        remove_socket(&mut st, id, Closed::Open)
+    }
+
+    /// Deletes a connected socket (`DELETE sockets/ID`): its session closes it. Whether it
+    /// was connected.
+    pub fn delete(&self, id: &str) -> bool {
+        let mut st = self.state();
+        remove_socket(&mut st, id, Closed::Deleted)
     }
 
     /// Routes `data` to the sockets `receivers` selects, once each, and keeps it in the
@@ -292,7 +326,7 @@ impl Hub {
             }
         }
         for id in &cut {
-            remove_socket(&mut st, id);
+            remove_socket(&mut st, id, Closed::TooSlow);
         }
         Published {
             seq,
@@ -359,10 +393,17 @@ impl Hub {
     }
 }
 
-fn remove_socket(st: &mut State, id: &str) -> bool {
+fn remove_socket(st: &mut State, id: &str, why: Closed) -> bool {
     let Some(s) = st.sockets.remove(id) else {
         return false;
     };
+    // Before the sender goes with `s`, so the session reads the reason once its queue ends.
+    let code = match why {
+        Closed::Open => 0,
+        Closed::TooSlow => 1,
+        Closed::Deleted => 2,
+    };
+    s.closed.store(code, Ordering::Release);
     for t in &s.tags {
         if let Some(ids) = st.by_tag.get_mut(t) {
             ids.remove(id);

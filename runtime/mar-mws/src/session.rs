@@ -1,0 +1,320 @@
+//! One client's WebSocket to a gateway, from the moment its token connected it: messages
+//! routed to it are written as text frames, in order, as they come; the gateway pings it
+//! every `ping_every` (45 s by default, always under the router's 60 s idle rule) and drops a
+//! client that answered none of the last two pings; frames from the client are read (so its
+//! pongs and Close are seen) and otherwise ignored, as MWS is one-way ("raw mode").
+//!
+//! How a session ends says why, in its Close: 1013 when the gateway cut a socket too slow to
+//! keep up, 1000 when the socket was deleted through the API, 1012 when the server shuts down.
+//!
+//! Memory: tungstenite's defaults allocate 128 KiB read and write buffers per connection,
+//! let the write buffer grow without bound and accept 64 MiB messages. [`config`] sets small
+//! buffers, a bounded write buffer and a small message limit; the socket's bounded queue in
+//! the hub holds what waits beyond that.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Closed, Connected, Hub};
+
+/// A session's timing.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// How often the gateway pings the client.
+    pub ping_every: Duration,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self {
+            ping_every: Duration::from_secs(45),
+        }
+    }
+}
+
+/// The WebSocket configuration of gateway connections (see the module's note on memory).
+pub fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 << 10)
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 << 10)
+        // Clients send nothing but control frames; anything larger is refused.
+        .max_message_size(Some(64 << 10))
+        .max_frame_size(Some(64 << 10))
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The client closed, or its connection broke.
+    ClientGone,
+    /// The client answered none of the last two pings.
+    NoPong,
+    /// The gateway cut the socket as too slow (Close 1013).
+    TooSlow,
+    /// The socket was deleted through the API (Close 1000).
+    Deleted,
+    /// The server is shutting down (Close 1012).
+    Shutdown,
+}
+
+/// Runs one connected socket until it ends; the hub forgets it then.
+pub async fn run<S>(
+    mut ws: WebSocketStream<S>,
+    mut connected: Connected,
+    hub: &Hub,
+    options: &SessionOptions,
+    shutdown: &CancellationToken,
+) -> Ended
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut ping = tokio::time::interval(options.ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once: no ping before one interval has passed.
+    ping.tick().await;
+    let mut last_pong = Instant::now();
+    let ended = loop {
+        tokio::select! {
+            d = connected.queue.recv() => match d {
+                Some(d) => match Utf8Bytes::try_from(d.data) {
+                    Ok(text) => {
+                        if ws.send(Message::Text(text)).await.is_err() {
+                            break Ended::ClientGone;
+                        }
+                    }
+                    // `data` comes from a JSON string, so this cannot happen; a frame that
+                    // is not text would break the protocol, so it is skipped.
+                    Err(_) => continue,
+                },
+                None => {
+                    let (ended, code, reason) = match connected.closed() {
+                        Closed::TooSlow => (Ended::TooSlow, CloseCode::Again, "too slow to keep up"),
+                        _ => (Ended::Deleted, CloseCode::Normal, "socket deleted"),
+                    };
+                    close(&mut ws, code, reason).await;
+                    break ended;
+                }
+            },
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Ended::ClientGone,
+                // Raw mode: a client's messages go nowhere (and its pings are answered by
+                // the library).
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if last_pong.elapsed() > options.ping_every * 2 + options.ping_every / 2 {
+                    close(&mut ws, CloseCode::Policy, "no pong").await;
+                    break Ended::NoPong;
+                }
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    break Ended::ClientGone;
+                }
+            }
+            _ = shutdown.cancelled() => {
+                close(&mut ws, CloseCode::Restart, "server restarting").await;
+                break Ended::Shutdown;
+            }
+        }
+    };
+    hub.disconnect(&connected.id);
+    ended
+}
+
+/// Sends a Close, waiting at most a second for a client that does not read.
+async fn close<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &'static str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::{HubOptions, Receivers};
+    use bytes::Bytes;
+    use std::sync::Arc;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    type Client = WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+    /// A real WebSocket connection on 127.0.0.1: the server half runs a session for a socket
+    /// reserved with `tags`.
+    async fn pair(
+        hub: &Arc<Hub>,
+        tags: &[&str],
+        options: SessionOptions,
+        shutdown: CancellationToken,
+        connect_now: bool,
+    ) -> (Client, tokio::task::JoinHandle<Ended>, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let r = hub.reserve(tags.iter().map(|t| t.to_string()).collect(), Instant::now());
+        let id = r.id.clone();
+        let connected = connect_now.then(|| hub.connect(&r.token, Instant::now()).unwrap());
+        let hub2 = hub.clone();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let ws = tokio_tungstenite::accept_async_with_config(tcp, Some(config()))
+                .await
+                .unwrap();
+            let connected = match connected {
+                Some(c) => c,
+                None => hub2.connect(&r.token, Instant::now()).unwrap(),
+            };
+            run(ws, connected, &hub2, &options, &shutdown).await
+        });
+        let (client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        (client, server, id)
+    }
+
+    fn hub(queue: usize) -> Arc<Hub> {
+        Arc::new(Hub::new(HubOptions {
+            queue,
+            ..HubOptions::default()
+        }))
+    }
+
+    fn to(tag: &str) -> Receivers {
+        Receivers {
+            sockets: None,
+            tags: Some(vec![tag.to_owned()]),
+        }
+    }
+
+    async fn next_text(c: &mut Client) -> String {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), c.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    async fn close_code(c: &mut Client) -> Option<CloseCode> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), c.next()).await {
+                Ok(Some(Ok(Message::Close(f)))) => return f.map(|f| f.code),
+                Ok(Some(Ok(_))) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_arrive_in_order_and_client_frames_are_ignored() {
+        let h = hub(16);
+        let (mut c, server, _) = pair(
+            &h,
+            &["room"],
+            SessionOptions::default(),
+            CancellationToken::new(),
+            false,
+        )
+        .await;
+        // The session connects the socket once the handshake is done.
+        while h.sockets(Some("room")).is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c.send(Message::text("ignored")).await.unwrap();
+        for i in 0..3 {
+            h.publish(Bytes::from(format!("m{i}")), &to("room"), Instant::now());
+        }
+        for i in 0..3 {
+            assert_eq!(next_text(&mut c).await, format!("m{i}"));
+        }
+        c.close(None).await.unwrap();
+        assert_eq!(server.await.unwrap(), Ended::ClientGone);
+        assert!(h.sockets(None).is_empty(), "the hub forgot it");
+    }
+
+    #[tokio::test]
+    async fn a_cut_socket_gets_what_was_queued_then_close_1013() {
+        let h = hub(4);
+        let shutdown = CancellationToken::new();
+        // Connected (and queued to) before its writer runs: the fifth message overflows.
+        let (mut c, server, id) = pair(&h, &["t"], SessionOptions::default(), shutdown, true).await;
+        for i in 0..5 {
+            let p = h.publish(Bytes::from(format!("m{i}")), &to("t"), Instant::now());
+            assert_eq!(p.cut.is_empty(), i < 4, "{p:?}");
+        }
+        for i in 0..4 {
+            assert_eq!(next_text(&mut c).await, format!("m{i}"));
+        }
+        assert_eq!(close_code(&mut c).await, Some(CloseCode::Again));
+        assert_eq!(server.await.unwrap(), Ended::TooSlow);
+        assert!(h.socket(&id).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_deleted_socket_is_closed_normally_and_shutdown_is_1012() {
+        let h = hub(16);
+        let (mut c, server, id) = pair(
+            &h,
+            &[],
+            SessionOptions::default(),
+            CancellationToken::new(),
+            true,
+        )
+        .await;
+        assert!(h.delete(&id));
+        assert_eq!(close_code(&mut c).await, Some(CloseCode::Normal));
+        assert_eq!(server.await.unwrap(), Ended::Deleted);
+
+        let stop = CancellationToken::new();
+        let (mut c, server, _) = pair(&h, &[], SessionOptions::default(), stop.clone(), true).await;
+        stop.cancel();
+        assert_eq!(close_code(&mut c).await, Some(CloseCode::Restart));
+        assert_eq!(server.await.unwrap(), Ended::Shutdown);
+    }
+
+    #[tokio::test]
+    async fn the_gateway_pings_and_drops_a_client_that_never_answers() {
+        let h = hub(16);
+        let fast = SessionOptions {
+            ping_every: Duration::from_millis(150),
+        };
+        // A client that reads (so its library answers pings) sees pings and stays.
+        let (mut c, server, id) = pair(&h, &[], fast.clone(), CancellationToken::new(), true).await;
+        let mut pings = 0;
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(800) {
+            if let Ok(Some(Ok(Message::Ping(_)))) =
+                tokio::time::timeout(Duration::from_millis(100), c.next()).await
+            {
+                pings += 1;
+            }
+        }
+        assert!(pings >= 3, "{pings} pings in 800 ms");
+        assert!(h.socket(&id).is_some(), "an answering client stays");
+        drop(c);
+        assert_eq!(server.await.unwrap(), Ended::ClientGone);
+
+        // A client that never reads never answers: dropped after about two pings.
+        let (_silent, server, id) = pair(&h, &[], fast, CancellationToken::new(), true).await;
+        let ended = tokio::time::timeout(Duration::from_secs(3), server)
+            .await
+            .expect("the silent client was dropped")
+            .unwrap();
+        assert_eq!(ended, Ended::NoPong);
+        assert!(h.socket(&id).is_none());
+    }
+}
