@@ -14,6 +14,7 @@ mod formation;
 mod hardening;
 mod isolation;
 mod lifecycle;
+mod mws;
 mod platform;
 mod releases;
 mod router;

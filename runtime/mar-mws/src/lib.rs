@@ -13,9 +13,11 @@
 //!
 //! Boundary: knows nothing of apps, builds, the router or storage engines.
 
+pub mod api;
 pub mod hub;
 pub mod session;
 
+pub use api::{Access, Gateway, Gateways, MwsHandler};
 pub use hub::{
     Closed, ConnectError, Connected, Delivery, Hub, HubOptions, Published, Receivers, Recovery,
     Reservation, SocketInfo,

@@ -9,6 +9,7 @@ mod domains;
 mod logs;
 mod processes;
 mod releases;
+mod services;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub struct Platform {
     pub(crate) self_url: String,
     pub(crate) domain: String,
     pub(crate) port: u16,
+    /// The MWS gateways (service instances of kind `mws`), served under `/v1/gateways/`.
+    pub(crate) gateways: Arc<mar_mws::Gateways>,
 }
 
 /// An API error: a status and the hosted MWS error body.
@@ -65,7 +68,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        status: StatusCode,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             reason,
@@ -92,10 +99,14 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::NoSuchApp(_) | StoreError::NoSuchRelease { .. } => {
+            StoreError::NoSuchApp(_)
+            | StoreError::NoSuchRelease { .. }
+            | StoreError::NoSuchService(_) => {
                 Self::new(StatusCode::NOT_FOUND, "NotFound", e.to_string())
             }
-            StoreError::AppExists(_) | StoreError::DomainTaken { .. } => {
+            StoreError::AppExists(_)
+            | StoreError::DomainTaken { .. }
+            | StoreError::ServiceExists(_) => {
                 Self::new(StatusCode::CONFLICT, "Conflict", e.to_string())
             }
             StoreError::NoSuchDomain { .. } => {
@@ -164,6 +175,14 @@ pub fn router(p: Arc<Platform>) -> axum::Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/v1/apps", get(list_apps).post(create_app))
+        .route(
+            "/v1/services",
+            get(services::list_services).post(services::create_service),
+        )
+        .route(
+            "/v1/services/{name}",
+            get(services::show_service).delete(services::destroy_service),
+        )
         .route("/v1/apps/{app}", get(show_app).delete(destroy_app))
         .route("/v1/apps/{app}/config", get(get_config).patch(patch_config))
         .route("/v1/apps/{app}/env_vars", get(get_config).put(patch_config))
@@ -318,6 +337,10 @@ impl Handler for PlatformHandler {
                 api: self.api.clone(),
             };
             return Box::pin(async move { this.git(req, client).await });
+        }
+        // The MWS gateways' API and WebSocket endpoint (bare domain, IP hosts, mws.DOMAIN).
+        if mar_mws::Gateways::serves(&path) {
+            return mar_mws::MwsHandler::new(self.platform.gateways.clone()).call(req);
         }
         // Old Qt Cloud clients end collection URLs with a slash (`/v1/apps/<id>/`).
         if path.len() > 1 && path.ends_with('/') {

@@ -500,6 +500,38 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         return Err(RuntimeError::Isolation(missing));
     }
     apps.restore().await;
+    // The MWS gateways, back from the store with their access modes; their sockets close
+    // with 1012 when the server stops.
+    let gateways = {
+        let store = store.clone();
+        let keep: mar_mws::api::AccessChanged = Arc::new(move |id, access| {
+            if let Err(e) = store.set_service_access(id, access.as_str()) {
+                tracing::error!("cannot keep gateway {id}'s access mode: {e}");
+            }
+        });
+        mar_mws::Gateways::new(mar_mws::SessionOptions::default(), shutdown.clone(), keep)
+            .map_err(RuntimeError::Thread)?
+    };
+    for s in store.list_services()? {
+        if s.kind == "mws" {
+            let access = mar_mws::Access::parse(&s.access).unwrap_or(mar_mws::Access::None);
+            gateways.add(&s.id, &s.name, &s.secret, access);
+        }
+    }
+    let gateways_at_exit = gateways.clone();
+    // The router threads stop once the gateways' sessions have sent their Close 1012: those
+    // sockets' connections belong to the router threads' event loops, so a router thread
+    // that ended first would cut them without a word.
+    let router_stop = CancellationToken::new();
+    {
+        let (shutdown, router_stop, gateways) =
+            (shutdown.clone(), router_stop.clone(), gateways.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            gateways.closed(Duration::from_secs(2)).await;
+            router_stop.cancel();
+        });
+    }
     let metrics = Arc::new(mar_router::Metrics::default());
     let logs_for_router = logs.clone();
     let platform = Arc::new(api::Platform {
@@ -513,6 +545,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         self_url,
         domain: cfg.domain.clone(),
         port: addr.port(),
+        gateways,
     });
     let handler = Arc::new(api::PlatformHandler {
         api: api::router(platform.clone()),
@@ -572,7 +605,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         .patient(),
         sink,
         metrics,
-        shutdown: shutdown.clone(),
+        shutdown: router_stop.clone(),
         timeouts: cfg.timeouts,
         limits: cfg.server_limits,
         admission: connection_caps(&cfg),
@@ -620,6 +653,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
             clean &= watcher.await.unwrap_or(false);
         }
         apps.stop_all().await;
+        drop(gateways_at_exit);
         let _ = std::fs::remove_file(paths.serve_file());
         // Only now may another server take the directory.
         drop(lock);

@@ -48,6 +48,12 @@ pub enum StoreError {
         /// The app.
         app: String,
     },
+    /// No service instance by that name.
+    #[error("no such service: {0}")]
+    NoSuchService(String),
+    /// A service instance by that name exists already.
+    #[error("service {0} already exists")]
+    ServiceExists(String),
     /// A stored JSON column did not parse (the file was edited by hand or is corrupt).
     #[error("state database holds malformed JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -118,6 +124,23 @@ pub struct NewRelease {
     pub wasm: Option<String>,
 }
 
+/// A service instance (an MWS gateway; EDS backends later): what apps attach to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// Its name, unique on this server.
+    pub name: String,
+    /// `mws`.
+    pub kind: String,
+    /// Its id in URLs (24 hex digits).
+    pub id: String,
+    /// The secret that opens its API.
+    pub secret: String,
+    /// Its access mode (MWS: `none` or `custom`).
+    pub access: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
 /// The state database. Cheap to share behind an `Arc`.
 pub struct Store {
     conn: Mutex<Connection>,
@@ -167,6 +190,14 @@ const MIGRATIONS: &[&str] = &[
          created_at TEXT NOT NULL
      );",
     "ALTER TABLE releases ADD COLUMN wasm TEXT;",
+    "CREATE TABLE services (
+         name TEXT PRIMARY KEY,
+         kind TEXT NOT NULL,
+         id TEXT NOT NULL UNIQUE,
+         secret TEXT NOT NULL,
+         access TEXT NOT NULL DEFAULT 'none',
+         created_at TEXT NOT NULL
+     );",
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -472,6 +503,87 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records a new service instance.
+    pub fn create_service(
+        &self,
+        name: &str,
+        kind: &str,
+        id: &str,
+        secret: &str,
+    ) -> Result<Service> {
+        let created_at = now();
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO services (name, kind, id, secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, kind, id, secret, created_at],
+        )?;
+        if n == 0 {
+            return Err(StoreError::ServiceExists(name.to_owned()));
+        }
+        Ok(Service {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            id: id.to_owned(),
+            secret: secret.to_owned(),
+            access: "none".to_owned(),
+            created_at,
+        })
+    }
+
+    /// Every service instance, by name.
+    pub fn list_services(&self) -> Result<Vec<Service>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, kind, id, secret, access, created_at FROM services ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], service_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// One service instance by name.
+    pub fn service(&self, name: &str) -> Result<Service> {
+        self.conn()
+            .query_row(
+                "SELECT name, kind, id, secret, access, created_at FROM services WHERE name = ?1",
+                params![name],
+                service_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchService(name.to_owned()))
+    }
+
+    /// Sets a service instance's access mode, by its id.
+    pub fn set_service_access(&self, id: &str, access: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE services SET access = ?1 WHERE id = ?2",
+            params![access, id],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a service instance.
+    pub fn delete_service(&self, name: &str) -> Result<()> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM services WHERE name = ?1", params![name])?;
+        if n == 0 {
+            return Err(StoreError::NoSuchService(name.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+fn service_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Service> {
+    Ok(Service {
+        name: r.get(0)?,
+        kind: r.get(1)?,
+        id: r.get(2)?,
+        secret: r.get(3)?,
+        access: r.get(4)?,
+        created_at: r.get(5)?,
+    })
+}
+
 struct RawRelease {
     version: i64,
     description: String,
@@ -523,6 +635,29 @@ impl RawRelease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_are_kept_with_their_access_and_names_are_unique() {
+        let (_d, s) = store();
+        let g = s.create_service("push", "mws", "a1", "s3cret").unwrap();
+        assert_eq!(g.access, "none");
+        assert!(matches!(
+            s.create_service("push", "mws", "a2", "x"),
+            Err(StoreError::ServiceExists(_))
+        ));
+        s.set_service_access("a1", "custom").unwrap();
+        assert_eq!(s.service("push").unwrap().access, "custom");
+        assert_eq!(s.list_services().unwrap().len(), 1);
+        s.delete_service("push").unwrap();
+        assert!(matches!(
+            s.service("push"),
+            Err(StoreError::NoSuchService(_))
+        ));
+        assert!(matches!(
+            s.delete_service("push"),
+            Err(StoreError::NoSuchService(_))
+        ));
+    }
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();

@@ -47,6 +47,8 @@ enum Command {
     #[command(flatten)]
     Domains(commands::domains::DomainsCommand),
     #[command(flatten)]
+    Services(commands::services::ServicesCommand),
+    #[command(flatten)]
     Auth(commands::auth::AuthCommand),
     /// Git hooks (run by git during a push).
     #[command(hide = true)]
@@ -104,6 +106,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ps(cmd) => commands::ps::run(cmd, &ctx).await,
         Command::Logs(cmd) => commands::logs::run(cmd, &ctx).await,
         Command::Domains(cmd) => commands::domains::run(cmd, &ctx).await,
+        Command::Services(cmd) => commands::services::run(cmd, &ctx).await,
         Command::Serve(_) | Command::Hook { .. } | Command::Auth(_) => Ok(ExitCode::SUCCESS),
     }
 }

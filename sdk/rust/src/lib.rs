@@ -240,6 +240,43 @@ impl Client {
         Ok(())
     }
 
+    /// `GET /v1/services`.
+    pub async fn services(&self) -> Result<Vec<types::ServiceInfo>, SdkError> {
+        let r: Results<types::ServiceInfo> = self.json(Method::GET, "/v1/services", None).await?;
+        Ok(r.results)
+    }
+
+    /// `POST /v1/services`: a new service instance of `kind` (`mws`).
+    pub async fn create_service(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> Result<types::ServiceInfo, SdkError> {
+        self.json(
+            Method::POST,
+            "/v1/services",
+            Some(serde_json::json!({ "kind": kind, "name": name })),
+        )
+        .await
+    }
+
+    /// `GET /v1/services/NAME`.
+    pub async fn service(&self, name: &str) -> Result<types::ServiceInfo, SdkError> {
+        self.json(Method::GET, &format!("/v1/services/{}", enc(name)), None)
+            .await
+    }
+
+    /// `DELETE /v1/services/NAME`.
+    pub async fn destroy_service(&self, name: &str) -> Result<(), SdkError> {
+        self.json::<serde_json::Value>(
+            Method::DELETE,
+            &format!("/v1/services/{}", enc(name)),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
     /// `GET /v1/apps/APP/config`.
     pub async fn config(&self, app: &str) -> Result<BTreeMap<String, String>, SdkError> {
         self.json(Method::GET, &format!("/v1/apps/{}/config", enc(app)), None)

@@ -202,3 +202,22 @@ pub struct BuildResult {
     /// The new release, on success.
     pub release: Option<i64>,
 }
+
+/// A service instance (`/v1/services`): an MWS gateway (EDS backends later).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Its name.
+    pub name: String,
+    /// `mws`.
+    pub kind: String,
+    /// Its id in the service's URLs (`/v1/gateways/ID/`).
+    pub id: String,
+    /// The secret that opens its API (`Authorization: Bearer SECRET`).
+    pub secret: String,
+    /// Where its API is served (the platform's address).
+    pub address: String,
+    /// Its access mode (`none`: public sockets and messages; `custom`: the secret only).
+    pub access: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}

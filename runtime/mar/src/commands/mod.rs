@@ -12,6 +12,7 @@ pub(crate) mod logs;
 pub(crate) mod ps;
 pub(crate) mod releases;
 pub(crate) mod serve;
+pub(crate) mod services;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,659 @@
+//! The gateways' REST API and WebSocket endpoint, as Qt Cloud Services' MWS spoke them
+//! (`shared/qtc-api.md` §3), behind a [`mar_http::Handler`]: `/v1/gateways/ID/…`, and the
+//! early alias `/v1/instances/ID/…`, with trailing slashes and a missing Content-Type
+//! tolerated. The WebSocket endpoint is `/v1/gateways/ID/socket?token=T` (the URI
+//! `websocket_uri` and `POST sockets` hand out); its sessions run on the gateways' own
+//! executor, never on the platform's threads that make blocking SQLite calls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use mar_http::{Body, Handler, ResponseFuture};
+use serde_json::{Value, json};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Hub, HubOptions, Receivers};
+use crate::session::{self, SessionOptions};
+
+/// Who may call a gateway's API without its secret (`identityProvider` in its configuration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Public: `websocket_uri` and `messages` need no token.
+    None,
+    /// Only the secret opens the API; the app's server reserves sockets for its clients.
+    Custom,
+}
+
+impl Access {
+    /// The mode named by [`Access::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "none" => Some(Access::None),
+            "custom" => Some(Access::Custom),
+            _ => None,
+        }
+    }
+
+    /// `none` or `custom`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::None => "none",
+            Access::Custom => "custom",
+        }
+    }
+}
+
+/// The largest `data` a message may carry.
+pub const MAX_MESSAGE: usize = 64 << 10;
+
+/// One gateway: its identity, access mode and live state.
+pub struct Gateway {
+    /// Its id (in URLs).
+    pub id: String,
+    /// Its name (the service instance's).
+    pub name: String,
+    secret: String,
+    access: RwLock<Access>,
+    hub: Hub,
+}
+
+impl Gateway {
+    /// Its access mode now.
+    pub fn access(&self) -> Access {
+        *self.access.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes its access mode.
+    pub fn set_access(&self, a: Access) {
+        *self.access.write().unwrap_or_else(|e| e.into_inner()) = a;
+    }
+
+    /// Its live state.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+/// Every gateway of the server, with the executor their sessions run on.
+pub struct Gateways {
+    map: RwLock<HashMap<String, Arc<Gateway>>>,
+    executor: tokio::runtime::Handle,
+    _runtime: Option<RuntimeGuard>,
+    session: SessionOptions,
+    shutdown: CancellationToken,
+    on_access: AccessChanged,
+    sessions: tokio_util::task::TaskTracker,
+}
+
+/// Called when a gateway's access mode changes through the API, to keep it.
+pub type AccessChanged = Arc<dyn Fn(&str, Access) + Send + Sync>;
+
+/// Shuts the gateways' runtime down without blocking when they go.
+struct RuntimeGuard(Option<tokio::runtime::Runtime>);
+
+impl Drop for RuntimeGuard {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Gateways {
+    /// No gateways yet; sessions run on a runtime of their own (one thread: they only move
+    /// bytes), and end with Close 1012 when `shutdown` is cancelled; `on_access` keeps a
+    /// gateway's access mode when the API changes it.
+    pub fn new(
+        session: SessionOptions,
+        shutdown: CancellationToken,
+        on_access: AccessChanged,
+    ) -> std::io::Result<Arc<Self>> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("mar-mws")
+            .enable_all()
+            .build()?;
+        Ok(Arc::new(Self {
+            map: RwLock::new(HashMap::new()),
+            executor: rt.handle().clone(),
+            _runtime: Some(RuntimeGuard(Some(rt))),
+            session,
+            shutdown,
+            on_access,
+            sessions: tokio_util::task::TaskTracker::new(),
+        }))
+    }
+
+    /// Adds (or replaces) a gateway.
+    pub fn add(&self, id: &str, name: &str, secret: &str, access: Access) -> Arc<Gateway> {
+        let g = Arc::new(Gateway {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            secret: secret.to_owned(),
+            access: RwLock::new(access),
+            hub: Hub::new(HubOptions::default()),
+        });
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), g.clone());
+        g
+    }
+
+    /// Removes a gateway; its sockets are closed (deleted).
+    pub fn remove(&self, id: &str) {
+        let g = self
+            .map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if let Some(g) = g {
+            for s in g.hub.sockets(None) {
+                g.hub.delete(&s.id);
+            }
+        }
+    }
+
+    /// A gateway by id.
+    pub fn get(&self, id: &str) -> Option<Arc<Gateway>> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Waits (at most `grace`) for every session to end, after the shutdown token fired:
+    /// their Close 1012 frames are sent before the server exits.
+    pub async fn closed(&self, grace: std::time::Duration) {
+        self.sessions.close();
+        let _ = tokio::time::timeout(grace, self.sessions.wait()).await;
+    }
+
+    /// Whether `path` is one this API serves.
+    pub fn serves(path: &str) -> bool {
+        path.starts_with("/v1/gateways/") || path.starts_with("/v1/instances/")
+    }
+}
+
+/// The MWS handler.
+#[derive(Clone)]
+pub struct MwsHandler {
+    gateways: Arc<Gateways>,
+}
+
+impl MwsHandler {
+    /// Serves `gateways`.
+    pub fn new(gateways: Arc<Gateways>) -> Self {
+        Self { gateways }
+    }
+}
+
+impl Handler for MwsHandler {
+    fn call(&self, req: Request<Body>) -> ResponseFuture {
+        let gateways = self.gateways.clone();
+        Box::pin(async move { serve(&gateways, req).await })
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(mar_http::full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, reason: &str, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        &json!({"error": {"reason": reason, "message": message}}),
+    )
+}
+
+fn invalid(property: &str, message: &str) -> Response<Body> {
+    json_response(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        &json!({"errors": [{"reason": "ValidationFailed", "property": property, "message": message}]}),
+    )
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    // RFC 3339 UTC with milliseconds, as the Qt Cloud services wrote dates.
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, day) = civil(days);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to a (year, month, day) date (Howard Hinnant's algorithm).
+fn civil(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Tags as the NODE SDK sends them: strings kept, numbers and other values as their JSON.
+fn tags_of(v: Option<&Value>) -> Vec<String> {
+    let as_tag = |t: &Value| match t {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match v {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a.iter().map(as_tag).collect(),
+        Some(other) => vec![as_tag(other)],
+    }
+}
+
+/// A `receivers` list: strings (numbers taken as their digits), or absent/null for none.
+fn strings(v: Option<&Value>) -> Result<Option<Vec<String>>, &'static str> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|x| match x {
+                Value::String(s) => Ok(s.clone()),
+                Value::Number(n) => Ok(n.to_string()),
+                _ => Err("must be a list of strings"),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(_) => Err("must be a list of strings"),
+    }
+}
+
+async fn read_json(req: Request<Body>) -> Result<Value, Response<Body>> {
+    let limit = MAX_MESSAGE * 2 + 4096;
+    let mut body = req.into_body();
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the request body broke off",
+            ));
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "TooLarge",
+                    "request body too large",
+                ));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    if buf.is_empty() {
+        return Ok(json!({}));
+    }
+    // Old clients send no Content-Type: the body is JSON whatever it says.
+    serde_json::from_slice(&buf).map_err(|e| invalid("body", &format!("is not JSON: {e}")))
+}
+
+async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Body> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let rest = path
+        .strip_prefix("/v1/gateways/")
+        .or_else(|| path.strip_prefix("/v1/instances/"))
+        .unwrap_or("");
+    let mut parts = rest.split('/');
+    let id = parts.next().unwrap_or("");
+    let resource: Vec<&str> = parts.collect();
+    let Some(gw) = gateways.get(id) else {
+        return error(StatusCode::NOT_FOUND, "NotFound", "no such gateway");
+    };
+    let authed = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), gw.secret.as_bytes()));
+    let has_auth = req.headers().contains_key(header::AUTHORIZATION);
+    let deny = || error(StatusCode::UNAUTHORIZED, "AccessDenied", "Access denied");
+    // Public resources in `none` mode; everything else needs the secret. A wrong secret is
+    // refused even where none is needed, so a client learns its mistake.
+    let public_ok = gw.access() == Access::None && !has_auth;
+    let method = req.method().clone();
+    let now = Instant::now();
+    let base = socket_base(&req, &gw.id);
+    match (method, resource.as_slice()) {
+        (Method::GET, ["socket"]) => upgrade(gateways, &gw, &mut req),
+        (Method::GET, ["websocket_uri"]) => {
+            if !(authed || public_ok) {
+                return deny();
+            }
+            let r = gw.hub.reserve(Vec::new(), now);
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "uri": format!("{base}?token={}", r.token),
+                    "expiresAt": rfc3339(SystemTime::now() + (r.expires_at - now)),
+                    "tags": r.tags,
+                }),
+            )
+        }
+        (Method::POST, ["messages"]) => {
+            if !(authed || public_ok) {
+                return deny();
+            }
+            let body = match read_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let Some(data) = body.get("data").and_then(Value::as_str) else {
+                return invalid("data", "must be a string");
+            };
+            if data.len() > MAX_MESSAGE {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "TooLarge",
+                    &format!("data is larger than {} KiB", MAX_MESSAGE >> 10),
+                );
+            }
+            let Some(receivers) = body.get("receivers").filter(|r| r.is_object()) else {
+                return invalid("receivers", "is missing");
+            };
+            let parsed = match (
+                strings(receivers.get("sockets")),
+                strings(receivers.get("tags")),
+            ) {
+                (Ok(sockets), Ok(tags)) => Receivers { sockets, tags },
+                (Err(m), _) => return invalid("receivers.sockets", m),
+                (_, Err(m)) => return invalid("receivers.tags", m),
+            };
+            gw.hub
+                .publish(Bytes::copy_from_slice(data.as_bytes()), &parsed, now);
+            json_response(
+                StatusCode::CREATED,
+                &json!({"data": data, "receivers": receivers}),
+            )
+        }
+        (Method::POST, ["sockets"]) => {
+            if !authed {
+                return deny();
+            }
+            let body = match read_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            let r = gw.hub.reserve(tags_of(body.get("tags")), now);
+            json_response(
+                StatusCode::CREATED,
+                &json!({
+                    "id": r.id,
+                    "uri": format!("{base}?token={}", r.token),
+                    "expiresAt": rfc3339(SystemTime::now() + (r.expires_at - now)),
+                    "tags": r.tags,
+                }),
+            )
+        }
+        (Method::GET, ["sockets"]) => {
+            if !authed {
+                return deny();
+            }
+            let tag = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("tag="))
+                    .map(mar_percent_decode)
+            });
+            let results: Vec<Value> = gw
+                .hub
+                .sockets(tag.as_deref())
+                .into_iter()
+                .map(
+                    |s| json!({"id": s.id, "connectedAt": rfc3339(s.connected_at), "tags": s.tags}),
+                )
+                .collect();
+            json_response(StatusCode::OK, &json!({ "results": results }))
+        }
+        (Method::GET, ["sockets", sid]) => {
+            if !authed {
+                return deny();
+            }
+            match gw.hub.socket(sid) {
+                Some(s) => json_response(
+                    StatusCode::OK,
+                    &json!({"id": s.id, "connectedAt": rfc3339(s.connected_at), "tags": s.tags}),
+                ),
+                None => json_response(StatusCode::NOT_FOUND, &json!({})),
+            }
+        }
+        (Method::DELETE, ["sockets", sid]) => {
+            if !authed {
+                return deny();
+            }
+            if gw.hub.delete(sid) {
+                json_response(StatusCode::OK, &json!({}))
+            } else {
+                json_response(StatusCode::NOT_FOUND, &json!({}))
+            }
+        }
+        (Method::GET, ["configuration"]) => {
+            if !authed {
+                return deny();
+            }
+            json_response(StatusCode::OK, &configuration(&gw))
+        }
+        (Method::PUT, ["configuration"]) => {
+            if !authed {
+                return deny();
+            }
+            let body = match read_json(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            if let Some(ip) = body.get("identityProvider") {
+                let kind = ip.get("type").and_then(Value::as_str).or(ip.as_str());
+                match kind.and_then(Access::parse) {
+                    Some(a) => {
+                        gw.set_access(a);
+                        (gateways.on_access)(&gw.id, a);
+                    }
+                    None if kind == Some("eds") => {
+                        return invalid(
+                            "identityProvider",
+                            "eds needs the EDS data store, which this mini-MAR does not have yet",
+                        );
+                    }
+                    None => {
+                        return invalid("identityProvider", "type must be none, eds or custom");
+                    }
+                }
+            }
+            json_response(StatusCode::OK, &configuration(&gw))
+        }
+        _ => error(StatusCode::NOT_FOUND, "NotFound", "no such resource"),
+    }
+}
+
+fn configuration(gw: &Gateway) -> Value {
+    json!({
+        "id": gw.id,
+        "name": gw.name,
+        "identityProvider": {"type": gw.access().as_str()},
+        "permissions": {"read": ["*"], "write": ["*"]},
+    })
+}
+
+/// `ws(s)://HOST/v1/gateways/ID/socket`, from the request's own host and scheme.
+fn socket_base(req: &Request<Body>, id: &str) -> String {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let secure = mar_http::Connection::of(req).is_some_and(|c| c.scheme == mar_http::Scheme::Https);
+    format!(
+        "{}://{host}/v1/gateways/{id}/socket",
+        if secure { "wss" } else { "ws" }
+    )
+}
+
+fn mar_percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Compares secrets without an early exit that would tell an attacker how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Answers a WebSocket handshake to `socket?token=T` and runs the session on the gateways'
+/// executor. A bad token gets the handshake too, then a Close saying why (as MWS did: the
+/// client sees the reason, not a failed upgrade).
+fn upgrade(gateways: &Arc<Gateways>, gw: &Arc<Gateway>, req: &mut Request<Body>) -> Response<Body> {
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| k.as_bytes().to_vec());
+    let is_ws = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|u| u.to_str().ok())
+        .is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let (Some(key), true) = (key, is_ws) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "this is the gateway's WebSocket endpoint: connect with a WebSocket client",
+        );
+    };
+    let token = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
+        .unwrap_or("")
+        .to_owned();
+    let on_upgrade = hyper::upgrade::on(req);
+    let (gateways, gw) = (gateways.clone(), gw.clone());
+    let (tracker, executor) = (gateways.sessions.clone(), gateways.executor.clone());
+    tracker.spawn_on(
+        async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let io = hyper_util::rt::TokioIo::new(upgraded);
+            let mut ws =
+                WebSocketStream::from_raw_socket(io, Role::Server, Some(session::config())).await;
+            match gw.hub.connect(&token, Instant::now()) {
+                Ok(connected) => {
+                    session::run(
+                        ws,
+                        connected,
+                        &gw.hub,
+                        &gateways.session,
+                        &gateways.shutdown,
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    let frame = CloseFrame {
+                        code: CloseCode::Policy,
+                        reason: e.reason().into(),
+                    };
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(1),
+                        ws.close(Some(frame)),
+                    )
+                    .await;
+                }
+            }
+        },
+        &executor,
+    );
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let mut r = Response::new(mar_http::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(
+        header::UPGRADE,
+        header::HeaderValue::from_static("websocket"),
+    );
+    h.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("upgrade"),
+    );
+    if let Ok(v) = header::HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_rfc3339_with_milliseconds() {
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_372_437_512_369);
+        assert_eq!(rfc3339(t), "2013-06-28T16:38:32.369Z");
+        assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn tags_as_the_node_sdk_sends_them() {
+        assert_eq!(
+            tags_of(Some(&json!(["a", 1, {"x": 2}]))),
+            ["a", "1", "{\"x\":2}"]
+        );
+        assert_eq!(tags_of(Some(&json!("solo"))), ["solo"]);
+        assert!(tags_of(None).is_empty());
+        assert_eq!(
+            strings(Some(&json!(["*", 3]))),
+            Ok(Some(vec!["*".to_owned(), "3".to_owned()]))
+        );
+        assert!(strings(Some(&json!([{}]))).is_err());
+        assert_eq!(strings(Some(&Value::Null)), Ok(None));
+    }
+}

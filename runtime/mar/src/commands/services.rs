@@ -1,0 +1,96 @@
+//! `mar services`, `services:create`, `services:info`, `services:destroy`: service instances
+//! (MWS push gateways so far), which apps' clients and servers use through their own APIs.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use clap::Subcommand;
+
+use super::{Context, print_json};
+
+/// The commands of this topic.
+#[derive(Subcommand, Debug)]
+pub(crate) enum ServicesCommand {
+    /// List the service instances.
+    Services,
+    /// Create a service instance: `mar services:create mws NAME` (a push gateway).
+    #[command(name = "services:create")]
+    ServicesCreate {
+        /// `mws`.
+        kind: String,
+        /// Its name: lowercase letters, digits and '-', starting with a letter.
+        name: String,
+    },
+    /// Show a service instance: its id, secret and address.
+    #[command(name = "services:info")]
+    ServicesInfo {
+        /// The instance.
+        name: String,
+    },
+    /// Destroy a service instance; an MWS gateway's sockets are closed.
+    #[command(name = "services:destroy")]
+    ServicesDestroy {
+        /// The instance.
+        name: String,
+        /// Its name again, to confirm.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+}
+
+/// Runs one command of this topic.
+pub(crate) async fn run(cmd: ServicesCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ServicesCommand::Services => {
+            let all = ctx.client.services().await?;
+            if ctx.json {
+                return print_json(&all);
+            }
+            println!("=== Services");
+            for s in all {
+                println!("{}  {}  {}", s.name, s.kind, s.id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ServicesCommand::ServicesCreate { kind, name } => {
+            let s = ctx.client.create_service(&kind, &name).await?;
+            if ctx.json {
+                return print_json(&s);
+            }
+            println!("Creating {} {}... done", s.kind, s.name);
+            print_info(&s);
+            Ok(ExitCode::SUCCESS)
+        }
+        ServicesCommand::ServicesInfo { name } => {
+            let s = ctx.client.service(&name).await?;
+            if ctx.json {
+                return print_json(&s);
+            }
+            print_info(&s);
+            Ok(ExitCode::SUCCESS)
+        }
+        ServicesCommand::ServicesDestroy { name, confirm } => {
+            if confirm.as_deref() != Some(name.as_str()) {
+                bail!(
+                    "this destroys the service {name} and closes its connections; run again with --confirm {name}"
+                );
+            }
+            ctx.client.destroy_service(&name).await?;
+            if ctx.json {
+                return print_json(&serde_json::json!({}));
+            }
+            println!("Destroying {name}... done");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_info(s: &mar_sdk::types::ServiceInfo) {
+    println!("=== {}", s.name);
+    println!("Kind:    {}", s.kind);
+    println!("Id:      {}", s.id);
+    println!("Secret:  {}", s.secret);
+    println!("Address: {}", s.address);
+    println!("Access:  {}", s.access);
+    println!("Created: {}", s.created_at);
+}

@@ -1,0 +1,383 @@
+//! MWS, the push gateway, end to end with real WebSocket clients: a gateway created with the
+//! CLI, public and reserved sockets, delivery to all, by tag and by id, the REST API's errors,
+//! single-use tokens, access modes kept across a restart (which closes sockets with 1012), and
+//! a deleted gateway.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use mar_tests::{MarServer, http};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Gateway {
+    id: String,
+    secret: String,
+}
+
+fn create(mar: &MarServer, name: &str) -> Gateway {
+    let out = mar.mar(&["services:create", "mws", name, "--json"]);
+    assert!(out.ok(), "{}", out.all());
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "mws");
+    assert_eq!(v["id"].as_str().unwrap().len(), 24);
+    assert_eq!(
+        v["address"],
+        format!("http://localhost:{}", mar.addr.port())
+    );
+    Gateway {
+        id: v["id"].as_str().unwrap().to_owned(),
+        secret: v["secret"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// A REST call as the old clients make it: no Content-Type, the secret if given.
+async fn rest(
+    mar: &MarServer,
+    method: &str,
+    path: &str,
+    secret: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
+    let auth = secret.map(|s| format!("Bearer {s}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("authorization", a)])
+        .unwrap_or_default();
+    let body = if body.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
+    let r = http(mar.addr, method, "localhost", path, &headers, body).await;
+    let v = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    (r.status, v)
+}
+
+/// Opens a URI the gateway handed out, through the router.
+async fn open(mar: &MarServer, uri: &str) -> Ws {
+    let path = uri
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        .unwrap();
+    let mut req = format!("ws://{}{path}", mar.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("host", "localhost".parse().unwrap());
+    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+async fn closed_with(ws: &mut Ws) -> Option<(CloseCode, String)> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => {
+                return f.map(|f| (f.code, f.reason.to_string()));
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_gateway_pushes_to_all_by_tag_and_by_id_through_real_websockets() {
+    let mut mar = MarServer::start();
+    let g = create(&mar, "push");
+    let base = format!("/v1/gateways/{}", g.id);
+
+    // A public socket (access mode `none`): no token needed.
+    let (status, uri) = rest(
+        &mar,
+        "GET",
+        &format!("{base}/websocket_uri"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{uri}");
+    assert!(
+        uri["uri"].as_str().unwrap().starts_with("ws://localhost/"),
+        "{uri}"
+    );
+    assert!(uri["expiresAt"].as_str().unwrap().ends_with('Z'));
+    let mut public = open(&mar, uri["uri"].as_str().unwrap()).await;
+
+    // A private socket, reserved with the secret and tagged with its user.
+    let (status, reserved) = rest(
+        &mar,
+        "POST",
+        &format!("{base}/sockets/"),
+        Some(&g.secret),
+        json!({"tags": ["users.1", 7]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{reserved}");
+    assert_eq!(reserved["tags"], json!(["users.1", "7"]));
+    let sid = reserved["id"].as_str().unwrap().to_owned();
+    let mut private = open(&mar, reserved["uri"].as_str().unwrap()).await;
+
+    // Everyone; then one tag; then one id; each reaches exactly its sockets, in order.
+    for (receivers, data) in [
+        (json!({"sockets": ["*"], "tags": null}), "to all"),
+        (json!({"sockets": null, "tags": ["users.1"]}), "to users.1"),
+        (json!({"sockets": [sid], "tags": null}), "to the id"),
+        (json!({"sockets": ["*"]}), "to all again"),
+    ] {
+        let (status, echo) = rest(
+            &mar,
+            "POST",
+            &format!("{base}/messages"),
+            None,
+            json!({"data": data, "receivers": receivers}),
+        )
+        .await;
+        assert_eq!(status, 201, "{echo}");
+        assert_eq!(echo["data"], data);
+    }
+    for want in ["to all", "to users.1", "to the id", "to all again"] {
+        assert_eq!(next_text(&mut private).await, want);
+    }
+    for want in ["to all", "to all again"] {
+        assert_eq!(next_text(&mut public).await, want);
+    }
+
+    // Who is connected, by tag; a token works once.
+    let (_, all) = rest(
+        &mar,
+        "GET",
+        &format!("{base}/sockets"),
+        Some(&g.secret),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(all["results"].as_array().unwrap().len(), 2, "{all}");
+    let (_, tagged) = rest(
+        &mar,
+        "GET",
+        &format!("{base}/sockets?tag=users.1"),
+        Some(&g.secret),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(tagged["results"][0]["id"], sid.as_str());
+    let mut again = open(&mar, reserved["uri"].as_str().unwrap()).await;
+    let (code, reason) = closed_with(&mut again).await.unwrap();
+    assert_eq!(code, CloseCode::Policy);
+    assert!(reason.contains("already used"), "{reason}");
+
+    // Errors, as the hosted service answered them; the sockets keep receiving.
+    let (s, e) = rest(
+        &mar,
+        "GET",
+        &format!("{base}/sockets"),
+        Some("wrong"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["reason"].as_str()),
+        (401, Some("AccessDenied"))
+    );
+    let (s, _) = rest(&mar, "GET", &format!("{base}/sockets"), None, Value::Null).await;
+    assert_eq!(s, 401);
+    let (s, e) = rest(
+        &mar,
+        "GET",
+        "/v1/gateways/ffffffffffffffffffffffff/websocket_uri",
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!((s, e["error"]["reason"].as_str()), (404, Some("NotFound")));
+    let r = http(
+        mar.addr,
+        "POST",
+        "localhost",
+        &format!("{base}/messages"),
+        &[],
+        Bytes::from_static(b"{not json"),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let (s, e) = rest(
+        &mar,
+        "POST",
+        &format!("{base}/messages"),
+        None,
+        json!({"data": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (s, e["errors"][0]["property"].as_str()),
+        (422, Some("receivers"))
+    );
+    let big = "x".repeat(65 << 10);
+    let (s, _) = rest(
+        &mar,
+        "POST",
+        &format!("{base}/messages"),
+        None,
+        json!({"data": big, "receivers": {"sockets": ["*"]}}),
+    )
+    .await;
+    assert_eq!(s, 413);
+    // The early alias and mws.DOMAIN reach the same gateway.
+    let (s, _) = rest(
+        &mar,
+        "POST",
+        &format!("/v1/instances/{}/messages", g.id),
+        None,
+        json!({"data": "via the alias", "receivers": {"sockets": ["*"]}}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(next_text(&mut public).await, "via the alias");
+    let r = http(
+        mar.addr,
+        "POST",
+        "mws.localhost",
+        &format!("{base}/messages"),
+        &[],
+        Bytes::from(json!({"data": "via mws.", "receivers": {"sockets": ["*"]}}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(next_text(&mut public).await, "via mws.");
+
+    // A deleted socket is closed normally.
+    let (s, _) = rest(
+        &mar,
+        "DELETE",
+        &format!("{base}/sockets/{sid}"),
+        Some(&g.secret),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        closed_with(&mut private).await.map(|c| c.0),
+        Some(CloseCode::Normal)
+    );
+
+    // Custom access: the secret only. Kept across a restart, which closes sockets with 1012.
+    let (s, conf) = rest(
+        &mar,
+        "PUT",
+        &format!("{base}/configuration"),
+        Some(&g.secret),
+        json!({"identityProvider": {"type": "custom"}}),
+    )
+    .await;
+    assert_eq!(
+        (s, conf["identityProvider"]["type"].as_str()),
+        (200, Some("custom"))
+    );
+    let (s, _) = rest(
+        &mar,
+        "GET",
+        &format!("{base}/websocket_uri"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 401);
+    let (s, e) = rest(
+        &mar,
+        "PUT",
+        &format!("{base}/configuration"),
+        Some(&g.secret),
+        json!({"identityProvider": {"type": "eds"}}),
+    )
+    .await;
+    assert_eq!(s, 422, "{e}");
+    mar = {
+        let restarted = tokio::task::spawn_blocking(move || mar.restart());
+        let code = closed_with(&mut public).await.map(|c| c.0);
+        assert_eq!(code, Some(CloseCode::Restart));
+        restarted.await.unwrap()
+    };
+    let (s, conf) = rest(
+        &mar,
+        "GET",
+        &format!("{base}/configuration"),
+        Some(&g.secret),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(
+        (s, conf["identityProvider"]["type"].as_str()),
+        (200, Some("custom"))
+    );
+    let (s, _) = rest(
+        &mar,
+        "GET",
+        &format!("{base}/websocket_uri"),
+        Some(&g.secret),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 200);
+
+    // Destroyed: gone from the list and from the API.
+    let out = mar.mar(&["services:destroy", "push"]);
+    assert!(!out.ok(), "destroy without --confirm must refuse");
+    let out = mar.mar(&["services:destroy", "push", "--confirm", "push"]);
+    assert!(out.ok(), "{}", out.all());
+    let (s, _) = rest(
+        &mar,
+        "GET",
+        &format!("{base}/websocket_uri"),
+        Some(&g.secret),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let list = mar.mar(&["services", "--json"]);
+    assert_eq!(list.stdout.trim(), "[]", "{}", list.all());
+}
+
+#[tokio::test]
+async fn service_names_and_kinds_are_checked() {
+    let mar = MarServer::start();
+    for (args, says) in [
+        (
+            vec!["services:create", "mws", "Bad_Name"],
+            "invalid service name",
+        ),
+        (
+            vec!["services:create", "kafka", "q"],
+            "unknown service kind",
+        ),
+        (vec!["services:create", "eds", "data"], "not built yet"),
+    ] {
+        let out = mar.mar(&args);
+        assert!(!out.ok(), "{args:?}");
+        assert!(out.all().contains(says), "{args:?}: {}", out.all());
+    }
+    create(&mar, "once");
+    let out = mar.mar(&["services:create", "mws", "once"]);
+    assert!(!out.ok());
+    assert!(out.all().contains("already exists"), "{}", out.all());
+    let out = mar.mar(&["services:info", "nope"]);
+    assert!(!out.ok());
+    assert!(out.all().contains("no such service"), "{}", out.all());
+}
