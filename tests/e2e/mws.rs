@@ -381,3 +381,99 @@ async fn service_names_and_kinds_are_checked() {
     assert!(!out.ok());
     assert!(out.all().contains("no such service"), "{}", out.all());
 }
+
+/// Attached to an app, a gateway's address, id and secret are in the app's environment (a
+/// release, as a Heroku add-on's variables), owned by the attachment: `config:set` cannot
+/// change them, detaching removes them, and an attached gateway cannot be destroyed. The
+/// app's process reaches the gateway with them, and its sockets outlive a deploy of the app.
+#[tokio::test]
+async fn an_attached_gateway_gives_the_app_its_variables_and_its_sockets_outlive_deploys() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("pusher", &[]);
+    let g = create(&mar, "live");
+    let out = mar.mar(&["services:attach", "live", "-a", "pusher"]);
+    assert!(out.ok(), "{}", out.all());
+    assert!(out.stdout.contains("MWS_GATEWAY_ID"), "{}", out.stdout);
+    let env = |name: &str| {
+        let mar = &mar;
+        let name = name.to_owned();
+        async move {
+            mar.get("pusher.localhost", &format!("/env/{name}"))
+                .await
+                .body
+        }
+    };
+    assert_eq!(env("MWS_GATEWAY_ID").await.trim(), g.id);
+    assert_eq!(env("MWS_SECRET").await.trim(), g.secret);
+    assert_eq!(
+        env("MWS_ADDRESS").await.trim(),
+        format!("http://localhost:{}", mar.addr.port())
+    );
+    let releases = mar.api("GET", "/v1/apps/pusher/releases", "").await.json();
+    assert_eq!(releases["results"][0]["description"], "Attach live (mws)");
+    let config = mar.mar(&["config", "-a", "pusher"]);
+    assert!(
+        config
+            .stdout
+            .contains("(attached: live (mws) sets MWS_ADDRESS, MWS_GATEWAY_ID, MWS_SECRET)"),
+        "{}",
+        config.stdout
+    );
+
+    // Owned by the attachment.
+    let set = mar.mar(&["config:set", "MWS_SECRET=mine", "-a", "pusher"]);
+    assert!(!set.ok());
+    assert!(
+        set.all().contains("comes from the attached service live"),
+        "{}",
+        set.all()
+    );
+    let again = mar.mar(&["services:attach", "live", "-a", "pusher"]);
+    assert!(
+        !again.ok() && again.all().contains("already attached"),
+        "{}",
+        again.all()
+    );
+    let destroy = mar.mar(&["services:destroy", "live", "--confirm", "live"]);
+    assert!(
+        !destroy.ok() && destroy.all().contains("detach it first"),
+        "{}",
+        destroy.all()
+    );
+
+    // A client's socket stays open across a deploy of the app that publishes.
+    let (_, reserved) = rest(
+        &mar,
+        "POST",
+        &format!("/v1/gateways/{}/sockets", g.id),
+        Some(&g.secret),
+        json!({"tags": ["t"]}),
+    )
+    .await;
+    let mut ws = open(&mar, reserved["uri"].as_str().unwrap()).await;
+    let repo = mar.repo_from(&mar_tests::repo_root().join("tests/fixtures/apps/lifecycle"));
+    repo.write("VERSION", "2\n");
+    repo.commit("redeploy");
+    let push = repo.push(&mar.git_url("pusher"), "main");
+    assert!(push.ok(), "{}", push.all());
+    let (s, _) = rest(
+        &mar,
+        "POST",
+        &format!("/v1/gateways/{}/messages", g.id),
+        Some(&g.secret),
+        json!({"data": "after the deploy", "receivers": {"tags": ["t"]}}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(next_text(&mut ws).await, "after the deploy");
+
+    // Detached: the variables leave with a release.
+    let out = mar.mar(&["services:detach", "live", "-a", "pusher"]);
+    assert!(out.ok(), "{}", out.all());
+    let gone = mar.get("pusher.localhost", "/env/MWS_SECRET").await;
+    assert_ne!(gone.body.trim(), g.secret);
+    let config = mar.api("GET", "/v1/apps/pusher/config", "").await.json();
+    assert!(config.get("MWS_SECRET").is_none(), "{config}");
+    let out = mar.mar(&["services:destroy", "live", "--confirm", "live"]);
+    assert!(out.ok(), "{}", out.all());
+}

@@ -101,12 +101,14 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NoSuchApp(_)
             | StoreError::NoSuchRelease { .. }
-            | StoreError::NoSuchService(_) => {
+            | StoreError::NoSuchService(_)
+            | StoreError::NotAttached { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "NotFound", e.to_string())
             }
             StoreError::AppExists(_)
             | StoreError::DomainTaken { .. }
-            | StoreError::ServiceExists(_) => {
+            | StoreError::ServiceExists(_)
+            | StoreError::AlreadyAttached { .. } => {
                 Self::new(StatusCode::CONFLICT, "Conflict", e.to_string())
             }
             StoreError::NoSuchDomain { .. } => {
@@ -183,6 +185,12 @@ pub fn router(p: Arc<Platform>) -> axum::Router {
             "/v1/services/{name}",
             get(services::show_service).delete(services::destroy_service),
         )
+        .route("/v1/services/{name}/attachments", post(services::attach))
+        .route(
+            "/v1/services/{name}/attachments/{app}",
+            axum::routing::delete(services::detach),
+        )
+        .route("/v1/apps/{app}/attachments", get(services::app_attachments))
         .route("/v1/apps/{app}", get(show_app).delete(destroy_app))
         .route("/v1/apps/{app}/config", get(get_config).patch(patch_config))
         .route("/v1/apps/{app}/env_vars", get(get_config).put(patch_config))

@@ -54,6 +54,22 @@ pub enum StoreError {
     /// A service instance by that name exists already.
     #[error("service {0} already exists")]
     ServiceExists(String),
+    /// The service instance is not attached to that app.
+    #[error("service {service} is not attached to {app}")]
+    NotAttached {
+        /// The service instance.
+        service: String,
+        /// The app.
+        app: String,
+    },
+    /// The service instance is attached to that app already.
+    #[error("service {service} is already attached to {app}")]
+    AlreadyAttached {
+        /// The service instance.
+        service: String,
+        /// The app.
+        app: String,
+    },
     /// A stored JSON column did not parse (the file was edited by hand or is corrupt).
     #[error("state database holds malformed JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -197,6 +213,12 @@ const MIGRATIONS: &[&str] = &[
          secret TEXT NOT NULL,
          access TEXT NOT NULL DEFAULT 'none',
          created_at TEXT NOT NULL
+     );",
+    "CREATE TABLE attachments (
+         service TEXT NOT NULL REFERENCES services(name) ON DELETE CASCADE,
+         app TEXT NOT NULL REFERENCES apps(name) ON DELETE CASCADE,
+         created_at TEXT NOT NULL,
+         PRIMARY KEY (service, app)
      );",
 ];
 
@@ -559,6 +581,59 @@ impl Store {
             params![access, id],
         )?;
         Ok(())
+    }
+
+    /// Records that `service` is attached to `app`.
+    pub fn attach(&self, service: &str, app: &AppName) -> Result<()> {
+        self.service(service)?;
+        self.get_app(app)?;
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO attachments (service, app, created_at) VALUES (?1, ?2, ?3)",
+            params![service, app.as_str(), now()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AlreadyAttached {
+                service: service.to_owned(),
+                app: app.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Forgets that `service` is attached to `app`.
+    pub fn detach(&self, service: &str, app: &AppName) -> Result<()> {
+        let n = self.conn().execute(
+            "DELETE FROM attachments WHERE service = ?1 AND app = ?2",
+            params![service, app.as_str()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotAttached {
+                service: service.to_owned(),
+                app: app.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The service instances attached to `app`, by name.
+    pub fn attached_to(&self, app: &AppName) -> Result<Vec<Service>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT s.name, s.kind, s.id, s.secret, s.access, s.created_at
+             FROM services s JOIN attachments a ON a.service = s.name
+             WHERE a.app = ?1 ORDER BY s.name",
+        )?;
+        let rows = stmt.query_map(params![app.as_str()], service_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The apps `service` is attached to, by name.
+    pub fn attachments_of(&self, service: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT app FROM attachments WHERE service = ?1 ORDER BY app")?;
+        let rows = stmt.query_map(params![service], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Forgets a service instance.

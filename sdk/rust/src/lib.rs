@@ -266,6 +266,46 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/services/NAME/attachments`: attaches a service to an app (a new release).
+    pub async fn attach_service(
+        &self,
+        name: &str,
+        app: &str,
+    ) -> Result<types::Attachment, SdkError> {
+        self.json(
+            Method::POST,
+            &format!("/v1/services/{}/attachments", enc(name)),
+            Some(serde_json::json!({ "app": app })),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/services/NAME/attachments/APP` (a new release).
+    pub async fn detach_service(
+        &self,
+        name: &str,
+        app: &str,
+    ) -> Result<types::Attachment, SdkError> {
+        self.json(
+            Method::DELETE,
+            &format!("/v1/services/{}/attachments/{}", enc(name), enc(app)),
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/apps/APP/attachments`.
+    pub async fn attachments(&self, app: &str) -> Result<Vec<types::Attachment>, SdkError> {
+        let r: Results<types::Attachment> = self
+            .json(
+                Method::GET,
+                &format!("/v1/apps/{}/attachments", enc(app)),
+                None,
+            )
+            .await?;
+        Ok(r.results)
+    }
+
     /// `DELETE /v1/services/NAME`.
     pub async fn destroy_service(&self, name: &str) -> Result<(), SdkError> {
         self.json::<serde_json::Value>(

@@ -221,3 +221,17 @@ pub struct ServiceInfo {
     /// RFC 3339 creation time.
     pub created_at: String,
 }
+
+/// A service instance attached to an app, and the config vars it owns there.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    /// The service instance.
+    pub service: String,
+    /// Its kind (`mws`).
+    pub kind: String,
+    /// The app.
+    pub app: String,
+    /// The variables it puts in the app's environment (`MWS_ADDRESS`, `MWS_GATEWAY_ID`,
+    /// `MWS_SECRET`).
+    pub vars: Vec<String>,
+}

@@ -40,7 +40,18 @@ pub(super) async fn patch_config(
             };
             (k, v)
         })
-        .collect();
+        .collect::<BTreeMap<String, Option<String>>>();
+    // An attached service's variables are the service's: detaching removes them.
+    let owned = p.attached_vars(&app)?;
+    if let Some((k, service)) = changes.keys().find_map(|k| owned.get(k).map(|s| (k, s))) {
+        return Err(ApiError::new(
+            http::StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "{k} comes from the attached service {service}; to change it, detach the service (mar services:detach {service} -a {app})"
+            ),
+        ));
+    }
     p.apps.set_config(&app, changes).await?;
     Ok(Json(p.store.config(&app)?))
 }

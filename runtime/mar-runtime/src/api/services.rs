@@ -7,10 +7,13 @@ use axum::Json;
 use axum::extract::{Path, State};
 use bytes::Bytes;
 use http::StatusCode;
-use mar_sdk::types::{Results, ServiceInfo};
+use std::collections::BTreeMap;
+
+use mar_core::AppName;
+use mar_sdk::types::{Attachment, Results, ServiceInfo};
 use mar_store::Service;
 
-use super::{Admin, ApiError, ApiResult, Platform, command_of};
+use super::{Admin, ApiError, ApiResult, Platform, command_of, existing};
 
 impl Platform {
     /// The API's view of a service instance.
@@ -28,6 +31,30 @@ impl Platform {
             access: s.access,
             created_at: s.created_at,
         }
+    }
+}
+
+impl Platform {
+    /// The variables an attached service puts in an app's environment.
+    pub(crate) fn service_vars(&self, s: &Service) -> BTreeMap<String, String> {
+        let info = self.service_info(s.clone());
+        let prefix = s.kind.to_ascii_uppercase();
+        BTreeMap::from([
+            (format!("{prefix}_ADDRESS"), info.address),
+            (format!("{prefix}_GATEWAY_ID"), info.id),
+            (format!("{prefix}_SECRET"), info.secret),
+        ])
+    }
+
+    /// The config var names `app`'s attached services own, with the service's name.
+    pub(crate) fn attached_vars(&self, app: &AppName) -> ApiResult<BTreeMap<String, String>> {
+        let mut owned = BTreeMap::new();
+        for s in self.store.attached_to(app)? {
+            for k in self.service_vars(&s).into_keys() {
+                owned.insert(k, s.name.clone());
+            }
+        }
+        Ok(owned)
     }
 }
 
@@ -113,7 +140,98 @@ pub(super) async fn destroy_service(
     Path(name): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let s = p.store.service(&name)?;
+    let apps = p.store.attachments_of(&name)?;
+    if !apps.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "Conflict",
+            format!(
+                "{name} is attached to {}: detach it first (mar services:detach {name} -a APP)",
+                apps.join(", ")
+            ),
+        ));
+    }
     p.store.delete_service(&name)?;
     p.gateways.remove(&s.id);
     Ok(Json(serde_json::json!({})))
+}
+
+/// `POST /v1/services/NAME/attachments {"app": "APP"}`: the service's variables go into the
+/// app's environment as a new release (and restart), as a Heroku add-on's do.
+pub(super) async fn attach(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<Attachment>)> {
+    let s = p.store.service(&name)?;
+    let app = existing(&p, &command_of(&body, "app")?)?;
+    p.store.attach(&name, &app)?;
+    let vars = p.service_vars(&s);
+    let changes = vars
+        .iter()
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
+    let description = format!("Attach {name} ({})", s.kind);
+    if let Err(e) = p.apps.set_config_as(&app, changes, Some(description)).await {
+        // No release: no attachment either.
+        let _ = p.store.detach(&name, &app);
+        return Err(e.into());
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(Attachment {
+            service: name,
+            kind: s.kind,
+            app: app.to_string(),
+            vars: vars.into_keys().collect(),
+        }),
+    ))
+}
+
+/// `DELETE /v1/services/NAME/attachments/APP`: the variables leave the app's environment as
+/// a new release.
+pub(super) async fn detach(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path((name, app)): Path<(String, String)>,
+) -> ApiResult<Json<Attachment>> {
+    let s = p.store.service(&name)?;
+    let app = existing(&p, &app)?;
+    p.store.detach(&name, &app)?;
+    let vars = p.service_vars(&s);
+    let changes = vars.keys().map(|k| (k.clone(), None)).collect();
+    let description = format!("Detach {name} ({})", s.kind);
+    if let Err(e) = p.apps.set_config_as(&app, changes, Some(description)).await {
+        let _ = p.store.attach(&name, &app);
+        return Err(e.into());
+    }
+    Ok(Json(Attachment {
+        service: name,
+        kind: s.kind,
+        app: app.to_string(),
+        vars: vars.into_keys().collect(),
+    }))
+}
+
+/// `GET /v1/apps/APP/attachments`: the services attached to an app and the variables each
+/// owns.
+pub(super) async fn app_attachments(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Results<Attachment>>> {
+    let app = existing(&p, &app)?;
+    let results = p
+        .store
+        .attached_to(&app)?
+        .into_iter()
+        .map(|s| Attachment {
+            vars: p.service_vars(&s).into_keys().collect(),
+            service: s.name,
+            kind: s.kind,
+            app: app.to_string(),
+        })
+        .collect();
+    Ok(Json(Results { results }))
 }

@@ -217,6 +217,17 @@ impl Apps {
         app: &AppName,
         changes: BTreeMap<String, Option<String>>,
     ) -> Result<Release, DeployError> {
+        self.set_config_as(app, changes, None).await
+    }
+
+    /// As [`Apps::set_config`], with the release's description given (`Attach push (mws)`)
+    /// instead of the list of changed names.
+    pub async fn set_config_as(
+        &self,
+        app: &AppName,
+        changes: BTreeMap<String, Option<String>>,
+        description: Option<String>,
+    ) -> Result<Release, DeployError> {
         for (k, v) in &changes {
             if !valid_var(k) {
                 return Err(DeployError::BadInput(format!(
@@ -243,7 +254,7 @@ impl Apps {
                 }
             }
         }
-        let description = match (set.is_empty(), unset.is_empty()) {
+        let description = description.unwrap_or_else(|| match (set.is_empty(), unset.is_empty()) {
             (false, true) => format!("Set {} config vars", set.join(", ")),
             (true, false) => format!("Unset {} config vars", unset.join(", ")),
             (false, false) => format!(
@@ -252,7 +263,7 @@ impl Apps {
                 unset.join(", ")
             ),
             (true, true) => "Config unchanged".to_owned(),
-        };
+        });
         let current = self.store.current_release(app)?;
         let new = match current {
             Some(r) => NewRelease {

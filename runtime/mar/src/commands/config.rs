@@ -48,6 +48,15 @@ async fn show(ctx: &Context) -> anyhow::Result<ExitCode> {
         return print_json(&config);
     }
     print_config(&app, &config);
+    // Variables an attached service owns: detaching the service removes them.
+    for a in ctx.client.attachments(app.as_str()).await? {
+        println!(
+            "(attached: {} ({}) sets {})",
+            a.service,
+            a.kind,
+            a.vars.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::Subcommand;
 
-use super::{Context, print_json};
+use super::{Context, print_json, resolve_app};
 
 /// The commands of this topic.
 #[derive(Subcommand, Debug)]
@@ -24,6 +24,19 @@ pub(crate) enum ServicesCommand {
     /// Show a service instance: its id, secret and address.
     #[command(name = "services:info")]
     ServicesInfo {
+        /// The instance.
+        name: String,
+    },
+    /// Attach a service instance to an app: its variables (`MWS_ADDRESS`, `MWS_GATEWAY_ID`,
+    /// `MWS_SECRET`) join the app's environment as a new release.
+    #[command(name = "services:attach")]
+    ServicesAttach {
+        /// The instance.
+        name: String,
+    },
+    /// Detach a service instance from an app: its variables leave as a new release.
+    #[command(name = "services:detach")]
+    ServicesDetach {
         /// The instance.
         name: String,
     },
@@ -67,6 +80,30 @@ pub(crate) async fn run(cmd: ServicesCommand, ctx: &Context) -> anyhow::Result<E
                 return print_json(&s);
             }
             print_info(&s);
+            Ok(ExitCode::SUCCESS)
+        }
+        ServicesCommand::ServicesAttach { name } => {
+            let app = resolve_app(ctx.app.clone())?;
+            let a = ctx.client.attach_service(&name, app.as_str()).await?;
+            if ctx.json {
+                return print_json(&a);
+            }
+            println!(
+                "Attaching {name} to {app}... done, {} set",
+                a.vars.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ServicesCommand::ServicesDetach { name } => {
+            let app = resolve_app(ctx.app.clone())?;
+            let a = ctx.client.detach_service(&name, app.as_str()).await?;
+            if ctx.json {
+                return print_json(&a);
+            }
+            println!(
+                "Detaching {name} from {app}... done, {} unset",
+                a.vars.join(", ")
+            );
             Ok(ExitCode::SUCCESS)
         }
         ServicesCommand::ServicesDestroy { name, confirm } => {
