@@ -54,6 +54,12 @@ if [ ! -f "$offline/ready" ] || ! cmp -s "$offline/ready" <(cat examples/python-
   cat examples/python-hello/requirements.txt examples/node-hello/package-lock.json > "$offline/ready"
 fi
 
+# The Qt Cloud Services Node SDK (qtc, from the npm registry) that the MWS tests drive unchanged.
+if [ ! -d tests/fixtures/qtc-mws/node_modules/qtc ]; then
+  echo "==> installing the qtc SDK for the MWS tests"
+  (cd tests/fixtures/qtc-mws && npm ci -q --no-audit --no-fund >/dev/null)
+fi
+
 echo "==> building"
 cargo build --workspace --all-targets --locked
 # The gates come before the tests, so a formatting or lint failure is reported in seconds rather

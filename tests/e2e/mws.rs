@@ -477,3 +477,51 @@ async fn an_attached_gateway_gives_the_app_its_variables_and_its_sockets_outlive
     let out = mar.mar(&["services:destroy", "live", "--confirm", "live"]);
     assert!(out.ok(), "{}", out.all());
 }
+
+/// The Qt Cloud Services Node SDK (`qtc` 0.6.10 from the npm registry, installed by the test
+/// setup), unchanged: `Mws.open()` through `websocket_uri`, `createSocket` with a user's tag,
+/// `send` to everyone and to the tag, `getSockets`.
+#[tokio::test]
+async fn the_qtc_node_sdk_drives_the_public_and_private_flows_unchanged() {
+    let dir = mar_tests::repo_root().join("tests/fixtures/qtc-mws");
+    assert!(
+        dir.join("node_modules/qtc").is_dir(),
+        "no qtc SDK in {}: run `bash scripts/test.sh`, which installs it",
+        dir.display()
+    );
+    let mar = MarServer::start();
+    let g = create(&mar, "sdk");
+    let address = format!("http://127.0.0.1:{}", mar.addr.port());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg("client.js")
+            .args([&address, &g.id, &g.secret])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for line in [
+        "public open",
+        "reserved ",
+        "tags [\"users.u1\"]",
+        "private open",
+        "sent to everyone",
+        "sent to user u1",
+        "public got to everyone",
+        "private got to everyone",
+        "private got to user u1",
+        "sockets 2",
+        "DONE",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}\n{stderr}");
+    }
+    assert!(
+        !stdout.contains("public got to user u1"),
+        "the tagged message reached the public socket:\n{stdout}"
+    );
+}
