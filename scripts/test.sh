@@ -2,8 +2,8 @@
 # The one command that runs every test on a fresh Debian machine of this project's kind:
 # installs what the tests need (git, Python venv, Node.js/npm, Qt 5 with WebSockets, nftables
 # for keeping apps off each other's ports, clang-14 with wasi-libc and componentize-py for the
-# WebAssembly guests the wasm buildpack builds from source), builds the
-# workspace once (one profile: the tests run the `mar` binary it produces), checks formatting and
+# WebAssembly guests the wasm buildpack builds from source, the qtc Node SDK for the MWS tests),
+# builds the workspace once (one profile: the tests run the `mar` binary it produces), checks formatting and
 # lints, then runs the suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
