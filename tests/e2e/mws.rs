@@ -525,3 +525,78 @@ async fn the_qtc_node_sdk_drives_the_public_and_private_flows_unchanged() {
         "the tagged message reached the public socket:\n{stdout}"
     );
 }
+
+/// The enginio webhook receiver: an EDS change (as EDS posts it, with the secret in the
+/// webhook's custom header) reaches the sockets its object's read-ACL subjects name, as the
+/// payload's text, unchanged.
+#[tokio::test]
+async fn the_enginio_receiver_delivers_changes_to_their_acl_subjects() {
+    let mar = MarServer::start();
+    let g = create(&mar, "hooks");
+    let base = format!("/v1/gateways/{}", g.id);
+    let (_, mine) = rest(
+        &mar,
+        "POST",
+        &format!("{base}/sockets"),
+        Some(&g.secret),
+        json!({"tags": ["users.u1"]}),
+    )
+    .await;
+    let (_, other) = rest(
+        &mar,
+        "POST",
+        &format!("{base}/sockets"),
+        Some(&g.secret),
+        json!({"tags": ["users.u2"]}),
+    )
+    .await;
+    let mut mine = open(&mar, mine["uri"].as_str().unwrap()).await;
+    let mut other = open(&mar, other["uri"].as_str().unwrap()).await;
+    let payload = r#"{"object":{"id":"51cdbc08989e975ec300772a","objectType":"objects.todos","title":"milk","completed":false},"meta":{"backendId":"5417e5485a3d8b418a01adb7","eventName":"create","requestId":"a671f67b4f41c20b53988a6057b32539","userId":null}}"#;
+    let hook = |receivers: &str| format!(r#"{{"payload":{payload},"receivers":{receivers}}}"#);
+    let auth = format!("Bearer {}", g.secret);
+    let post = |body: String| {
+        let (mar, auth, base) = (&mar, auth.clone(), base.clone());
+        async move {
+            http(
+                mar.addr,
+                "POST",
+                "localhost",
+                &format!("{base}/webhook_receivers/enginio"),
+                &[("authorization", auth.as_str())],
+                Bytes::from(body),
+            )
+            .await
+        }
+    };
+    let r = post(hook(r#"[{"id":"u1","objectType":"users"}]"#)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = post(hook(r#"[{"id":"*","objectType":"aclSubject"}]"#)).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(next_text(&mut mine).await, payload);
+    assert_eq!(next_text(&mut mine).await, payload);
+    // u2 got only the one for everyone: its next message is the marker sent after both.
+    assert_eq!(next_text(&mut other).await, payload);
+    let (s, _) = rest(
+        &mar,
+        "POST",
+        &format!("{base}/messages"),
+        None,
+        json!({"data": "marker", "receivers": {"sockets": ["*"]}}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(next_text(&mut other).await, "marker");
+    let r = post(r#"{"payload":{}}"#.to_owned()).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = http(
+        mar.addr,
+        "POST",
+        "localhost",
+        &format!("{base}/webhook_receivers/enginio"),
+        &[],
+        Bytes::from(hook("[]")),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+}

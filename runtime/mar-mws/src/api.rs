@@ -287,6 +287,58 @@ fn strings(v: Option<&Value>) -> Result<Option<Vec<String>>, &'static str> {
 }
 
 async fn read_json(req: Request<Body>) -> Result<Value, Response<Body>> {
+    let buf = read_raw(req).await?;
+    if buf.is_empty() {
+        return Ok(json!({}));
+    }
+    // Old clients send no Content-Type: the body is JSON whatever it says.
+    serde_json::from_slice(&buf).map_err(|e| invalid("body", &format!("is not JSON: {e}")))
+}
+
+/// An EDS webhook (`shared/qtc-api.md` §2.12) as the message MWS delivers: the `payload`'s JSON
+/// text exactly as sent (or the string, when a client sent it as one), to the sockets the
+/// object's read-ACL subjects name: `aclSubject` `*` is every socket, `users`/`usergroups`
+/// ids are the tags `users.ID` and `usergroups.ID`.
+fn enginio_message(body: &[u8]) -> Result<(String, Receivers), (&'static str, &'static str)> {
+    #[derive(serde::Deserialize)]
+    struct Hook<'a> {
+        #[serde(borrow)]
+        payload: Option<&'a serde_json::value::RawValue>,
+        receivers: Option<Vec<Subject>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Subject {
+        id: Value,
+        #[serde(rename = "objectType")]
+        object_type: String,
+    }
+    let hook: Hook<'_> =
+        serde_json::from_slice(body).map_err(|_| ("body", "is not an enginio webhook"))?;
+    let payload = hook.payload.ok_or(("payload", "is missing"))?;
+    let subjects = hook.receivers.ok_or(("receivers", "is missing"))?;
+    let data = match serde_json::from_str::<String>(payload.get()) {
+        Ok(text) => text,
+        Err(_) => payload.get().to_owned(),
+    };
+    let mut receivers = Receivers::default();
+    for s in subjects {
+        let id = match &s.id {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        match s.object_type.as_str() {
+            "aclSubject" if id == "*" => receivers.sockets = Some(vec!["*".to_owned()]),
+            "users" | "usergroups" => receivers
+                .tags
+                .get_or_insert_with(Vec::new)
+                .push(format!("{}.{id}", s.object_type)),
+            _ => {}
+        }
+    }
+    Ok((data, receivers))
+}
+
+async fn read_raw(req: Request<Body>) -> Result<Vec<u8>, Response<Body>> {
     let limit = MAX_MESSAGE * 2 + 4096;
     let mut body = req.into_body();
     let mut buf = Vec::new();
@@ -309,11 +361,7 @@ async fn read_json(req: Request<Body>) -> Result<Value, Response<Body>> {
             buf.extend_from_slice(&data);
         }
     }
-    if buf.is_empty() {
-        return Ok(json!({}));
-    }
-    // Old clients send no Content-Type: the body is JSON whatever it says.
-    serde_json::from_slice(&buf).map_err(|e| invalid("body", &format!("is not JSON: {e}")))
+    Ok(buf)
 }
 
 async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Body> {
@@ -393,6 +441,26 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
                 StatusCode::CREATED,
                 &json!({"data": data, "receivers": receivers}),
             )
+        }
+        (Method::POST, ["webhook_receivers", "enginio"]) => {
+            if !authed {
+                return deny();
+            }
+            let body = match read_raw(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            match enginio_message(&body) {
+                Ok((data, receivers)) => {
+                    gw.hub
+                        .publish(Bytes::copy_from_slice(data.as_bytes()), &receivers, now);
+                    json_response(
+                        StatusCode::CREATED,
+                        &json!({"data": data, "receivers": {"sockets": receivers.sockets, "tags": receivers.tags}}),
+                    )
+                }
+                Err((property, message)) => invalid(property, message),
+            }
         }
         (Method::POST, ["sockets"]) => {
             if !authed {
@@ -632,6 +700,38 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_372_437_512_369);
         assert_eq!(rfc3339(t), "2013-06-28T16:38:32.369Z");
         assert_eq!(rfc3339(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn enginio_webhooks_become_messages_to_acl_subjects() {
+        let body = br#"{"payload": {"object": {"id": "o1", "b": 1, "a": 2}, "meta": {"eventName": "create"}},
+            "receivers": [{"id": "u1", "objectType": "users"}, {"id": "g1", "objectType": "usergroups"}]}"#;
+        let (data, r) = enginio_message(body).unwrap();
+        // The payload's text as sent (key order and all), not re-encoded.
+        assert_eq!(
+            data,
+            r#"{"object": {"id": "o1", "b": 1, "a": 2}, "meta": {"eventName": "create"}}"#
+        );
+        assert_eq!(
+            r.tags,
+            Some(vec!["users.u1".to_owned(), "usergroups.g1".to_owned()])
+        );
+        assert_eq!(r.sockets, None);
+        let (data, r) = enginio_message(
+            br#"{"payload": "{\"x\":1}", "receivers": [{"id": "*", "objectType": "aclSubject"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(data, r#"{"x":1}"#);
+        assert_eq!(r.sockets, Some(vec!["*".to_owned()]));
+        assert_eq!(
+            enginio_message(br#"{"receivers": []}"#).unwrap_err().0,
+            "payload"
+        );
+        assert_eq!(
+            enginio_message(br#"{"payload": {}}"#).unwrap_err().0,
+            "receivers"
+        );
+        assert_eq!(enginio_message(b"nope").unwrap_err().0, "body");
     }
 
     #[test]
