@@ -630,12 +630,25 @@ fn upgrade(gateways: &Arc<Gateways>, gw: &Arc<Gateway>, req: &mut Request<Body>)
             "this is the gateway's WebSocket endpoint: connect with a WebSocket client",
         );
     };
-    let token = req
-        .uri()
-        .query()
-        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")))
-        .unwrap_or("")
-        .to_owned();
+    let param = |name: &str| {
+        req.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                .map(mar_percent_decode)
+        })
+    };
+    let token = param("token").unwrap_or_default();
+    // Beyond the original: `since=N&epoch=E` recovers what the client missed since message N,
+    // and `envelope=1` (implied by `since`) numbers every message so it can.
+    let since = param("since").and_then(|n| n.parse::<u64>().ok());
+    let epoch = param("epoch").unwrap_or_default();
+    let framing = if since.is_some() || param("envelope").as_deref() == Some("1") {
+        session::Framing::Envelope {
+            epoch: gw.hub.epoch().to_owned(),
+        }
+    } else {
+        session::Framing::Raw
+    };
     let on_upgrade = hyper::upgrade::on(req);
     let (gateways, gw) = (gateways.clone(), gw.clone());
     let (tracker, executor) = (gateways.sessions.clone(), gateways.executor.clone());
@@ -647,14 +660,23 @@ fn upgrade(gateways: &Arc<Gateways>, gw: &Arc<Gateway>, req: &mut Request<Body>)
             let io = hyper_util::rt::TokioIo::new(upgraded);
             let mut ws =
                 WebSocketStream::from_raw_socket(io, Role::Server, Some(session::config())).await;
-            match gw.hub.connect(&token, Instant::now()) {
-                Ok(connected) => {
+            let joined = match since {
+                Some(after) => gw
+                    .hub
+                    .connect_after(&token, &epoch, after, Instant::now())
+                    .map(|(c, r)| (c, Some(r))),
+                None => gw.hub.connect(&token, Instant::now()).map(|c| (c, None)),
+            };
+            match joined {
+                Ok((connected, recovery)) => {
                     session::run(
                         ws,
                         connected,
                         &gw.hub,
                         &gateways.session,
                         &gateways.shutdown,
+                        &framing,
+                        recovery,
                     )
                     .await;
                 }

@@ -247,6 +247,31 @@ impl Hub {
     /// Uses a token: the reservation becomes a connected socket with its queue.
     pub fn connect(&self, token: &str, now: Instant) -> Result<Connected, ConnectError> {
         let mut st = self.state();
+        self.connect_locked(&mut st, token, now)
+    }
+
+    /// As [`Hub::connect`], and in the same step what a client that saw message `after` of
+    /// `epoch` missed: a message published meanwhile is either in the recovery or in the
+    /// socket's queue, never in both and never in neither.
+    pub fn connect_after(
+        &self,
+        token: &str,
+        epoch: &str,
+        after: u64,
+        now: Instant,
+    ) -> Result<(Connected, Recovery), ConnectError> {
+        let mut st = self.state();
+        let connected = self.connect_locked(&mut st, token, now)?;
+        let recovery = self.recover_locked(&mut st, epoch, after, now);
+        Ok((connected, recovery))
+    }
+
+    fn connect_locked(
+        &self,
+        st: &mut State,
+        token: &str,
+        now: Instant,
+    ) -> Result<Connected, ConnectError> {
         let r = st.reservations.remove(token).ok_or(ConnectError::Unknown)?;
         if r.expires_at <= now {
             return Err(ConnectError::Expired);
@@ -337,10 +362,14 @@ impl Hub {
 
     /// What a client that saw message `after` of `epoch` missed.
     pub fn recover(&self, epoch: &str, after: u64, now: Instant) -> Recovery {
+        let mut st = self.state();
+        self.recover_locked(&mut st, epoch, after, now)
+    }
+
+    fn recover_locked(&self, st: &mut State, epoch: &str, after: u64, now: Instant) -> Recovery {
         if epoch != self.epoch {
             return Recovery::Gap;
         }
-        let mut st = self.state();
         trim(&mut st.history, &self.options, now);
         if after + 1 >= st.next_seq {
             return Recovery::Complete(Vec::new());
@@ -539,6 +568,31 @@ mod tests {
         assert_eq!(got, (1..=10).collect::<Vec<_>>());
         assert!(h.socket(&slow.id).is_none());
         assert_eq!(h.sockets(Some("t")).len(), 1);
+    }
+
+    #[test]
+    fn connecting_after_a_number_splits_missed_and_live_exactly() {
+        let (h, t0) = (hub(), Instant::now());
+        let all = Receivers {
+            sockets: Some(tags(&["*"])),
+            tags: None,
+        };
+        for i in 0..3 {
+            h.publish(Bytes::from(format!("m{i}")), &all, t0);
+        }
+        let token = h.reserve(vec![], t0).token;
+        let (mut c, rec) = h.connect_after(&token, h.epoch(), 1, t0).unwrap();
+        let Recovery::Complete(missed) = rec else {
+            panic!("a gap")
+        };
+        assert_eq!(missed.iter().map(|d| d.seq).collect::<Vec<_>>(), [2, 3]);
+        h.publish(Bytes::from("live"), &all, t0);
+        assert_eq!(drain(&mut c), [4]);
+        let token = h.reserve(vec![], t0).token;
+        assert!(matches!(
+            h.connect_after(&token, "old-epoch", 1, t0),
+            Ok((_, Recovery::Gap))
+        ));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Closed, Connected, Hub};
+use crate::hub::{Closed, Connected, Hub, Recovery};
 
 /// A session's timing.
 #[derive(Debug, Clone)]
@@ -52,6 +52,35 @@ pub fn config() -> WebSocketConfig {
         .max_frame_size(Some(64 << 10))
 }
 
+/// How messages are framed for one client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Framing {
+    /// `data` verbatim, one text frame per message: what MWS clients expect.
+    Raw,
+    /// Opted in with `envelope=1` on the URI: `{"seq":N,"epoch":E,"data":"…"}` per message, so
+    /// a client knows what it saw and can recover what it missed after a reconnect.
+    Envelope {
+        /// The gateway history's epoch.
+        epoch: String,
+    },
+}
+
+impl Framing {
+    fn frame(&self, d: crate::hub::Delivery) -> Option<Utf8Bytes> {
+        match self {
+            Framing::Raw => Utf8Bytes::try_from(d.data).ok(),
+            Framing::Envelope { epoch } => {
+                let data = std::str::from_utf8(&d.data).ok()?;
+                Some(
+                    serde_json::json!({"seq": d.seq, "epoch": epoch, "data": data})
+                        .to_string()
+                        .into(),
+                )
+            }
+        }
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -68,16 +97,50 @@ pub enum Ended {
 }
 
 /// Runs one connected socket until it ends; the hub forgets it then.
+///
+/// With a `recovery` (the client came back with the last number it saw), the first frame says
+/// whether what it missed could be recovered (`{"recovered":true,"epoch":E,"missed":N}` or
+/// `{"recovered":false,"epoch":E}`: resync), then the missed messages follow, then live ones.
 pub async fn run<S>(
     mut ws: WebSocketStream<S>,
     mut connected: Connected,
     hub: &Hub,
     options: &SessionOptions,
     shutdown: &CancellationToken,
+    framing: &Framing,
+    recovery: Option<Recovery>,
 ) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    if let Some(recovery) = recovery {
+        let (status, missed) = match recovery {
+            Recovery::Complete(missed) => (
+                serde_json::json!({"recovered": true, "epoch": hub.epoch(), "missed": missed.len()}),
+                missed,
+            ),
+            Recovery::Gap => (
+                serde_json::json!({"recovered": false, "epoch": hub.epoch()}),
+                Vec::new(),
+            ),
+        };
+        let mut ok = ws
+            .send(Message::Text(status.to_string().into()))
+            .await
+            .is_ok();
+        for d in missed {
+            if !ok {
+                break;
+            }
+            if let Some(text) = framing.frame(d) {
+                ok = ws.send(Message::Text(text)).await.is_ok();
+            }
+        }
+        if !ok {
+            hub.disconnect(&connected.id);
+            return Ended::ClientGone;
+        }
+    }
     let mut ping = tokio::time::interval(options.ping_every);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first tick is at once: no ping before one interval has passed.
@@ -86,15 +149,15 @@ where
     let ended = loop {
         tokio::select! {
             d = connected.queue.recv() => match d {
-                Some(d) => match Utf8Bytes::try_from(d.data) {
-                    Ok(text) => {
+                Some(d) => match framing.frame(d) {
+                    Some(text) => {
                         if ws.send(Message::Text(text)).await.is_err() {
                             break Ended::ClientGone;
                         }
                     }
                     // `data` comes from a JSON string, so this cannot happen; a frame that
                     // is not text would break the protocol, so it is skipped.
-                    Err(_) => continue,
+                    None => continue,
                 },
                 None => {
                     let (ended, code, reason) = match connected.closed() {
@@ -177,7 +240,16 @@ mod tests {
                 Some(c) => c,
                 None => hub2.connect(&r.token, Instant::now()).unwrap(),
             };
-            run(ws, connected, &hub2, &options, &shutdown).await
+            run(
+                ws,
+                connected,
+                &hub2,
+                &options,
+                &shutdown,
+                &Framing::Raw,
+                None,
+            )
+            .await
         });
         let (client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
             .await
