@@ -686,3 +686,44 @@ async fn a_client_recovers_what_it_missed_while_away() {
         json!({"recovered": false, "epoch": epoch})
     );
 }
+
+/// The gateway pings its clients itself, at `mws_ping_interval` (45 s by default, always under
+/// the 60 s idle rule that proxies and clients in between may apply), and an idle client that
+/// answers keeps its socket.
+#[tokio::test]
+async fn the_gateway_pings_its_clients_through_the_router() {
+    let mar = MarServer::start_with(Some("mws_ping_interval: 1\n"));
+    let g = create(&mar, "pinger");
+    let base = format!("/v1/gateways/{}", g.id);
+    let (_, uri) = rest(
+        &mar,
+        "GET",
+        &format!("{base}/websocket_uri"),
+        None,
+        Value::Null,
+    )
+    .await;
+    let mut ws = open(&mar, uri["uri"].as_str().unwrap()).await;
+    let t0 = std::time::Instant::now();
+    let mut pings = 0;
+    // The client reads, so its library answers each ping, and the gateway keeps it.
+    while t0.elapsed() < Duration::from_secs(5) {
+        match tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(other))) => panic!("unexpected {other:?}"),
+            Ok(other) => panic!("the socket ended after {:?}: {other:?}", t0.elapsed()),
+            Err(_) => panic!("no frame for 2 s"),
+        }
+    }
+    assert!(pings >= 4, "{pings} pings in 5 s");
+    let (s, _) = rest(
+        &mar,
+        "POST",
+        &format!("{base}/messages"),
+        None,
+        json!({"data": "still here", "receivers": {"sockets": ["*"]}}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(next_text(&mut ws).await, "still here");
+}

@@ -45,6 +45,9 @@ pub struct FileConfig {
     pub build_timeout: Option<u64>,
     /// How many releases keep their slug for rollbacks.
     pub keep_releases: Option<usize>,
+    /// Seconds between the MWS gateways' pings to their clients (1 to 55, under the 60 s
+    /// idle rule; default 45).
+    pub mws_ping_interval: Option<u64>,
     /// Address for HTTPS.
     pub https_listen: Option<String>,
     /// Seconds for an app to start its response (H12).
@@ -161,6 +164,8 @@ pub struct Config {
     pub build_timeout: Duration,
     /// How many releases keep their slug for rollbacks.
     pub keep_releases: usize,
+    /// Time between the MWS gateways' pings to their clients.
+    pub mws_ping_interval: Duration,
     /// HTTPS listen address, if any.
     pub https_listen: Option<SocketAddr>,
     /// Certificates from `mar.yaml`.
@@ -277,6 +282,18 @@ impl Config {
             stop_timeout: Duration::from_secs(file.stop_timeout.unwrap_or(30)),
             build_timeout: Duration::from_secs(file.build_timeout.unwrap_or(15 * 60)),
             keep_releases: file.keep_releases.unwrap_or(10).max(1),
+            mws_ping_interval: match file.mws_ping_interval {
+                None => Duration::from_secs(45),
+                Some(s @ 1..=55) => Duration::from_secs(s),
+                Some(s) => {
+                    return Err(ConfigError::Invalid {
+                        path: path.clone(),
+                        message: format!(
+                            "mws_ping_interval: {s} is not a number of seconds from 1 to 55 (the gateways must ping under the 60 s idle rule)"
+                        ),
+                    });
+                }
+            },
             https_listen,
             tls_certificates: file.tls_certificates,
             timeouts,
@@ -295,6 +312,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gateways_ping_under_the_idle_rule() {
+        let d = tempfile::tempdir().unwrap();
+        let load = |yaml: &str| {
+            std::fs::write(d.path().join("mar.yaml"), yaml).unwrap();
+            Config::load(d.path(), &Overrides::default(), "mar".into()).map(|c| c.mws_ping_interval)
+        };
+        assert_eq!(load("").unwrap(), Duration::from_secs(45));
+        assert_eq!(
+            load("mws_ping_interval: 5\n").unwrap(),
+            Duration::from_secs(5)
+        );
+        for bad in ["mws_ping_interval: 0\n", "mws_ping_interval: 60\n"] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains("60 s idle rule"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn router_threads_are_a_count_or_auto() {

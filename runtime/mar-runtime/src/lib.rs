@@ -509,8 +509,10 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
                 tracing::error!("cannot keep gateway {id}'s access mode: {e}");
             }
         });
-        mar_mws::Gateways::new(mar_mws::SessionOptions::default(), shutdown.clone(), keep)
-            .map_err(RuntimeError::Thread)?
+        let session = mar_mws::SessionOptions {
+            ping_every: cfg.mws_ping_interval,
+        };
+        mar_mws::Gateways::new(session, shutdown.clone(), keep).map_err(RuntimeError::Thread)?
     };
     for s in store.list_services()? {
         if s.kind == "mws" {
