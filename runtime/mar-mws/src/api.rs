@@ -221,6 +221,14 @@ fn error(status: StatusCode, reason: &str, message: &str) -> Response<Body> {
     )
 }
 
+fn too_many() -> Response<Body> {
+    error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "TooManyRequests",
+        "too many sockets are waiting for their clients on this gateway; try again in a few minutes",
+    )
+}
+
 fn invalid(property: &str, message: &str) -> Response<Body> {
     json_response(
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -396,7 +404,9 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
             if !(authed || public_ok) {
                 return deny();
             }
-            let r = gw.hub.reserve(Vec::new(), now);
+            let Some(r) = gw.hub.reserve(Vec::new(), now) else {
+                return too_many();
+            };
             json_response(
                 StatusCode::OK,
                 &json!({
@@ -470,7 +480,9 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let r = gw.hub.reserve(tags_of(body.get("tags")), now);
+            let Some(r) = gw.hub.reserve(tags_of(body.get("tags")), now) else {
+                return too_many();
+            };
             json_response(
                 StatusCode::CREATED,
                 &json!({

@@ -33,6 +33,9 @@ pub struct HubOptions {
     pub retention: Duration,
     /// How many messages the history keeps at most.
     pub retention_count: usize,
+    /// Reservations that may wait for their client at once: past it, reserving is refused
+    /// (a public gateway's `websocket_uri` must not let anyone fill memory with them).
+    pub max_reservations: usize,
 }
 
 impl Default for HubOptions {
@@ -42,6 +45,7 @@ impl Default for HubOptions {
             queue: 256,
             retention: Duration::from_secs(120),
             retention_count: 1000,
+            max_reservations: 10_000,
         }
     }
 }
@@ -231,7 +235,9 @@ impl Hub {
     }
 
     /// Reserves a socket with `tags`; its token is good once, until the reservation expires.
-    pub fn reserve(&self, tags: Vec<String>, now: Instant) -> Reservation {
+    ///
+    /// `None` when `max_reservations` wait already (expired ones are dropped first).
+    pub fn reserve(&self, tags: Vec<String>, now: Instant) -> Option<Reservation> {
         let r = Reservation {
             id: random_id(),
             token: format!("{}{}", random_id(), random_id()),
@@ -239,9 +245,14 @@ impl Hub {
             expires_at: now + self.options.reservation_ttl,
         };
         let mut st = self.state();
-        st.reservations.retain(|_, r| r.expires_at > now);
+        if st.reservations.len() >= self.options.max_reservations {
+            st.reservations.retain(|_, r| r.expires_at > now);
+            if st.reservations.len() >= self.options.max_reservations {
+                return None;
+            }
+        }
         st.reservations.insert(r.token.clone(), r.clone());
-        r
+        Some(r)
     }
 
     /// Uses a token: the reservation becomes a connected socket with its queue.
@@ -466,6 +477,7 @@ mod tests {
             queue: 4,
             retention: Duration::from_secs(120),
             retention_count: 5,
+            max_reservations: 100,
         })
     }
 
@@ -484,7 +496,7 @@ mod tests {
     #[test]
     fn tokens_are_single_use_and_expire() {
         let (h, t0) = (hub(), Instant::now());
-        let r = h.reserve(tags(&["a"]), t0);
+        let r = h.reserve(tags(&["a"]), t0).unwrap();
         assert_eq!(r.id.len(), 24);
         assert!(h.connect(&r.token, t0).is_ok());
         assert_eq!(h.connect(&r.token, t0).unwrap_err(), ConnectError::Unknown);
@@ -492,7 +504,7 @@ mod tests {
             h.connect("nonsense", t0).unwrap_err(),
             ConnectError::Unknown
         );
-        let late = h.reserve(vec![], t0);
+        let late = h.reserve(vec![], t0).unwrap();
         assert_eq!(
             h.connect(&late.token, t0 + Duration::from_secs(301))
                 .unwrap_err(),
@@ -504,12 +516,20 @@ mod tests {
     fn routing_by_star_id_and_tag_reaches_each_socket_once() {
         let (h, t0) = (hub(), Instant::now());
         let mut a = h
-            .connect(&h.reserve(tags(&["users.1", "room"]), t0).token, t0)
+            .connect(
+                &h.reserve(tags(&["users.1", "room"]), t0).unwrap().token,
+                t0,
+            )
             .unwrap();
         let mut b = h
-            .connect(&h.reserve(tags(&["users.2", "room"]), t0).token, t0)
+            .connect(
+                &h.reserve(tags(&["users.2", "room"]), t0).unwrap().token,
+                t0,
+            )
             .unwrap();
-        let mut c = h.connect(&h.reserve(vec![], t0).token, t0).unwrap();
+        let mut c = h
+            .connect(&h.reserve(vec![], t0).unwrap().token, t0)
+            .unwrap();
         let all = Receivers {
             sockets: Some(tags(&["*"])),
             tags: None,
@@ -547,8 +567,12 @@ mod tests {
     #[test]
     fn a_slow_socket_is_cut_and_the_others_lose_nothing() {
         let (h, t0) = (hub(), Instant::now());
-        let slow = h.connect(&h.reserve(tags(&["t"]), t0).token, t0).unwrap();
-        let mut fast = h.connect(&h.reserve(tags(&["t"]), t0).token, t0).unwrap();
+        let slow = h
+            .connect(&h.reserve(tags(&["t"]), t0).unwrap().token, t0)
+            .unwrap();
+        let mut fast = h
+            .connect(&h.reserve(tags(&["t"]), t0).unwrap().token, t0)
+            .unwrap();
         let to_t = Receivers {
             sockets: None,
             tags: Some(tags(&["t"])),
@@ -580,7 +604,7 @@ mod tests {
         for i in 0..3 {
             h.publish(Bytes::from(format!("m{i}")), &all, t0);
         }
-        let token = h.reserve(vec![], t0).token;
+        let token = h.reserve(vec![], t0).unwrap().token;
         let (mut c, rec) = h.connect_after(&token, h.epoch(), 1, t0).unwrap();
         let Recovery::Complete(missed) = rec else {
             panic!("a gap")
@@ -588,7 +612,7 @@ mod tests {
         assert_eq!(missed.iter().map(|d| d.seq).collect::<Vec<_>>(), [2, 3]);
         h.publish(Bytes::from("live"), &all, t0);
         assert_eq!(drain(&mut c), [4]);
-        let token = h.reserve(vec![], t0).token;
+        let token = h.reserve(vec![], t0).unwrap().token;
         assert!(matches!(
             h.connect_after(&token, "old-epoch", 1, t0),
             Ok((_, Recovery::Gap))
@@ -596,9 +620,24 @@ mod tests {
     }
 
     #[test]
+    fn reservations_are_capped_until_they_expire() {
+        let (h, t0) = (hub(), Instant::now());
+        for _ in 0..100 {
+            assert!(h.reserve(vec![], t0).is_some());
+        }
+        assert!(h.reserve(vec![], t0).is_none(), "the 101st waits for room");
+        assert!(
+            h.reserve(vec![], t0 + Duration::from_secs(301)).is_some(),
+            "expired ones make room"
+        );
+    }
+
+    #[test]
     fn disconnecting_cleans_the_tag_index() {
         let (h, t0) = (hub(), Instant::now());
-        let a = h.connect(&h.reserve(tags(&["x"]), t0).token, t0).unwrap();
+        let a = h
+            .connect(&h.reserve(tags(&["x"]), t0).unwrap().token, t0)
+            .unwrap();
         assert_eq!(h.sockets(Some("x")).len(), 1);
         assert!(h.disconnect(&a.id));
         assert!(!h.disconnect(&a.id));

@@ -227,7 +227,9 @@ mod tests {
     ) -> (Client, tokio::task::JoinHandle<Ended>, String) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let r = hub.reserve(tags.iter().map(|t| t.to_string()).collect(), Instant::now());
+        let r = hub
+            .reserve(tags.iter().map(|t| t.to_string()).collect(), Instant::now())
+            .unwrap();
         let id = r.id.clone();
         let connected = connect_now.then(|| hub.connect(&r.token, Instant::now()).unwrap());
         let hub2 = hub.clone();
