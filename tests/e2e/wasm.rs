@@ -402,6 +402,7 @@ async fn each_misbehaving_guest_fails_only_its_own_request() {
         let (r, took) = s.await.unwrap();
         assert_eq!(r.status, 503, "{r:?}");
         assert!(r.body.contains("H12"), "{}", r.body);
+        assert!(r.body.contains("its own time limit"), "{}", r.body);
         assert!(
             took >= Duration::from_secs(2) && took < Duration::from_secs(6),
             "{took:?}"

@@ -16,6 +16,9 @@ pub(crate) enum Failure {
     Broken,
     /// No response head within the first-byte timeout.
     Timeout,
+    /// An in-process handler stopped the request at a deadline of its own (a WASM guest at
+    /// its epoch deadline), before the router's first-byte timeout.
+    HandlerDeadline,
     /// The app stopped reading the request body for the idle window without answering.
     AppStalled,
     /// The client's chunked body is malformed.
@@ -69,7 +72,7 @@ impl Failure {
                 "H13",
                 "Connection closed without response",
             ),
-            Failure::Timeout | Failure::AppStalled => {
+            Failure::Timeout | Failure::AppStalled | Failure::HandlerDeadline => {
                 (StatusCode::SERVICE_UNAVAILABLE, "H12", "Request timeout")
             }
             Failure::BadBody | Failure::BadTarget | Failure::BadHost => {
@@ -109,6 +112,9 @@ impl Failure {
             Failure::Timeout => format!(
                 "The app ({dyno}) did not start its response within {} seconds.",
                 f.first_byte.as_secs()
+            ),
+            Failure::HandlerDeadline => format!(
+                "The app ({dyno}) ran past its own time limit for a request and was stopped."
             ),
             Failure::AppStalled => format!(
                 "The app ({dyno}) stopped reading the request for {} seconds without answering.",
@@ -188,6 +194,7 @@ mod tests {
             (Failure::Broken, 502, "H13"),
             (Failure::Timeout, 503, "H12"),
             (Failure::AppStalled, 503, "H12"),
+            (Failure::HandlerDeadline, 503, "H12"),
             (Failure::BadBody, 400, "H400"),
             (Failure::BadTarget, 400, "H400"),
             (Failure::BadHost, 400, "H400"),

@@ -97,7 +97,7 @@ pub(crate) async fn serve(
     };
     // The handler's own deadline passed (a WASM guest stopped): the router's timeout page.
     if resp.extensions().get::<mar_http::TimedOut>().is_some() {
-        return fail(Failure::Timeout);
+        return fail(Failure::HandlerDeadline);
     }
     if let Some(f) = fault.get().copied() {
         return fail(f);
