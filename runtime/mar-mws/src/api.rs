@@ -662,23 +662,30 @@ fn upgrade(gateways: &Arc<Gateways>, gw: &Arc<Gateway>, req: &mut Request<Body>)
         session::Framing::Raw
     };
     let on_upgrade = hyper::upgrade::on(req);
+    // The token is used now, before the handshake's answer: once a client sees 101, every
+    // message published after is queued for it (a publish right after connecting is not lost
+    // to the time the session takes to start).
+    let joined = match since {
+        Some(after) => gw
+            .hub
+            .connect_after(&token, &epoch, after, Instant::now())
+            .map(|(c, r)| (c, Some(r))),
+        None => gw.hub.connect(&token, Instant::now()).map(|c| (c, None)),
+    };
     let (gateways, gw) = (gateways.clone(), gw.clone());
     let (tracker, executor) = (gateways.sessions.clone(), gateways.executor.clone());
     tracker.spawn_on(
         async move {
             let Ok(upgraded) = on_upgrade.await else {
+                // The client went away during the handshake: forget its socket.
+                if let Ok((connected, _)) = &joined {
+                    gw.hub.disconnect(&connected.id);
+                }
                 return;
             };
             let io = hyper_util::rt::TokioIo::new(upgraded);
             let mut ws =
                 WebSocketStream::from_raw_socket(io, Role::Server, Some(session::config())).await;
-            let joined = match since {
-                Some(after) => gw
-                    .hub
-                    .connect_after(&token, &epoch, after, Instant::now())
-                    .map(|(c, r)| (c, Some(r))),
-                None => gw.hub.connect(&token, Instant::now()).map(|c| (c, None)),
-            };
             match joined {
                 Ok((connected, recovery)) => {
                     session::run(
