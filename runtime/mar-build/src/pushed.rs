@@ -64,21 +64,8 @@ pub fn read_pushed_bytes(
         name: name.to_owned(),
         source,
     };
-    let root = open(
-        dir,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io_err(e.into()))?;
     // Non-blocking: a FIFO named Procfile must not hang the platform.
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-    let fd = match openat2(&root, name, how) {
+    let fd = match open_beneath(dir, name, OFlag::O_NOCTTY | OFlag::O_NONBLOCK).map_err(io_err)? {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
         Err(Errno::ELOOP | Errno::EXDEV) => return Err(PushedFileError::Symlink(name.to_owned())),
@@ -106,30 +93,43 @@ pub fn read_pushed_bytes(
 /// [`read_pushed`] (no symlink anywhere, nothing outside the tree), so that whoever uses the
 /// handle later sees this directory even if the app swaps the path for a symlink afterwards.
 pub fn open_pushed_dir(dir: &Path, name: &str) -> Result<std::os::fd::OwnedFd, PushedFileError> {
-    let io_err = |source: io::Error| PushedFileError::Io {
-        name: name.to_owned(),
-        source,
-    };
+    let opened =
+        open_beneath(dir, name, OFlag::O_DIRECTORY).map_err(|source| PushedFileError::Io {
+            name: name.to_owned(),
+            source,
+        })?;
+    match opened {
+        Ok(fd) => Ok(fd),
+        Err(Errno::ELOOP | Errno::EXDEV) => Err(PushedFileError::Symlink(name.to_owned())),
+        Err(Errno::ENOTDIR | Errno::ENOENT) => Err(PushedFileError::NotADirectory(name.to_owned())),
+        Err(e) => Err(PushedFileError::Io {
+            name: name.to_owned(),
+            source: e.into(),
+        }),
+    }
+}
+
+/// Opens `name` read-only beneath the tree at `dir` (whose last component is not followed),
+/// through no symlink and never out of the tree, with `flags` added. The outer error is the
+/// tree's own (it cannot be opened); the inner one is `name`'s, for the caller to classify.
+fn open_beneath(
+    dir: &Path,
+    name: &str,
+    flags: OFlag,
+) -> io::Result<Result<std::os::fd::OwnedFd, Errno>> {
     let root = open(
         dir,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
-    )
-    .map_err(|e| io_err(e.into()))?;
+    )?;
     let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | flags)
         .resolve(
             ResolveFlag::RESOLVE_BENEATH
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
                 | ResolveFlag::RESOLVE_NO_MAGICLINKS,
         );
-    match openat2(&root, name, how) {
-        Ok(fd) => Ok(fd),
-        Err(Errno::ELOOP | Errno::EXDEV) => Err(PushedFileError::Symlink(name.to_owned())),
-        Err(Errno::ENOTDIR) => Err(PushedFileError::NotADirectory(name.to_owned())),
-        Err(Errno::ENOENT) => Err(PushedFileError::NotADirectory(name.to_owned())),
-        Err(e) => Err(io_err(e.into())),
-    }
+    Ok(openat2(&root, name, how))
 }
 
 #[cfg(test)]

@@ -90,6 +90,35 @@ impl Connection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimedOut;
 
+/// Decodes `%XX` escapes (and, for a query string's values, `+` as a space); an escape that
+/// is not one, or bytes that are not UTF-8, are kept as they were (lossily). For the
+/// in-process services that read paths (WAGI's `PATH_INFO`) and query parameters (MWS).
+pub fn percent_decode(s: &str, plus_as_space: bool) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
+        }
+        out.push(if plus_as_space && b[i] == b'+' {
+            b' '
+        } else {
+            b[i]
+        });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A body holding `bytes` whole.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(bytes.into())
@@ -116,6 +145,14 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoding_keeps_what_is_not_an_escape() {
+        assert_eq!(percent_decode("/%41%zz%4", false), "/A%zz%4");
+        assert_eq!(percent_decode("/caf%C3%A9", false), "/café");
+        assert_eq!(percent_decode("a+b%2B", false), "a+b+");
+        assert_eq!(percent_decode("a+b%2B", true), "a b+");
+    }
 
     #[test]
     fn connection_facts_travel_in_extensions() {

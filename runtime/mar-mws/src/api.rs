@@ -500,7 +500,7 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
             let tag = req.uri().query().and_then(|q| {
                 q.split('&')
                     .find_map(|kv| kv.strip_prefix("tag="))
-                    .map(mar_percent_decode)
+                    .map(|v| mar_http::percent_decode(v, true))
             });
             let results: Vec<Value> = gw
                 .hub
@@ -595,28 +595,6 @@ fn socket_base(req: &Request<Body>, id: &str) -> String {
     )
 }
 
-fn mar_percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).copied().and_then(hex),
-                b.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-            continue;
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Compares secrets without an early exit that would tell an attacker how much matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -646,7 +624,7 @@ fn upgrade(gateways: &Arc<Gateways>, gw: &Arc<Gateway>, req: &mut Request<Body>)
         req.uri().query().and_then(|q| {
             q.split('&')
                 .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-                .map(mar_percent_decode)
+                .map(|v| mar_http::percent_decode(v, true))
         })
     };
     let token = param("token").unwrap_or_default();

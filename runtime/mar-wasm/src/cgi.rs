@@ -39,9 +39,9 @@ pub fn environment(
     set("SERVER_PROTOCOL", protocol(parts.version).into());
     set("REQUEST_METHOD", parts.method.as_str().into());
     set("SCRIPT_NAME", String::new());
-    set("PATH_INFO", percent_decode(raw_path));
+    set("PATH_INFO", mar_http::percent_decode(raw_path, false));
     set("X_RAW_PATH_INFO", raw_path.into());
-    set("PATH_TRANSLATED", percent_decode(raw_path));
+    set("PATH_TRANSLATED", mar_http::percent_decode(raw_path, false));
     set("QUERY_STRING", query.into());
     set("X_MATCHED_ROUTE", "/...".into());
     set(
@@ -131,30 +131,6 @@ fn split_host(host: &str, listener_port: Option<u16>, scheme: &str) -> (String, 
         }
         _ => (host.to_owned(), default()),
     }
-}
-
-/// `%XX` escapes decoded; an escape that is not one, or bytes that are not UTF-8, are kept
-/// as they were (lossily), as CGI servers pass PATH_INFO decoded.
-pub fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).copied().and_then(hex),
-                b.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Where the head ends in what a guest printed so far: the head's length (without the blank
@@ -317,12 +293,6 @@ mod tests {
             split_host("[::1]", Some(81), "http"),
             ("[::1]".into(), "81".into())
         );
-    }
-
-    #[test]
-    fn decoding_keeps_what_is_not_an_escape() {
-        assert_eq!(percent_decode("/%41%zz%4"), "/A%zz%4");
-        assert_eq!(percent_decode("/caf%C3%A9"), "/café");
     }
 
     #[test]

@@ -56,14 +56,27 @@ impl MemoryCap {
     /// Whether growing one memory from `current` to `desired` bytes keeps the sum under the
     /// cap; if so, counts it.
     fn grow(&mut self, current: usize, desired: usize) -> bool {
-        let after = self.used.saturating_sub(current).saturating_add(desired);
-        if after > self.max {
-            self.exceeded = true;
-            return false;
-        }
-        self.used = after;
-        true
+        let max = self.max;
+        sum_grows(&mut self.used, max, current, desired, &mut self.exceeded)
     }
+}
+
+/// One of an instance's memories (or tables) grows from `current` to `desired`: whether the
+/// sum over all of them, `used`, stays within `max`; counted if so, `exceeded` set if not.
+fn sum_grows(
+    used: &mut usize,
+    max: usize,
+    current: usize,
+    desired: usize,
+    exceeded: &mut bool,
+) -> bool {
+    let after = used.saturating_sub(current).saturating_add(desired);
+    if after > max {
+        *exceeded = true;
+        return false;
+    }
+    *used = after;
+    true
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
@@ -88,13 +101,13 @@ impl wasmtime::ResourceLimiter for MemoryCap {
         if maximum.is_some_and(|m| desired > m) {
             return Ok(false);
         }
-        let after = self.tables.saturating_sub(current).saturating_add(desired);
-        if after > MAX_TABLE_ELEMENTS {
-            self.exceeded = true;
-            return Ok(false);
-        }
-        self.tables = after;
-        Ok(true)
+        Ok(sum_grows(
+            &mut self.tables,
+            MAX_TABLE_ELEMENTS,
+            current,
+            desired,
+            &mut self.exceeded,
+        ))
     }
 }
 
