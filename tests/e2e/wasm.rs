@@ -371,6 +371,9 @@ async fn each_misbehaving_guest_fails_only_its_own_request() {
     ]);
     assert!(out.ok(), "{}", out.all());
     let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/wasm-faults"));
+    // The attack: a symlink in the readable `files` directory to a file of the host.
+    std::os::unix::fs::symlink("/etc/hostname", repo.dir.join("static/out")).unwrap();
+    repo.commit("a link out of the files directory");
     let push = repo.push(&mar.git_url("faults"), "main");
     assert!(push.ok(), "{}", push.all());
     mar.deploy_lifecycle("procs", &[]);
@@ -387,7 +390,13 @@ async fn each_misbehaving_guest_fails_only_its_own_request() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Both are computing in guests before the other requests go.
+    eventually(Duration::from_secs(5), || async {
+        let out = mar.mar(&["ps", "-a", "faults", "--json"]);
+        let ps: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        (ps[0]["wasm"]["running"].as_u64() == Some(2)).then_some(())
+    })
+    .await;
     for _ in 0..5 {
         let t0 = Instant::now();
         assert_eq!(mar.get("procs.localhost", "/").await.status, 200);
@@ -432,14 +441,15 @@ async fn each_misbehaving_guest_fails_only_its_own_request() {
     .await;
     assert!(log.contains("past its deadline of 2s"), "{log}");
 
-    // The manifest's `files` directory, read-only, and nothing outside it.
+    // The manifest's `files` directory, read-only, and nothing outside it, not even through a
+    // symlink the app put in it.
     assert_eq!(
         mar.get("faults.localhost", "/file").await.body,
         "read from the slug\n"
     );
     assert_eq!(
         mar.get("faults.localhost", "/escape").await.body,
-        "read outside: denied, write: denied\n"
+        "read outside: denied, through a link: denied, write: denied\n"
     );
 
     // A response far larger than the pipes streams through whole.

@@ -305,7 +305,9 @@ mod tests {
         )
         .await;
         // The session connects the socket once the handshake is done.
+        let deadline = Instant::now() + Duration::from_secs(5);
         while h.sockets(Some("room")).is_empty() {
+            assert!(Instant::now() < deadline, "the session never connected");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         c.send(Message::text("ignored")).await.unwrap();

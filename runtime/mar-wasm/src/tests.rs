@@ -125,6 +125,14 @@ async fn call(app: &WasmApp, req: Request<Body>) -> (StatusCode, String, http::H
     (status, body, parts.headers, timed_out)
 }
 
+/// Waits (at most 2 s) until `cond` holds: readiness is a state, not a time.
+async fn until(cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !cond() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn limits() -> Limits {
     Limits {
         timeout: Duration::from_secs(5),
@@ -259,7 +267,7 @@ async fn an_endless_loop_is_stopped_at_the_deadline_and_others_keep_running() {
         let spin = spin.clone();
         async move { call(&spin, get("/")).await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until(|| spin.stats().running == 2).await;
     let t1 = Instant::now();
     assert_eq!(call(&good, get("/")).await.0, StatusCode::CREATED);
     assert!(
@@ -290,7 +298,11 @@ async fn requests_past_the_concurrency_wait_instead_of_failing() {
             tokio::spawn(async move { call(&spin, get("/")).await.0 })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until(|| {
+        let s = spin.stats();
+        (s.running, s.waiting) == (1, 2)
+    })
+    .await;
     let s = spin.stats();
     assert_eq!((s.running, s.waiting), (1, 2), "{s:?}");
     for c in calls {
