@@ -114,10 +114,16 @@ async fn crashed_and_booting_apps_get_their_pages() {
     // Between crashes the router says which it is: H10 while crashed, H20 while booting.
     let seen = std::cell::RefCell::new(std::collections::HashSet::new());
     eventually(Duration::from_secs(40), || async {
-        let r = mar.http("GET", "wobbly.localhost", "/", "").await;
+        // A request the app answers as it crashes is cut off mid-body: that answer says
+        // nothing about the pages, so it is skipped rather than taken as a failure.
+        let Ok((status, body)) =
+            mar_tests::try_request(mar.addr, "GET", "wobbly.localhost", "/", Bytes::new()).await
+        else {
+            return None;
+        };
         for (code, title) in [("H10", "App crashed"), ("H20", "App boot in progress")] {
-            if r.status == 503 && r.body.contains(code) {
-                assert!(r.body.contains(title), "{}", r.body);
+            if status == 503 && body.contains(code) {
+                assert!(body.contains(title), "{body}");
                 seen.borrow_mut().insert(code);
             }
         }
