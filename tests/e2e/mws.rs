@@ -727,3 +727,159 @@ async fn the_gateway_pings_its_clients_through_the_router() {
     assert_eq!(s, 201);
     assert_eq!(next_text(&mut ws).await, "still here");
 }
+
+/// Beyond the original: a gateway whose configuration names a `forward` path posts each frame
+/// its clients send to the attached app, in order, saying which gateway, socket and tags it
+/// came from and carrying the gateway's secret; a frame the app refuses is dropped and
+/// counted, the next still arrives; the setting is kept across a restart. And one address
+/// holds at most `mws_sockets_per_address` sockets: the next handshake is refused with 429,
+/// its token left unused, while the open sockets keep receiving.
+#[tokio::test]
+async fn client_frames_reach_the_attached_app_and_one_address_holds_a_bounded_number_of_sockets() {
+    let mut mar = MarServer::start_with(Some("mws_sockets_per_address: 3\n"));
+    mar.deploy_lifecycle("inbox", &[]);
+    let g = create(&mar, "chat");
+    let config = format!("/v1/gateways/{}/configuration", g.id);
+
+    // Nothing to forward to before the gateway is attached: said at once.
+    let forward = json!({"forward": {"path": "/inbox"}});
+    let (s, v) = rest(&mar, "PUT", &config, Some(&g.secret), forward.clone()).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v.to_string().contains("attached to no app"), "{v}");
+    let (s, v) = rest(
+        &mar,
+        "PUT",
+        &config,
+        Some(&g.secret),
+        json!({"forward": {"path": "inbox"}}),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    let out = mar.mar(&["services:attach", "chat", "-a", "inbox"]);
+    assert!(out.ok(), "{}", out.all());
+    let (s, v) = rest(&mar, "PUT", &config, Some(&g.secret), forward).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["forward"], json!({"path": "/inbox"}));
+
+    let (_, reserved) = rest(
+        &mar,
+        "POST",
+        &format!("/v1/gateways/{}/sockets", g.id),
+        Some(&g.secret),
+        json!({"tags": ["users.1"]}),
+    )
+    .await;
+    let sid = reserved["id"].as_str().unwrap().to_owned();
+    let mut ws = open(&mar, reserved["uri"].as_str().unwrap()).await;
+    use futures_util::SinkExt;
+    for m in ["hello", "refuse", "world"] {
+        ws.send(Message::text(m)).await.unwrap();
+    }
+    ws.send(Message::binary(b"bytes".to_vec())).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let kept = loop {
+        let kept = inbox(&mar).await;
+        if kept.len() >= 3 || std::time::Instant::now() > deadline {
+            break kept;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let bodies: Vec<&str> = kept.iter().map(|e| e["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, ["hello", "world", "bytes"]);
+    assert_eq!(kept[0]["type"], "text/plain; charset=utf-8");
+    assert_eq!(kept[2]["type"], "application/octet-stream");
+    for e in &kept {
+        assert_eq!(e["auth"], format!("Bearer {}", g.secret));
+        assert_eq!(e["gateway"], g.id.as_str());
+        assert_eq!(e["socket"], sid.as_str());
+        assert_eq!(e["tags"], r#"["users.1"]"#);
+    }
+    let (_, v) = rest(&mar, "GET", &config, Some(&g.secret), Value::Null).await;
+    assert_eq!(v["forwarded"], json!({"delivered": 3, "dropped": 1}), "{v}");
+
+    // Three sockets from 127.0.0.1 at most: the first plus two more.
+    let mut more = vec![
+        open(&mar, &public_uri(&mar, &g.id).await).await,
+        open(&mar, &public_uri(&mar, &g.id).await).await,
+    ];
+    let refused_uri = public_uri(&mar, &g.id).await;
+    let path = &refused_uri[refused_uri.find("/v1/").unwrap()..];
+    let mut req = format!("ws://{}{path}", mar.addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("host", "localhost".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status(), 429);
+            let body = String::from_utf8_lossy(r.body().as_deref().unwrap_or_default()).to_string();
+            assert!(body.contains("TooManyConnections"), "{body}");
+        }
+        other => panic!("a fourth socket from one address: {other:?}"),
+    }
+    // The open ones keep receiving.
+    let (s, _) = rest(
+        &mar,
+        "POST",
+        &format!("/v1/gateways/{}/messages", g.id),
+        Some(&g.secret),
+        json!({"data": "still here", "receivers": {"sockets": ["*"]}}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(next_text(&mut ws).await, "still here");
+    for m in &mut more {
+        assert_eq!(next_text(m).await, "still here");
+    }
+    // Once one closes, the refused token (never used) opens a socket.
+    let mut first = more.remove(0);
+    first.close(None).await.unwrap();
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut req = format!("ws://{}{path}", mar.addr)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("host", "localhost".parse().unwrap());
+        match tokio_tungstenite::connect_async(req).await {
+            Ok((_ws, resp)) => {
+                assert_eq!(resp.status(), 101);
+                break;
+            }
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop((ws, more));
+
+    // The forward is kept across a restart.
+    mar = tokio::task::spawn_blocking(move || mar.restart())
+        .await
+        .unwrap();
+    let (_, v) = rest(&mar, "GET", &config, Some(&g.secret), Value::Null).await;
+    assert_eq!(v["forward"], json!({"path": "/inbox"}), "{v}");
+}
+
+/// What the lifecycle fixture's `/inbox` kept, one JSON object per forwarded frame.
+async fn inbox(mar: &MarServer) -> Vec<Value> {
+    let body = mar.get("inbox.localhost", "/inbox").await.body;
+    body.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect()
+}
+
+/// A public socket's URI from a gateway in access mode `none`.
+async fn public_uri(mar: &MarServer, id: &str) -> String {
+    let (_, v) = rest(
+        mar,
+        "GET",
+        &format!("/v1/gateways/{id}/websocket_uri"),
+        None,
+        Value::Null,
+    )
+    .await;
+    v["uri"].as_str().unwrap().to_owned()
+}

@@ -6,7 +6,8 @@
 //! executor, never on the platform's threads that make blocking SQLite calls.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -20,13 +21,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::forward::{self, Forward, ForwardStats, Origin, Resolve};
 use crate::hub::{Hub, HubOptions, Receivers};
 use crate::session::{self, SessionOptions};
 
 /// Who may call a gateway's API without its secret (`identityProvider` in its configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Access {
     /// Public: `websocket_uri` and `messages` need no token.
+    #[default]
     None,
     /// Only the secret opens the API; the app's server reserves sockets for its clients.
     Custom,
@@ -54,26 +57,70 @@ impl Access {
 /// The largest `data` a message may carry.
 pub const MAX_MESSAGE: usize = 64 << 10;
 
-/// One gateway: its identity, access mode and live state.
+/// What a gateway's owner configures through `PUT configuration`, kept by the composition
+/// root: the access mode in a column of its own, the rest as [`GatewayConfig::settings_json`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// Who may call the API without the secret.
+    pub access: Access,
+    /// Where clients' frames go, if anywhere.
+    pub forward: Option<Forward>,
+}
+
+impl GatewayConfig {
+    /// The settings beside the access mode, as JSON to keep.
+    pub fn settings_json(&self) -> String {
+        match &self.forward {
+            Some(f) => json!({ "forward": f }).to_string(),
+            None => "{}".to_owned(),
+        }
+    }
+
+    /// A kept configuration (an unreadable part is left at its default: the gateway still
+    /// serves, and its owner sees what it has in `GET configuration`).
+    pub fn from_stored(access: &str, settings: &str) -> Self {
+        let settings: Value = serde_json::from_str(settings).unwrap_or(Value::Null);
+        Self {
+            access: Access::parse(access).unwrap_or_default(),
+            forward: settings.get("forward").and_then(|f| Forward::parse(f).ok()),
+        }
+    }
+}
+
+/// One gateway: its identity, configuration and live state.
 pub struct Gateway {
     /// Its id (in URLs).
     pub id: String,
     /// Its name (the service instance's).
     pub name: String,
     secret: String,
-    access: RwLock<Access>,
+    config: RwLock<GatewayConfig>,
     hub: Hub,
+    forwarded: Arc<ForwardStats>,
 }
 
 impl Gateway {
     /// Its access mode now.
     pub fn access(&self) -> Access {
-        *self.access.read().unwrap_or_else(|e| e.into_inner())
+        self.config().access
     }
 
-    /// Changes its access mode.
-    pub fn set_access(&self, a: Access) {
-        *self.access.write().unwrap_or_else(|e| e.into_inner()) = a;
+    /// Its configuration now.
+    pub fn config(&self) -> GatewayConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Changes its configuration.
+    pub fn set_config(&self, c: GatewayConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+
+    /// Counts of the frames forwarded to the app.
+    pub fn forwarded(&self) -> &ForwardStats {
+        &self.forwarded
     }
 
     /// Its live state.
@@ -89,12 +136,37 @@ pub struct Gateways {
     _runtime: Option<RuntimeGuard>,
     session: SessionOptions,
     shutdown: CancellationToken,
-    on_access: AccessChanged,
+    on_config: ConfigChanged,
+    resolve: Resolve,
     sessions: tokio_util::task::TaskTracker,
+    /// Open sockets per client address, across gateways.
+    per_address: Mutex<HashMap<IpAddr, usize>>,
 }
 
-/// Called when a gateway's access mode changes through the API, to keep it.
-pub type AccessChanged = Arc<dyn Fn(&str, Access) + Send + Sync>;
+/// Called when a gateway's configuration changes through the API, to keep it.
+pub type ConfigChanged = Arc<dyn Fn(&str, &GatewayConfig) + Send + Sync>;
+
+/// One open socket's place in its address's count, given back when the session ends.
+struct AddressSlot {
+    gateways: Arc<Gateways>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut per = self
+            .gateways
+            .per_address
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = per.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Shuts the gateways' runtime down without blocking when they go.
 struct RuntimeGuard(Option<tokio::runtime::Runtime>);
@@ -109,12 +181,14 @@ impl Drop for RuntimeGuard {
 
 impl Gateways {
     /// No gateways yet; sessions run on a runtime of their own (one thread: they only move
-    /// bytes), and end with Close 1012 when `shutdown` is cancelled; `on_access` keeps a
-    /// gateway's access mode when the API changes it.
+    /// bytes), and end with Close 1012 when `shutdown` is cancelled; `on_config` keeps a
+    /// gateway's configuration when the API changes it; `resolve` finds where a gateway's
+    /// clients' frames are forwarded.
     pub fn new(
         session: SessionOptions,
         shutdown: CancellationToken,
-        on_access: AccessChanged,
+        on_config: ConfigChanged,
+        resolve: Resolve,
     ) -> std::io::Result<Arc<Self>> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -127,19 +201,22 @@ impl Gateways {
             _runtime: Some(RuntimeGuard(Some(rt))),
             session,
             shutdown,
-            on_access,
+            on_config,
+            resolve,
             sessions: tokio_util::task::TaskTracker::new(),
+            per_address: Mutex::new(HashMap::new()),
         }))
     }
 
     /// Adds (or replaces) a gateway.
-    pub fn add(&self, id: &str, name: &str, secret: &str, access: Access) -> Arc<Gateway> {
+    pub fn add(&self, id: &str, name: &str, secret: &str, config: GatewayConfig) -> Arc<Gateway> {
         let g = Arc::new(Gateway {
             id: id.to_owned(),
             name: name.to_owned(),
             secret: secret.to_owned(),
-            access: RwLock::new(access),
+            config: RwLock::new(config),
             hub: Hub::new(HubOptions::default()),
+            forwarded: Arc::default(),
         });
         self.map
             .write()
@@ -176,6 +253,20 @@ impl Gateways {
     pub async fn closed(&self, grace: std::time::Duration) {
         self.sessions.close();
         let _ = tokio::time::timeout(grace, self.sessions.wait()).await;
+    }
+
+    /// Takes a place for one more socket from `ip`, if it holds fewer than the limit.
+    fn take_slot(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut per = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per.entry(ip).or_insert(0);
+        if *n >= self.session.max_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            gateways: self.clone(),
+            ip,
+        })
     }
 
     /// Whether `path` is one this API serves.
@@ -548,13 +639,11 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
                 Ok(b) => b,
                 Err(r) => return r,
             };
+            let mut config = gw.config();
             if let Some(ip) = body.get("identityProvider") {
                 let kind = ip.get("type").and_then(Value::as_str).or(ip.as_str());
                 match kind.and_then(Access::parse) {
-                    Some(a) => {
-                        gw.set_access(a);
-                        (gateways.on_access)(&gw.id, a);
-                    }
+                    Some(a) => config.access = a,
                     None if kind == Some("eds") => {
                         return invalid(
                             "identityProvider",
@@ -566,6 +655,25 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
                     }
                 }
             }
+            match body.get("forward") {
+                None => {}
+                Some(Value::Null) => config.forward = None,
+                Some(f) => match Forward::parse(f) {
+                    Ok(f) => {
+                        // Checked now, so a mistake shows at once rather than as frames
+                        // silently dropped (a later detach drops them, counted).
+                        if let Err(why) = (gateways.resolve)(&gw.id, f.app.as_deref()) {
+                            return invalid("forward", &why);
+                        }
+                        config.forward = Some(f);
+                    }
+                    Err(m) => return invalid("forward", m),
+                },
+            }
+            if config != gw.config() {
+                gw.set_config(config.clone());
+                (gateways.on_config)(&gw.id, &config);
+            }
             json_response(StatusCode::OK, &configuration(&gw))
         }
         _ => error(StatusCode::NOT_FOUND, "NotFound", "no such resource"),
@@ -573,12 +681,21 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
 }
 
 fn configuration(gw: &Gateway) -> Value {
-    json!({
+    let config = gw.config();
+    let mut v = json!({
         "id": gw.id,
         "name": gw.name,
-        "identityProvider": {"type": gw.access().as_str()},
+        "identityProvider": {"type": config.access.as_str()},
         "permissions": {"read": ["*"], "write": ["*"]},
-    })
+        "forwarded": {
+            "delivered": gw.forwarded.delivered.load(std::sync::atomic::Ordering::Relaxed),
+            "dropped": gw.forwarded.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        },
+    });
+    if let Some(f) = config.forward {
+        v["forward"] = json!(f);
+    }
+    v
 }
 
 /// `ws(s)://HOST/v1/gateways/ID/socket`, from the request's own host and scheme.
@@ -627,6 +744,28 @@ fn upgrade(gateways: &Arc<Gateways>, gw: &Arc<Gateway>, req: &mut Request<Body>)
                 .map(|v| mar_http::percent_decode(v, true))
         })
     };
+    // A flood of sockets from one address is refused before its token is used, so a client
+    // that backs off can still connect with it.
+    let slot = match mar_http::Connection::of(req) {
+        Some(c) => match gateways.take_slot(c.client.ip()) {
+            Some(slot) => Some(slot),
+            None => {
+                let mut r = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyConnections",
+                    &format!(
+                        "{} holds {} sockets, the most one address may hold",
+                        c.client.ip(),
+                        gateways.session.max_per_address
+                    ),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
+                return r;
+            }
+        },
+        None => None,
+    };
     let token = param("token").unwrap_or_default();
     // Beyond the original: `since=N&epoch=E` recovers what the client missed since message N,
     // and `envelope=1` (implied by `since`) numbers every message so it can.
@@ -654,6 +793,7 @@ fn upgrade(gateways: &Arc<Gateways>, gw: &Arc<Gateway>, req: &mut Request<Body>)
     let (tracker, executor) = (gateways.sessions.clone(), gateways.executor.clone());
     tracker.spawn_on(
         async move {
+            let _slot = slot;
             let Ok(upgraded) = on_upgrade.await else {
                 // The client went away during the handshake: forget its socket.
                 if let Ok((connected, _)) = &joined {
@@ -666,14 +806,33 @@ fn upgrade(gateways: &Arc<Gateways>, gw: &Arc<Gateway>, req: &mut Request<Body>)
                 WebSocketStream::from_raw_socket(io, Role::Server, Some(session::config())).await;
             match joined {
                 Ok((connected, recovery)) => {
+                    let forward = gw.config().forward.map(|f| {
+                        let origin = Origin {
+                            gateway: gw.id.clone(),
+                            secret: gw.secret.clone(),
+                            socket: connected.id.clone(),
+                            tags: connected.tags.clone(),
+                        };
+                        forward::spawn(
+                            f,
+                            origin,
+                            gateways.resolve.clone(),
+                            gw.forwarded.clone(),
+                            &gateways.sessions,
+                            &gateways.executor,
+                        )
+                    });
                     session::run(
                         ws,
                         connected,
                         &gw.hub,
                         &gateways.session,
                         &gateways.shutdown,
-                        &framing,
-                        recovery,
+                        session::Opening {
+                            framing,
+                            recovery,
+                            forward,
+                        },
                     )
                     .await;
                 }

@@ -2,10 +2,12 @@
 //! routed to it are written as text frames, in order, as they come; the gateway pings it
 //! every `ping_every` (45 s by default, always under the router's 60 s idle rule) and drops a
 //! client that answered none of the last two pings; frames from the client are read (so its
-//! pongs and Close are seen) and otherwise ignored, as MWS is one-way ("raw mode").
+//! pongs and Close are seen) and ignored as MWS ignored them ("raw mode"), or handed to the
+//! gateway's forwarder when its configuration names one (see [`crate::forward`]).
 //!
 //! How a session ends says why, in its Close: 1013 when the gateway cut a socket too slow to
-//! keep up, 1000 when the socket was deleted through the API, 1012 when the server shuts down.
+//! keep up, 1008 when the client sent frames faster than the app they are forwarded to takes
+//! them, 1000 when the socket was deleted through the API, 1012 when the server shuts down.
 //!
 //! Memory: tungstenite's defaults allocate 128 KiB read and write buffers per connection,
 //! let the write buffer grow without bound and accept 64 MiB messages. [`config`] sets small
@@ -24,19 +26,27 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::forward::Frame;
 use crate::hub::{Closed, Connected, Hub, Recovery};
 
-/// A session's timing.
+/// A session's timing and the gateways' limits on sessions.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
     /// How often the gateway pings the client.
     pub ping_every: Duration,
+    /// Sockets one client address may hold open across all gateways; past it, a handshake
+    /// is refused with 429 (the token stays unused).
+    pub max_per_address: usize,
 }
+
+/// The default of [`SessionOptions::max_per_address`].
+pub const MAX_PER_ADDRESS: usize = 1000;
 
 impl Default for SessionOptions {
     fn default() -> Self {
         Self {
             ping_every: Duration::from_secs(45),
+            max_per_address: MAX_PER_ADDRESS,
         }
     }
 }
@@ -90,10 +100,23 @@ pub enum Ended {
     NoPong,
     /// The gateway cut the socket as too slow (Close 1013).
     TooSlow,
+    /// The client sent frames faster than the app they are forwarded to takes them (1008).
+    TooFast,
     /// The socket was deleted through the API (Close 1000).
     Deleted,
     /// The server is shutting down (Close 1012).
     Shutdown,
+}
+
+/// How one client's session begins and where its frames go.
+#[derive(Debug)]
+pub struct Opening {
+    /// How messages are framed for it.
+    pub framing: Framing,
+    /// What it missed, when it came back with the last number it saw.
+    pub recovery: Option<Recovery>,
+    /// Where its own frames go, when its gateway forwards them.
+    pub forward: Option<tokio::sync::mpsc::Sender<Frame>>,
 }
 
 /// Runs one connected socket until it ends; the hub forgets it then.
@@ -107,12 +130,16 @@ pub async fn run<S>(
     hub: &Hub,
     options: &SessionOptions,
     shutdown: &CancellationToken,
-    framing: &Framing,
-    recovery: Option<Recovery>,
+    opening: Opening,
 ) -> Ended
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let Opening {
+        framing,
+        recovery,
+        forward,
+    } = opening;
     if let Some(recovery) = recovery {
         let (status, missed) = match recovery {
             Recovery::Complete(missed) => (
@@ -171,8 +198,19 @@ where
             msg = ws.next() => match msg {
                 Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break Ended::ClientGone,
-                // Raw mode: a client's messages go nowhere (and its pings are answered by
-                // the library).
+                Some(Ok(Message::Text(t))) => {
+                    if !hand_over(forward.as_ref(), Frame { body: t.into(), text: true }) {
+                        close(&mut ws, CloseCode::Policy, "sending faster than the app takes it").await;
+                        break Ended::TooFast;
+                    }
+                }
+                Some(Ok(Message::Binary(b))) => {
+                    if !hand_over(forward.as_ref(), Frame { body: b, text: false }) {
+                        close(&mut ws, CloseCode::Policy, "sending faster than the app takes it").await;
+                        break Ended::TooFast;
+                    }
+                }
+                // Pings are answered by the library.
                 Some(Ok(_)) => {}
             },
             _ = ping.tick() => {
@@ -192,6 +230,16 @@ where
     };
     hub.disconnect(&connected.id);
     ended
+}
+
+/// Hands a client's frame to the forwarder, if the gateway has one (without one the frame
+/// goes nowhere, as in the original MWS); false when the forwarder's queue is full.
+fn hand_over(forward: Option<&tokio::sync::mpsc::Sender<Frame>>, frame: Frame) -> bool {
+    match forward.map(|f| f.try_send(frame)) {
+        Some(Err(tokio::sync::mpsc::error::TrySendError::Full(_))) => false,
+        // Sent, no forwarder, or a forwarder that ended (the server is stopping).
+        _ => true,
+    }
 }
 
 /// Sends a Close, waiting at most a second for a client that does not read.
@@ -225,6 +273,17 @@ mod tests {
         shutdown: CancellationToken,
         connect_now: bool,
     ) -> (Client, tokio::task::JoinHandle<Ended>, String) {
+        pair_with(hub, tags, options, shutdown, connect_now, None).await
+    }
+
+    async fn pair_with(
+        hub: &Arc<Hub>,
+        tags: &[&str],
+        options: SessionOptions,
+        shutdown: CancellationToken,
+        connect_now: bool,
+        forward: Option<tokio::sync::mpsc::Sender<Frame>>,
+    ) -> (Client, tokio::task::JoinHandle<Ended>, String) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let r = hub
@@ -248,8 +307,11 @@ mod tests {
                 &hub2,
                 &options,
                 &shutdown,
-                &Framing::Raw,
-                None,
+                Opening {
+                    framing: Framing::Raw,
+                    recovery: None,
+                    forward,
+                },
             )
             .await
         });
@@ -323,6 +385,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn client_frames_reach_the_forwarder_in_order_and_a_flood_is_closed_1008() {
+        let h = hub(16);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let (mut c, server, _) = pair_with(
+            &h,
+            &[],
+            SessionOptions::default(),
+            CancellationToken::new(),
+            true,
+            Some(tx),
+        )
+        .await;
+        c.send(Message::text("one")).await.unwrap();
+        c.send(Message::binary(vec![0u8, 255])).await.unwrap();
+        let f = rx.recv().await.unwrap();
+        assert_eq!((&f.body[..], f.text), (&b"one"[..], true));
+        let f = rx.recv().await.unwrap();
+        assert_eq!((&f.body[..], f.text), (&[0u8, 255][..], false));
+        // Nobody takes the frames now: the fifth one finds the queue full.
+        for i in 0..5 {
+            c.send(Message::text(format!("f{i}"))).await.unwrap();
+        }
+        assert_eq!(close_code(&mut c).await, Some(CloseCode::Policy));
+        assert_eq!(server.await.unwrap(), Ended::TooFast);
+        // The four that fitted were kept, in order.
+        for i in 0..4 {
+            assert_eq!(rx.recv().await.unwrap().body, format!("f{i}"));
+        }
+    }
+
+    #[tokio::test]
     async fn a_cut_socket_gets_what_was_queued_then_close_1013() {
         let h = hub(4);
         let shutdown = CancellationToken::new();
@@ -367,6 +460,7 @@ mod tests {
         let h = hub(16);
         let fast = SessionOptions {
             ping_every: Duration::from_millis(150),
+            ..SessionOptions::default()
         };
         // A client that reads (so its library answers pings) sees pings and stays.
         let (mut c, server, id) = pair(&h, &[], fast.clone(), CancellationToken::new(), true).await;

@@ -57,6 +57,17 @@ pub struct Platform {
     pub(crate) port: u16,
     /// The MWS gateways (service instances of kind `mws`), served under `/v1/gateways/`.
     pub(crate) gateways: Arc<mar_mws::Gateways>,
+    /// The apps each gateway is attached to, for its forwarder.
+    pub(crate) gateway_links: Arc<crate::gateway_links::GatewayLinks>,
+}
+
+impl Platform {
+    /// Reads the gateways' attachments again after a change to them.
+    pub(crate) fn relink_gateways(&self) {
+        if let Err(e) = self.gateway_links.reload(&self.store) {
+            tracing::error!("cannot reload the gateways' attachments: {e}");
+        }
+    }
 }
 
 /// An API error: a status and the hosted MWS error body.

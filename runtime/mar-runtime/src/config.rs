@@ -48,6 +48,8 @@ pub struct FileConfig {
     /// Seconds between the MWS gateways' pings to their clients (1 to 55, under the 60 s
     /// idle rule; default 45).
     pub mws_ping_interval: Option<u64>,
+    /// WebSockets one client address may hold open to the MWS gateways (default 1000).
+    pub mws_sockets_per_address: Option<usize>,
     /// Address for HTTPS.
     pub https_listen: Option<String>,
     /// Seconds for an app to start its response (H12).
@@ -166,6 +168,8 @@ pub struct Config {
     pub keep_releases: usize,
     /// Time between the MWS gateways' pings to their clients.
     pub mws_ping_interval: Duration,
+    /// WebSockets one client address may hold open to the MWS gateways.
+    pub mws_sockets_per_address: usize,
     /// HTTPS listen address, if any.
     pub https_listen: Option<SocketAddr>,
     /// Certificates from `mar.yaml`.
@@ -294,6 +298,10 @@ impl Config {
                     });
                 }
             },
+            mws_sockets_per_address: file
+                .mws_sockets_per_address
+                .unwrap_or(mar_mws::MAX_PER_ADDRESS)
+                .max(1),
             https_listen,
             tls_certificates: file.tls_certificates,
             timeouts,

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod apps;
 pub mod config;
+mod gateway_links;
 pub mod healthcheck;
 pub mod paths;
 pub mod settings;
@@ -500,24 +501,44 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         return Err(RuntimeError::Isolation(missing));
     }
     apps.restore().await;
-    // The MWS gateways, back from the store with their access modes; their sockets close
-    // with 1012 when the server stops.
+    // The MWS gateways, back from the store with their configurations; their sockets close
+    // with 1012 when the server stops. Frames a gateway forwards to its app go through the
+    // router's plain listener, by the app's own host name.
+    let router_addr = std::net::SocketAddr::new(
+        self_ip
+            .parse()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        addr.port(),
+    );
+    let links = Arc::new(gateway_links::GatewayLinks::new(
+        &store,
+        router_addr,
+        &cfg.domain,
+    )?);
     let gateways = {
         let store = store.clone();
-        let keep: mar_mws::api::AccessChanged = Arc::new(move |id, access| {
-            if let Err(e) = store.set_service_access(id, access.as_str()) {
-                tracing::error!("cannot keep gateway {id}'s access mode: {e}");
+        let keep: mar_mws::api::ConfigChanged = Arc::new(move |id, config| {
+            if let Err(e) =
+                store.set_service_config(id, config.access.as_str(), &config.settings_json())
+            {
+                tracing::error!("cannot keep gateway {id}'s configuration: {e}");
             }
         });
+        let resolve: mar_mws::forward::Resolve = {
+            let links = links.clone();
+            Arc::new(move |id, app| links.resolve(id, app))
+        };
         let session = mar_mws::SessionOptions {
             ping_every: cfg.mws_ping_interval,
+            max_per_address: cfg.mws_sockets_per_address,
         };
-        mar_mws::Gateways::new(session, shutdown.clone(), keep).map_err(RuntimeError::Thread)?
+        mar_mws::Gateways::new(session, shutdown.clone(), keep, resolve)
+            .map_err(RuntimeError::Thread)?
     };
     for s in store.list_services()? {
         if s.kind == "mws" {
-            let access = mar_mws::Access::parse(&s.access).unwrap_or(mar_mws::Access::None);
-            gateways.add(&s.id, &s.name, &s.secret, access);
+            let config = mar_mws::GatewayConfig::from_stored(&s.access, &s.settings);
+            gateways.add(&s.id, &s.name, &s.secret, config);
         }
     }
     let gateways_at_exit = gateways.clone();
@@ -548,6 +569,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         domain: cfg.domain.clone(),
         port: addr.port(),
         gateways,
+        gateway_links: links,
     });
     let handler = Arc::new(api::PlatformHandler {
         api: api::router(platform.clone()),

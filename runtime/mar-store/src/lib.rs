@@ -153,6 +153,8 @@ pub struct Service {
     pub secret: String,
     /// Its access mode (MWS: `none` or `custom`).
     pub access: String,
+    /// The rest of its configuration, as its service keeps it (JSON).
+    pub settings: String,
     /// RFC 3339 creation time.
     pub created_at: String,
 }
@@ -220,6 +222,7 @@ const MIGRATIONS: &[&str] = &[
          created_at TEXT NOT NULL,
          PRIMARY KEY (service, app)
      );",
+    "ALTER TABLE services ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';",
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -548,6 +551,7 @@ impl Store {
             id: id.to_owned(),
             secret: secret.to_owned(),
             access: "none".to_owned(),
+            settings: "{}".to_owned(),
             created_at,
         })
     }
@@ -556,7 +560,7 @@ impl Store {
     pub fn list_services(&self) -> Result<Vec<Service>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT name, kind, id, secret, access, created_at FROM services ORDER BY name",
+            "SELECT name, kind, id, secret, access, created_at, settings FROM services ORDER BY name",
         )?;
         let rows = stmt.query_map([], service_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -566,7 +570,7 @@ impl Store {
     pub fn service(&self, name: &str) -> Result<Service> {
         self.conn()
             .query_row(
-                "SELECT name, kind, id, secret, access, created_at FROM services WHERE name = ?1",
+                "SELECT name, kind, id, secret, access, created_at, settings FROM services WHERE name = ?1",
                 params![name],
                 service_row,
             )
@@ -574,11 +578,11 @@ impl Store {
             .ok_or_else(|| StoreError::NoSuchService(name.to_owned()))
     }
 
-    /// Sets a service instance's access mode, by its id.
-    pub fn set_service_access(&self, id: &str, access: &str) -> Result<()> {
+    /// Sets a service instance's access mode and settings, by its id.
+    pub fn set_service_config(&self, id: &str, access: &str, settings: &str) -> Result<()> {
         self.conn().execute(
-            "UPDATE services SET access = ?1 WHERE id = ?2",
-            params![access, id],
+            "UPDATE services SET access = ?1, settings = ?2 WHERE id = ?3",
+            params![access, settings, id],
         )?;
         Ok(())
     }
@@ -619,7 +623,7 @@ impl Store {
     pub fn attached_to(&self, app: &AppName) -> Result<Vec<Service>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT s.name, s.kind, s.id, s.secret, s.access, s.created_at
+            "SELECT s.name, s.kind, s.id, s.secret, s.access, s.created_at, s.settings
              FROM services s JOIN attachments a ON a.service = s.name
              WHERE a.app = ?1 ORDER BY s.name",
         )?;
@@ -656,6 +660,7 @@ fn service_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Service> {
         secret: r.get(3)?,
         access: r.get(4)?,
         created_at: r.get(5)?,
+        settings: r.get(6)?,
     })
 }
 
@@ -720,8 +725,13 @@ mod tests {
             s.create_service("push", "mws", "a2", "x"),
             Err(StoreError::ServiceExists(_))
         ));
-        s.set_service_access("a1", "custom").unwrap();
+        s.set_service_config("a1", "custom", r#"{"forward":{"path":"/in"}}"#)
+            .unwrap();
         assert_eq!(s.service("push").unwrap().access, "custom");
+        assert_eq!(
+            s.service("push").unwrap().settings,
+            r#"{"forward":{"path":"/in"}}"#
+        );
         assert_eq!(s.list_services().unwrap().len(), 1);
         s.delete_service("push").unwrap();
         assert!(matches!(

@@ -92,5 +92,6 @@ pub(super) async fn destroy_app(
 ) -> ApiResult<Json<serde_json::Value>> {
     let app = existing(&p, &app)?;
     p.apps.destroy(&app, &p.git, &p.metrics).await?;
+    p.relink_gateways();
     Ok(Json(serde_json::json!({})))
 }

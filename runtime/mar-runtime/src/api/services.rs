@@ -121,7 +121,7 @@ pub(super) async fn create_service(
         .store
         .create_service(&name, &kind, &random_hex(12)?, &random_hex(16)?)?;
     p.gateways
-        .add(&s.id, &s.name, &s.secret, mar_mws::Access::None);
+        .add(&s.id, &s.name, &s.secret, mar_mws::GatewayConfig::default());
     Ok((StatusCode::CREATED, Json(p.service_info(s))))
 }
 
@@ -153,6 +153,7 @@ pub(super) async fn destroy_service(
     }
     p.store.delete_service(&name)?;
     p.gateways.remove(&s.id);
+    p.relink_gateways();
     Ok(Json(serde_json::json!({})))
 }
 
@@ -178,6 +179,7 @@ pub(super) async fn attach(
         let _ = p.store.detach(&name, &app);
         return Err(e.into());
     }
+    p.relink_gateways();
     Ok((
         StatusCode::CREATED,
         Json(Attachment {
@@ -206,6 +208,7 @@ pub(super) async fn detach(
         let _ = p.store.attach(&name, &app);
         return Err(e.into());
     }
+    p.relink_gateways();
     Ok(Json(Attachment {
         service: name,
         kind: s.kind,
