@@ -9,6 +9,7 @@
 mod buildpacks;
 mod claims;
 mod deploy;
+mod eds;
 mod failures;
 mod formation;
 mod hardening;

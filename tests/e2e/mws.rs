@@ -367,7 +367,6 @@ async fn service_names_and_kinds_are_checked() {
             vec!["services:create", "kafka", "q"],
             "unknown service kind",
         ),
-        (vec!["services:create", "eds", "data"], "not built yet"),
     ] {
         let out = mar.mar(&args);
         assert!(!out.ok(), "{args:?}");

@@ -148,6 +148,18 @@ impl MarServer {
         Self::start_in_with(tmp, data_dir, extra)
     }
 
+    /// Kills the server with SIGKILL (no shutdown path runs) and starts another on the same
+    /// data directory: what survives is what was durable.
+    pub fn kill9_and_restart(mut self) -> Self {
+        let (tmp, data_dir, extra) = (self.tmp.clone(), self.data_dir.clone(), self.extra.clone());
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        drop(self);
+        Self::start_in_with(tmp, data_dir, extra)
+    }
+
     /// The process id of `mar serve`.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)

@@ -57,6 +57,8 @@ pub struct Platform {
     pub(crate) port: u16,
     /// The MWS gateways (service instances of kind `mws`), served under `/v1/gateways/`.
     pub(crate) gateways: Arc<mar_mws::Gateways>,
+    /// The EDS backends (service instances of kind `eds`).
+    pub(crate) backends: Arc<mar_eds::Backends>,
     /// The apps each gateway is attached to, for its forwarder.
     pub(crate) gateway_links: Arc<crate::gateway_links::GatewayLinks>,
 }
@@ -360,6 +362,10 @@ impl Handler for PlatformHandler {
         // The MWS gateways' API and WebSocket endpoint (bare domain, IP hosts, mws.DOMAIN).
         if mar_mws::Gateways::serves(&path) {
             return mar_mws::MwsHandler::new(self.platform.gateways.clone()).call(req);
+        }
+        // The EDS backends' API (bare domain, IP hosts, eds.DOMAIN), by Enginio-Backend-Id.
+        if mar_eds::Backends::serves(&path) {
+            return mar_eds::EdsHandler::new(self.platform.backends.clone()).call(req);
         }
         // Old Qt Cloud clients end collection URLs with a slash (`/v1/apps/<id>/`).
         if path.len() > 1 && path.ends_with('/') {

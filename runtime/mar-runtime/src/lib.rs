@@ -541,6 +541,18 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
             gateways.add(&s.id, &s.name, &s.secret, config);
         }
     }
+    // The EDS backends, each a SQLite file under eds/ in the data directory.
+    let backends = mar_eds::Backends::new(paths.root().join("eds")).map_err(dd)?;
+    for s in store.list_services()? {
+        if s.kind == "eds" {
+            let api_key = serde_json::from_str::<serde_json::Value>(&s.settings)
+                .ok()
+                .and_then(|v| v["apiKey"].as_str().map(str::to_owned));
+            if let Err(e) = backends.add(&s.id, &s.name, &s.secret, api_key.as_deref()) {
+                tracing::error!("cannot open EDS backend {}: {e}", s.name);
+            }
+        }
+    }
     let gateways_at_exit = gateways.clone();
     // The router threads stop once the gateways' sessions have sent their Close 1012: those
     // sockets' connections belong to the router threads' event loops, so a router thread
@@ -569,6 +581,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         domain: cfg.domain.clone(),
         port: addr.port(),
         gateways,
+        backends,
         gateway_links: links,
     });
     let handler = Arc::new(api::PlatformHandler {

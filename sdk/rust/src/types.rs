@@ -203,17 +203,23 @@ pub struct BuildResult {
     pub release: Option<i64>,
 }
 
-/// A service instance (`/v1/services`): an MWS gateway (EDS backends later).
+/// A service instance (`/v1/services`): an MWS gateway or an EDS backend.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ServiceInfo {
     /// Its name.
     pub name: String,
-    /// `mws`.
+    /// `mws` or `eds`.
     pub kind: String,
-    /// Its id in the service's URLs (`/v1/gateways/ID/`).
+    /// Its id: in a gateway's URLs (`/v1/gateways/ID/`), or a backend's
+    /// `Enginio-Backend-Id`.
     pub id: String,
-    /// The secret that opens its API (`Authorization: Bearer SECRET`).
+    /// The secret that opens its API (`Authorization: Bearer SECRET`): a backend's master
+    /// key.
     pub secret: String,
+    /// An EDS backend's API key (`Enginio-Backend-Secret` of 2013 clients: no more than an
+    /// anonymous client may do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
     /// Where its API is served (the platform's address).
     pub address: String,
     /// Its access mode (`none`: public sockets and messages; `custom`: the secret only).

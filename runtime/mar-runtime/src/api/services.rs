@@ -1,5 +1,7 @@
-//! `/v1/services`: service instances (MWS gateways so far; EDS backends later): create, list,
-//! show and destroy. A gateway's own API lives under `/v1/gateways/ID/` (`mar-mws`).
+//! `/v1/services`: service instances (MWS gateways and EDS backends): create, list, show,
+//! destroy, attach and detach. A gateway's own API lives under `/v1/gateways/ID/`
+//! (`mar-mws`); a backend's under `/v1/objects/…`, `/v1/users/…` with its
+//! `Enginio-Backend-Id` (`mar-eds`).
 
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use super::{Admin, ApiError, ApiResult, Platform, command_of, existing};
 impl Platform {
     /// The API's view of a service instance.
     fn service_info(&self, s: Service) -> ServiceInfo {
+        let api_key = api_key_of(&s);
         ServiceInfo {
             address: format!(
                 "http://{}{}",
@@ -28,6 +31,7 @@ impl Platform {
             kind: s.kind,
             id: s.id,
             secret: s.secret,
+            api_key,
             access: s.access,
             created_at: s.created_at,
         }
@@ -39,9 +43,14 @@ impl Platform {
     pub(crate) fn service_vars(&self, s: &Service) -> BTreeMap<String, String> {
         let info = self.service_info(s.clone());
         let prefix = s.kind.to_ascii_uppercase();
+        let id_var = if s.kind == "eds" {
+            "BACKEND_ID"
+        } else {
+            "GATEWAY_ID"
+        };
         BTreeMap::from([
             (format!("{prefix}_ADDRESS"), info.address),
-            (format!("{prefix}_GATEWAY_ID"), info.id),
+            (format!("{prefix}_{id_var}"), info.id),
             (format!("{prefix}_SECRET"), info.secret),
         ])
     }
@@ -56,6 +65,13 @@ impl Platform {
         }
         Ok(owned)
     }
+}
+
+/// An EDS backend's API key, kept in its settings.
+fn api_key_of(s: &Service) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(&s.settings)
+        .ok()
+        .and_then(|v| v["apiKey"].as_str().map(str::to_owned))
 }
 
 /// 16 random bytes as hex (ids take 12: 24 hex digits, as the old service's ids).
@@ -100,28 +116,42 @@ pub(super) async fn create_service(
             format!("invalid service name: {e}"),
         )
     })?;
-    match kind.as_str() {
-        "mws" => {}
-        "eds" => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "ValidationFailed",
-                "EDS data stores are not built yet in this mini-MAR; kinds: mws",
-            ));
-        }
-        other => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "ValidationFailed",
-                format!("unknown service kind {other:?}; kinds: mws"),
-            ));
-        }
+    if !matches!(kind.as_str(), "mws" | "eds") {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ValidationFailed",
+            format!("unknown service kind {kind:?}; kinds: mws, eds"),
+        ));
     }
-    let s = p
+    let mut s = p
         .store
         .create_service(&name, &kind, &random_hex(12)?, &random_hex(16)?)?;
-    p.gateways
-        .add(&s.id, &s.name, &s.secret, mar_mws::GatewayConfig::default());
+    if kind == "eds" {
+        let settings = serde_json::json!({ "apiKey": random_hex(16)? }).to_string();
+        p.store.set_service_config(&s.id, &s.access, &settings)?;
+        s.settings = settings;
+        let opened = {
+            let (backends, s) = (p.backends.clone(), s.clone());
+            tokio::task::spawn_blocking(move || {
+                backends.add(&s.id, &s.name, &s.secret, api_key_of(&s).as_deref())
+            })
+            .await
+        };
+        if let Err(e) = opened
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            let _ = p.store.delete_service(&name);
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("cannot open the backend's data file: {e}"),
+            ));
+        }
+    } else {
+        p.gateways
+            .add(&s.id, &s.name, &s.secret, mar_mws::GatewayConfig::default());
+    }
     Ok((StatusCode::CREATED, Json(p.service_info(s))))
 }
 
@@ -152,7 +182,14 @@ pub(super) async fn destroy_service(
         ));
     }
     p.store.delete_service(&name)?;
-    p.gateways.remove(&s.id);
+    if s.kind == "eds" {
+        // Its data goes with it, as a Heroku add-on's does.
+        let backends = p.backends.clone();
+        let id = s.id.clone();
+        let _ = tokio::task::spawn_blocking(move || backends.remove(&id)).await;
+    } else {
+        p.gateways.remove(&s.id);
+    }
     p.relink_gateways();
     Ok(Json(serde_json::json!({})))
 }

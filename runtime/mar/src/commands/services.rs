@@ -13,10 +13,11 @@ use super::{Context, print_json, resolve_app};
 pub(crate) enum ServicesCommand {
     /// List the service instances.
     Services,
-    /// Create a service instance: `mar services:create mws NAME` (a push gateway).
+    /// Create a service instance: `mar services:create mws NAME` (a push gateway) or
+    /// `mar services:create eds NAME` (a data store).
     #[command(name = "services:create")]
     ServicesCreate {
-        /// `mws`.
+        /// `mws` or `eds`.
         kind: String,
         /// Its name: lowercase letters, digits and '-', starting with a letter.
         name: String,
@@ -28,7 +29,8 @@ pub(crate) enum ServicesCommand {
         name: String,
     },
     /// Attach a service instance to an app: its variables (`MWS_ADDRESS`, `MWS_GATEWAY_ID`,
-    /// `MWS_SECRET`) join the app's environment as a new release.
+    /// `MWS_SECRET`, or `EDS_ADDRESS`, `EDS_BACKEND_ID`, `EDS_SECRET`) join the app's
+    /// environment as a new release.
     #[command(name = "services:attach")]
     ServicesAttach {
         /// The instance.
@@ -126,8 +128,16 @@ fn print_info(s: &mar_sdk::types::ServiceInfo) {
     println!("=== {}", s.name);
     println!("Kind:    {}", s.kind);
     println!("Id:      {}", s.id);
-    println!("Secret:  {}", s.secret);
-    println!("Address: {}", s.address);
-    println!("Access:  {}", s.access);
+    if s.kind == "eds" {
+        println!("Master key: {}", s.secret);
+        if let Some(k) = &s.api_key {
+            println!("API key: {k}");
+        }
+        println!("Address: {}", s.address);
+    } else {
+        println!("Secret:  {}", s.secret);
+        println!("Address: {}", s.address);
+        println!("Access:  {}", s.access);
+    }
     println!("Created: {}", s.created_at);
 }

@@ -1,0 +1,507 @@
+//! The EDS REST API as Enginio's clients speak it (qtc-api.md §2), behind a
+//! [`mar_http::Handler`], and the registry of backends. The backend is chosen by the
+//! `Enginio-Backend-Id` header; the caller by `Authorization: Bearer` (the backend's secret,
+//! the master key, or a user's session token; the scheme in any case, as the Android SDK
+//! sends `BEARER`), `Enginio-Backend-MasterKey`, or the legacy `Enginio-Backend-Session`.
+//! Bodies are JSON whatever the Content-Type says (the Node SDK sends none), collection URLs
+//! may end in a slash, and every answer is a JSON object, errors as `{"errors":[…]}`.
+//!
+//! Blocking work (SQLite, argon2) runs on the backends' own executor's blocking threads:
+//! never on the router's threads, never beside MWS's sessions.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use mar_http::{Body, Handler, ResponseFuture};
+use serde_json::{Value, json};
+
+use crate::EdsError;
+use crate::acl::Caller;
+use crate::backend::{AccessOp, Backend, Ctx};
+use crate::query::parse_params;
+use crate::sqlite::SqliteStorage;
+
+/// The largest request body (an object, a user, an ACL).
+pub const MAX_BODY: usize = 1 << 20;
+
+/// Every backend of the server, their files' directory, and the executor their work runs on.
+pub struct Backends {
+    map: RwLock<HashMap<String, Arc<Backend>>>,
+    dir: PathBuf,
+    executor: tokio::runtime::Handle,
+    _runtime: RuntimeGuard,
+}
+
+/// Shuts the backends' runtime down without blocking when they go.
+struct RuntimeGuard(Option<tokio::runtime::Runtime>);
+
+impl Drop for RuntimeGuard {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Backends {
+    /// No backends yet; their files go in `dir` (made private to the server's user).
+    pub fn new(dir: PathBuf) -> std::io::Result<Arc<Self>> {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(8)
+            .thread_name("mar-eds")
+            .enable_all()
+            .build()?;
+        Ok(Arc::new(Self {
+            map: RwLock::new(HashMap::new()),
+            dir,
+            executor: rt.handle().clone(),
+            _runtime: RuntimeGuard(Some(rt)),
+        }))
+    }
+
+    fn file(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.db"))
+    }
+
+    /// Opens (creating) a backend's file and serves it.
+    pub fn add(
+        &self,
+        id: &str,
+        name: &str,
+        secret: &str,
+        api_key: Option<&str>,
+    ) -> Result<Arc<Backend>, EdsError> {
+        use std::os::unix::fs::PermissionsExt;
+        if !crate::ids::valid(id) {
+            return Err(EdsError::BadRequest(format!("{id:?} is not a backend id")));
+        }
+        let path = self.file(id);
+        let storage = SqliteStorage::open(&path)?;
+        for suffix in ["", "-wal", "-shm"] {
+            let f = PathBuf::from(format!("{}{suffix}", path.display()));
+            let _ = std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600));
+        }
+        let b = Arc::new(Backend::new(id, name, secret, api_key, Arc::new(storage)));
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), b.clone());
+        Ok(b)
+    }
+
+    /// Stops serving a backend and deletes its data.
+    pub fn remove(&self, id: &str) {
+        let gone = self
+            .map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        if gone.is_some() && crate::ids::valid(id) {
+            let path = self.file(id);
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+        }
+    }
+
+    /// A backend by id.
+    pub fn get(&self, id: &str) -> Option<Arc<Backend>> {
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Whether `path` is one this API serves.
+    pub fn serves(path: &str) -> bool {
+        let Some(rest) = path.strip_prefix("/v1/") else {
+            return false;
+        };
+        let first = rest.split('/').next().unwrap_or("");
+        matches!(
+            first,
+            "objects" | "users" | "usergroups" | "user" | "auth" | "object_types"
+        )
+    }
+}
+
+/// The EDS handler.
+#[derive(Clone)]
+pub struct EdsHandler {
+    backends: Arc<Backends>,
+}
+
+impl EdsHandler {
+    /// Serves `backends`.
+    pub fn new(backends: Arc<Backends>) -> Self {
+        Self { backends }
+    }
+}
+
+impl Handler for EdsHandler {
+    fn call(&self, req: Request<Body>) -> ResponseFuture {
+        let backends = self.backends.clone();
+        Box::pin(async move { serve(backends, req).await })
+    }
+}
+
+fn json_response(status: u16, v: &Value) -> Response<Body> {
+    let mut r = Response::new(mar_http::full(v.to_string()));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    r
+}
+
+fn error_response(e: &EdsError) -> Response<Body> {
+    if let EdsError::Storage(detail) = e {
+        tracing::error!("eds: {detail}");
+    }
+    json_response(e.status(), &e.body())
+}
+
+/// The OAuth2 error of RFC 6749 (what a failed sign-in answers).
+fn oauth_error(error: &str, description: &str) -> Response<Body> {
+    json_response(
+        400,
+        &json!({"error": error, "error_description": description}),
+    )
+}
+
+fn header_str<'a>(req: &'a Request<Body>, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Reads the body, at most [`MAX_BODY`].
+async fn read_body(req: Request<Body>) -> Result<Bytes, EdsError> {
+    let too_large =
+        || EdsError::TooLarge(format!("the body is larger than {} KiB", MAX_BODY >> 10));
+    if let Some(n) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        && n > MAX_BODY
+    {
+        return Err(too_large());
+    }
+    let mut body = req.into_body();
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(EdsError::BadRequest(
+                "the request body broke off".to_owned(),
+            ));
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > MAX_BODY {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, EdsError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Object(Default::default()));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| EdsError::BadRequest(format!("the body is not valid JSON: {e}")))
+}
+
+/// A form body's fields (`a=1&b`), percent-decoded.
+fn form(body: &[u8]) -> HashMap<String, String> {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (
+                mar_http::percent_decode(k, true),
+                mar_http::percent_decode(v, true),
+            )
+        })
+        .collect()
+}
+
+/// The headers that say who is calling.
+struct Credentials {
+    master_key: Option<String>,
+    authorization: Option<String>,
+    session: Option<String>,
+    backend_secret: Option<String>,
+}
+
+impl Credentials {
+    fn of(req: &Request<Body>) -> Self {
+        let h = |name| header_str(req, name).map(str::to_owned);
+        Credentials {
+            master_key: h("enginio-backend-masterkey"),
+            authorization: h("authorization"),
+            session: h("enginio-backend-session"),
+            backend_secret: h("enginio-backend-secret"),
+        }
+    }
+}
+
+/// Who is calling (a token lookup reads SQLite: called on a blocking thread).
+fn caller(b: &Backend, c: &Credentials) -> Result<Caller, EdsError> {
+    if let Some(key) = &c.master_key {
+        return if b.is_secret(key.trim()) {
+            Ok(Caller::Master)
+        } else {
+            Err(EdsError::Unauthorized("wrong master key".to_owned()))
+        };
+    }
+    if let Some(auth) = &c.authorization {
+        let (scheme, token) = auth.trim().split_once(' ').unwrap_or((auth, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(EdsError::Unauthorized(
+                "Authorization must be Bearer TOKEN".to_owned(),
+            ));
+        }
+        return b.caller_for(token.trim());
+    }
+    if let Some(session) = &c.session {
+        return b.caller_for(session.trim());
+    }
+    // 2013 clients carried a backend secret: the API key (an anonymous client) or the
+    // master key.
+    if let Some(s) = &c.backend_secret {
+        return if b.is_secret(s.trim()) {
+            Ok(Caller::Master)
+        } else if b.is_api_key(s.trim()) {
+            Ok(Caller::Anonymous)
+        } else {
+            Err(EdsError::Unauthorized(
+                "wrong Enginio-Backend-Secret".to_owned(),
+            ))
+        };
+    }
+    Ok(Caller::Anonymous)
+}
+
+async fn serve(backends: Arc<Backends>, req: Request<Body>) -> Response<Body> {
+    match handle(backends, req).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn handle(backends: Arc<Backends>, req: Request<Body>) -> Result<Response<Body>, EdsError> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let segments: Vec<String> = path
+        .strip_prefix("/v1/")
+        .unwrap_or("")
+        .split('/')
+        .map(|s| mar_http::percent_decode(s, false))
+        .collect();
+    let Some(id) = header_str(&req, "enginio-backend-id").map(str::trim) else {
+        return Err(EdsError::BadRequest(
+            "Enginio-Backend-Id is missing: it names the backend".to_owned(),
+        ));
+    };
+    let Some(b) = backends.get(id) else {
+        return Err(EdsError::NotFound(format!("no backend with id {id}")));
+    };
+    let method = req.method().clone();
+    let query = req.uri().query().map(str::to_owned);
+    let seg: Vec<String> = segments.clone();
+    let seg: Vec<&str> = seg.iter().map(String::as_str).collect();
+
+    // Signing in ignores a stale Authorization header (qtenginio sends one when switching
+    // users).
+    if method == Method::POST && seg == ["auth", "oauth2", "token"] {
+        let body = read_body(req).await?;
+        let f = form(&body);
+        if f.get("grant_type").map(String::as_str) != Some("password") {
+            return Ok(oauth_error(
+                "unsupported_grant_type",
+                "grant_type must be password",
+            ));
+        }
+        let (u, p) = (
+            f.get("username").cloned().unwrap_or_default(),
+            f.get("password").cloned().unwrap_or_default(),
+        );
+        let r = run(&backends, move || b.login(&u, &p)).await;
+        return Ok(match r {
+            Ok(v) => json_response(200, &v),
+            Err(EdsError::Unauthorized(_)) => {
+                oauth_error("invalid_grant", "the username or password is wrong")
+            }
+            Err(e) => error_response(&e),
+        });
+    }
+    if method == Method::POST && seg == ["auth", "identity"] {
+        // Enginio 0.x: JSON credentials, a `sessionToken` for `Enginio-Backend-Session`.
+        let body = parse_json(&read_body(req).await?)?;
+        let u = body["username"].as_str().unwrap_or("").to_owned();
+        let p = body["password"].as_str().unwrap_or("").to_owned();
+        let v = run(&backends, move || b.login(&u, &p))
+            .await
+            .map_err(|e| match e {
+                EdsError::Unauthorized(_) => {
+                    EdsError::Unauthorized("the username or password is wrong".to_owned())
+                }
+                e => e,
+            })?;
+        return Ok(json_response(
+            200,
+            &json!({"sessionToken": v["access_token"], "user": v["enginio_data"]["user"], "usergroups": v["enginio_data"]["usergroups"]}),
+        ));
+    }
+    if method == Method::POST && seg == ["auth", "oauth2", "revoke"] {
+        let body = read_body(req).await?;
+        let token = form(&body)
+            .remove("token")
+            .filter(|t| !t.is_empty() && !t.starts_with('{'))
+            .or_else(|| {
+                parse_json(&body)
+                    .ok()
+                    .and_then(|v| v["token"].as_str().map(str::to_owned))
+            })
+            .ok_or_else(|| EdsError::BadRequest("token is missing".to_owned()))?;
+        run(&backends, move || b.revoke(&token)).await?;
+        return Ok(json_response(200, &json!({})));
+    }
+
+    let credentials = Credentials::of(&req);
+    let request_id = header_str(&req, "x-request-id").map(str::to_owned);
+    let body = if matches!(method, Method::POST | Method::PUT | Method::DELETE) {
+        parse_json(&read_body(req).await?)?
+    } else {
+        Value::Null
+    };
+    // One trip to the blocking threads: who is calling, then the call.
+    let answer = run(&backends, move || {
+        let ctx = Ctx {
+            caller: caller(&b, &credentials)?,
+            request_id,
+        };
+        route(&b, &ctx, &method, &segments, query.as_deref(), &body)
+    })
+    .await?;
+    Ok(json_response(answer.0, &answer.1))
+}
+
+/// Runs blocking work on the backends' executor.
+async fn run<T, F>(backends: &Backends, f: F) -> Result<T, EdsError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, EdsError> + Send + 'static,
+{
+    backends
+        .executor
+        .spawn_blocking(f)
+        .await
+        .map_err(|e| EdsError::Storage(format!("a request's task failed: {e}")))?
+}
+
+fn kind_of(first: &str, second: Option<&str>) -> Result<String, EdsError> {
+    match (first, second) {
+        ("objects", Some(t)) => crate::types::type_name(t),
+        ("users", _) => Ok("users".to_owned()),
+        ("usergroups", _) => Ok("usergroups".to_owned()),
+        _ => Err(EdsError::NotFound("no such resource".to_owned())),
+    }
+}
+
+/// One call, on a blocking thread: the status and body.
+fn route(
+    b: &Backend,
+    ctx: &Ctx,
+    method: &Method,
+    seg: &[String],
+    query: Option<&str>,
+    body: &Value,
+) -> Result<(u16, Value), EdsError> {
+    let s: Vec<&str> = seg.iter().map(String::as_str).collect();
+    // `objects/T/…` and `users/…` share their shapes: split off the collection.
+    let (kind, rest): (String, &[&str]) = match s.as_slice() {
+        ["objects", t, rest @ ..] => (kind_of("objects", Some(t))?, rest),
+        [c @ ("users" | "usergroups"), rest @ ..] => (kind_of(c, None)?, rest),
+        ["user"] if method == Method::GET => return Ok((200, b.me(ctx)?)),
+        ["object_types"] if method == Method::POST => return Ok((201, b.put_type(ctx, body)?)),
+        ["object_types"] if method == Method::GET => return Ok((200, b.types(ctx)?)),
+        _ => {
+            return Err(EdsError::NotFound(format!(
+                "no resource /v1/{}",
+                seg.join("/")
+            )));
+        }
+    };
+    let id_ok = |id: &str| -> Result<(), EdsError> {
+        if crate::ids::valid(id) {
+            Ok(())
+        } else {
+            Err(EdsError::NotFound(format!("no {kind} object with id {id}")))
+        }
+    };
+    match (method.clone(), rest) {
+        (Method::POST, []) if kind == "users" => Ok((201, b.create_user(ctx, body)?)),
+        (Method::POST, []) => Ok((201, b.create(ctx, &kind, body)?)),
+        (Method::GET, []) => {
+            let q = parse_params(query)?;
+            Ok((200, b.list(ctx, &kind, &q, None)?))
+        }
+        (Method::GET, [id]) => {
+            id_ok(id)?;
+            let q = parse_params(query)?;
+            Ok((200, b.get(ctx, &kind, id, &q.include)?))
+        }
+        (Method::PUT, [id]) => {
+            id_ok(id)?;
+            Ok((200, b.update(ctx, &kind, id, body)?))
+        }
+        (Method::DELETE, [id]) => {
+            id_ok(id)?;
+            b.delete(ctx, &kind, id)?;
+            Ok((200, json!({})))
+        }
+        (Method::PUT, [id, "atomic"]) if kind.starts_with("objects.") => {
+            id_ok(id)?;
+            Ok((200, b.atomic(ctx, &kind, id, body)?))
+        }
+        (m, [id, "access"]) => {
+            id_ok(id)?;
+            let op = match m {
+                Method::GET => AccessOp::Get,
+                Method::PUT => AccessOp::Grant,
+                Method::DELETE => AccessOp::Revoke,
+                Method::POST => AccessOp::Replace,
+                _ => return Err(EdsError::NotFound("no such resource".to_owned())),
+            };
+            Ok((200, b.access(ctx, &kind, id, op, body)?))
+        }
+        (m, [id, "members"]) if kind == "usergroups" => {
+            id_ok(id)?;
+            match m {
+                Method::POST => Ok((200, b.member(ctx, id, body, true)?)),
+                Method::DELETE => Ok((200, b.member(ctx, id, body, false)?)),
+                Method::GET => {
+                    let q = parse_params(query)?;
+                    Ok((200, b.members(ctx, id, &q)?))
+                }
+                _ => Err(EdsError::NotFound("no such resource".to_owned())),
+            }
+        }
+        _ => Err(EdsError::NotFound(format!(
+            "no resource /v1/{}",
+            seg.join("/")
+        ))),
+    }
+}

@@ -1,0 +1,117 @@
+//! The narrow seam between EDS's rules and where its data lives: records (an object's JSON
+//! and its ACL), credentials, tokens, group memberships, type declarations and the change
+//! log, each write in one transaction with its change row (the outbox webhooks and the
+//! notification stream read). The embedded default is [`crate::sqlite::SqliteStorage`]; a
+//! PostgreSQL storage for scale-out implements the same trait, compiling the same
+//! [`crate::query::Query`] to its own SQL.
+//!
+//! Every method blocks: callers run them off the router's threads.
+
+use serde_json::{Map, Value};
+
+use crate::EdsError;
+use crate::acl::Acl;
+use crate::query::{Filter, Query};
+use crate::types::TypeDef;
+
+/// One stored object: its JSON as clients see it (with `id`, `objectType`, `createdAt`,
+/// `updatedAt`, `creator`, `updater`) and its ACL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Its id.
+    pub id: String,
+    /// Its type (`objects.NAME`, `users`, `usergroups`).
+    pub kind: String,
+    /// The object.
+    pub doc: Map<String, Value>,
+    /// Who may do what with it.
+    pub acl: Acl,
+}
+
+/// What a write did, for the change log.
+#[derive(Debug, Clone, Copy)]
+pub struct Change<'a> {
+    /// `create`, `update` or `delete`.
+    pub event: &'static str,
+    /// The `X-Request-Id` of the call that caused it.
+    pub request_id: Option<&'a str>,
+    /// The signed-in user who made it.
+    pub user_id: Option<&'a str>,
+}
+
+/// Which records a list may see.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Scope<'a> {
+    /// The reader keys of the caller (`None`: everything, the master key).
+    pub readers: Option<&'a [String]>,
+    /// Only the members of this usergroup (users only).
+    pub member_of: Option<&'a str>,
+}
+
+/// A function that changes a record inside the write's transaction, or refuses.
+pub type Modify<'a> = &'a mut dyn FnMut(&mut Record) -> Result<(), EdsError>;
+
+/// Where a backend's data lives.
+pub trait Storage: Send + Sync {
+    /// Stores a new record (a user with its username and password hash).
+    fn insert(
+        &self,
+        r: &Record,
+        credentials: Option<(&str, &str)>,
+        change: Change<'_>,
+    ) -> Result<(), EdsError>;
+
+    /// A record by id.
+    fn get(&self, id: &str) -> Result<Option<Record>, EdsError>;
+
+    /// Changes a record atomically (`f` sees the stored one); a user's password hash is
+    /// replaced when `new_hash` is given, and its username follows the object's.
+    fn modify(
+        &self,
+        id: &str,
+        new_hash: Option<&str>,
+        f: Modify<'_>,
+        change: Change<'_>,
+    ) -> Result<Option<Record>, EdsError>;
+
+    /// Deletes a record if `check` allows, atomically.
+    fn delete(
+        &self,
+        id: &str,
+        check: &mut dyn FnMut(&Record) -> Result<(), EdsError>,
+        change: Change<'_>,
+    ) -> Result<Option<Record>, EdsError>;
+
+    /// A page of a type's records matching a query, in its order.
+    fn list(&self, kind: &str, q: &Query, scope: Scope<'_>) -> Result<Vec<Record>, EdsError>;
+
+    /// How many of a type's records match.
+    fn count(&self, kind: &str, filter: &Filter, scope: Scope<'_>) -> Result<u64, EdsError>;
+
+    /// A user's id and password hash, by username.
+    fn credentials(&self, username: &str) -> Result<Option<(String, String)>, EdsError>;
+
+    /// Keeps a session token (its hash) for a user until `expires` (Unix seconds).
+    fn put_token(&self, hash: &str, user: &str, expires: i64) -> Result<(), EdsError>;
+
+    /// The user of a live token.
+    fn token_user(&self, hash: &str, now: i64) -> Result<Option<String>, EdsError>;
+
+    /// Ends a token; false if it was not there.
+    fn revoke_token(&self, hash: &str) -> Result<bool, EdsError>;
+
+    /// The usergroups a user is in.
+    fn groups_of(&self, user: &str) -> Result<Vec<String>, EdsError>;
+
+    /// Adds (`member`) or removes a user from a usergroup; false if nothing changed.
+    fn set_member(&self, group: &str, user: &str, member: bool) -> Result<bool, EdsError>;
+
+    /// Declares (or redeclares) a type, indexing the existing objects' indexed properties.
+    fn put_type(&self, def: &TypeDef) -> Result<(), EdsError>;
+
+    /// A declared type.
+    fn type_def(&self, name: &str) -> Result<Option<TypeDef>, EdsError>;
+
+    /// Every declared type.
+    fn types(&self) -> Result<Vec<TypeDef>, EdsError>;
+}

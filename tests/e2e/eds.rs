@@ -1,0 +1,932 @@
+//! EDS, the data store, end to end through real HTTP as Enginio's clients speak it: a backend
+//! created with the CLI, objects with the clients' quirks (no Content-Type, trailing
+//! slashes, `count` as a bare flag), the query language, atomic updates, bad input answered
+//! with `errors` bodies, users and sessions, usergroups, the ACL matrix with several users, a
+//! type's indexes and template, attaching to an app, and durability across `kill -9`.
+
+use bytes::Bytes;
+use mar_tests::{MarServer, http};
+use serde_json::{Value, json};
+
+struct Backend {
+    id: String,
+    master: String,
+}
+
+fn create(mar: &MarServer, name: &str) -> Backend {
+    let out = mar.mar(&["services:create", "eds", name, "--json"]);
+    assert!(out.ok(), "{}", out.all());
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "eds");
+    assert_eq!(v["id"].as_str().unwrap().len(), 24);
+    assert_eq!(v["api_key"].as_str().unwrap().len(), 32, "{v}");
+    Backend {
+        id: v["id"].as_str().unwrap().to_owned(),
+        master: v["secret"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// One call as the Node SDK makes it: no Content-Type, the backend id, a bearer if given.
+async fn call(
+    mar: &MarServer,
+    b: &Backend,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Value,
+) -> (u16, Value) {
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("enginio-backend-id", b.id.as_str())];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    let body = if body.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
+    let r = http(mar.addr, method, "localhost", path, &headers, body).await;
+    let v = serde_json::from_str(&r.body).unwrap_or(Value::Null);
+    if r.status < 500 {
+        assert!(
+            r.headers
+                .get("content-type")
+                .is_some_and(|c| c.to_str().unwrap().contains("application/json")),
+            "{path}: {:?}",
+            r.headers
+        );
+    }
+    (r.status, v)
+}
+
+fn q(v: Value) -> String {
+    // As qtenginio sends it: raw JSON with a few characters escaped.
+    v.to_string()
+        .replace('{', "%7B")
+        .replace('}', "%7D")
+        .replace('"', "%22")
+        .replace(' ', "%20")
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no results in {v}"))
+        .iter()
+        .map(|o| o["title"].as_str().unwrap_or("?").to_owned())
+        .collect()
+}
+
+async fn login(mar: &MarServer, b: &Backend, user: &str, password: &str) -> (u16, Value) {
+    let body = format!("grant_type=password&username={user}&password={password}");
+    let r = http(
+        mar.addr,
+        "POST",
+        "localhost",
+        "/v1/auth/oauth2/token",
+        &[
+            ("enginio-backend-id", b.id.as_str()),
+            ("content-type", "application/x-www-form-urlencoded"),
+            // A stale bearer from the previous user is ignored.
+            ("authorization", "Bearer stale"),
+        ],
+        Bytes::from(body),
+    )
+    .await;
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn objects_and_queries_as_enginio_clients_send_them_and_bad_input_refused() {
+    let mut mar = MarServer::start();
+    let b = create(&mar, "todo");
+    let m = Some(b.master.as_str());
+
+    // Create: 201 with the server's fields; the client's read-only fields are ignored.
+    let (s, first) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/todos/",
+        m,
+        json!({"title": "b-write", "done": false, "n": 2, "tags": ["home"], "id": "forged", "createdAt": "1999"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{first}");
+    let id = first["id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 24);
+    assert_eq!(first["objectType"], "objects.todos");
+    assert!(first["createdAt"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(first["createdAt"], first["updatedAt"]);
+    for (title, done, n, tags) in [
+        ("a-read", true, 1, json!(["work"])),
+        ("c-test", true, 3, json!(["work", "home"])),
+        ("d-ship", false, 4, json!([])),
+    ] {
+        let (s, v) = call(
+            &mar,
+            &b,
+            "POST",
+            "/v1/objects/todos",
+            None,
+            json!({"title": title, "done": done, "n": n, "tags": tags,
+                   "list": {"$type": "ref", "$value": {"id": "0123456789abcdef01234567", "objectType": "objects.lists"}}}),
+        )
+        .await;
+        assert_eq!(s, 201, "{v}");
+        // The Node SDK's ref encoding is stored as the plain ref.
+        assert_eq!(v["list"]["objectType"], "objects.lists");
+    }
+
+    // Queries.
+    let list = |query: String| {
+        let (mar, b) = (&mar, &b);
+        async move {
+            let (s, v) = call(
+                mar,
+                b,
+                "GET",
+                &format!("/v1/objects/todos/?{query}"),
+                None,
+                Value::Null,
+            )
+            .await;
+            assert_eq!(s, 200, "{query}: {v}");
+            v
+        }
+    };
+    let v = list(format!("q={}", q(json!({"done": true})))).await;
+    assert_eq!(ids(&v), ["a-read", "c-test"]);
+    assert_eq!(v["query"]["query"], json!({"done": true}));
+    assert_eq!(v["query"]["limit"], 100);
+    let sort = q(json!([{"sortBy": "title", "direction": "desc"}]));
+    let v = list(format!("sort={sort}&limit=2&offset=1")).await;
+    assert_eq!(ids(&v), ["c-test", "b-write"]);
+    let v = list(format!("q={}&count=", q(json!({"tags": "home"})))).await;
+    assert_eq!(v, json!({"count": 2}));
+    let v = list(format!(
+        "q={}&count=1",
+        q(json!({"n": {"$gte": 2, "$lt": 4}}))
+    ))
+    .await;
+    assert_eq!(v, json!({"count": 2}));
+    let v = list(format!(
+        "q={}",
+        q(json!({"$or": [{"title": {"$regex": "^A", "$options": "i"}}, {"tags": {"$size": 0}}]}))
+    ))
+    .await;
+    assert_eq!(ids(&v), ["a-read", "d-ship"]);
+    let v = list(format!(
+        "q={}",
+        q(json!({"list": {"id": "0123456789abcdef01234567", "objectType": "objects.lists"}}))
+    ))
+    .await;
+    assert_eq!(ids(&v).len(), 3);
+    let v = list(format!("q={}", q(json!({"id": id})))).await;
+    assert_eq!(ids(&v), ["b-write"]);
+    // A type nobody created: empty, not an error.
+    let (s, v) = call(&mar, &b, "GET", "/v1/objects/never", None, Value::Null).await;
+    assert_eq!((s, v["results"].clone()), (200, json!([])));
+
+    // Read, merge, atomic, delete.
+    let (s, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!("/v1/objects/todos/{id}"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!((s, v["title"].clone()), (200, json!("b-write")));
+    let (s, v) = call(
+        &mar,
+        &b,
+        "PUT",
+        &format!("/v1/objects/todos/{id}"),
+        None,
+        json!({"done": true, "id": id, "objectType": "objects.todos", "createdAt": first["createdAt"]}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (v["done"].clone(), v["title"].clone()),
+        (json!(true), json!("b-write"))
+    );
+    assert_eq!(v["createdAt"], first["createdAt"]);
+    let (s, v) = call(
+        &mar,
+        &b,
+        "PUT",
+        &format!("/v1/objects/todos/{id}/atomic"),
+        None,
+        json!({"$push": {"tags": "urgent"}, "$inc": {"n": 5}, "$unset": {"done": ""}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["tags"], json!(["home", "urgent"]));
+    assert_eq!(v["n"], 7);
+    assert!(v.get("done").is_none(), "{v}");
+    let (s, v) = call(
+        &mar,
+        &b,
+        "PUT",
+        &format!("/v1/objects/todos/{id}/atomic"),
+        None,
+        json!({"$pull": {"tags": "home"}}),
+    )
+    .await;
+    assert_eq!((s, v["tags"].clone()), (200, json!(["urgent"])));
+
+    // Bad input: each a clear `errors` body, nothing lost.
+    for (method, path, body, status, says) in [
+        (
+            "POST",
+            "/v1/objects/todos",
+            Value::String("{not json".into()),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "GET",
+            &format!("/v1/objects/todos?q={}", q(json!({"$where": "1"}))),
+            Value::Null,
+            400,
+            "unknown operator",
+        ),
+        (
+            "GET",
+            "/v1/objects/todos?q=%7Bbad",
+            Value::Null,
+            400,
+            "not valid JSON",
+        ),
+        (
+            "GET",
+            &format!(
+                "/v1/objects/todos?sort={}",
+                q(json!([{"sortBy": "x", "direction": "sideways"}]))
+            ),
+            Value::Null,
+            400,
+            "asc or desc",
+        ),
+        (
+            "GET",
+            &format!(
+                "/v1/objects/todos?q={}",
+                q(json!({"a\"); DROP TABLE objects; --": 1}))
+            ),
+            Value::Null,
+            400,
+            "quote",
+        ),
+        (
+            "POST",
+            "/v1/objects/todos",
+            json!({"$set": 1}),
+            400,
+            "not a valid property name",
+        ),
+        (
+            "POST",
+            "/v1/objects/..%2F..%2Fetc",
+            json!({}),
+            400,
+            "not an object type",
+        ),
+        (
+            "PUT",
+            &format!("/v1/objects/todos/{id}/atomic"),
+            json!({"$rename": {"a": "b"}}),
+            400,
+            "unknown atomic operator",
+        ),
+        (
+            "GET",
+            "/v1/objects/todos/0123456789abcdef01234567",
+            Value::Null,
+            404,
+            "no objects.todos object",
+        ),
+        (
+            "GET",
+            "/v1/objects/todos/not-an-id",
+            Value::Null,
+            404,
+            "no objects.todos object",
+        ),
+    ] {
+        let r = if let Value::String(raw) = &body {
+            let r = http(
+                mar.addr,
+                method,
+                "localhost",
+                path,
+                &[("enginio-backend-id", b.id.as_str())],
+                Bytes::from(raw.clone()),
+            )
+            .await;
+            (
+                r.status,
+                serde_json::from_str(&r.body).unwrap_or(Value::Null),
+            )
+        } else {
+            call(&mar, &b, method, path, None, body.clone()).await
+        };
+        assert_eq!(r.0, status, "{method} {path}: {}", r.1);
+        let msg = r.1["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path}: {}", r.1));
+        assert!(msg.contains(says), "{method} {path}: {msg}");
+        assert!(!r.1["errors"][0]["reason"].as_str().unwrap().is_empty());
+    }
+    // Past the parser's bound (a URL cannot carry 100,000; the unit tests try those).
+    let huge: Vec<u32> = (0..5_000).collect();
+    let (s, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!("/v1/objects/todos?q={}", q(json!({"n": {"$in": huge}}))),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    let big = "x".repeat(2 << 20);
+    let (s, v) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/todos",
+        None,
+        json!({"title": big}),
+    )
+    .await;
+    assert_eq!(s, 413, "{v}");
+    let r = http(
+        mar.addr,
+        "GET",
+        "localhost",
+        "/v1/objects/todos",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    let wrong = Backend {
+        id: "0123456789abcdef01234567".into(),
+        master: String::new(),
+    };
+    assert_eq!(
+        call(&mar, &wrong, "GET", "/v1/objects/todos", None, Value::Null)
+            .await
+            .0,
+        404
+    );
+    let (s, v) = call(
+        &mar,
+        &b,
+        "GET",
+        "/v1/objects/todos",
+        Some("wrong-token"),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 401, "{v}");
+    let v = list("count=".to_owned()).await;
+    assert_eq!(v, json!({"count": 4}), "nothing was lost to the bad calls");
+
+    let (s, v) = call(
+        &mar,
+        &b,
+        "DELETE",
+        &format!("/v1/objects/todos/{id}"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!((s, v), (200, json!({})));
+    let (s, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!("/v1/objects/todos/{id}"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(v["errors"][0]["reason"], "NotFound");
+
+    // An acknowledged write survives kill -9.
+    let (s, _) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/todos",
+        None,
+        json!({"title": "e-durable"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    mar = tokio::task::spawn_blocking(move || mar.kill9_and_restart())
+        .await
+        .unwrap();
+    let (s, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!("/v1/objects/todos?q={}", q(json!({"title": "e-durable"}))),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!((s, ids(&v)), (200, vec!["e-durable".to_owned()]));
+}
+
+#[tokio::test]
+async fn users_sessions_groups_and_the_acl_matrix() {
+    let mar = MarServer::start();
+    let b = create(&mar, "people");
+    let m = Some(b.master.as_str());
+
+    // Sign-up: the password is never returned; Enginio's exact validation bodies.
+    let mut users = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        let (s, v) = call(&mar, &b, "POST", "/v1/users/", None, json!({"username": name, "password": format!("{name}-pw"), "email": format!("{name}@example.test")})).await;
+        assert_eq!(s, 201, "{v}");
+        assert!(v.get("password").is_none(), "{v}");
+        assert_eq!(v["objectType"], "users");
+        users.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let (s, v) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/users",
+        None,
+        json!({"username": "alice", "password": "x"}),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        v,
+        json!({"errors": [{"message": "has already been taken", "property": "username", "reason": "ValidationFailed"}]})
+    );
+    let (s, v) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/users",
+        None,
+        json!({"username": "dave"}),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        v,
+        json!({"errors": [{"message": "can't be blank", "property": "password", "reason": "ValidationFailed"}]})
+    );
+
+    // Sessions.
+    let (s, v) = login(&mar, &b, "alice", "wrong").await;
+    assert_eq!((s, v["error"].clone()), (400, json!("invalid_grant")));
+    let (s, v) = login(&mar, &b, "nobody", "x").await;
+    assert_eq!((s, v["error"].clone()), (400, json!("invalid_grant")));
+    let mut tokens = Vec::new();
+    for name in ["alice", "bob", "carol"] {
+        let (s, v) = login(&mar, &b, name, &format!("{name}-pw")).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["token_type"], "bearer");
+        assert!(v["expires_in"].as_i64().unwrap() > 3600);
+        assert_eq!(v["enginio_data"]["user"]["username"], name);
+        tokens.push(v["access_token"].as_str().unwrap().to_owned());
+    }
+    let (alice, bob, carol) = (
+        Some(tokens[0].as_str()),
+        Some(tokens[1].as_str()),
+        Some(tokens[2].as_str()),
+    );
+    let (s, v) = call(&mar, &b, "GET", "/v1/user", alice, Value::Null).await;
+    assert_eq!((s, v["id"].clone()), (200, json!(users[0])));
+    assert_eq!(
+        call(&mar, &b, "GET", "/v1/user", None, Value::Null).await.0,
+        401
+    );
+
+    // Alice's object is hers alone by default; anonymous and Bob do not see it, and counts
+    // agree with the lists.
+    let (s, secret) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/notes",
+        alice,
+        json!({"title": "alice's"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    assert_eq!(
+        secret["creator"],
+        json!({"id": users[0], "objectType": "users"})
+    );
+    let note = secret["id"].as_str().unwrap().to_owned();
+    let (_, public) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/notes",
+        None,
+        json!({"title": "everyone's"}),
+    )
+    .await;
+    for (who, expect) in [
+        (None, vec!["everyone's"]),
+        (bob, vec!["everyone's"]),
+        (alice, vec!["alice's", "everyone's"]),
+        (m, vec!["alice's", "everyone's"]),
+    ] {
+        let (_, v) = call(&mar, &b, "GET", "/v1/objects/notes", who, Value::Null).await;
+        assert_eq!(ids(&v), expect);
+        let (_, c) = call(
+            &mar,
+            &b,
+            "GET",
+            "/v1/objects/notes?count=",
+            who,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(c["count"], expect.len());
+    }
+    assert_eq!(
+        call(
+            &mar,
+            &b,
+            "GET",
+            &format!("/v1/objects/notes/{note}"),
+            bob,
+            Value::Null
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        call(
+            &mar,
+            &b,
+            "PUT",
+            &format!("/v1/objects/notes/{note}"),
+            bob,
+            json!({"title": "mine"})
+        )
+        .await
+        .0,
+        404
+    );
+
+    // A group with Bob in it gets read; Bob still may not update; Carol, outside, sees nothing.
+    let (s, v) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/usergroups",
+        alice,
+        json!({"name": "friends"}),
+    )
+    .await;
+    assert_eq!(s, 403, "only the master key creates groups by default: {v}");
+    let (s, group) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/usergroups",
+        m,
+        json!({"name": "friends"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{group}");
+    let gid = group["id"].as_str().unwrap().to_owned();
+    let (s, v) = call(
+        &mar,
+        &b,
+        "POST",
+        &format!("/v1/usergroups/{gid}/members"),
+        m,
+        json!({"id": users[1], "objectType": "users"}),
+    )
+    .await;
+    assert_eq!((s, v["id"].clone()), (200, json!(users[1])));
+    let (_, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!("/v1/usergroups/{gid}/members"),
+        m,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(v["results"].as_array().unwrap().len(), 1);
+    let grant = json!({"read": [{"id": gid, "objectType": "usergroups"}]});
+    let (s, v) = call(
+        &mar,
+        &b,
+        "PUT",
+        &format!("/v1/objects/notes/{note}/access"),
+        bob,
+        grant.clone(),
+    )
+    .await;
+    assert_eq!(s, 404, "Bob cannot even see it yet: {v}");
+    let (s, acl) = call(
+        &mar,
+        &b,
+        "PUT",
+        &format!("/v1/objects/notes/{note}/access"),
+        alice,
+        grant.clone(),
+    )
+    .await;
+    assert_eq!(s, 200, "{acl}");
+    assert_eq!(acl["read"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        acl["admin"],
+        json!([{"id": users[0], "objectType": "users"}])
+    );
+    let (s, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!("/v1/objects/notes/{note}"),
+        bob,
+        Value::Null,
+    )
+    .await;
+    assert_eq!((s, v["title"].clone()), (200, json!("alice's")));
+    let (s, v) = call(
+        &mar,
+        &b,
+        "PUT",
+        &format!("/v1/objects/notes/{note}"),
+        bob,
+        json!({"title": "bob's now"}),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["errors"][0]["reason"], "AccessDenied");
+    assert_eq!(
+        call(
+            &mar,
+            &b,
+            "GET",
+            &format!("/v1/objects/notes/{note}/access"),
+            bob,
+            Value::Null
+        )
+        .await
+        .0,
+        403
+    );
+    let (_, v) = call(&mar, &b, "GET", "/v1/objects/notes", carol, Value::Null).await;
+    assert_eq!(ids(&v), ["everyone's"]);
+    // Revoked: Bob is back to the public object only.
+    let (s, _) = call(
+        &mar,
+        &b,
+        "DELETE",
+        &format!("/v1/objects/notes/{note}/access"),
+        alice,
+        grant,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, v) = call(&mar, &b, "GET", "/v1/objects/notes", bob, Value::Null).await;
+    assert_eq!(ids(&v), ["everyone's"]);
+    // The public object: anyone may change it; Bob's change names him as updater.
+    let pid = public["id"].as_str().unwrap();
+    let (s, v) = call(
+        &mar,
+        &b,
+        "PUT",
+        &format!("/v1/objects/notes/{pid}"),
+        bob,
+        json!({"seen": true}),
+    )
+    .await;
+    assert_eq!((s, v["updater"]["id"].clone()), (200, json!(users[1])));
+    // include: the creator ref becomes the user.
+    let (_, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!(
+            "/v1/objects/notes/{note}?include={}",
+            q(json!({"creator": {}}))
+        ),
+        alice,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(v["creator"]["username"], "alice");
+
+    // A declared type: an indexed property, a required one, and a template making new
+    // objects readable by everyone but administered by their creator.
+    let (s, v) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/object_types",
+        alice,
+        json!({"name": "posts"}),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    let (s, v) = call(&mar, &b, "POST", "/v1/object_types", m, json!({
+        "name": "posts",
+        "properties": [{"name": "title", "type": "string", "indexed": true, "validators": [{"type": "required"}]}],
+        "accessControlListTemplate": {"read": [{"id": "*", "objectType": "aclSubject"}], "admin": [{"id": "creator", "objectType": "aclSubject"}]},
+    })).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/posts",
+        alice,
+        json!({"body": "untitled"}),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(v["errors"][0]["property"], "title");
+    let (s, post) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/posts",
+        alice,
+        json!({"title": "hello"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{post}");
+    let (_, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!("/v1/objects/posts?q={}", q(json!({"title": "hello"}))),
+        carol,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(ids(&v), ["hello"]);
+    let post_id = post["id"].as_str().unwrap();
+    assert_eq!(
+        call(
+            &mar,
+            &b,
+            "DELETE",
+            &format!("/v1/objects/posts/{post_id}"),
+            carol,
+            Value::Null
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        call(
+            &mar,
+            &b,
+            "DELETE",
+            &format!("/v1/objects/posts/{post_id}"),
+            alice,
+            Value::Null
+        )
+        .await
+        .0,
+        200
+    );
+
+    // A user changes its own password; its old sessions end; others may not change it.
+    let me = format!("/v1/users/{}", users[2]);
+    assert_eq!(
+        call(&mar, &b, "PUT", &me, bob, json!({"password": "hijacked"}))
+            .await
+            .0,
+        403
+    );
+    let (s, v) = call(
+        &mar,
+        &b,
+        "PUT",
+        &me,
+        carol,
+        json!({"password": "carol-new"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        call(&mar, &b, "GET", "/v1/user", carol, Value::Null)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(login(&mar, &b, "carol", "carol-pw").await.0, 400);
+    assert_eq!(login(&mar, &b, "carol", "carol-new").await.0, 200);
+
+    // Revoke ends a session.
+    let r = http(
+        mar.addr,
+        "POST",
+        "localhost",
+        "/v1/auth/oauth2/revoke",
+        &[("enginio-backend-id", b.id.as_str())],
+        Bytes::from(format!("token={}", tokens[0])),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        call(&mar, &b, "GET", "/v1/user", alice, Value::Null)
+            .await
+            .0,
+        401
+    );
+    // Member removal without naming the member is refused (qtenginio sends no body).
+    let (s, v) = call(
+        &mar,
+        &b,
+        "DELETE",
+        &format!("/v1/usergroups/{gid}/members"),
+        m,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+}
+
+/// Attached to an app, a backend's address, id and master key are in its environment; a
+/// destroyed backend takes its data file with it.
+#[tokio::test]
+async fn an_attached_backend_gives_the_app_its_variables_and_destroying_it_deletes_its_data() {
+    let mar = MarServer::start();
+    mar.deploy_lifecycle("store", &[]);
+    let b = create(&mar, "shop");
+    let out = mar.mar(&["services:attach", "shop", "-a", "store"]);
+    assert!(out.ok(), "{}", out.all());
+    assert_eq!(
+        mar.get("store.localhost", "/env/EDS_BACKEND_ID")
+            .await
+            .body
+            .trim(),
+        b.id
+    );
+    assert_eq!(
+        mar.get("store.localhost", "/env/EDS_SECRET")
+            .await
+            .body
+            .trim(),
+        b.master
+    );
+    assert_eq!(
+        mar.get("store.localhost", "/env/EDS_ADDRESS")
+            .await
+            .body
+            .trim(),
+        format!("http://localhost:{}", mar.addr.port())
+    );
+    let info = mar.mar(&["services:info", "shop"]);
+    assert!(
+        info.stdout.contains("Master key:") && info.stdout.contains("API key:"),
+        "{}",
+        info.stdout
+    );
+    let file = mar.data_dir.join("eds").join(format!("{}.db", b.id));
+    assert!(file.exists());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(mar.data_dir.join("eds"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    assert!(mar.mar(&["services:detach", "shop", "-a", "store"]).ok());
+    let out = mar.mar(&["services:destroy", "shop", "--confirm", "shop"]);
+    assert!(out.ok(), "{}", out.all());
+    assert!(!file.exists(), "the data went with the backend");
+    assert_eq!(
+        call(&mar, &b, "GET", "/v1/objects/x", None, Value::Null)
+            .await
+            .0,
+        404
+    );
+}
