@@ -930,3 +930,247 @@ async fn an_attached_backend_gives_the_app_its_variables_and_destroying_it_delet
         404
     );
 }
+
+/// The talk's flow with no user code: a backend linked to a gateway pushes each change to
+/// the sockets tagged with the object's readers (everyone's sockets for a public object, the
+/// owner's for a private one). And a webhook to an app gets every change at least once, in
+/// order, even when its receiver was down and `mar serve` was killed with changes pending.
+#[tokio::test]
+async fn changes_reach_a_linked_gateway_and_a_webhook_at_least_once_across_kill_9() {
+    let mut mar = MarServer::start();
+    mar.deploy_lifecycle("hooks", &[]);
+    let b = create(&mar, "data");
+    let m = Some(b.master.as_str());
+    let out = mar.mar(&["services:create", "mws", "push", "--json"]);
+    assert!(out.ok(), "{}", out.all());
+    let g: Value = serde_json::from_str(&out.stdout).unwrap();
+    let (gid, gsecret) = (
+        g["id"].as_str().unwrap().to_owned(),
+        g["secret"].as_str().unwrap().to_owned(),
+    );
+    let out = mar.mar(&["services:link", "data", "push"]);
+    assert!(out.ok(), "{}", out.all());
+    let again = mar.mar(&["services:link", "data", "push"]);
+    assert!(
+        !again.ok() && again.all().contains("already linked"),
+        "{}",
+        again.all()
+    );
+    let wrong = mar.mar(&["services:link", "push", "data"]);
+    assert!(
+        !wrong.ok() && wrong.all().contains("link an EDS backend"),
+        "{}",
+        wrong.all()
+    );
+
+    // Alice, and one socket for her, one for everyone.
+    call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/users",
+        None,
+        json!({"username": "alice", "password": "pw"}),
+    )
+    .await;
+    let (_, session) = login(&mar, &b, "alice", "pw").await;
+    let alice_id = session["enginio_data"]["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let reserve = |tags: Value| {
+        let (mar, gid, gsecret) = (&mar, gid.clone(), gsecret.clone());
+        async move {
+            let auth = format!("Bearer {gsecret}");
+            let r = http(
+                mar.addr,
+                "POST",
+                "localhost",
+                &format!("/v1/gateways/{gid}/sockets"),
+                &[("authorization", auth.as_str())],
+                Bytes::from(json!({"tags": tags}).to_string()),
+            )
+            .await;
+            let v: Value = serde_json::from_str(&r.body).unwrap();
+            let uri = v["uri"].as_str().unwrap();
+            let path = &uri[uri.find("/v1/").unwrap()..];
+            mar_tests::ws_connect(mar.addr, "localhost", path).await
+        }
+    };
+    let mut hers = reserve(json!([format!("users.{alice_id}")])).await;
+    let mut everyone = reserve(json!([])).await;
+
+    let (s, _) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/todos",
+        Some(&token),
+        json!({"title": "private"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let v = next(&mut hers).await;
+    assert_eq!(v["object"]["title"], "private");
+    assert_eq!(v["meta"]["eventName"], "create");
+    assert_eq!(v["meta"]["backendId"], b.id.as_str());
+    assert_eq!(v["meta"]["userId"], alice_id.as_str());
+    let (s, public) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/todos",
+        None,
+        json!({"title": "public"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    // The public one is the first thing the everyone-socket hears: the private one never came.
+    assert_eq!(next(&mut everyone).await["object"]["title"], "public");
+    assert_eq!(next(&mut hers).await["object"]["title"], "public");
+    let pid = public["id"].as_str().unwrap();
+    call(
+        &mar,
+        &b,
+        "DELETE",
+        &format!("/v1/objects/todos/{pid}"),
+        None,
+        Value::Null,
+    )
+    .await;
+    let v = next(&mut everyone).await;
+    assert_eq!(
+        (v["meta"]["eventName"].clone(), v["object"]["id"].clone()),
+        (json!("delete"), json!(pid))
+    );
+
+    // Webhooks: refused targets, then one to the app, with a header for its receiver.
+    for (url, says) in [
+        ("http://127.0.0.1:9/x", "may not reach"),
+        ("http://169.254.169.254/latest", "may not reach"),
+        ("https://hooks.example.test/", "not delivered yet"),
+        ("ftp://x/", "http://"),
+    ] {
+        let (s, v) = call(&mar, &b, "POST", "/v1/webhooks", m, json!({"url": url})).await;
+        assert_eq!(s, 400, "{url}: {v}");
+        assert!(
+            v["errors"][0]["message"].as_str().unwrap().contains(says),
+            "{url}: {v}"
+        );
+    }
+    assert_eq!(
+        call(
+            &mar,
+            &b,
+            "POST",
+            "/v1/webhooks",
+            Some(&token),
+            json!({"url": "http://hooks.localhost/inbox"})
+        )
+        .await
+        .0,
+        403
+    );
+    let (s, hook) = call(&mar, &b, "POST", "/v1/webhooks", m, json!({"url": "http://hooks.localhost/inbox", "objectTypes": ["todos"], "headers": {"Authorization": "Bearer hook-secret"}})).await;
+    assert_eq!(s, 201, "{hook}");
+    assert_eq!(
+        hook["headers"],
+        json!(["authorization"]),
+        "values stay hidden"
+    );
+    let r = http(
+        mar.addr,
+        "POST",
+        "localhost",
+        "/v1/objects/todos",
+        &[
+            ("enginio-backend-id", b.id.as_str()),
+            ("x-request-id", "0123456789abcdef0123456789abcdef"),
+        ],
+        Bytes::from(json!({"title": "hooked"}).to_string()),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/other",
+        None,
+        json!({"title": "not wanted"}),
+    )
+    .await;
+    let kept = inbox_until(&mar, 1).await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["auth"], "Bearer hook-secret");
+    let body: Value = serde_json::from_str(kept[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["payload"]["object"]["title"], "hooked");
+    assert_eq!(
+        body["payload"]["meta"]["requestId"],
+        "0123456789abcdef0123456789abcdef"
+    );
+    assert_eq!(
+        body["receivers"],
+        json!([{"id": "*", "objectType": "aclSubject"}])
+    );
+
+    // The receiver goes down; three changes wait in the outbox; mar serve is killed.
+    assert!(mar.mar(&["ps:scale", "web=0", "-a", "hooks"]).ok());
+    for t in ["w1", "w2", "w3"] {
+        assert_eq!(
+            call(
+                &mar,
+                &b,
+                "POST",
+                "/v1/objects/todos",
+                None,
+                json!({"title": t})
+            )
+            .await
+            .0,
+            201
+        );
+    }
+    mar = tokio::task::spawn_blocking(move || mar.kill9_and_restart())
+        .await
+        .unwrap();
+    assert!(mar.mar(&["ps:scale", "web=1", "-a", "hooks"]).ok());
+    let kept = inbox_until(&mar, 3).await;
+    let titles: Vec<String> = kept
+        .iter()
+        .map(|e| {
+            serde_json::from_str::<Value>(e["body"].as_str().unwrap()).unwrap()["payload"]["object"]
+                ["title"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(titles, ["w1", "w2", "w3"], "all of them, in order");
+}
+
+/// What the lifecycle fixture's `/inbox` kept, once it holds at least `n` entries (30 s).
+async fn inbox_until(mar: &MarServer, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = mar.get("hooks.localhost", "/inbox").await;
+        let kept: Vec<Value> = if r.status == 200 {
+            r.body
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if kept.len() >= n || std::time::Instant::now() > deadline {
+            return kept;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The next message on a socket, as JSON.
+async fn next(ws: &mut mar_tests::Ws) -> Value {
+    serde_json::from_str(&mar_tests::next_text(ws).await).unwrap()
+}

@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use mar_tests::{MarServer, http};
+use mar_tests::{MarServer, http, next_text};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use mar_tests::Ws;
 
 struct Gateway {
     id: String,
@@ -66,24 +65,7 @@ async fn open(mar: &MarServer, uri: &str) -> Ws {
         .split_once("://")
         .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
         .unwrap();
-    let mut req = format!("ws://{}{path}", mar.addr)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("host", "localhost".parse().unwrap());
-    let (ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-async fn next_text(ws: &mut Ws) -> String {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => return t.to_string(),
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
+    mar_tests::ws_connect(mar.addr, "localhost", path).await
 }
 
 async fn closed_with(ws: &mut Ws) -> Option<(CloseCode, String)> {

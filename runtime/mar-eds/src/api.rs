@@ -24,14 +24,17 @@ use crate::acl::Caller;
 use crate::backend::{AccessOp, Backend, Ctx};
 use crate::query::parse_params;
 use crate::sqlite::SqliteStorage;
+use crate::webhooks::Sink;
+use tokio_util::sync::CancellationToken;
 
 /// The largest request body (an object, a user, an ACL).
 pub const MAX_BODY: usize = 1 << 20;
 
 /// Every backend of the server, their files' directory, and the executor their work runs on.
 pub struct Backends {
-    map: RwLock<HashMap<String, Arc<Backend>>>,
+    map: RwLock<HashMap<String, (Arc<Backend>, CancellationToken)>>,
     dir: PathBuf,
+    sink: Arc<dyn Sink>,
     executor: tokio::runtime::Handle,
     _runtime: RuntimeGuard,
 }
@@ -48,8 +51,9 @@ impl Drop for RuntimeGuard {
 }
 
 impl Backends {
-    /// No backends yet; their files go in `dir` (made private to the server's user).
-    pub fn new(dir: PathBuf) -> std::io::Result<Arc<Self>> {
+    /// No backends yet; their files go in `dir` (made private to the server's user), and
+    /// their webhooks' deliveries to `sink`.
+    pub fn new(dir: PathBuf, sink: Arc<dyn Sink>) -> std::io::Result<Arc<Self>> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
@@ -62,6 +66,7 @@ impl Backends {
         Ok(Arc::new(Self {
             map: RwLock::new(HashMap::new()),
             dir,
+            sink,
             executor: rt.handle().clone(),
             _runtime: RuntimeGuard(Some(rt)),
         }))
@@ -90,10 +95,22 @@ impl Backends {
             let _ = std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600));
         }
         let b = Arc::new(Backend::new(id, name, secret, api_key, Arc::new(storage)));
-        self.map
+        let stop = CancellationToken::new();
+        self.executor.spawn(crate::webhooks::run(
+            id.to_owned(),
+            b.storage.clone(),
+            self.sink.clone(),
+            b.changed.clone(),
+            stop.clone(),
+        ));
+        let old = self
+            .map
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_owned(), b.clone());
+            .insert(id.to_owned(), (b.clone(), stop));
+        if let Some((_, stop)) = old {
+            stop.cancel();
+        }
         Ok(b)
     }
 
@@ -104,6 +121,9 @@ impl Backends {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        if let Some((_, stop)) = &gone {
+            stop.cancel();
+        }
         if gone.is_some() && crate::ids::valid(id) {
             let path = self.file(id);
             for suffix in ["", "-wal", "-shm"] {
@@ -118,7 +138,14 @@ impl Backends {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
-            .cloned()
+            .map(|(b, _)| b.clone())
+    }
+
+    /// Stops every deliverer (the server is stopping).
+    pub fn stop(&self) {
+        for (_, stop) in self.map.read().unwrap_or_else(|e| e.into_inner()).values() {
+            stop.cancel();
+        }
     }
 
     /// Whether `path` is one this API serves.
@@ -129,7 +156,7 @@ impl Backends {
         let first = rest.split('/').next().unwrap_or("");
         matches!(
             first,
-            "objects" | "users" | "usergroups" | "user" | "auth" | "object_types"
+            "objects" | "users" | "usergroups" | "user" | "auth" | "object_types" | "webhooks"
         )
     }
 }
@@ -387,11 +414,16 @@ async fn handle(backends: Arc<Backends>, req: Request<Body>) -> Result<Response<
         Value::Null
     };
     // One trip to the blocking threads: who is calling, then the call.
+    let sink = backends.sink.clone();
     let answer = run(&backends, move || {
         let ctx = Ctx {
             caller: caller(&b, &credentials)?,
             request_id,
         };
+        if segments.first().map(String::as_str) == Some("webhooks") && segments.len() <= 2 {
+            let id = segments.get(1).map(String::as_str);
+            return b.webhooks(&ctx, &method, id, &body, sink.as_ref());
+        }
         route(&b, &ctx, &method, &segments, query.as_deref(), &body)
     })
     .await?;

@@ -77,7 +77,9 @@ pub struct Backend {
     pub name: String,
     secret: String,
     api_key: Option<String>,
-    storage: Arc<dyn Storage>,
+    pub(crate) storage: Arc<dyn Storage>,
+    /// Woken after every write, so the webhooks' deliverer need not poll.
+    pub(crate) changed: Arc<tokio::sync::Notify>,
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -192,7 +194,13 @@ impl Backend {
             secret: secret.to_owned(),
             api_key: api_key.map(str::to_owned),
             storage,
+            changed: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Tells the deliverer there is something new in the log.
+    fn wrote(&self) {
+        self.changed.notify_one();
     }
 
     /// Whether `s` is the backend's API key.
@@ -281,6 +289,7 @@ impl Backend {
             acl,
         };
         self.storage.insert(&r, None, ctx.change("create"))?;
+        self.wrote();
         Ok(Value::Object(r.doc))
     }
 
@@ -340,6 +349,7 @@ impl Backend {
         // A race with another sign-up of the same name loses on the unique index.
         self.storage
             .insert(&r, Some((&username, &hash)), ctx.change("create"))?;
+        self.wrote();
         Ok(Value::Object(r.doc))
     }
 
@@ -449,6 +459,7 @@ impl Backend {
             },
             ctx.change("update"),
         )?;
+        self.wrote();
         r.map(|r| Value::Object(r.doc))
             .ok_or_else(|| not_found(kind, id))
     }
@@ -553,6 +564,7 @@ impl Backend {
             },
             ctx.change("delete"),
         )?;
+        self.wrote();
         gone.map(|_| ()).ok_or_else(|| not_found(kind, id))
     }
 
@@ -630,6 +642,7 @@ impl Backend {
             },
             ctx.change("update"),
         )?;
+        self.wrote();
         r.map(|r| r.acl.to_json())
             .ok_or_else(|| not_found(kind, id))
     }
@@ -755,6 +768,81 @@ impl Backend {
         let def = TypeDef::parse(body)?;
         self.storage.put_type(&def)?;
         Ok(def.raw)
+    }
+
+    /// `GET /v1/webhooks`, `POST /v1/webhooks`, `DELETE /v1/webhooks/ID` (the master key
+    /// only): a backend's webhooks.
+    pub fn webhooks(
+        &self,
+        ctx: &Ctx,
+        method: &http::Method,
+        id: Option<&str>,
+        body: &Value,
+        sink: &dyn crate::webhooks::Sink,
+    ) -> Result<(u16, Value), EdsError> {
+        if !ctx.caller.is_master() {
+            return Err(EdsError::Forbidden(
+                "webhooks need the backend's master key".to_owned(),
+            ));
+        }
+        match (method.as_str(), id) {
+            ("GET", None) => {
+                let all: Vec<Value> = self
+                    .storage
+                    .webhooks()?
+                    .iter()
+                    .map(crate::webhooks::to_json)
+                    .collect();
+                Ok((200, json!({ "results": all })))
+            }
+            ("POST", None) => {
+                let w = crate::webhooks::parse(body, sink)?;
+                let w = self.storage.add_webhook(&w)?;
+                Ok((201, crate::webhooks::to_json(&w)))
+            }
+            ("DELETE", Some(id)) => {
+                if self.storage.remove_webhook(id)? {
+                    Ok((200, json!({})))
+                } else {
+                    Err(EdsError::NotFound(format!("no webhook {id}")))
+                }
+            }
+            _ => Err(EdsError::NotFound("no such resource".to_owned())),
+        }
+    }
+
+    /// Links an MWS gateway in-process: every change goes to its enginio receiver.
+    pub fn link(&self, gateway_id: &str) -> Result<(), EdsError> {
+        self.storage.add_webhook(&crate::storage::Webhook {
+            id: crate::ids::new_id(),
+            target: format!("gateway:{gateway_id}"),
+            types: Vec::new(),
+            headers: Default::default(),
+            cursor: 0,
+            created_at: crate::time::now(),
+        })?;
+        Ok(())
+    }
+
+    /// Unlinks a gateway; false if it was not linked.
+    pub fn unlink(&self, gateway_id: &str) -> Result<bool, EdsError> {
+        let target = format!("gateway:{gateway_id}");
+        for w in self.storage.webhooks()? {
+            if w.target == target {
+                return self.storage.remove_webhook(&w.id);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The gateways linked to this backend, by id.
+    pub fn linked(&self) -> Result<Vec<String>, EdsError> {
+        Ok(self
+            .storage
+            .webhooks()?
+            .into_iter()
+            .filter_map(|w| w.target.strip_prefix("gateway:").map(str::to_owned))
+            .collect())
     }
 
     /// `GET /v1/object_types` (the master key only).

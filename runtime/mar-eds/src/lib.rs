@@ -8,6 +8,7 @@
 //! - [`types`]: declared types (properties, indexes, validators, permissions);
 //! - [`storage`]: the narrow trait a storage implements; [`sqlite`]: the embedded one;
 //! - [`backend`]: one backend's rules over its storage (what each call may do and does);
+//! - [`webhooks`]: the outbox's deliverer (at least once, in order, with back-off);
 //! - [`api`]: the REST API behind a `mar_http::Handler`, and the registry of backends.
 //!
 //! Boundary: knows nothing of apps, builds, the router or MWS; the composition root says
@@ -22,6 +23,7 @@ pub mod sqlite;
 pub mod storage;
 pub mod time;
 pub mod types;
+pub mod webhooks;
 
 pub use api::{Backends, EdsHandler};
 pub use backend::Backend;

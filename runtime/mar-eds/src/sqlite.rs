@@ -18,9 +18,9 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 use serde_json::{Map, Value};
 
 use crate::EdsError;
-use crate::acl::Acl;
+use crate::acl::{Acl, Subject};
 use crate::query::{Cond, Filter, Path, Query};
-use crate::storage::{Change, Modify, Record, Scope, Storage};
+use crate::storage::{Change, ChangeRow, Modify, Record, Scope, Storage, Webhook};
 use crate::types::TypeDef;
 
 const SCHEMA: &str = "
@@ -71,15 +71,28 @@ CREATE TABLE IF NOT EXISTS changes (
     event TEXT NOT NULL,
     type TEXT NOT NULL,
     object TEXT NOT NULL,
+    receivers TEXT NOT NULL,
     request_id TEXT,
     user_id TEXT,
     at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS webhooks (
+    id TEXT PRIMARY KEY,
+    target TEXT NOT NULL UNIQUE,
+    types TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    cursor INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
 ";
 
-/// Change rows kept once nothing reads them yet (the webhook outbox and the notification
-/// stream read by cursor; this bounds the log meanwhile).
+/// Change rows kept behind the newest once every webhook has passed them (the notification
+/// stream and new readers look back this far).
 const CHANGES_KEPT: i64 = 10_000;
+
+/// Change rows kept at most, even for a webhook that has failed for that long: past it the
+/// oldest go, and that webhook skips them (said in the server's log).
+const CHANGES_CAP: i64 = 200_000;
 
 /// Reader connections beside the writer.
 const READERS: usize = 2;
@@ -261,17 +274,24 @@ fn write_side_rows(
     Ok(())
 }
 
+/// The change row of a write, in the write's transaction (the outbox: a change is logged
+/// exactly when it is committed).
 fn log_change(
     tx: &rusqlite::Transaction<'_>,
     r: &Record,
     change: Change<'_>,
 ) -> rusqlite::Result<()> {
+    let mut subjects: Vec<&Subject> = r.acl.read.iter().chain(&r.acl.admin).collect();
+    subjects.sort();
+    subjects.dedup();
+    let receivers: Vec<Value> = subjects.into_iter().map(Subject::to_json).collect();
     tx.execute(
-        "INSERT INTO changes (event, type, object, request_id, user_id, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO changes (event, type, object, receivers, request_id, user_id, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             change.event,
             r.kind,
             Value::Object(r.doc.clone()).to_string(),
+            Value::Array(receivers).to_string(),
             change.request_id,
             change.user_id,
             crate::time::now()
@@ -279,10 +299,13 @@ fn log_change(
     )?;
     let seq = tx.last_insert_rowid();
     if seq % 1000 == 0 {
-        tx.execute(
-            "DELETE FROM changes WHERE seq <= ?1",
-            params![seq - CHANGES_KEPT],
+        let slowest: i64 = tx.query_row(
+            "SELECT coalesce(min(cursor), ?1) FROM webhooks",
+            params![seq],
+            |r| r.get(0),
         )?;
+        let upto = (seq - CHANGES_KEPT).min(slowest).max(seq - CHANGES_CAP);
+        tx.execute("DELETE FROM changes WHERE seq <= ?1", params![upto])?;
     }
     Ok(())
 }
@@ -602,6 +625,134 @@ impl Storage for SqliteStorage {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(def.name.clone(), Arc::new(def.clone()));
+        Ok(())
+    }
+
+    fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<ChangeRow>, EdsError> {
+        let conn = self.read();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT seq, event, type, object, receivers, request_id, user_id FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .map_err(storage_err)?;
+        let rows = stmt
+            .query_map(params![after, limit as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, Option<String>>(6)?,
+                ))
+            })
+            .map_err(storage_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage_err)?;
+        rows.into_iter()
+            .map(
+                |(seq, event, kind, object, receivers, request_id, user_id)| {
+                    Ok(ChangeRow {
+                        seq,
+                        event,
+                        kind,
+                        object: serde_json::from_str(&object)
+                            .map_err(|e| EdsError::Storage(format!("change {seq}: {e}")))?,
+                        receivers: serde_json::from_str(&receivers)
+                            .map_err(|e| EdsError::Storage(format!("change {seq}: {e}")))?,
+                        request_id,
+                        user_id,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    fn webhooks(&self) -> Result<Vec<Webhook>, EdsError> {
+        let conn = self.read();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, target, types, headers, cursor, created_at FROM webhooks ORDER BY created_at, id",
+            )
+            .map_err(storage_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })
+            .map_err(storage_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, target, types, headers, cursor, created_at)| Webhook {
+                id,
+                target,
+                types: serde_json::from_str(&types).unwrap_or_default(),
+                headers: serde_json::from_str(&headers).unwrap_or_default(),
+                cursor,
+                created_at,
+            })
+            .collect())
+    }
+
+    fn add_webhook(&self, w: &Webhook) -> Result<Webhook, EdsError> {
+        let conn = self.write();
+        // It sees the changes from now on.
+        let cursor: i64 = conn
+            .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
+                r.get(0)
+            })
+            .map_err(storage_err)?;
+        conn.execute(
+            "INSERT INTO webhooks (id, target, types, headers, cursor, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                w.id,
+                w.target,
+                serde_json::json!(w.types).to_string(),
+                serde_json::json!(w.headers).to_string(),
+                cursor,
+                w.created_at
+            ],
+        )
+        .map_err(|e| {
+            if unique_violation(&e) {
+                EdsError::Validation {
+                    property: "url".to_owned(),
+                    message: "already has a webhook".to_owned(),
+                }
+            } else {
+                storage_err(e)
+            }
+        })?;
+        Ok(Webhook {
+            cursor,
+            ..w.clone()
+        })
+    }
+
+    fn remove_webhook(&self, id: &str) -> Result<bool, EdsError> {
+        let n = self
+            .write()
+            .execute("DELETE FROM webhooks WHERE id = ?1", params![id])
+            .map_err(storage_err)?;
+        Ok(n > 0)
+    }
+
+    fn advance_webhook(&self, id: &str, cursor: i64) -> Result<(), EdsError> {
+        self.write()
+            .execute(
+                "UPDATE webhooks SET cursor = max(cursor, ?1) WHERE id = ?2",
+                params![cursor, id],
+            )
+            .map_err(storage_err)?;
         Ok(())
     }
 

@@ -48,6 +48,49 @@ pub struct Scope<'a> {
     pub member_of: Option<&'a str>,
 }
 
+/// One logged change (a row of the outbox).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRow {
+    /// Its place in the log.
+    pub seq: i64,
+    /// `create`, `update` or `delete`.
+    pub event: String,
+    /// The object's type.
+    pub kind: String,
+    /// The object after the change (before it, for a delete).
+    pub object: Value,
+    /// The subjects who could read it (read and admin), as ACL subjects.
+    pub receivers: Value,
+    /// The `X-Request-Id` of the call that caused it.
+    pub request_id: Option<String>,
+    /// The signed-in user who made it.
+    pub user_id: Option<String>,
+}
+
+/// A webhook: where a backend's changes are posted, and how far it got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// Its id.
+    pub id: String,
+    /// An `http://` URL, or `gateway:ID` for an MWS gateway linked in-process.
+    pub target: String,
+    /// The object types it wants (none: all).
+    pub types: Vec<String>,
+    /// Headers sent with every delivery (an `Authorization` for the receiver).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The last change delivered (or skipped as not wanted).
+    pub cursor: i64,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+impl Webhook {
+    /// Whether it wants changes to objects of `kind`.
+    pub fn wants(&self, kind: &str) -> bool {
+        self.types.is_empty() || self.types.iter().any(|t| t == kind)
+    }
+}
+
 /// A function that changes a record inside the write's transaction, or refuses.
 pub type Modify<'a> = &'a mut dyn FnMut(&mut Record) -> Result<(), EdsError>;
 
@@ -105,6 +148,21 @@ pub trait Storage: Send + Sync {
 
     /// Adds (`member`) or removes a user from a usergroup; false if nothing changed.
     fn set_member(&self, group: &str, user: &str, member: bool) -> Result<bool, EdsError>;
+
+    /// Changes logged after `after`, oldest first, at most `limit`.
+    fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<ChangeRow>, EdsError>;
+
+    /// Every webhook.
+    fn webhooks(&self) -> Result<Vec<Webhook>, EdsError>;
+
+    /// Adds a webhook; it starts after the newest change (its cursor is set here).
+    fn add_webhook(&self, w: &Webhook) -> Result<Webhook, EdsError>;
+
+    /// Removes a webhook; false if it was not there.
+    fn remove_webhook(&self, id: &str) -> Result<bool, EdsError>;
+
+    /// Records that a webhook got (or skipped) every change up to `cursor`.
+    fn advance_webhook(&self, id: &str, cursor: i64) -> Result<(), EdsError>;
 
     /// Declares (or redeclares) a type, indexing the existing objects' indexed properties.
     fn put_type(&self, def: &TypeDef) -> Result<(), EdsError>;

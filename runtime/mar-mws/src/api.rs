@@ -118,6 +118,19 @@ impl Gateway {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = c;
     }
 
+    /// Takes an EDS change as the enginio webhook receiver does (its data to the sockets
+    /// tagged with the object's read-ACL subjects): for a data store linked in-process.
+    pub fn receive_enginio(&self, body: &[u8]) -> Result<(), String> {
+        let (data, receivers) =
+            enginio_message(body).map_err(|(property, message)| format!("{property} {message}"))?;
+        self.hub.publish(
+            Bytes::copy_from_slice(data.as_bytes()),
+            &receivers,
+            Instant::now(),
+        );
+        Ok(())
+    }
+
     /// Counts of the frames forwarded to the app.
     pub fn forwarded(&self) -> &ForwardStats {
         &self.forwarded

@@ -199,6 +199,11 @@ pub fn router(p: Arc<Platform>) -> axum::Router {
             get(services::show_service).delete(services::destroy_service),
         )
         .route("/v1/services/{name}/attachments", post(services::attach))
+        .route("/v1/services/{name}/links", post(services::link))
+        .route(
+            "/v1/services/{name}/links/{gateway}",
+            axum::routing::delete(services::unlink),
+        )
         .route(
             "/v1/services/{name}/attachments/{app}",
             axum::routing::delete(services::detach),

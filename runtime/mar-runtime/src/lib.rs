@@ -5,6 +5,7 @@
 pub mod api;
 pub mod apps;
 pub mod config;
+mod eds_sink;
 mod gateway_links;
 pub mod healthcheck;
 pub mod paths;
@@ -542,7 +543,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         }
     }
     // The EDS backends, each a SQLite file under eds/ in the data directory.
-    let backends = mar_eds::Backends::new(paths.root().join("eds")).map_err(dd)?;
+    let sink = Arc::new(eds_sink::EdsSink {
+        gateways: gateways.clone(),
+        router: router_addr,
+        domain: cfg.domain.clone(),
+    });
+    let backends = mar_eds::Backends::new(paths.root().join("eds"), sink).map_err(dd)?;
     for s in store.list_services()? {
         if s.kind == "eds" {
             let api_key = serde_json::from_str::<serde_json::Value>(&s.settings)
@@ -559,10 +565,16 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     // that ended first would cut them without a word.
     let router_stop = CancellationToken::new();
     {
-        let (shutdown, router_stop, gateways) =
-            (shutdown.clone(), router_stop.clone(), gateways.clone());
+        let (shutdown, router_stop, gateways, backends) = (
+            shutdown.clone(),
+            router_stop.clone(),
+            gateways.clone(),
+            backends.clone(),
+        );
         tokio::spawn(async move {
             shutdown.cancelled().await;
+            // A delivery cut here is posted again after the restart (its cursor stayed).
+            backends.stop();
             gateways.closed(Duration::from_secs(2)).await;
             router_stop.cancel();
         });

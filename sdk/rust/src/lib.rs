@@ -280,6 +280,31 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/services/EDS/links {"gateway": MWS}`: the backend's changes go to the
+    /// gateway's enginio receiver, in-process.
+    pub async fn link_services(&self, eds: &str, mws: &str) -> Result<serde_json::Value, SdkError> {
+        self.json(
+            Method::POST,
+            &format!("/v1/services/{}/links", enc(eds)),
+            Some(serde_json::json!({ "gateway": mws })),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/services/EDS/links/MWS`.
+    pub async fn unlink_services(
+        &self,
+        eds: &str,
+        mws: &str,
+    ) -> Result<serde_json::Value, SdkError> {
+        self.json(
+            Method::DELETE,
+            &format!("/v1/services/{}/links/{}", enc(eds), enc(mws)),
+            None,
+        )
+        .await
+    }
+
     /// `DELETE /v1/services/NAME/attachments/APP` (a new release).
     pub async fn detach_service(
         &self,

@@ -194,6 +194,107 @@ pub(super) async fn destroy_service(
     Ok(Json(serde_json::json!({})))
 }
 
+/// An EDS backend and an MWS gateway, by their service names.
+fn backend_and_gateway(
+    p: &Platform,
+    eds: &str,
+    mws: &str,
+) -> ApiResult<(Arc<mar_eds::Backend>, Service)> {
+    let e = p.store.service(eds)?;
+    let g = p.store.service(mws)?;
+    if e.kind != "eds" || g.kind != "mws" {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "ValidationFailed",
+            format!(
+                "link an EDS backend to an MWS gateway: {eds} is {}, {mws} is {}",
+                e.kind, g.kind
+            ),
+        ));
+    }
+    let b = p.backends.get(&e.id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("the backend {eds} is not open (see the server's log)"),
+        )
+    })?;
+    Ok((b, g))
+}
+
+fn eds_error(e: mar_eds::EdsError) -> ApiError {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let reason = if status == StatusCode::BAD_REQUEST {
+        "ValidationFailed"
+    } else {
+        "InternalError"
+    };
+    ApiError::new(status, reason, e.to_string())
+}
+
+/// `POST /v1/services/EDS/links {"gateway": "MWS"}`: every change in the backend goes to the
+/// gateway's enginio receiver in-process, so clients tagged with the object's readers hear
+/// of it with no code in between (the talk's todo flow).
+pub(super) async fn link(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let mws = command_of(&body, "gateway")?;
+    let (b, g) = backend_and_gateway(&p, &name, &mws)?;
+    let id = g.id.clone();
+    tokio::task::spawn_blocking(move || b.link(&id))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| match e {
+            mar_eds::EdsError::Validation { .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("{name} is already linked to {mws}"),
+            ),
+            e => eds_error(e),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"backend": name, "gateway": mws})),
+    ))
+}
+
+/// `DELETE /v1/services/EDS/links/MWS`.
+pub(super) async fn unlink(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path((name, mws)): Path<(String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (b, g) = backend_and_gateway(&p, &name, &mws)?;
+    let id = g.id.clone();
+    let was = tokio::task::spawn_blocking(move || b.unlink(&id))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+        })?
+        .map_err(eds_error)?;
+    if !was {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{name} is not linked to {mws}"),
+        ));
+    }
+    Ok(Json(serde_json::json!({"backend": name, "gateway": mws})))
+}
+
 /// `POST /v1/services/NAME/attachments {"app": "APP"}`: the service's variables go into the
 /// app's environment as a new release (and restart), as a Heroku add-on's do.
 pub(super) async fn attach(

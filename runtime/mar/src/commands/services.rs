@@ -42,6 +42,23 @@ pub(crate) enum ServicesCommand {
         /// The instance.
         name: String,
     },
+    /// Link an EDS backend to an MWS gateway: every change to the backend's objects is pushed
+    /// to the gateway's sockets tagged with the object's readers, with no code in between.
+    #[command(name = "services:link")]
+    ServicesLink {
+        /// The EDS backend.
+        eds: String,
+        /// The MWS gateway.
+        mws: String,
+    },
+    /// Unlink an EDS backend from an MWS gateway.
+    #[command(name = "services:unlink")]
+    ServicesUnlink {
+        /// The EDS backend.
+        eds: String,
+        /// The MWS gateway.
+        mws: String,
+    },
     /// Destroy a service instance; an MWS gateway's sockets are closed.
     #[command(name = "services:destroy")]
     ServicesDestroy {
@@ -106,6 +123,22 @@ pub(crate) async fn run(cmd: ServicesCommand, ctx: &Context) -> anyhow::Result<E
                 "Detaching {name} from {app}... done, {} unset",
                 a.vars.join(", ")
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        ServicesCommand::ServicesLink { eds, mws } => {
+            let v = ctx.client.link_services(&eds, &mws).await?;
+            if ctx.json {
+                return print_json(&v);
+            }
+            println!("Linking {eds} to {mws}... done: its changes reach {mws}'s sockets");
+            Ok(ExitCode::SUCCESS)
+        }
+        ServicesCommand::ServicesUnlink { eds, mws } => {
+            let v = ctx.client.unlink_services(&eds, &mws).await?;
+            if ctx.json {
+                return print_json(&v);
+            }
+            println!("Unlinking {eds} from {mws}... done");
             Ok(ExitCode::SUCCESS)
         }
         ServicesCommand::ServicesDestroy { name, confirm } => {
