@@ -1174,3 +1174,167 @@ async fn inbox_until(mar: &MarServer, n: usize) -> Vec<Value> {
 async fn next(ws: &mut mar_tests::Ws) -> Value {
     serde_json::from_str(&mar_tests::next_text(ws).await).unwrap()
 }
+
+/// MWS's `eds` access mode: a backend's signed-in users get socket URIs tagged with their
+/// ids and groups, by their EDS token alone; with the backend linked, a user's private change
+/// reaches that user's socket with no server code at all. Tokens that are missing or unknown
+/// get 401; a user's token may not publish (403).
+#[tokio::test]
+async fn a_gateway_in_eds_mode_tags_sockets_with_the_signed_in_user() {
+    let mar = MarServer::start();
+    let b = create(&mar, "auth");
+    let m = Some(b.master.as_str());
+    let out = mar.mar(&["services:create", "mws", "rt", "--json"]);
+    let g: Value = serde_json::from_str(&out.stdout).unwrap();
+    let (gid, gsecret) = (g["id"].as_str().unwrap(), g["secret"].as_str().unwrap());
+    let gw = |method: &'static str, path: String, bearer: Option<String>, body: Value| {
+        let mar = &mar;
+        async move {
+            let auth = bearer.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            let body = if body.is_null() {
+                Bytes::new()
+            } else {
+                Bytes::from(body.to_string())
+            };
+            let r = http(mar.addr, method, "localhost", &path, &headers, body).await;
+            (
+                r.status,
+                serde_json::from_str::<Value>(&r.body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let config = format!("/v1/gateways/{gid}/configuration");
+    let (s, v) = gw(
+        "PUT",
+        config.clone(),
+        Some(gsecret.to_owned()),
+        json!({"identityProvider": {"type": "eds", "backendId": "0123456789abcdef01234567"}}),
+    )
+    .await;
+    assert_eq!(s, 422, "{v}");
+    let (s, v) = gw(
+        "PUT",
+        config.clone(),
+        Some(gsecret.to_owned()),
+        json!({"identityProvider": {"type": "eds", "backendId": b.id}}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["identityProvider"],
+        json!({"type": "eds", "backendId": b.id})
+    );
+    assert!(mar.mar(&["services:link", "auth", "rt"]).ok());
+
+    call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/users",
+        None,
+        json!({"username": "ann", "password": "pw"}),
+    )
+    .await;
+    let (_, session) = login(&mar, &b, "ann", "pw").await;
+    let ann = session["enginio_data"]["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    let (_, group) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/usergroups",
+        m,
+        json!({"name": "team"}),
+    )
+    .await;
+    let team = group["id"].as_str().unwrap().to_owned();
+    call(
+        &mar,
+        &b,
+        "POST",
+        &format!("/v1/usergroups/{team}/members"),
+        m,
+        json!({"id": ann, "objectType": "users"}),
+    )
+    .await;
+
+    let uri = format!("/v1/gateways/{gid}/websocket_uri");
+    assert_eq!(gw("GET", uri.clone(), None, Value::Null).await.0, 401);
+    assert_eq!(
+        gw("GET", uri.clone(), Some("not-a-token".into()), Value::Null)
+            .await
+            .0,
+        401
+    );
+    let (s, v) = gw("GET", uri.clone(), Some(token.clone()), Value::Null).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["tags"],
+        json!([format!("users.{ann}"), format!("usergroups.{team}")])
+    );
+    let u = v["uri"].as_str().unwrap();
+    let mut ws = mar_tests::ws_connect(mar.addr, "localhost", &u[u.find("/v1/").unwrap()..]).await;
+    let (s, v) = gw(
+        "POST",
+        format!("/v1/gateways/{gid}/messages"),
+        Some(token.clone()),
+        json!({"data": "x", "receivers": {"sockets": ["*"]}}),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+
+    // Ann's private object reaches her socket through the link.
+    let (s, _) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/todos",
+        Some(&token),
+        json!({"title": "mine"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let v = next(&mut ws).await;
+    assert_eq!(v["object"]["title"], "mine");
+    // A public object reaches every socket; then its ACL is narrowed to Ann's group, and that
+    // change reaches her through the group's tag alone (`*` is no longer among its readers).
+    let (_, shared) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/todos",
+        m,
+        json!({"title": "team's"}),
+    )
+    .await;
+    let v = next(&mut ws).await;
+    assert_eq!(
+        (v["object"]["title"].clone(), v["meta"]["eventName"].clone()),
+        (json!("team's"), json!("create"))
+    );
+    let sid = shared["id"].as_str().unwrap();
+    let (s, acl) = call(
+        &mar,
+        &b,
+        "POST",
+        &format!("/v1/objects/todos/{sid}/access"),
+        m,
+        json!({"read": [{"id": team, "objectType": "usergroups"}]}),
+    )
+    .await;
+    assert_eq!(
+        (s, acl["read"].as_array().unwrap().len()),
+        (200, 1),
+        "{acl}"
+    );
+    let v = next(&mut ws).await;
+    assert_eq!(
+        (v["object"]["id"].clone(), v["meta"]["eventName"].clone()),
+        (json!(sid), json!("update"))
+    );
+}

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::forward::{self, Forward, ForwardStats, Origin, Resolve};
 use crate::hub::{Hub, HubOptions, Receivers};
+use crate::identity::{Denied, Verifier};
 use crate::session::{self, SessionOptions};
 
 /// Who may call a gateway's API without its secret (`identityProvider` in its configuration).
@@ -33,6 +34,9 @@ pub enum Access {
     None,
     /// Only the secret opens the API; the app's server reserves sockets for its clients.
     Custom,
+    /// An EDS backend's signed-in users get socket URIs tagged with their ids and groups;
+    /// the rest needs the secret.
+    Eds,
 }
 
 impl Access {
@@ -41,15 +45,17 @@ impl Access {
         match s {
             "none" => Some(Access::None),
             "custom" => Some(Access::Custom),
+            "eds" => Some(Access::Eds),
             _ => None,
         }
     }
 
-    /// `none` or `custom`.
+    /// `none`, `custom` or `eds`.
     pub fn as_str(self) -> &'static str {
         match self {
             Access::None => "none",
             Access::Custom => "custom",
+            Access::Eds => "eds",
         }
     }
 }
@@ -65,15 +71,21 @@ pub struct GatewayConfig {
     pub access: Access,
     /// Where clients' frames go, if anywhere.
     pub forward: Option<Forward>,
+    /// The EDS backend whose users the `eds` mode admits.
+    pub eds_backend: Option<String>,
 }
 
 impl GatewayConfig {
     /// The settings beside the access mode, as JSON to keep.
     pub fn settings_json(&self) -> String {
-        match &self.forward {
-            Some(f) => json!({ "forward": f }).to_string(),
-            None => "{}".to_owned(),
+        let mut v = json!({});
+        if let Some(f) = &self.forward {
+            v["forward"] = json!(f);
         }
+        if let Some(b) = &self.eds_backend {
+            v["edsBackend"] = json!(b);
+        }
+        v.to_string()
     }
 
     /// A kept configuration (an unreadable part is left at its default: the gateway still
@@ -83,6 +95,10 @@ impl GatewayConfig {
         Self {
             access: Access::parse(access).unwrap_or_default(),
             forward: settings.get("forward").and_then(|f| Forward::parse(f).ok()),
+            eds_backend: settings
+                .get("edsBackend")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
         }
     }
 }
@@ -151,6 +167,7 @@ pub struct Gateways {
     shutdown: CancellationToken,
     on_config: ConfigChanged,
     resolve: Resolve,
+    verifier: Option<Arc<dyn Verifier>>,
     sessions: tokio_util::task::TaskTracker,
     /// Open sockets per client address, across gateways.
     per_address: Mutex<HashMap<IpAddr, usize>>,
@@ -196,12 +213,14 @@ impl Gateways {
     /// No gateways yet; sessions run on a runtime of their own (one thread: they only move
     /// bytes), and end with Close 1012 when `shutdown` is cancelled; `on_config` keeps a
     /// gateway's configuration when the API changes it; `resolve` finds where a gateway's
-    /// clients' frames are forwarded.
+    /// clients' frames are forwarded; `verifier` checks EDS users for the `eds` mode (without
+    /// one, that mode is refused).
     pub fn new(
         session: SessionOptions,
         shutdown: CancellationToken,
         on_config: ConfigChanged,
         resolve: Resolve,
+        verifier: Option<Arc<dyn Verifier>>,
     ) -> std::io::Result<Arc<Self>> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -216,6 +235,7 @@ impl Gateways {
             shutdown,
             on_config,
             resolve,
+            verifier,
             sessions: tokio_util::task::TaskTracker::new(),
             per_address: Mutex::new(HashMap::new()),
         }))
@@ -505,10 +525,18 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
     match (method, resource.as_slice()) {
         (Method::GET, ["socket"]) => upgrade(gateways, &gw, &mut req),
         (Method::GET, ["websocket_uri"]) => {
-            if !(authed || public_ok) {
+            let mut tags = Vec::new();
+            if gw.access() == Access::Eds && !authed {
+                // An EDS user's token: its socket carries the user's and its groups' tags.
+                let token = bearer(&req).unwrap_or_default();
+                match eds_user(gateways, &gw, &token).await {
+                    Ok(id) => tags = id.tags(),
+                    Err(r) => return r,
+                }
+            } else if !(authed || public_ok) {
                 return deny();
             }
-            let Some(r) = gw.hub.reserve(Vec::new(), now) else {
+            let Some(r) = gw.hub.reserve(tags, now) else {
                 return too_many();
             };
             json_response(
@@ -521,6 +549,17 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
             )
         }
         (Method::POST, ["messages"]) => {
+            if gw.access() == Access::Eds && !authed && has_auth {
+                // A user's token is known but does not let it publish.
+                let token = bearer(&req).unwrap_or_default();
+                if eds_user(gateways, &gw, &token).await.is_ok() {
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        "Forbidden",
+                        "an EDS user may open sockets, not publish: the secret publishes",
+                    );
+                }
+            }
             if !(authed || public_ok) {
                 return deny();
             }
@@ -656,12 +695,24 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
             if let Some(ip) = body.get("identityProvider") {
                 let kind = ip.get("type").and_then(Value::as_str).or(ip.as_str());
                 match kind.and_then(Access::parse) {
-                    Some(a) => config.access = a,
-                    None if kind == Some("eds") => {
-                        return invalid(
-                            "identityProvider",
-                            "eds needs the EDS data store, which this mini-MAR does not have yet",
-                        );
+                    Some(Access::Eds) => {
+                        let backend = ip.get("backendId").and_then(Value::as_str).unwrap_or("");
+                        let known = gateways
+                            .verifier
+                            .as_ref()
+                            .is_some_and(|v| v.backend_exists(backend));
+                        if !known {
+                            return invalid(
+                                "identityProvider.backendId",
+                                "must name an EDS backend of this server",
+                            );
+                        }
+                        config.access = Access::Eds;
+                        config.eds_backend = Some(backend.to_owned());
+                    }
+                    Some(a) => {
+                        config.access = a;
+                        config.eds_backend = None;
                     }
                     None => {
                         return invalid("identityProvider", "type must be none, eds or custom");
@@ -698,7 +749,10 @@ fn configuration(gw: &Gateway) -> Value {
     let mut v = json!({
         "id": gw.id,
         "name": gw.name,
-        "identityProvider": {"type": config.access.as_str()},
+        "identityProvider": match (&config.access, &config.eds_backend) {
+            (Access::Eds, Some(b)) => json!({"type": "eds", "backendId": b}),
+            (a, _) => json!({"type": a.as_str()}),
+        },
         "permissions": {"read": ["*"], "write": ["*"]},
         "forwarded": {
             "delivered": gw.forwarded.delivered.load(std::sync::atomic::Ordering::Relaxed),
@@ -709,6 +763,46 @@ fn configuration(gw: &Gateway) -> Value {
         v["forward"] = json!(f);
     }
     v
+}
+
+/// The bearer token of a request, if any (the scheme in any case).
+fn bearer(req: &Request<Body>) -> Option<String> {
+    let v = req
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// The EDS user a token stands for, in a gateway's `eds` mode; else the answer to give.
+async fn eds_user(
+    gateways: &Gateways,
+    gw: &Gateway,
+    token: &str,
+) -> Result<crate::identity::Identity, Response<Body>> {
+    let deny = |m: &str| error(StatusCode::UNAUTHORIZED, "AccessDenied", m);
+    let (Some(verifier), Some(backend)) = (&gateways.verifier, gw.config().eds_backend) else {
+        return Err(deny("the gateway's EDS backend is not available"));
+    };
+    if token.is_empty() {
+        return Err(deny(
+            "sign in to the EDS backend and send its token as Bearer",
+        ));
+    }
+    match verifier.user(&backend, token).await {
+        Ok(id) => Ok(id),
+        Err(Denied::Unknown(m)) => Err(deny(&m)),
+        Err(Denied::Failed(m)) => Err(error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            &m,
+        )),
+    }
 }
 
 /// `ws(s)://HOST/v1/gateways/ID/socket`, from the request's own host and scheme.

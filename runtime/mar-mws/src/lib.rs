@@ -11,7 +11,8 @@
 //!   ended, small explicit buffers);
 //! - [`api`]: the REST API and the WebSocket endpoint behind a `mar_http::Handler`, the
 //!   registry of gateways with their own executor, and the per-address socket limit;
-//! - [`forward`]: clients' frames posted to the attached app, when a gateway asks for it.
+//! - [`forward`]: clients' frames posted to the attached app, when a gateway asks for it;
+//! - [`identity`]: the `eds` access mode's users, checked by the composition root.
 //!
 //! Boundary: knows nothing of apps, builds, the router or storage engines; the composition
 //! root keeps gateways' configurations and says where an attached app is.
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod forward;
 pub mod hub;
+pub mod identity;
 pub mod session;
 
 pub use api::{Access, Gateway, GatewayConfig, Gateways, MwsHandler};
@@ -27,4 +29,5 @@ pub use hub::{
     Closed, ConnectError, Connected, Delivery, Hub, HubOptions, Published, Receivers, Recovery,
     Reservation, SocketInfo,
 };
+pub use identity::{Denied, Identity, Verifier};
 pub use session::{Ended, MAX_PER_ADDRESS, SessionOptions};

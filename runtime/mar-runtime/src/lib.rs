@@ -6,6 +6,7 @@ pub mod api;
 pub mod apps;
 pub mod config;
 mod eds_sink;
+mod eds_users;
 mod gateway_links;
 pub mod healthcheck;
 pub mod paths;
@@ -516,6 +517,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         router_addr,
         &cfg.domain,
     )?);
+    let eds_users = Arc::new(eds_users::EdsUsers::default());
     let gateways = {
         let store = store.clone();
         let keep: mar_mws::api::ConfigChanged = Arc::new(move |id, config| {
@@ -533,8 +535,14 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
             ping_every: cfg.mws_ping_interval,
             max_per_address: cfg.mws_sockets_per_address,
         };
-        mar_mws::Gateways::new(session, shutdown.clone(), keep, resolve)
-            .map_err(RuntimeError::Thread)?
+        mar_mws::Gateways::new(
+            session,
+            shutdown.clone(),
+            keep,
+            resolve,
+            Some(eds_users.clone()),
+        )
+        .map_err(RuntimeError::Thread)?
     };
     for s in store.list_services()? {
         if s.kind == "mws" {
@@ -549,6 +557,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         domain: cfg.domain.clone(),
     });
     let backends = mar_eds::Backends::new(paths.root().join("eds"), sink).map_err(dd)?;
+    let _ = eds_users.backends.set(backends.clone());
     for s in store.list_services()? {
         if s.kind == "eds" {
             let api_key = serde_json::from_str::<serde_json::Value>(&s.settings)
