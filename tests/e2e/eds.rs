@@ -1338,3 +1338,380 @@ async fn a_gateway_in_eds_mode_tags_sockets_with_the_signed_in_user() {
         (json!(sid), json!("update"))
     );
 }
+
+fn multipart(object: &Value, name: &str, bytes: &[u8]) -> (String, Bytes) {
+    let boundary = "----mar-test-boundary";
+    let mut body = Vec::new();
+    body.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"object\"\r\n\r\n{object}\r\n"
+        )
+        .as_bytes(),
+    );
+    body.extend_from_slice(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: image/png\r\n\r\n").as_bytes());
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (
+        format!("multipart/form-data; boundary=\"{boundary}\""),
+        Bytes::from(body),
+    )
+}
+
+/// Files both ways (multipart, and qtenginio's chunks with exclusive ends), `include` of the
+/// file ref, signed download URLs that need no EDS header and refuse a forged signature, the
+/// bytes deleted with their owning object, an interrupted upload leaving nothing; and
+/// full-text search over indexed properties in both clients' encodings, with ACL applied.
+#[tokio::test]
+async fn files_round_trip_both_ways_and_search_finds_indexed_text() {
+    let mar = MarServer::start();
+    let b = create(&mar, "media");
+    let m = Some(b.master.as_str());
+    let files_dir = mar.data_dir.join("eds").join(format!("{}.files", b.id));
+    let (_, img) = call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/images",
+        None,
+        json!({"title": "cat picture"}),
+    )
+    .await;
+    let img_id = img["id"].as_str().unwrap().to_owned();
+
+    // Multipart.
+    let bytes: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+    let object = json!({"file": {"fileName": "cat.png"}, "targetFileProperty": {"objectType": "objects.images", "id": img_id, "propertyName": "picture"}});
+    let (ct, body) = multipart(&object, "cat.png", &bytes);
+    let r = http(
+        mar.addr,
+        "POST",
+        "localhost",
+        "/v1/files/",
+        &[
+            ("enginio-backend-id", b.id.as_str()),
+            ("content-type", ct.as_str()),
+            ("mime-version", "1.0"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let file: Value = serde_json::from_str(&r.body).unwrap();
+    let fid = file["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        (
+            file["objectType"].clone(),
+            file["fileName"].clone(),
+            file["fileSize"].clone(),
+            file["status"].clone()
+        ),
+        (
+            json!("files"),
+            json!("cat.png"),
+            json!(70_000),
+            json!("complete")
+        )
+    );
+    let (_, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!(
+            "/v1/objects/images/{img_id}?include={}",
+            q(json!({"picture": {}}))
+        ),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(v["picture"]["fileName"], "cat.png", "{v}");
+    let (_, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!("/v1/objects/images/{img_id}"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(v["picture"], json!({"id": fid, "objectType": "files"}));
+    let (s, url) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!("/v1/files/{fid}/download_url"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 200, "{url}");
+    assert!(url["expiresAt"].as_str().unwrap().ends_with('Z'));
+    let expiring = url["expiringUrl"].as_str().unwrap().to_owned();
+    let path = &expiring[expiring.find("/v1/").unwrap()..];
+    let r = http(mar.addr, "GET", "localhost", path, &[], Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, String::from_utf8_lossy(&bytes), "the same bytes");
+    let forged = path.replace("signature=", "signature=0");
+    assert_eq!(
+        http(mar.addr, "GET", "localhost", &forged, &[], Bytes::new())
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        call(
+            &mar,
+            &b,
+            "GET",
+            &format!("/v1/files/{fid}/download_url?variant=thumbnail"),
+            None,
+            Value::Null
+        )
+        .await
+        .0,
+        404
+    );
+
+    // Chunked, as qtenginio sends it: JSON first, then ranges with exclusive ends.
+    let object = json!({"file": {"fileName": "notes.txt"}, "targetFileProperty": {"objectType": "objects.images", "id": img_id, "propertyName": "notes"}});
+    let (s, f2) = call(&mar, &b, "POST", "/v1/files", None, object).await;
+    assert_eq!(
+        (s, f2["status"].clone(), f2["objectType"].clone()),
+        (201, json!("empty"), json!("files")),
+        "{f2}"
+    );
+    let f2id = f2["id"].as_str().unwrap().to_owned();
+    let chunk = |range: &'static str, data: &'static [u8]| {
+        let (mar, bid, f2id) = (&mar, b.id.clone(), f2id.clone());
+        async move {
+            let r = http(
+                mar.addr,
+                "PUT",
+                "localhost",
+                &format!("/v1/files/{f2id}/chunk"),
+                &[
+                    ("enginio-backend-id", bid.as_str()),
+                    ("content-type", "application/octet-stream"),
+                    ("content-range", range),
+                ],
+                Bytes::from_static(data),
+            )
+            .await;
+            (
+                r.status,
+                serde_json::from_str::<Value>(&r.body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, v) = chunk("0-5/10", b"hello").await;
+    assert_eq!(
+        (s, v["status"].clone(), v["id"].clone()),
+        (200, json!("incomplete"), json!(f2id)),
+        "{v}"
+    );
+    let (s, v) = chunk("7-10/10", b"rld").await;
+    assert_eq!(s, 400, "a gap is refused: {v}");
+    let (s, v) = chunk("5-10/10", b"world").await;
+    assert_eq!(
+        (s, v["status"].clone(), v["fileSize"].clone()),
+        (200, json!("complete"), json!(10)),
+        "{v}"
+    );
+    let (_, url) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!("/v1/files/{f2id}/download_url"),
+        None,
+        Value::Null,
+    )
+    .await;
+    let u = url["expiringUrl"].as_str().unwrap();
+    assert_eq!(
+        http(
+            mar.addr,
+            "GET",
+            "localhost",
+            &u[u.find("/v1/").unwrap()..],
+            &[],
+            Bytes::new()
+        )
+        .await
+        .body,
+        "helloworld"
+    );
+
+    // An upload cut off half way leaves nothing behind.
+    let before = std::fs::read_dir(&files_dir).unwrap().count();
+    {
+        use tokio::io::AsyncWriteExt;
+        let (ct, body) = multipart(
+            &json!({"targetFileProperty": {"objectType": "objects.images", "id": img_id, "propertyName": "cut"}}),
+            "cut.png",
+            &bytes,
+        );
+        let mut s = tokio::net::TcpStream::connect(mar.addr).await.unwrap();
+        let head = format!(
+            "POST /v1/files HTTP/1.1\r\nHost: localhost\r\nEnginio-Backend-Id: {}\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n",
+            b.id,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body[..body.len() / 2]).await.unwrap();
+        drop(s);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(std::fs::read_dir(&files_dir).unwrap().count(), before);
+    let (_, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!("/v1/objects/images/{img_id}"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert!(v.get("cut").is_none(), "{v}");
+
+    // Deleting the owner deletes its files and their bytes.
+    assert_eq!(
+        call(
+            &mar,
+            &b,
+            "DELETE",
+            &format!("/v1/objects/images/{img_id}"),
+            None,
+            Value::Null
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        call(&mar, &b, "GET", &format!("/v1/files/{fid}"), m, Value::Null)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(std::fs::read_dir(&files_dir).unwrap().count(), 0);
+
+    // Search: indexed properties only, both encodings, ACL applied.
+    let (s, _) = call(&mar, &b, "POST", "/v1/object_types", m, json!({"name": "pets", "properties": [{"name": "name", "indexed": true}, {"name": "story", "indexed": true}, {"name": "secret"}]})).await;
+    assert_eq!(s, 201);
+    for (name, story) in [
+        ("Tom", "a grey cat who hunts"),
+        ("Rex", "a loyal dog"),
+        ("Nemo", "a fish, no cat nor dog"),
+    ] {
+        call(
+            &mar,
+            &b,
+            "POST",
+            "/v1/objects/pets",
+            None,
+            json!({"name": name, "story": story, "secret": "cat"}),
+        )
+        .await;
+    }
+    call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/users",
+        None,
+        json!({"username": "owner", "password": "pw"}),
+    )
+    .await;
+    let (_, session) = login(&mar, &b, "owner", "pw").await;
+    let token = session["access_token"].as_str().unwrap().to_owned();
+    call(
+        &mar,
+        &b,
+        "POST",
+        "/v1/objects/pets",
+        Some(&token),
+        json!({"name": "Hidden", "story": "a private cat"}),
+    )
+    .await;
+    let names = |v: &Value| -> Vec<String> {
+        v["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // qtenginio's encoding.
+    let (s, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!(
+            "/v1/search?objectTypes[]=objects.pets&search={}",
+            q(json!({"phrase": "cat", "properties": ["story"]}))
+        ),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        names(&v),
+        ["Tom", "Nemo"],
+        "the private one and the unindexed secret stay out"
+    );
+    let (_, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!(
+            "/v1/search?objectTypes[]=objects.pets&search={}",
+            q(json!({"phrase": "cat"}))
+        ),
+        Some(&token),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(names(&v), ["Tom", "Nemo", "Hidden"]);
+    // The Node SDK's encoding, with OR.
+    let search =
+        json!({"phrase": "grey loyal", "properties": "story,name", "defaultOperator": "OR"})
+            .to_string();
+    let enc: String = search.bytes().map(|c| format!("%{c:02X}")).collect();
+    let (_, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!("/v1/search?search={enc}&objectTypes=objects.pets"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(names(&v), ["Tom", "Rex"]);
+    let (_, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!(
+            "/v1/search?objectTypes[]=objects.pets&count=&search={}",
+            q(json!({"phrase": "dog"}))
+        ),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(v, json!({"count": 2}));
+    let (s, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!(
+            "/v1/search?objectTypes[]=objects.pets&search={}",
+            q(json!({"phrase": "x", "near": {"lat": 1}}))
+        ),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+}

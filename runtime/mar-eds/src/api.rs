@@ -94,7 +94,21 @@ impl Backends {
             let f = PathBuf::from(format!("{}{suffix}", path.display()));
             let _ = std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600));
         }
-        let b = Arc::new(Backend::new(id, name, secret, api_key, Arc::new(storage)));
+        let files = crate::files::dir_for(&path);
+        std::fs::create_dir_all(&files)
+            .and_then(|()| std::fs::set_permissions(&files, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| EdsError::Storage(format!("{}: {e}", files.display())))?;
+        let b = Arc::new(Backend::new(
+            id,
+            name,
+            secret,
+            api_key,
+            Arc::new(storage),
+            files,
+        ));
+        if let Err(e) = b.sweep_files() {
+            tracing::warn!("eds {id}: sweeping files: {e}");
+        }
         let stop = CancellationToken::new();
         self.executor.spawn(crate::webhooks::run(
             id.to_owned(),
@@ -129,6 +143,7 @@ impl Backends {
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
             }
+            let _ = std::fs::remove_dir_all(crate::files::dir_for(&path));
         }
     }
 
@@ -156,7 +171,15 @@ impl Backends {
         let first = rest.split('/').next().unwrap_or("");
         matches!(
             first,
-            "objects" | "users" | "usergroups" | "user" | "auth" | "object_types" | "webhooks"
+            "objects"
+                | "users"
+                | "usergroups"
+                | "user"
+                | "auth"
+                | "object_types"
+                | "webhooks"
+                | "search"
+                | "files"
         )
     }
 }
@@ -212,14 +235,18 @@ fn header_str<'a>(req: &'a Request<Body>, name: &str) -> Option<&'a str> {
 
 /// Reads the body, at most [`MAX_BODY`].
 async fn read_body(req: Request<Body>) -> Result<Bytes, EdsError> {
-    let too_large =
-        || EdsError::TooLarge(format!("the body is larger than {} KiB", MAX_BODY >> 10));
+    read_body_up_to(req, MAX_BODY).await
+}
+
+/// Reads the body, at most `limit` bytes.
+async fn read_body_up_to(req: Request<Body>, limit: usize) -> Result<Bytes, EdsError> {
+    let too_large = || EdsError::TooLarge(format!("the body is larger than {} KiB", limit >> 10));
     if let Some(n) = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
-        && n > MAX_BODY
+        && n > limit
     {
         return Err(too_large());
     }
@@ -232,7 +259,7 @@ async fn read_body(req: Request<Body>) -> Result<Bytes, EdsError> {
             ));
         };
         if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > MAX_BODY {
+            if buf.len() + data.len() > limit {
                 return Err(too_large());
             }
             buf.extend_from_slice(&data);
@@ -336,6 +363,14 @@ async fn handle(backends: Arc<Backends>, req: Request<Body>) -> Result<Response<
         .split('/')
         .map(|s| mar_http::percent_decode(s, false))
         .collect();
+    // A signed download URL works without any EDS header.
+    if req.method() == Method::GET
+        && segments.len() == 3
+        && segments[0] == "files"
+        && segments[2] == "download"
+    {
+        return download(&backends, &segments[1], req.uri().query()).await;
+    }
     let Some(id) = header_str(&req, "enginio-backend-id").map(str::trim) else {
         return Err(EdsError::BadRequest(
             "Enginio-Backend-Id is missing: it names the backend".to_owned(),
@@ -406,6 +441,9 @@ async fn handle(backends: Arc<Backends>, req: Request<Body>) -> Result<Response<
         return Ok(json_response(200, &json!({})));
     }
 
+    if segments.first().map(String::as_str) == Some("files") {
+        return files(&backends, b, req, segments, query).await;
+    }
     let credentials = Credentials::of(&req);
     let request_id = header_str(&req, "x-request-id").map(str::to_owned);
     let body = if matches!(method, Method::POST | Method::PUT | Method::DELETE) {
@@ -428,6 +466,123 @@ async fn handle(backends: Arc<Backends>, req: Request<Body>) -> Result<Response<
     })
     .await?;
     Ok(json_response(answer.0, &answer.1))
+}
+
+/// `/v1/files…`: uploads (multipart or chunked), file objects and download URLs.
+async fn files(
+    backends: &Backends,
+    b: Arc<Backend>,
+    req: Request<Body>,
+    segments: Vec<String>,
+    query: Option<String>,
+) -> Result<Response<Body>, EdsError> {
+    let credentials = Credentials::of(&req);
+    let request_id = header_str(&req, "x-request-id").map(str::to_owned);
+    let content_type = header_str(&req, "content-type").unwrap_or("").to_owned();
+    let range = header_str(&req, "content-range").unwrap_or("").to_owned();
+    let base = {
+        let host = header_str(&req, "host").unwrap_or("localhost");
+        let secure =
+            mar_http::Connection::of(&req).is_some_and(|c| c.scheme == mar_http::Scheme::Https);
+        format!("{}://{host}", if secure { "https" } else { "http" })
+    };
+    let method = req.method().clone();
+    let multipart = crate::files::boundary(&content_type).is_some();
+    let body = match method {
+        Method::POST if multipart => read_body_up_to(req, crate::files::MAX_MULTIPART).await?,
+        Method::POST | Method::PUT => read_body(req).await?,
+        _ => Bytes::new(),
+    };
+    let (status, v) = run(backends, move || {
+        let ctx = Ctx {
+            caller: caller(&b, &credentials)?,
+            request_id,
+        };
+        let s: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let id_ok = |id: &str| {
+            if crate::ids::valid(id) {
+                Ok(())
+            } else {
+                Err(EdsError::NotFound(format!("no file {id}")))
+            }
+        };
+        match (method, s.as_slice()) {
+            (Method::POST, ["files"]) if multipart => {
+                Ok((201, b.upload(&ctx, &content_type, &body)?))
+            }
+            (Method::POST, ["files"]) => Ok((201, b.begin_upload(&ctx, &parse_json(&body)?)?)),
+            (Method::PUT, ["files", id, "chunk"]) => {
+                id_ok(id)?;
+                Ok((200, b.chunk(&ctx, id, &range, &body)?))
+            }
+            (Method::GET, ["files", id]) => {
+                id_ok(id)?;
+                Ok((200, b.get(&ctx, "files", id, &[])?))
+            }
+            (Method::GET, ["files", id, "download_url"]) => {
+                id_ok(id)?;
+                let variant = query.as_deref().and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix("variant="))
+                        .map(|v| mar_http::percent_decode(v, true))
+                });
+                Ok((200, b.download_url(&ctx, id, variant.as_deref(), &base)?))
+            }
+            _ => Err(EdsError::NotFound(format!(
+                "no resource /v1/{}",
+                segments.join("/")
+            ))),
+        }
+    })
+    .await?;
+    Ok(json_response(status, &v))
+}
+
+/// `GET /v1/files/ID/download?backend=B&expires=T&signature=S`: the bytes, streamed.
+async fn download(
+    backends: &Backends,
+    id: &str,
+    query: Option<&str>,
+) -> Result<Response<Body>, EdsError> {
+    let param = |name: &str| {
+        query.and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                .map(|v| mar_http::percent_decode(v, true))
+        })
+    };
+    let (Some(backend), Some(expires), Some(signature)) =
+        (param("backend"), param("expires"), param("signature"))
+    else {
+        return Err(EdsError::Forbidden(
+            "the download URL is incomplete".to_owned(),
+        ));
+    };
+    let b = backends
+        .get(&backend)
+        .ok_or_else(|| EdsError::NotFound(format!("no backend with id {backend}")))?;
+    let id = id.to_owned();
+    let (path, name, kind) = run(backends, move || b.download(&id, &expires, &signature)).await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| EdsError::NotFound(format!("the file's bytes are gone: {e}")))?;
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    use futures_util::TryStreamExt;
+    let stream = tokio_util::io::ReaderStream::new(file).map_ok(http_body::Frame::data);
+    let mut r = Response::new(mar_http::boxed(http_body_util::StreamBody::new(stream)));
+    let h = r.headers_mut();
+    if let Ok(v) = header::HeaderValue::from_str(&kind) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    h.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+    let safe: String = name
+        .chars()
+        .filter(|c| (c.is_ascii_graphic() && *c != '"') || *c == ' ')
+        .collect();
+    if let Ok(v) = header::HeaderValue::from_str(&format!("attachment; filename=\"{safe}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(r)
 }
 
 /// Runs blocking work on the backends' executor.
@@ -467,6 +622,7 @@ fn route(
         ["objects", t, rest @ ..] => (kind_of("objects", Some(t))?, rest),
         [c @ ("users" | "usergroups"), rest @ ..] => (kind_of(c, None)?, rest),
         ["user"] if method == Method::GET => return Ok((200, b.me(ctx)?)),
+        ["search"] if method == Method::GET => return Ok((200, b.search(ctx, query)?)),
         ["object_types"] if method == Method::POST => return Ok((201, b.put_type(ctx, body)?)),
         ["object_types"] if method == Method::GET => return Ok((200, b.types(ctx)?)),
         _ => {

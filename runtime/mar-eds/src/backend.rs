@@ -47,7 +47,7 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn change(&self, event: &'static str) -> Change<'_> {
+    pub(crate) fn change(&self, event: &'static str) -> Change<'_> {
         Change {
             event,
             request_id: self.request_id.as_deref(),
@@ -78,6 +78,8 @@ pub struct Backend {
     secret: String,
     api_key: Option<String>,
     pub(crate) storage: Arc<dyn Storage>,
+    /// Where its files' bytes live.
+    pub(crate) files_dir: std::path::PathBuf,
     /// Woken after every write, so the webhooks' deliverer need not poll.
     pub(crate) changed: Arc<tokio::sync::Notify>,
 }
@@ -187,6 +189,7 @@ impl Backend {
         secret: &str,
         api_key: Option<&str>,
         storage: Arc<dyn Storage>,
+        files_dir: std::path::PathBuf,
     ) -> Self {
         Self {
             id: id.to_owned(),
@@ -194,12 +197,18 @@ impl Backend {
             secret: secret.to_owned(),
             api_key: api_key.map(str::to_owned),
             storage,
+            files_dir,
             changed: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
+    /// The secret, as key material.
+    pub(crate) fn secret_bytes(&self) -> &[u8] {
+        self.secret.as_bytes()
+    }
+
     /// Tells the deliverer there is something new in the log.
-    fn wrote(&self) {
+    pub(crate) fn wrote(&self) {
         self.changed.notify_one();
     }
 
@@ -546,8 +555,9 @@ impl Backend {
         })
     }
 
-    /// `DELETE /v1/objects/T/ID`.
+    /// `DELETE /v1/objects/T/ID`; the files it owns go with it.
     pub fn delete(&self, ctx: &Ctx, kind: &str, id: &str) -> Result<(), EdsError> {
+        let files = self.storage.files_of(id)?;
         let caller = ctx.caller.clone();
         let gone = self.storage.delete(
             id,
@@ -565,6 +575,11 @@ impl Backend {
             ctx.change("delete"),
         )?;
         self.wrote();
+        if gone.is_some() {
+            for f in &files {
+                self.remove_bytes(f);
+            }
+        }
         gone.map(|_| ()).ok_or_else(|| not_found(kind, id))
     }
 
@@ -592,6 +607,34 @@ impl Backend {
         }
         let mut results = Vec::new();
         for r in self.storage.list(kind, q, scope)? {
+            let mut v = Value::Object(r.doc);
+            self.include(ctx, &mut v, &q.include)?;
+            results.push(v);
+        }
+        Ok(json!({"results": results, "query": q.echo}))
+    }
+
+    /// `GET /v1/search`: objects of the given types whose indexed text matches, that the
+    /// caller may read (types it may not list are refused).
+    pub fn search(&self, ctx: &Ctx, query: Option<&str>) -> Result<Value, EdsError> {
+        let q = crate::query::parse_params(query)?;
+        let s = crate::search::parse(query, q.limit, q.offset)?;
+        for t in &s.types {
+            let (perms, _) = self.perms(t)?;
+            if !perms.may_read(&ctx.caller) {
+                return Err(EdsError::Forbidden(format!("you may not list {t}")));
+            }
+        }
+        let readers = ctx.caller.reader_keys();
+        let scope = Scope {
+            readers: readers.as_deref(),
+            member_of: None,
+        };
+        if q.count {
+            return Ok(json!({ "count": self.storage.search_count(&s, scope)? }));
+        }
+        let mut results = Vec::new();
+        for r in self.storage.search(&s, scope)? {
             let mut v = Value::Object(r.doc);
             self.include(ctx, &mut v, &q.include)?;
             results.push(v);

@@ -6,6 +6,8 @@
 //! - [`query`]: `q`, `sort`, `limit`, `offset`, `count`, `include` parsed into a tree, bounded;
 //! - [`acl`]: subjects, object ACLs, type permissions, templates, who is calling;
 //! - [`types`]: declared types (properties, indexes, validators, permissions);
+//! - [`search`]: full-text search requests in both clients' encodings;
+//! - [`files`]: uploads (multipart and chunked), signed download URLs, the sweep;
 //! - [`storage`]: the narrow trait a storage implements; [`sqlite`]: the embedded one;
 //! - [`backend`]: one backend's rules over its storage (what each call may do and does);
 //! - [`webhooks`]: the outbox's deliverer (at least once, in order, with back-off);
@@ -17,8 +19,10 @@
 pub mod acl;
 pub mod api;
 pub mod backend;
+pub mod files;
 pub mod ids;
 pub mod query;
+pub mod search;
 pub mod sqlite;
 pub mod storage;
 pub mod time;

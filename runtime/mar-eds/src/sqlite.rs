@@ -20,7 +20,7 @@ use serde_json::{Map, Value};
 use crate::EdsError;
 use crate::acl::{Acl, Subject};
 use crate::query::{Cond, Filter, Path, Query};
-use crate::storage::{Change, ChangeRow, Modify, Record, Scope, Storage, Webhook};
+use crate::storage::{Change, ChangeRow, Modify, Record, Scope, Search, Storage, Webhook};
 use crate::types::TypeDef;
 
 const SCHEMA: &str = "
@@ -76,6 +76,20 @@ CREATE TABLE IF NOT EXISTS changes (
     user_id TEXT,
     at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS search_docs (
+    rowid INTEGER PRIMARY KEY,
+    object INTEGER NOT NULL REFERENCES objects(seq) ON DELETE CASCADE,
+    type TEXT NOT NULL,
+    prop TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS search_docs_by_object ON search_docs(object);
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(text, tokenize = 'unicode61 remove_diacritics 2');
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY REFERENCES objects(id) ON DELETE CASCADE,
+    owner TEXT NOT NULL REFERENCES objects(id) ON DELETE CASCADE,
+    property TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_owner ON files(owner);
 CREATE TABLE IF NOT EXISTS webhooks (
     id TEXT PRIMARY KEY,
     target TEXT NOT NULL UNIQUE,
@@ -107,6 +121,16 @@ pub struct SqliteStorage {
 
 fn storage_err(e: rusqlite::Error) -> EdsError {
     EdsError::Storage(e.to_string())
+}
+
+/// A search phrase FTS5 cannot parse is the client's mistake, not the storage's.
+fn search_err(e: rusqlite::Error) -> EdsError {
+    let text = e.to_string();
+    if text.contains("fts5") {
+        EdsError::BadQuery(format!("the search phrase: {text}"))
+    } else {
+        EdsError::Storage(text)
+    }
 }
 
 fn open(path: &FsPath) -> Result<Connection, EdsError> {
@@ -250,6 +274,7 @@ fn write_side_rows(
 ) -> rusqlite::Result<()> {
     tx.execute("DELETE FROM readers WHERE object = ?1", params![seq])?;
     tx.execute("DELETE FROM idx WHERE object = ?1", params![seq])?;
+    forget_search(tx, seq)?;
     for k in r.acl.reader_keys() {
         tx.execute(
             "INSERT OR IGNORE INTO readers (subject, object) VALUES (?1, ?2)",
@@ -262,6 +287,7 @@ fn write_side_rows(
             Some(v) => vec![v],
             None => Vec::new(),
         };
+        let mut text = String::new();
         for v in values {
             if let Some(v) = index_value(v) {
                 tx.execute(
@@ -269,8 +295,34 @@ fn write_side_rows(
                     params![r.kind, name, v, seq],
                 )?;
             }
+            if let Value::String(s) = v {
+                text.push_str(s);
+                text.push('\n');
+            }
+        }
+        // Indexed text is searchable, per property.
+        if !text.is_empty() {
+            tx.execute(
+                "INSERT INTO search_docs (object, type, prop) VALUES (?1, ?2, ?3)",
+                params![seq, r.kind, name],
+            )?;
+            let rowid = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO search (rowid, text) VALUES (?1, ?2)",
+                params![rowid, text],
+            )?;
         }
     }
+    Ok(())
+}
+
+/// Removes an object's rows from the full-text index (which no foreign key reaches).
+fn forget_search(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "DELETE FROM search WHERE rowid IN (SELECT rowid FROM search_docs WHERE object = ?1)",
+        params![seq],
+    )?;
+    tx.execute("DELETE FROM search_docs WHERE object = ?1", params![seq])?;
     Ok(())
 }
 
@@ -466,6 +518,18 @@ impl Storage for SqliteStorage {
         };
         let r = to_record(row)?;
         check(&r)?;
+        let seq: i64 = tx
+            .query_row("SELECT seq FROM objects WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .map_err(storage_err)?;
+        forget_search(&tx, seq).map_err(storage_err)?;
+        // The files it owns go with it (their bytes are the caller's to remove).
+        tx.execute(
+            "DELETE FROM objects WHERE id IN (SELECT id FROM files WHERE owner = ?1)",
+            params![id],
+        )
+        .map_err(storage_err)?;
         tx.execute("DELETE FROM objects WHERE id = ?1", params![id])
             .map_err(storage_err)?;
         log_change(&tx, &r, change).map_err(storage_err)?;
@@ -626,6 +690,113 @@ impl Storage for SqliteStorage {
             .unwrap_or_else(|e| e.into_inner())
             .insert(def.name.clone(), Arc::new(def.clone()));
         Ok(())
+    }
+
+    fn insert_file(
+        &self,
+        r: &Record,
+        owner: &str,
+        property: &str,
+        change: Change<'_>,
+    ) -> Result<(), EdsError> {
+        let mut w = self.write();
+        let tx = w.transaction().map_err(storage_err)?;
+        tx.execute(
+            "INSERT INTO objects (id, type, doc, acl) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                r.id,
+                r.kind,
+                Value::Object(r.doc.clone()).to_string(),
+                r.acl.to_json().to_string()
+            ],
+        )
+        .map_err(storage_err)?;
+        let seq = tx.last_insert_rowid();
+        write_side_rows(&tx, seq, r, &[]).map_err(storage_err)?;
+        tx.execute(
+            "INSERT INTO files (id, owner, property) VALUES (?1, ?2, ?3)",
+            params![r.id, owner, property],
+        )
+        .map_err(storage_err)?;
+        log_change(&tx, r, change).map_err(storage_err)?;
+        tx.commit().map_err(storage_err)
+    }
+
+    fn file_owner(&self, id: &str) -> Result<Option<(String, String)>, EdsError> {
+        self.read()
+            .query_row(
+                "SELECT owner, property FROM files WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(storage_err)
+    }
+
+    fn files_of(&self, owner: &str) -> Result<Vec<String>, EdsError> {
+        let conn = self.read();
+        let mut stmt = conn
+            .prepare_cached("SELECT id FROM files WHERE owner = ?1")
+            .map_err(storage_err)?;
+        let rows = stmt
+            .query_map(params![owner], |r| r.get(0))
+            .map_err(storage_err)?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(storage_err)?;
+        Ok(rows)
+    }
+
+    fn file_states(&self) -> Result<Vec<(String, bool, String)>, EdsError> {
+        let conn = self.read();
+        let mut stmt = conn
+            .prepare(
+                "SELECT o.id, json_extract(o.doc, '$.status') = 'complete', json_extract(o.doc, '$.updatedAt') FROM files f JOIN objects o ON o.id = f.id",
+            )
+            .map_err(storage_err)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<bool>>(1)?.unwrap_or(false),
+                    r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                ))
+            })
+            .map_err(storage_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(storage_err)?;
+        Ok(rows)
+    }
+
+    fn search(&self, s: &Search, scope: Scope<'_>) -> Result<Vec<Record>, EdsError> {
+        let mut sql = Compiled::default();
+        let w = sql.search(s, scope);
+        let limit = sql.param(Sql::Integer(s.limit as i64));
+        let offset = sql.param(Sql::Integer(s.offset.min(i64::MAX as u64) as i64));
+        let text = format!(
+            "SELECT o.id, o.type, o.doc, o.acl FROM objects o WHERE {w} ORDER BY o.seq LIMIT ?{limit} OFFSET ?{offset}"
+        );
+        let conn = self.read();
+        let mut stmt = conn.prepare(&text).map_err(storage_err)?;
+        let rows = stmt
+            .query_map(params_from_iter(sql.params.iter()), row_record)
+            .map_err(search_err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(search_err)?;
+        rows.into_iter().map(to_record).collect()
+    }
+
+    fn search_count(&self, s: &Search, scope: Scope<'_>) -> Result<u64, EdsError> {
+        let mut sql = Compiled::default();
+        let w = sql.search(s, scope);
+        let n: i64 = self
+            .read()
+            .query_row(
+                &format!("SELECT count(*) FROM objects o WHERE {w}"),
+                params_from_iter(sql.params.iter()),
+                |r| r.get(0),
+            )
+            .map_err(search_err)?;
+        Ok(n.max(0) as u64)
     }
 
     fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<ChangeRow>, EdsError> {
@@ -829,6 +1000,41 @@ fn scalar(v: &Value) -> Option<Scalar> {
 }
 
 impl Compiled {
+    /// The WHERE clause of a search: the objects of these types with a searchable property
+    /// matching the phrase, that the caller may read.
+    fn search(&mut self, s: &Search, scope: Scope<'_>) -> String {
+        let m = self.param(Sql::Text(s.matching.clone()));
+        let types: Vec<String> = s
+            .types
+            .iter()
+            .map(|t| format!("?{}", self.param(Sql::Text(t.clone()))))
+            .collect();
+        let mut inner = format!(
+            "SELECT d.object FROM search JOIN search_docs d ON d.rowid = search.rowid WHERE search MATCH ?{m} AND d.type IN ({})",
+            types.join(", ")
+        );
+        if !s.properties.is_empty() {
+            let props: Vec<String> = s
+                .properties
+                .iter()
+                .map(|p| format!("?{}", self.param(Sql::Text(p.clone()))))
+                .collect();
+            inner.push_str(&format!(" AND d.prop IN ({})", props.join(", ")));
+        }
+        let mut w = format!("o.seq IN ({inner})");
+        if let Some(keys) = scope.readers {
+            let list: Vec<String> = keys
+                .iter()
+                .map(|k| format!("?{}", self.param(Sql::Text(k.clone()))))
+                .collect();
+            w.push_str(&format!(
+                " AND o.seq IN (SELECT object FROM readers WHERE subject IN ({}))",
+                list.join(", ")
+            ));
+        }
+        w
+    }
+
     /// Adds a parameter; its number for `?N`.
     fn param(&mut self, v: Sql) -> usize {
         self.params.push(v);
@@ -1118,6 +1324,7 @@ mod tests {
     use super::*;
     use crate::acl::{Acl, Subject};
     use crate::query::parse_params;
+    use crate::storage::Search;
     use serde_json::json;
 
     const U: &str = "0000000000000000000000aa";
@@ -1264,6 +1471,54 @@ mod tests {
         let mut or = branches.clone();
         or.push(json!({"n": 5}));
         assert_eq!(ids(&s, &format!("q={}", json!({"$or": or})), None), ["b"]);
+    }
+
+    #[test]
+    fn search_covers_indexed_text_follows_changes_and_filters_readers() {
+        let (_d, s) = fixture();
+        let def = TypeDef::parse(&json!({"name": "t", "properties": [{"name": "s", "indexed": true}, {"name": "tags", "indexed": true}]})).unwrap();
+        s.put_type(&def).unwrap();
+        let find = |phrase: &str, props: &[&str], readers: Option<&[String]>| -> Vec<String> {
+            let q = Search {
+                types: vec!["objects.t".into()],
+                matching: crate::search::fts_expression(phrase, false).unwrap(),
+                properties: props.iter().map(|p| (*p).to_owned()).collect(),
+                limit: 100,
+                offset: 0,
+            };
+            let scope = Scope {
+                readers,
+                member_of: None,
+            };
+            let found: Vec<String> = s
+                .search(&q, scope)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            assert_eq!(s.search_count(&q, scope).unwrap(), found.len() as u64);
+            found
+        };
+        assert_eq!(find("banana", &[], None), ["b"]);
+        assert_eq!(find("y", &[], None), ["a", "b"]);
+        assert_eq!(find("y", &["s"], None), Vec::<String>::new());
+        assert_eq!(find("apple OR date", &[], None), ["a", "d"]);
+        let anon = vec!["*".to_owned()];
+        assert_eq!(find("apple OR date", &[], Some(&anon)), ["a"]);
+        s.modify(
+            "a",
+            None,
+            &mut |r| {
+                r.doc.insert("s".into(), json!("apricot"));
+                Ok(())
+            },
+            change(),
+        )
+        .unwrap();
+        assert!(find("apple", &[], None).is_empty());
+        assert_eq!(find("apricot", &[], None), ["a"]);
+        s.delete("a", &mut |_| Ok(()), change()).unwrap();
+        assert!(find("apricot", &[], None).is_empty());
     }
 
     #[test]

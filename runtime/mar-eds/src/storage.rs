@@ -91,6 +91,21 @@ impl Webhook {
     }
 }
 
+/// A full-text search over the properties types declare indexed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Search {
+    /// The types to search.
+    pub types: Vec<String>,
+    /// An FTS5 expression (built by [`crate::search`], every word quoted).
+    pub matching: String,
+    /// Only these properties (none: all indexed ones).
+    pub properties: Vec<String>,
+    /// At most this many results.
+    pub limit: u64,
+    /// Skip this many.
+    pub offset: u64,
+}
+
 /// A function that changes a record inside the write's transaction, or refuses.
 pub type Modify<'a> = &'a mut dyn FnMut(&mut Record) -> Result<(), EdsError>;
 
@@ -148,6 +163,30 @@ pub trait Storage: Send + Sync {
 
     /// Adds (`member`) or removes a user from a usergroup; false if nothing changed.
     fn set_member(&self, group: &str, user: &str, member: bool) -> Result<bool, EdsError>;
+
+    /// Stores a new file object, owned by the object `owner` through its `property`.
+    fn insert_file(
+        &self,
+        r: &Record,
+        owner: &str,
+        property: &str,
+        change: Change<'_>,
+    ) -> Result<(), EdsError>;
+
+    /// A file's owning object and property.
+    fn file_owner(&self, id: &str) -> Result<Option<(String, String)>, EdsError>;
+
+    /// The files an object owns.
+    fn files_of(&self, owner: &str) -> Result<Vec<String>, EdsError>;
+
+    /// Every file's id and whether it is complete.
+    fn file_states(&self) -> Result<Vec<(String, bool, String)>, EdsError>;
+
+    /// Objects matching a search, in insertion order.
+    fn search(&self, s: &Search, scope: Scope<'_>) -> Result<Vec<Record>, EdsError>;
+
+    /// How many objects match a search.
+    fn search_count(&self, s: &Search, scope: Scope<'_>) -> Result<u64, EdsError>;
 
     /// Changes logged after `after`, oldest first, at most `limit`.
     fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<ChangeRow>, EdsError>;
