@@ -1715,3 +1715,165 @@ async fn files_round_trip_both_ways_and_search_finds_indexed_text() {
     .await;
     assert_eq!(s, 400, "{v}");
 }
+
+/// Reads one WebSocket frame as a server sends it: (fin, opcode, masked, payload).
+async fn read_frame(s: &mut tokio::net::TcpStream) -> (bool, u8, bool, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut h = [0u8; 2];
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_exact(&mut h))
+        .await
+        .expect("a frame within 5 s")
+        .unwrap();
+    let mut len = u64::from(h[1] & 0x7f);
+    if len == 126 {
+        let mut l = [0u8; 2];
+        s.read_exact(&mut l).await.unwrap();
+        len = u64::from(u16::from_be_bytes(l));
+    } else if len == 127 {
+        let mut l = [0u8; 8];
+        s.read_exact(&mut l).await.unwrap();
+        len = u64::from_be_bytes(l);
+    }
+    let mut payload = vec![0u8; len as usize];
+    s.read_exact(&mut payload).await.unwrap();
+    (h[0] & 0x80 != 0, h[0] & 0x0f, h[1] & 0x80 != 0, payload)
+}
+
+/// The next text frame, answering pings as qtenginio does.
+async fn next_text_frame(s: &mut tokio::net::TcpStream) -> Value {
+    loop {
+        let (fin, op, masked, payload) = read_frame(s).await;
+        assert!(fin && !masked, "one unmasked frame per message");
+        match op {
+            1 => return serde_json::from_slice(&payload).unwrap(),
+            9 => assert!(!payload.is_empty(), "pings carry a payload"),
+            other => panic!("opcode {other}"),
+        }
+    }
+}
+
+/// EnginioBackendConnection's stream, with a raw TCP client writing qtenginio's handshake
+/// byte for byte: the answer matches its case-sensitive expectations, notifications arrive
+/// as single unmasked frames `{event, origin:{apiRequestId}, data}` for the filtered type
+/// declared with `settings.websocket`, a used token is refused, and a Close 1001 is echoed.
+#[tokio::test]
+async fn the_notification_stream_speaks_qtenginios_exact_handshake() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mar = MarServer::start();
+    let b = create(&mar, "live");
+    let m = Some(b.master.as_str());
+    for (name, ws) in [("todos", true), ("quiet", false)] {
+        let (s, v) = call(&mar, &b, "POST", "/v1/object_types", m, json!({"name": name, "properties": [{"name": "title", "type": "string"}], "settings": {"websocket": ws}})).await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let filter = q(json!({"data": {"objectType": "objects.todos"}}));
+    let (s, v) = call(
+        &mar,
+        &b,
+        "GET",
+        &format!("/v1/stream_url?filter={filter}"),
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let url = v["expiringUrl"].as_str().unwrap().to_owned();
+    let rest = url
+        .strip_prefix("ws://localhost:")
+        .unwrap_or_else(|| panic!("{url}"));
+    let (port, path) = rest.split_once('/').unwrap();
+    let port: u16 = port.parse().unwrap();
+    let handshake = |path: String| async move {
+        let mut s = tokio::net::TcpStream::connect((mar.addr.ip(), port))
+            .await
+            .unwrap();
+        let req = format!(
+            "GET /{path} HTTP/1.1\r\nHost: localhost:{port}\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if s.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        (s, String::from_utf8(head).unwrap())
+    };
+    let (mut s, head) = handshake(path.to_owned()).await;
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    assert!(head.contains("\r\nUpgrade: websocket\r\n"), "{head}");
+    assert!(head.contains("\r\nConnection: upgrade\r\n"), "{head}");
+    assert!(
+        head.contains("\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{head}"
+    );
+
+    let rid = "00112233445566778899aabbccddeeff";
+    let post = |path: &'static str, title: &'static str| {
+        let (mar, bid) = (&mar, b.id.clone());
+        async move {
+            let r = http(
+                mar.addr,
+                "POST",
+                "localhost",
+                path,
+                &[("enginio-backend-id", bid.as_str()), ("x-request-id", rid)],
+                Bytes::from(json!({"title": title}).to_string()),
+            )
+            .await;
+            assert_eq!(r.status, 201, "{}", r.body);
+            serde_json::from_str::<Value>(&r.body).unwrap()
+        }
+    };
+    post("/v1/objects/todos", "first").await;
+    let n = next_text_frame(&mut s).await;
+    assert_eq!(n["event"], "create");
+    assert_eq!(n["origin"]["apiRequestId"], rid);
+    assert_eq!(
+        (n["data"]["title"].clone(), n["data"]["objectType"].clone()),
+        (json!("first"), json!("objects.todos"))
+    );
+    // A type without settings.websocket says nothing; the next todo is the next message.
+    post("/v1/objects/quiet", "hush").await;
+    let second = post("/v1/objects/todos", "second").await;
+    let sid = second["id"].as_str().unwrap();
+    assert_eq!(next_text_frame(&mut s).await["data"]["title"], "second");
+    call(
+        &mar,
+        &b,
+        "DELETE",
+        &format!("/v1/objects/todos/{sid}"),
+        None,
+        Value::Null,
+    )
+    .await;
+    let n = next_text_frame(&mut s).await;
+    assert_eq!(
+        (n["event"].clone(), n["data"]["id"].clone()),
+        (json!("delete"), json!(sid))
+    );
+
+    // The token was single-use.
+    let (_, head) = handshake(path.to_owned()).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+
+    // Close 1001, masked as a client must: echoed with the same code.
+    let mask = [1u8, 2, 3, 4];
+    let code = 1001u16.to_be_bytes();
+    s.write_all(&[
+        0x88,
+        0x82,
+        mask[0],
+        mask[1],
+        mask[2],
+        mask[3],
+        code[0] ^ mask[0],
+        code[1] ^ mask[1],
+    ])
+    .await
+    .unwrap();
+    let (_, op, _, payload) = read_frame(&mut s).await;
+    assert_eq!((op, payload), (8, code.to_vec()));
+}

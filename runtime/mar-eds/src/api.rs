@@ -35,6 +35,8 @@ pub struct Backends {
     map: RwLock<HashMap<String, (Arc<Backend>, CancellationToken)>>,
     dir: PathBuf,
     sink: Arc<dyn Sink>,
+    streams: Arc<crate::stream::Streams>,
+    stop: CancellationToken,
     executor: tokio::runtime::Handle,
     _runtime: RuntimeGuard,
 }
@@ -67,6 +69,8 @@ impl Backends {
             map: RwLock::new(HashMap::new()),
             dir,
             sink,
+            streams: Arc::default(),
+            stop: CancellationToken::new(),
             executor: rt.handle().clone(),
             _runtime: RuntimeGuard(Some(rt)),
         }))
@@ -114,6 +118,7 @@ impl Backends {
             id.to_owned(),
             b.storage.clone(),
             self.sink.clone(),
+            self.streams.clone(),
             b.changed.clone(),
             stop.clone(),
         ));
@@ -156,8 +161,25 @@ impl Backends {
             .map(|(b, _)| b.clone())
     }
 
-    /// Stops every deliverer (the server is stopping).
+    /// Serves the notification stream on `addr` (its own listener: see [`crate::stream`]);
+    /// the address it got.
+    pub fn listen_stream(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> std::io::Result<std::net::SocketAddr> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let local = std_listener.local_addr()?;
+        let _guard = self.executor.enter();
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        self.executor
+            .spawn(self.streams.clone().serve(listener, self.stop.clone()));
+        Ok(local)
+    }
+
+    /// Stops every deliverer and the stream (the server is stopping).
     pub fn stop(&self) {
+        self.stop.cancel();
         for (_, stop) in self.map.read().unwrap_or_else(|e| e.into_inner()).values() {
             stop.cancel();
         }
@@ -180,6 +202,7 @@ impl Backends {
                 | "webhooks"
                 | "search"
                 | "files"
+                | "stream_url"
         )
     }
 }
@@ -444,6 +467,11 @@ async fn handle(backends: Arc<Backends>, req: Request<Body>) -> Result<Response<
     if segments.first().map(String::as_str) == Some("files") {
         return files(&backends, b, req, segments, query).await;
     }
+    if method == Method::GET && segments == ["stream_url"] {
+        let host = header_str(&req, "host").unwrap_or("localhost").to_owned();
+        let credentials = Credentials::of(&req);
+        return stream_url(&backends, b, credentials, &host, query.as_deref()).await;
+    }
     let credentials = Credentials::of(&req);
     let request_id = header_str(&req, "x-request-id").map(str::to_owned);
     let body = if matches!(method, Method::POST | Method::PUT | Method::DELETE) {
@@ -466,6 +494,55 @@ async fn handle(backends: Arc<Backends>, req: Request<Body>) -> Result<Response<
     })
     .await?;
     Ok(json_response(answer.0, &answer.1))
+}
+
+/// `GET /v1/stream_url?filter=…`: a single-use URL of the notification stream, on the
+/// host the client used and the stream listener's port.
+async fn stream_url(
+    backends: &Backends,
+    b: Arc<Backend>,
+    credentials: Credentials,
+    host: &str,
+    query: Option<&str>,
+) -> Result<Response<Body>, EdsError> {
+    let filter = match query.and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("filter="))
+            .map(|v| mar_http::percent_decode(v, true))
+    }) {
+        None => json!({}),
+        Some(f) => serde_json::from_str::<Value>(&f)
+            .ok()
+            .filter(Value::is_object)
+            .ok_or_else(|| EdsError::BadQuery("filter must be a JSON object".to_owned()))?,
+    };
+    let Some(addr) = backends.streams.addr() else {
+        return Err(EdsError::NotFound(
+            "the notification stream is not served here".to_owned(),
+        ));
+    };
+    let caller = {
+        let b = b.clone();
+        run(backends, move || caller(&b, &credentials)).await?
+    };
+    let hostname = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|c| c.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let token = backends
+        .streams
+        .reserve(crate::stream::Subscription {
+            backend: b.id.clone(),
+            caller,
+            filter,
+        })
+        .ok_or_else(|| EdsError::TooLarge("too many notification streams".to_owned()))?;
+    Ok(json_response(
+        200,
+        &json!({
+            "expiringUrl": format!("ws://{hostname}:{}/v1/stream?token={token}", addr.port()),
+        }),
+    ))
 }
 
 /// `/v1/files…`: uploads (multipart or chunked), file objects and download URLs.
@@ -623,6 +700,9 @@ fn route(
         [c @ ("users" | "usergroups"), rest @ ..] => (kind_of(c, None)?, rest),
         ["user"] if method == Method::GET => return Ok((200, b.me(ctx)?)),
         ["search"] if method == Method::GET => return Ok((200, b.search(ctx, query)?)),
+        ["stream_url"] => {
+            return Err(EdsError::NotFound("GET /v1/stream_url".to_owned()));
+        }
         ["object_types"] if method == Method::POST => return Ok((201, b.put_type(ctx, body)?)),
         ["object_types"] if method == Method::GET => return Ok((200, b.types(ctx)?)),
         _ => {

@@ -11,6 +11,7 @@
 //! - [`storage`]: the narrow trait a storage implements; [`sqlite`]: the embedded one;
 //! - [`backend`]: one backend's rules over its storage (what each call may do and does);
 //! - [`webhooks`]: the outbox's deliverer (at least once, in order, with back-off);
+//! - [`stream`]: the notification stream, on a listener of its own (byte-exact handshake);
 //! - [`api`]: the REST API behind a `mar_http::Handler`, and the registry of backends.
 //!
 //! Boundary: knows nothing of apps, builds, the router or MWS; the composition root says
@@ -25,6 +26,7 @@ pub mod query;
 pub mod search;
 pub mod sqlite;
 pub mod storage;
+pub mod stream;
 pub mod time;
 pub mod types;
 pub mod webhooks;

@@ -799,6 +799,14 @@ impl Storage for SqliteStorage {
         Ok(n.max(0) as u64)
     }
 
+    fn last_change(&self) -> Result<i64, EdsError> {
+        self.read()
+            .query_row("SELECT coalesce(max(seq), 0) FROM changes", [], |r| {
+                r.get(0)
+            })
+            .map_err(storage_err)
+    }
+
     fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<ChangeRow>, EdsError> {
         let conn = self.read();
         let mut stmt = conn

@@ -188,6 +188,9 @@ pub trait Storage: Send + Sync {
     /// How many objects match a search.
     fn search_count(&self, s: &Search, scope: Scope<'_>) -> Result<u64, EdsError>;
 
+    /// The newest change's number (0 when none).
+    fn last_change(&self) -> Result<i64, EdsError>;
+
     /// Changes logged after `after`, oldest first, at most `limit`.
     fn changes_after(&self, after: i64, limit: usize) -> Result<Vec<ChangeRow>, EdsError>;
 

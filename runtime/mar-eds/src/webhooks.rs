@@ -95,17 +95,26 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| EdsError::Storage(e.to_string()))?
 }
 
-/// One backend's deliverer: until `stop`, wakes on `changed` (or every few seconds) and
-/// delivers what each webhook has not had yet.
+/// One backend's reader of its change log: until `stop`, wakes on `changed` (or every few
+/// seconds), hands new changes to the notification stream's subscribers, and delivers what
+/// each webhook has not had yet.
 pub(crate) async fn run(
     backend_id: String,
     storage: Arc<dyn Storage>,
     sink: Arc<dyn Sink>,
+    streams: Arc<crate::stream::Streams>,
     changed: Arc<Notify>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     let mut backoff: HashMap<String, Backoff> = HashMap::new();
+    let mut streamed = {
+        let s = storage.clone();
+        blocking(move || s.last_change()).await.unwrap_or(0)
+    };
     loop {
+        if let Err(e) = stream(&backend_id, &storage, &streams, &mut streamed).await {
+            tracing::error!("eds {backend_id}: notifications: {e}");
+        }
         let next = match pass(&backend_id, &storage, &sink, &mut backoff, &stop).await {
             Ok(()) => backoff
                 .values()
@@ -122,6 +131,41 @@ pub(crate) async fn run(
             _ = changed.notified() => {}
             _ = tokio::time::sleep(next) => {}
             _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Hands the changes after `cursor` to the stream's subscribers (none: skips them).
+async fn stream(
+    backend_id: &str,
+    storage: &Arc<dyn Storage>,
+    streams: &crate::stream::Streams,
+    cursor: &mut i64,
+) -> Result<(), EdsError> {
+    if !streams.has_subscribers(backend_id) {
+        let s = storage.clone();
+        *cursor = blocking(move || s.last_change()).await?;
+        return Ok(());
+    }
+    loop {
+        let (s, after) = (storage.clone(), *cursor);
+        let changes = blocking(move || s.changes_after(after, BATCH)).await?;
+        let Some(last) = changes.last() else {
+            return Ok(());
+        };
+        *cursor = last.seq;
+        let types = {
+            let s = storage.clone();
+            move |kind: &str| {
+                s.type_def(kind)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|d| d.raw["settings"]["websocket"].as_bool() == Some(true))
+            }
+        };
+        streams.publish(backend_id, &changes, &types);
+        if changes.len() < BATCH {
+            return Ok(());
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct FileConfig {
     pub mws_ping_interval: Option<u64>,
     /// WebSockets one client address may hold open to the MWS gateways (default 1000).
     pub mws_sockets_per_address: Option<usize>,
+    /// Where EDS's notification stream listens (plain TCP, as qtenginio connects; default:
+    /// the router's address with a port of the system's choosing).
+    pub eds_stream_listen: Option<String>,
     /// Address for HTTPS.
     pub https_listen: Option<String>,
     /// Seconds for an app to start its response (H12).
@@ -170,6 +173,8 @@ pub struct Config {
     pub mws_ping_interval: Duration,
     /// WebSockets one client address may hold open to the MWS gateways.
     pub mws_sockets_per_address: usize,
+    /// EDS's notification stream address, if set.
+    pub eds_stream_listen: Option<SocketAddr>,
     /// HTTPS listen address, if any.
     pub https_listen: Option<SocketAddr>,
     /// Certificates from `mar.yaml`.
@@ -297,6 +302,15 @@ impl Config {
                         ),
                     });
                 }
+            },
+            eds_stream_listen: match &file.eds_stream_listen {
+                None => None,
+                Some(a) => Some(a.parse().map_err(|_| ConfigError::Invalid {
+                    path: path.clone(),
+                    message: format!(
+                        "eds_stream_listen: {a:?} is not an address like 127.0.0.1:8081"
+                    ),
+                })?),
             },
             mws_sockets_per_address: file
                 .mws_sockets_per_address

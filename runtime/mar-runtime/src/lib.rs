@@ -558,6 +558,16 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     });
     let backends = mar_eds::Backends::new(paths.root().join("eds"), sink).map_err(dd)?;
     let _ = eds_users.backends.set(backends.clone());
+    let stream_addr = cfg
+        .eds_stream_listen
+        .unwrap_or(std::net::SocketAddr::new(addr.ip(), 0));
+    let stream_at = backends
+        .listen_stream(stream_addr)
+        .map_err(|source| RuntimeError::Bind {
+            addr: stream_addr,
+            source,
+        })?;
+    tracing::info!("EDS notification stream on {stream_at}");
     for s in store.list_services()? {
         if s.kind == "eds" {
             let api_key = serde_json::from_str::<serde_json::Value>(&s.settings)
