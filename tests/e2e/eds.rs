@@ -1877,3 +1877,55 @@ async fn the_notification_stream_speaks_qtenginios_exact_handshake() {
     let (_, op, _, payload) = read_frame(&mut s).await;
     assert_eq!((op, payload), (8, code.to_vec()));
 }
+
+/// The Qt Cloud Services Node SDK (`qtc` 0.6.10 from the npm registry), unchanged, against
+/// EDS. It speaks only HTTPS on port 443, so this server listens there on an address of its
+/// own (127.0.0.43, so no other test's port is taken); the certificate is the server's
+/// self-signed one, which the SDK is told to accept.
+#[tokio::test]
+async fn the_qtc_node_sdk_drives_objects_queries_users_search_and_files_unchanged() {
+    let dir = mar_tests::repo_root().join("tests/fixtures/qtc-mws");
+    assert!(
+        dir.join("node_modules/qtc").is_dir(),
+        "no qtc SDK in {}: run `bash scripts/test.sh`, which installs it",
+        dir.display()
+    );
+    let mar = MarServer::start_with_args(None, &["--https-listen", "127.0.0.43:443"]);
+    let b = create(&mar, "nodesdk");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .arg("eds.js")
+            .args(["https://127.0.0.43", &b.id, &b.master])
+            .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
+            .env("NODE_NO_WARNINGS", "1")
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for line in [
+        "inserted objects.todos 24",
+        "found a node,b node",
+        "count 2",
+        "updated true b node",
+        "findOne true",
+        "removed true",
+        "user nodeuser password hidden",
+        "signed in nodeuser",
+        "private creator true",
+        "anonymous sees b node",
+        "owner sees 1",
+        "group node-group",
+        "search the quick brown fox",
+        "attached qtc-eds-",
+        "file info qtc-eds-",
+        "DONE",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}\n{stderr}");
+    }
+    assert!(stdout.contains(" 24 complete"), "{stdout}");
+}

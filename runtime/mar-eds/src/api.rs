@@ -564,12 +564,21 @@ async fn files(
         format!("{}://{host}", if secure { "https" } else { "http" })
     };
     let method = req.method().clone();
-    let multipart = crate::files::boundary(&content_type).is_some();
     let body = match method {
-        Method::POST if multipart => read_body_up_to(req, crate::files::MAX_MULTIPART).await?,
-        Method::POST | Method::PUT => read_body(req).await?,
+        // Multipart uploads are larger; the Node SDK sends them without a Content-Type.
+        Method::POST => read_body_up_to(req, crate::files::MAX_MULTIPART).await?,
+        Method::PUT => read_body(req).await?,
         _ => Bytes::new(),
     };
+    let boundary =
+        crate::files::boundary(&content_type).or_else(|| crate::files::sniff_boundary(&body));
+    let multipart = boundary.is_some();
+    if method == Method::POST && !multipart && body.len() > MAX_BODY {
+        return Err(EdsError::TooLarge(format!(
+            "the body is larger than {} KiB",
+            MAX_BODY >> 10
+        )));
+    }
     let (status, v) = run(backends, move || {
         let ctx = Ctx {
             caller: caller(&b, &credentials)?,
@@ -584,9 +593,10 @@ async fn files(
             }
         };
         match (method, s.as_slice()) {
-            (Method::POST, ["files"]) if multipart => {
-                Ok((201, b.upload(&ctx, &content_type, &body)?))
-            }
+            (Method::POST, ["files"]) if multipart => Ok((
+                201,
+                b.upload(&ctx, boundary.as_deref().unwrap_or(""), &body)?,
+            )),
             (Method::POST, ["files"]) => Ok((201, b.begin_upload(&ctx, &parse_json(&body)?)?)),
             (Method::PUT, ["files", id, "chunk"]) => {
                 id_ok(id)?;

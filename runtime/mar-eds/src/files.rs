@@ -72,6 +72,16 @@ pub fn boundary(content_type: &str) -> Option<String> {
     })
 }
 
+/// The boundary of a multipart body sent without its Content-Type (the Node SDK's
+/// `attachFile` loses it): the body's first line, `--BOUNDARY`.
+pub fn sniff_boundary(body: &[u8]) -> Option<String> {
+    let first = body.strip_prefix(b"--")?;
+    let end = find(first, b"\r\n", 0)?;
+    let b = std::str::from_utf8(&first[..end]).ok()?;
+    (!b.is_empty() && b.len() <= 200 && b.bytes().all(|c| c.is_ascii_graphic()))
+        .then(|| b.to_owned())
+}
+
 fn param(header: &str, name: &str) -> Option<String> {
     header.split(';').find_map(|p| {
         let (k, v) = p.trim().split_once('=')?;
@@ -295,13 +305,10 @@ impl Backend {
         std::fs::rename(&part, self.file_path(id, false)?).map_err(io)
     }
 
-    /// `POST /v1/files`, multipart: the `object` part says where, the `file` part is the
-    /// bytes. 201 with the file object.
-    pub fn upload(&self, ctx: &Ctx, content_type: &str, body: &[u8]) -> Result<Value, EdsError> {
-        let b = boundary(content_type).ok_or_else(|| {
-            EdsError::BadRequest("multipart/form-data needs a boundary".to_owned())
-        })?;
-        let parts = parts(body, &b)?;
+    /// `POST /v1/files`, multipart with this boundary: the `object` part says where, the
+    /// `file` part is the bytes. 201 with the file object.
+    pub fn upload(&self, ctx: &Ctx, boundary: &str, body: &[u8]) -> Result<Value, EdsError> {
+        let parts = parts(body, boundary)?;
         let object = parts
             .iter()
             .find(|p| p.name == "object")
@@ -611,6 +618,8 @@ mod tests {
             .is_err()
         );
         assert!(boundary("application/json").is_none());
+        assert_eq!(sniff_boundary(body).as_deref(), Some("XyZ"));
+        assert_eq!(sniff_boundary(b"{\"json\": 1}"), None);
     }
 
     #[test]
