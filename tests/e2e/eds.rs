@@ -1929,3 +1929,159 @@ async fn the_qtc_node_sdk_drives_objects_queries_users_search_and_files_unchange
     }
     assert!(stdout.contains(" 24 complete"), "{stdout}");
 }
+
+/// The account API of the dashboard era: an account made with the CLI (its password from
+/// standard input) signs in, creates an app whose development and production environments
+/// are two separate backends with master and API keys, lists and deletes it; wrong passwords
+/// and tokens are refused.
+#[tokio::test]
+async fn the_account_api_makes_apps_with_two_environments() {
+    let mar = MarServer::start();
+    let short = mar.mar_with_input(&["accounts:create", "dev@example.test"], "short\n");
+    assert!(
+        !short.ok() && short.all().contains("8 to 1024"),
+        "{}",
+        short.all()
+    );
+    let out = mar.mar_with_input(
+        &["accounts:create", "dev@example.test"],
+        "a good password\n",
+    );
+    assert!(out.ok(), "{}", out.all());
+    assert!(mar.mar(&["accounts"]).stdout.contains("dev@example.test"));
+    let token_for = |password: &'static str| {
+        let mar = &mar;
+        async move {
+            let body = format!(
+                "grant_type=password&username=dev%40example.test&password={}",
+                password.replace(' ', "+")
+            );
+            let r = http(
+                mar.addr,
+                "POST",
+                "localhost",
+                "/v1/account/auth/oauth2/token",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                Bytes::from(body),
+            )
+            .await;
+            (
+                r.status,
+                serde_json::from_str::<Value>(&r.body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, v) = token_for("wrong").await;
+    assert_eq!((s, v["error"].clone()), (400, json!("invalid_grant")));
+    let (s, v) = token_for("a good password").await;
+    assert_eq!(s, 200, "{v}");
+    let bearer = format!("Bearer {}", v["access_token"].as_str().unwrap());
+    let account = |method: &'static str, path: String, body: Value| {
+        let (mar, bearer) = (&mar, bearer.clone());
+        async move {
+            let body = if body.is_null() {
+                Bytes::new()
+            } else {
+                Bytes::from(body.to_string())
+            };
+            let r = http(
+                mar.addr,
+                method,
+                "localhost",
+                &path,
+                &[("authorization", bearer.as_str())],
+                body,
+            )
+            .await;
+            (
+                r.status,
+                serde_json::from_str::<Value>(&r.body).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (s, app) = account("POST", "/v1/account/apps".into(), json!({"name": "shop"})).await;
+    assert_eq!(s, 201, "{app}");
+    let envs = app["environments"].as_array().unwrap();
+    assert_eq!(
+        envs.iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["development", "production"]
+    );
+    assert_ne!(envs[0]["id"], envs[1]["id"]);
+    let dev = Backend {
+        id: envs[0]["id"].as_str().unwrap().into(),
+        master: envs[0]["masterKeys"][0]["key"].as_str().unwrap().into(),
+    };
+    let prod = Backend {
+        id: envs[1]["id"].as_str().unwrap().into(),
+        master: envs[1]["masterKeys"][0]["key"].as_str().unwrap().into(),
+    };
+    assert_eq!(envs[0]["apiKeys"][0]["key"].as_str().unwrap().len(), 32);
+    // The environments are separate backends.
+    let (s, _) = call(
+        &mar,
+        &dev,
+        "POST",
+        "/v1/object_types",
+        Some(&dev.master),
+        json!({"name": "items"}),
+    )
+    .await;
+    assert_eq!(s, 201);
+    call(
+        &mar,
+        &dev,
+        "POST",
+        "/v1/objects/items",
+        None,
+        json!({"title": "dev only"}),
+    )
+    .await;
+    let (_, v) = call(
+        &mar,
+        &prod,
+        "GET",
+        "/v1/objects/items?count=",
+        None,
+        Value::Null,
+    )
+    .await;
+    assert_eq!(v, json!({"count": 0}));
+    let (_, v) = account("GET", "/v1/account/apps".into(), Value::Null).await;
+    assert_eq!(v["results"], json!([{"id": app["id"], "name": "shop"}]));
+    let id = app["id"].as_str().unwrap();
+    assert_eq!(
+        account("GET", format!("/v1/account/apps/{id}"), Value::Null)
+            .await
+            .1,
+        app
+    );
+    let r = http(
+        mar.addr,
+        "GET",
+        "localhost",
+        "/v1/account/apps",
+        &[("authorization", "Bearer forged")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let (s, _) = account("DELETE", format!("/v1/account/apps/{id}"), Value::Null).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        call(&mar, &dev, "GET", "/v1/objects/items", None, Value::Null)
+            .await
+            .0,
+        404,
+        "its backends went with it"
+    );
+    let out = mar.mar(&[
+        "accounts:destroy",
+        "dev@example.test",
+        "--confirm",
+        "dev@example.test",
+    ]);
+    assert!(out.ok(), "{}", out.all());
+    assert_eq!(token_for("a good password").await.0, 400);
+}

@@ -183,6 +183,26 @@ impl MarServer {
         self.mar_in(args, self.tmp.path())
     }
 
+    /// Runs the `mar` CLI with `input` on its standard input.
+    pub fn mar_with_input(&self, args: &[&str], input: &str) -> CmdOutput {
+        use std::io::Write;
+        let mut child = Command::new(mar_bin())
+            .args(args)
+            .current_dir(self.tmp.path())
+            .env("MAR_HOME", &self.data_dir)
+            .env_remove("MAR_API_URL")
+            .env_remove("MAR_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).unwrap();
+        }
+        CmdOutput::from(child.wait_with_output().unwrap())
+    }
+
     /// Runs the `mar` CLI in `dir`.
     pub fn mar_in(&self, args: &[&str], dir: &Path) -> CmdOutput {
         let out = Command::new(mar_bin())

@@ -145,35 +145,6 @@ fn clean_body(body: &Value) -> Result<Map<String, Value>, EdsError> {
     Ok(out)
 }
 
-fn hash_password(password: &str) -> Result<String, EdsError> {
-    use argon2::password_hash::{PasswordHasher, SaltString};
-    let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| EdsError::Storage(format!("no entropy: {e}")))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| EdsError::Storage(e.to_string()))?;
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| EdsError::Storage(format!("cannot hash a password: {e}")))
-}
-
-fn verify_password(password: &str, hash: &str) -> bool {
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    PasswordHash::new(hash)
-        .map(|h| {
-            argon2::Argon2::default()
-                .verify_password(password.as_bytes(), &h)
-                .is_ok()
-        })
-        .unwrap_or(false)
-}
-
-/// A hash to check against when the username is unknown, so a wrong username takes as long
-/// as a wrong password and does not tell which usernames exist.
-fn decoy_hash() -> &'static str {
-    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DECOY.get_or_init(|| hash_password("not a password").unwrap_or_default())
-}
-
 fn blank(property: &str) -> EdsError {
     EdsError::Validation {
         property: property.to_owned(),
@@ -333,7 +304,7 @@ impl Backend {
                 message: "has already been taken".to_owned(),
             });
         }
-        let hash = hash_password(password)?;
+        let hash = crate::password::hash(password)?;
         let id = crate::ids::new_id();
         let now = crate::time::now();
         doc.insert("id".into(), json!(id));
@@ -405,7 +376,7 @@ impl Backend {
             if let Some(p) = changes.remove("password") {
                 match p.as_str() {
                     Some(p) if !p.is_empty() && p.len() <= 1024 => {
-                        new_hash = Some(hash_password(p)?);
+                        new_hash = Some(crate::password::hash(p)?);
                     }
                     _ => return Err(blank("password")),
                 }
@@ -698,10 +669,10 @@ impl Backend {
             self.storage.credentials(username)?
         };
         let user = match found {
-            Some((id, hash)) if verify_password(password, &hash) => id,
+            Some((id, hash)) if crate::password::verify(password, &hash) => id,
             Some(_) => return Err(invalid_grant()),
             None => {
-                let _ = verify_password(password, decoy_hash());
+                let _ = crate::password::verify(password, crate::password::decoy());
                 return Err(invalid_grant());
             }
         };

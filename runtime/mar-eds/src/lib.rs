@@ -4,6 +4,7 @@
 //! per backend.
 //!
 //! - [`query`]: `q`, `sort`, `limit`, `offset`, `count`, `include` parsed into a tree, bounded;
+//! - [`password`]: argon2id hashes (users, and the platform's accounts);
 //! - [`acl`]: subjects, object ACLs, type permissions, templates, who is calling;
 //! - [`types`]: declared types (properties, indexes, validators, permissions);
 //! - [`search`]: full-text search requests in both clients' encodings;
@@ -22,6 +23,7 @@ pub mod api;
 pub mod backend;
 pub mod files;
 pub mod ids;
+pub mod password;
 pub mod query;
 pub mod search;
 pub mod sqlite;

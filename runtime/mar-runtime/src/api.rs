@@ -1,6 +1,7 @@
 //! The platform host: the REST API under `/v1`, git over smart HTTP at `/APP.git/…`, and
 //! `/healthz`. It is an in-process handler of the router, reached on the bare domain.
 
+mod accounts;
 mod apps;
 mod auth;
 mod builds;
@@ -59,6 +60,8 @@ pub struct Platform {
     pub(crate) gateways: Arc<mar_mws::Gateways>,
     /// The EDS backends (service instances of kind `eds`).
     pub(crate) backends: Arc<mar_eds::Backends>,
+    /// Account tokens of the account API (in memory).
+    pub(crate) account_tokens: accounts::AccountTokens,
     /// The apps each gateway is attached to, for its forwarder.
     pub(crate) gateway_links: Arc<crate::gateway_links::GatewayLinks>,
 }
@@ -81,6 +84,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// Its status.
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
     pub(crate) fn new(
         status: StatusCode,
         reason: &'static str,
@@ -115,12 +123,14 @@ impl From<StoreError> for ApiError {
             StoreError::NoSuchApp(_)
             | StoreError::NoSuchRelease { .. }
             | StoreError::NoSuchService(_)
+            | StoreError::NoSuchAccount(_)
             | StoreError::NotAttached { .. } => {
                 Self::new(StatusCode::NOT_FOUND, "NotFound", e.to_string())
             }
             StoreError::AppExists(_)
             | StoreError::DomainTaken { .. }
             | StoreError::ServiceExists(_)
+            | StoreError::AccountExists(_)
             | StoreError::AlreadyAttached { .. } => {
                 Self::new(StatusCode::CONFLICT, "Conflict", e.to_string())
             }
@@ -197,6 +207,26 @@ pub fn router(p: Arc<Platform>) -> axum::Router {
         .route(
             "/v1/services/{name}",
             get(services::show_service).delete(services::destroy_service),
+        )
+        .route(
+            "/v1/accounts",
+            get(accounts::list_accounts).post(accounts::create_account),
+        )
+        .route(
+            "/v1/accounts/{email}",
+            axum::routing::delete(accounts::destroy_account),
+        )
+        .route(
+            "/v1/account/auth/oauth2/token",
+            post(accounts::account_token),
+        )
+        .route(
+            "/v1/account/apps",
+            get(accounts::list_apps).post(accounts::create_app),
+        )
+        .route(
+            "/v1/account/apps/{id}",
+            get(accounts::show_app).delete(accounts::destroy_app),
         )
         .route("/v1/services/{name}/attachments", post(services::attach))
         .route("/v1/services/{name}/links", post(services::link))

@@ -613,6 +613,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         port: addr.port(),
         gateways,
         backends,
+        account_tokens: Default::default(),
         gateway_links: links,
     });
     let handler = Arc::new(api::PlatformHandler {

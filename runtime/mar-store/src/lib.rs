@@ -54,6 +54,12 @@ pub enum StoreError {
     /// A service instance by that name exists already.
     #[error("service {0} already exists")]
     ServiceExists(String),
+    /// No account with that email, or no such app of it.
+    #[error("no such account or account app: {0}")]
+    NoSuchAccount(String),
+    /// An account with that email (or an app of that name) exists already.
+    #[error("{0} already exists")]
+    AccountExists(String),
     /// The service instance is not attached to that app.
     #[error("service {service} is not attached to {app}")]
     NotAttached {
@@ -223,6 +229,20 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (service, app)
      );",
     "ALTER TABLE services ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';",
+    "CREATE TABLE accounts (
+         email TEXT PRIMARY KEY,
+         hash TEXT NOT NULL,
+         created_at TEXT NOT NULL
+     );
+     CREATE TABLE account_apps (
+         id TEXT PRIMARY KEY,
+         name TEXT NOT NULL,
+         account TEXT NOT NULL REFERENCES accounts(email) ON DELETE CASCADE,
+         development TEXT NOT NULL,
+         production TEXT NOT NULL,
+         created_at TEXT NOT NULL,
+         UNIQUE (account, name)
+     );",
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
@@ -650,6 +670,131 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A platform account (the Enginio dashboard's): its email and when it was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Its email, the sign-in name.
+    pub email: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+}
+
+/// An account's app: two EDS backends, its development and production environments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountApp {
+    /// Its id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// The account it belongs to.
+    pub account: String,
+    /// The service instance of its development environment.
+    pub development: String,
+    /// The service instance of its production environment.
+    pub production: String,
+}
+
+impl Store {
+    /// Records an account with its password hash.
+    pub fn create_account(&self, email: &str, hash: &str) -> Result<()> {
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO accounts (email, hash, created_at) VALUES (?1, ?2, ?3)",
+            params![email, hash, now()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AccountExists(format!("account {email}")));
+        }
+        Ok(())
+    }
+
+    /// Every account.
+    pub fn accounts(&self) -> Result<Vec<Account>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT email, created_at FROM accounts ORDER BY email")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Account {
+                email: r.get(0)?,
+                created_at: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// An account's password hash.
+    pub fn account_hash(&self, email: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT hash FROM accounts WHERE email = ?1",
+                params![email],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Forgets an account (its apps' records go with it; their backends are the caller's).
+    pub fn delete_account(&self, email: &str) -> Result<()> {
+        let n = self
+            .conn()
+            .execute("DELETE FROM accounts WHERE email = ?1", params![email])?;
+        if n == 0 {
+            return Err(StoreError::NoSuchAccount(email.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Records an account's app.
+    pub fn create_account_app(&self, app: &AccountApp) -> Result<()> {
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO account_apps (id, name, account, development, production, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![app.id, app.name, app.account, app.development, app.production, now()],
+        )?;
+        if n == 0 {
+            return Err(StoreError::AccountExists(format!("app {}", app.name)));
+        }
+        Ok(())
+    }
+
+    /// An account's apps, by name.
+    pub fn account_apps(&self, account: &str) -> Result<Vec<AccountApp>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, account, development, production FROM account_apps WHERE account = ?1 ORDER BY name",
+        )?;
+        let rows = stmt.query_map(params![account], account_app_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// One of an account's apps.
+    pub fn account_app(&self, account: &str, id: &str) -> Result<AccountApp> {
+        self.conn()
+            .query_row(
+                "SELECT id, name, account, development, production FROM account_apps WHERE account = ?1 AND id = ?2",
+                params![account, id],
+                account_app_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchAccount(format!("app {id}")))
+    }
+
+    /// Forgets an account's app.
+    pub fn delete_account_app(&self, id: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM account_apps WHERE id = ?1", params![id])?;
+        Ok(())
+    }
+}
+
+fn account_app_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AccountApp> {
+    Ok(AccountApp {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        account: r.get(2)?,
+        development: r.get(3)?,
+        production: r.get(4)?,
+    })
 }
 
 fn service_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Service> {

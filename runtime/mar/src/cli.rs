@@ -49,6 +49,8 @@ enum Command {
     #[command(flatten)]
     Services(commands::services::ServicesCommand),
     #[command(flatten)]
+    Accounts(commands::accounts::AccountsCommand),
+    #[command(flatten)]
     Auth(commands::auth::AuthCommand),
     /// Git hooks (run by git during a push).
     #[command(hide = true)]
@@ -107,6 +109,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(cmd) => commands::logs::run(cmd, &ctx).await,
         Command::Domains(cmd) => commands::domains::run(cmd, &ctx).await,
         Command::Services(cmd) => commands::services::run(cmd, &ctx).await,
+        Command::Accounts(cmd) => commands::accounts::run(cmd, &ctx).await,
         Command::Serve(_) | Command::Hook { .. } | Command::Auth(_) => Ok(ExitCode::SUCCESS),
     }
 }

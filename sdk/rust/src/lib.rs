@@ -305,6 +305,35 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/accounts`: `{"results":[{"email","created_at"}]}`.
+    pub async fn accounts(&self) -> Result<serde_json::Value, SdkError> {
+        self.json(Method::GET, "/v1/accounts", None).await
+    }
+
+    /// `POST /v1/accounts {"email","password"}`.
+    pub async fn create_account(
+        &self,
+        email: &str,
+        password: &str,
+    ) -> Result<serde_json::Value, SdkError> {
+        self.json(
+            Method::POST,
+            "/v1/accounts",
+            Some(serde_json::json!({ "email": email, "password": password })),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/accounts/EMAIL`.
+    pub async fn destroy_account(&self, email: &str) -> Result<serde_json::Value, SdkError> {
+        self.json(
+            Method::DELETE,
+            &format!("/v1/accounts/{}", enc(email)),
+            None,
+        )
+        .await
+    }
+
     /// `DELETE /v1/services/NAME/attachments/APP` (a new release).
     pub async fn detach_service(
         &self,

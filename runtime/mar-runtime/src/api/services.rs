@@ -68,7 +68,7 @@ impl Platform {
 }
 
 /// An EDS backend's API key, kept in its settings.
-fn api_key_of(s: &Service) -> Option<String> {
+pub(crate) fn api_key_of(s: &Service) -> Option<String> {
     serde_json::from_str::<serde_json::Value>(&s.settings)
         .ok()
         .and_then(|v| v["apiKey"].as_str().map(str::to_owned))
@@ -108,51 +108,86 @@ pub(super) async fn create_service(
 ) -> ApiResult<(StatusCode, Json<ServiceInfo>)> {
     let kind = command_of(&body, "kind")?;
     let name = command_of(&body, "name")?;
-    // Service names follow app names' rules: they show in URLs and variable values.
-    mar_core::AppName::parse(&name).map_err(|e| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ValidationFailed",
-            format!("invalid service name: {e}"),
-        )
-    })?;
-    if !matches!(kind.as_str(), "mws" | "eds") {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "ValidationFailed",
-            format!("unknown service kind {kind:?}; kinds: mws, eds"),
-        ));
-    }
-    let mut s = p
-        .store
-        .create_service(&name, &kind, &random_hex(12)?, &random_hex(16)?)?;
-    if kind == "eds" {
-        let settings = serde_json::json!({ "apiKey": random_hex(16)? }).to_string();
-        p.store.set_service_config(&s.id, &s.access, &settings)?;
-        s.settings = settings;
-        let opened = {
-            let (backends, s) = (p.backends.clone(), s.clone());
-            tokio::task::spawn_blocking(move || {
-                backends.add(&s.id, &s.name, &s.secret, api_key_of(&s).as_deref())
-            })
-            .await
-        };
-        if let Err(e) = opened
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            let _ = p.store.delete_service(&name);
+    let s = p.new_service(&name, &kind).await?;
+    Ok((StatusCode::CREATED, Json(p.service_info(s))))
+}
+
+impl Platform {
+    /// Makes a service instance: a gateway served at once, or a backend with its file open.
+    pub(crate) async fn new_service(&self, name: &str, kind: &str) -> ApiResult<Service> {
+        // Service names follow app names' rules: they show in URLs and variable values.
+        mar_core::AppName::parse(name).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ValidationFailed",
+                format!("invalid service name: {e}"),
+            )
+        })?;
+        if !matches!(kind, "mws" | "eds") {
             return Err(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                format!("cannot open the backend's data file: {e}"),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "ValidationFailed",
+                format!("unknown service kind {kind:?}; kinds: mws, eds"),
             ));
         }
-    } else {
-        p.gateways
-            .add(&s.id, &s.name, &s.secret, mar_mws::GatewayConfig::default());
+        let mut s = self
+            .store
+            .create_service(name, kind, &random_hex(12)?, &random_hex(16)?)?;
+        if kind == "eds" {
+            let settings = serde_json::json!({ "apiKey": random_hex(16)? }).to_string();
+            self.store.set_service_config(&s.id, &s.access, &settings)?;
+            s.settings = settings;
+            let opened = {
+                let (backends, s) = (self.backends.clone(), s.clone());
+                tokio::task::spawn_blocking(move || {
+                    backends.add(&s.id, &s.name, &s.secret, api_key_of(&s).as_deref())
+                })
+                .await
+            };
+            if let Err(e) = opened
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+            {
+                let _ = self.store.delete_service(name);
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    format!("cannot open the backend's data file: {e}"),
+                ));
+            }
+        } else {
+            self.gateways
+                .add(&s.id, &s.name, &s.secret, mar_mws::GatewayConfig::default());
+        }
+        Ok(s)
     }
-    Ok((StatusCode::CREATED, Json(p.service_info(s))))
+
+    /// Destroys a service instance that no app is attached to; a backend's data goes too.
+    pub(crate) async fn remove_service(&self, name: &str) -> ApiResult<()> {
+        let s = self.store.service(name)?;
+        let apps = self.store.attachments_of(name)?;
+        if !apps.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!(
+                    "{name} is attached to {}: detach it first (mar services:detach {name} -a APP)",
+                    apps.join(", ")
+                ),
+            ));
+        }
+        self.store.delete_service(name)?;
+        if s.kind == "eds" {
+            // Its data goes with it, as a Heroku add-on's does.
+            let backends = self.backends.clone();
+            let id = s.id.clone();
+            let _ = tokio::task::spawn_blocking(move || backends.remove(&id)).await;
+        } else {
+            self.gateways.remove(&s.id);
+        }
+        self.relink_gateways();
+        Ok(())
+    }
 }
 
 pub(super) async fn show_service(
@@ -169,28 +204,7 @@ pub(super) async fn destroy_service(
     State(p): State<Arc<Platform>>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let s = p.store.service(&name)?;
-    let apps = p.store.attachments_of(&name)?;
-    if !apps.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "Conflict",
-            format!(
-                "{name} is attached to {}: detach it first (mar services:detach {name} -a APP)",
-                apps.join(", ")
-            ),
-        ));
-    }
-    p.store.delete_service(&name)?;
-    if s.kind == "eds" {
-        // Its data goes with it, as a Heroku add-on's does.
-        let backends = p.backends.clone();
-        let id = s.id.clone();
-        let _ = tokio::task::spawn_blocking(move || backends.remove(&id)).await;
-    } else {
-        p.gateways.remove(&s.id);
-    }
-    p.relink_gateways();
+    p.remove_service(&name).await?;
     Ok(Json(serde_json::json!({})))
 }
 

@@ -3,6 +3,7 @@
 //! is one new module here and one line in `cli.rs`. This module holds what they share: the
 //! context of a run, how to reach the server, and the printing helpers.
 
+pub(crate) mod accounts;
 pub(crate) mod apps;
 pub(crate) mod auth;
 pub(crate) mod config;
