@@ -2,7 +2,8 @@
 # The one command that runs every test on a fresh Debian machine of this project's kind:
 # installs what the tests need (git, Python venv, Node.js/npm, Qt 5 with WebSockets, nftables
 # for keeping apps off each other's ports, clang-14 with wasi-libc and componentize-py for the
-# WebAssembly guests the wasm buildpack builds from source, the qtc Node SDK for the MWS tests),
+# WebAssembly guests the wasm buildpack builds from source, the qtc Node SDK for the MWS and EDS
+# tests, Debian's Chromium and playwright-core for the examples' pages),
 # builds the workspace once (one profile: the tests run the `mar` binary it produces), checks formatting and
 # lints, then runs the suite.
 set -euo pipefail
@@ -12,7 +13,7 @@ need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for pkg in git python3 python3-venv python3-pip build-essential procps qtbase5-dev qt5-qmake \
            libqt5websockets5-dev libqt5webchannel5-dev nftables \
-           clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32; do
+           clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 chromium; do
   have "$pkg" || need+=("$pkg")
 done
 # Node.js may come from another source than Debian; only install Debian's when none is there.
@@ -54,10 +55,18 @@ if [ ! -f "$offline/ready" ] || ! cmp -s "$offline/ready" <(cat examples/python-
   cat examples/python-hello/requirements.txt examples/node-hello/package-lock.json > "$offline/ready"
 fi
 
-# The Qt Cloud Services Node SDK (qtc, from the npm registry) that the MWS tests drive unchanged.
+# The Qt Cloud Services Node SDK (qtc, from the npm registry) that the MWS and EDS tests drive
+# unchanged.
 if [ ! -d tests/fixtures/qtc-mws/node_modules/qtc ]; then
-  echo "==> installing the qtc SDK for the MWS tests"
+  echo "==> installing the qtc SDK for the MWS and EDS tests"
   (cd tests/fixtures/qtc-mws && npm ci -q --no-audit --no-fund >/dev/null)
+fi
+
+# playwright-core (from the npm registry, without a browser of its own) drives Debian's
+# Chromium through the examples' pages.
+if [ ! -d tests/fixtures/browser/node_modules/playwright-core ]; then
+  echo "==> installing playwright-core for the browser tests"
+  (cd tests/fixtures/browser && npm ci -q --no-audit --no-fund >/dev/null)
 fi
 
 echo "==> building"
@@ -71,3 +80,6 @@ echo "==> linting"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> testing"
 cargo test --workspace --locked "$@"
+
+# The JS SDK's own tests, with Node's test runner, against the `mar` binary built above.
+node --experimental-websocket --test sdk/js/test/

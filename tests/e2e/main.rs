@@ -8,6 +8,7 @@
 
 mod buildpacks;
 mod claims;
+mod demos;
 mod deploy;
 mod eds;
 mod failures;

@@ -6,6 +6,7 @@ mod apps;
 mod auth;
 mod builds;
 mod config;
+mod cors;
 mod domains;
 mod logs;
 mod processes;
@@ -394,13 +395,22 @@ impl Handler for PlatformHandler {
             };
             return Box::pin(async move { this.git(req, client).await });
         }
-        // The MWS gateways' API and WebSocket endpoint (bare domain, IP hosts, mws.DOMAIN).
-        if mar_mws::Gateways::serves(&path) {
-            return mar_mws::MwsHandler::new(self.platform.gateways.clone()).call(req);
-        }
-        // The EDS backends' API (bare domain, IP hosts, eds.DOMAIN), by Enginio-Backend-Id.
-        if mar_eds::Backends::serves(&path) {
-            return mar_eds::EdsHandler::new(self.platform.backends.clone()).call(req);
+        // The services' APIs are open to pages of any origin (see `cors`).
+        if cors::open_to_browsers(&path) {
+            if cors::is_preflight(req.method()) {
+                return Box::pin(async { cors::preflight() });
+            }
+            if path == "/sdk/mar.js" {
+                return Box::pin(async { cors::sdk() });
+            }
+            // The MWS gateways' API and WebSocket endpoint (bare domain, IP hosts,
+            // mws.DOMAIN); the EDS backends' API (eds.DOMAIN too), by Enginio-Backend-Id.
+            let answer = if mar_mws::Gateways::serves(&path) {
+                mar_mws::MwsHandler::new(self.platform.gateways.clone()).call(req)
+            } else {
+                mar_eds::EdsHandler::new(self.platform.backends.clone()).call(req)
+            };
+            return Box::pin(async move { cors::allow(answer.await) });
         }
         // Old Qt Cloud clients end collection URLs with a slash (`/v1/apps/<id>/`).
         if path.len() > 1 && path.ends_with('/') {
