@@ -4,13 +4,6 @@
 //! Screenshots of a failing page are kept under `target/test-artifacts/`.
 
 use mar_tests::{MarServer, repo_root};
-use serde_json::Value;
-
-fn service(mar: &MarServer, kind: &str, name: &str) -> Value {
-    let out = mar.mar(&["services:create", kind, name, "--json"]);
-    assert!(out.ok(), "{}", out.all());
-    serde_json::from_str(&out.stdout).unwrap()
-}
 
 /// Runs the browser driver; its output lines.
 async fn drive(script: &str, args: Vec<String>) -> String {
@@ -46,8 +39,8 @@ async fn the_todo_demo_pushes_changes_between_browser_pages() {
     let mar = MarServer::start();
     mar.create_app("todo");
     mar.offline_npm("todo");
-    service(&mar, "eds", "todo-data");
-    service(&mar, "mws", "todo-push");
+    mar.create_service("eds", "todo-data");
+    mar.create_service("mws", "todo-push");
     for s in ["todo-data", "todo-push"] {
         let out = mar.mar(&["services:attach", s, "-a", "todo"]);
         assert!(out.ok(), "{}", out.all());

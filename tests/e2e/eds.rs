@@ -14,11 +14,7 @@ struct Backend {
 }
 
 fn create(mar: &MarServer, name: &str) -> Backend {
-    let out = mar.mar(&["services:create", "eds", name, "--json"]);
-    assert!(out.ok(), "{}", out.all());
-    let v: Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(v["kind"], "eds");
-    assert_eq!(v["id"].as_str().unwrap().len(), 24);
+    let v = mar.create_service("eds", name);
     assert_eq!(v["api_key"].as_str().unwrap().len(), 32, "{v}");
     Backend {
         id: v["id"].as_str().unwrap().to_owned(),
@@ -75,6 +71,29 @@ fn ids(v: &Value) -> Vec<String> {
         .iter()
         .map(|o| o["title"].as_str().unwrap_or("?").to_owned())
         .collect()
+}
+
+/// Signs a user up (password `pw`) and in: its id and session token.
+async fn sign_up(mar: &MarServer, b: &Backend, name: &str) -> (String, String) {
+    let (s, v) = call(
+        mar,
+        b,
+        "POST",
+        "/v1/users",
+        None,
+        json!({"username": name, "password": "pw"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let (s, session) = login(mar, b, name, "pw").await;
+    assert_eq!(s, 200, "{session}");
+    (
+        session["enginio_data"]["user"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        session["access_token"].as_str().unwrap().to_owned(),
+    )
 }
 
 async fn login(mar: &MarServer, b: &Backend, user: &str, password: &str) -> (u16, Value) {
@@ -950,9 +969,7 @@ async fn changes_reach_a_linked_gateway_and_a_webhook_at_least_once_across_kill_
     mar.deploy_lifecycle("hooks", &[]);
     let b = create(&mar, "data");
     let m = Some(b.master.as_str());
-    let out = mar.mar(&["services:create", "mws", "push", "--json"]);
-    assert!(out.ok(), "{}", out.all());
-    let g: Value = serde_json::from_str(&out.stdout).unwrap();
+    let g = mar.create_service("mws", "push");
     let (gid, gsecret) = (
         g["id"].as_str().unwrap().to_owned(),
         g["secret"].as_str().unwrap().to_owned(),
@@ -973,21 +990,7 @@ async fn changes_reach_a_linked_gateway_and_a_webhook_at_least_once_across_kill_
     );
 
     // Alice, and one socket for her, one for everyone.
-    call(
-        &mar,
-        &b,
-        "POST",
-        "/v1/users",
-        None,
-        json!({"username": "alice", "password": "pw"}),
-    )
-    .await;
-    let (_, session) = login(&mar, &b, "alice", "pw").await;
-    let alice_id = session["enginio_data"]["user"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let token = session["access_token"].as_str().unwrap().to_owned();
+    let (alice_id, token) = sign_up(&mar, &b, "alice").await;
     let reserve = |tags: Value| {
         let (mar, gid, gsecret) = (&mar, gid.clone(), gsecret.clone());
         async move {
@@ -1193,8 +1196,7 @@ async fn a_gateway_in_eds_mode_tags_sockets_with_the_signed_in_user() {
     let mar = MarServer::start();
     let b = create(&mar, "auth");
     let m = Some(b.master.as_str());
-    let out = mar.mar(&["services:create", "mws", "rt", "--json"]);
-    let g: Value = serde_json::from_str(&out.stdout).unwrap();
+    let g = mar.create_service("mws", "rt");
     let (gid, gsecret) = (g["id"].as_str().unwrap(), g["secret"].as_str().unwrap());
     let gw = |method: &'static str, path: String, bearer: Option<String>, body: Value| {
         let mar = &mar;
@@ -1237,21 +1239,7 @@ async fn a_gateway_in_eds_mode_tags_sockets_with_the_signed_in_user() {
     );
     assert!(mar.mar(&["services:link", "auth", "rt"]).ok());
 
-    call(
-        &mar,
-        &b,
-        "POST",
-        "/v1/users",
-        None,
-        json!({"username": "ann", "password": "pw"}),
-    )
-    .await;
-    let (_, session) = login(&mar, &b, "ann", "pw").await;
-    let ann = session["enginio_data"]["user"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let token = session["access_token"].as_str().unwrap().to_owned();
+    let (ann, token) = sign_up(&mar, &b, "ann").await;
     let (_, group) = call(
         &mar,
         &b,
@@ -1622,17 +1610,7 @@ async fn files_round_trip_both_ways_and_search_finds_indexed_text() {
         )
         .await;
     }
-    call(
-        &mar,
-        &b,
-        "POST",
-        "/v1/users",
-        None,
-        json!({"username": "owner", "password": "pw"}),
-    )
-    .await;
-    let (_, session) = login(&mar, &b, "owner", "pw").await;
-    let token = session["access_token"].as_str().unwrap().to_owned();
+    let (_, token) = sign_up(&mar, &b, "owner").await;
     call(
         &mar,
         &b,

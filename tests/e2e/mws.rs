@@ -21,11 +21,7 @@ struct Gateway {
 }
 
 fn create(mar: &MarServer, name: &str) -> Gateway {
-    let out = mar.mar(&["services:create", "mws", name, "--json"]);
-    assert!(out.ok(), "{}", out.all());
-    let v: Value = serde_json::from_str(&out.stdout).unwrap();
-    assert_eq!(v["kind"], "mws");
-    assert_eq!(v["id"].as_str().unwrap().len(), 24);
+    let v = mar.create_service("mws", name);
     assert_eq!(
         v["address"],
         format!("http://localhost:{}", mar.addr.port())

@@ -183,6 +183,16 @@ impl MarServer {
         self.mar_in(args, self.tmp.path())
     }
 
+    /// Creates a service instance with the CLI; its `--json` view.
+    pub fn create_service(&self, kind: &str, name: &str) -> serde_json::Value {
+        let out = self.mar(&["services:create", kind, name, "--json"]);
+        assert!(out.ok(), "{}", out.all());
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(v["kind"], kind);
+        assert_eq!(v["id"].as_str().unwrap().len(), 24);
+        v
+    }
+
     /// Runs the `mar` CLI with `input` on its standard input.
     pub fn mar_with_input(&self, args: &[&str], input: &str) -> CmdOutput {
         use std::io::Write;

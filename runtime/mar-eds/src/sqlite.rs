@@ -326,6 +326,20 @@ fn forget_search(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::Result<(
     Ok(())
 }
 
+/// A new object's row; its sequence number.
+fn insert_row(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<i64> {
+    tx.execute(
+        "INSERT INTO objects (id, type, doc, acl) VALUES (?1, ?2, ?3, ?4)",
+        params![
+            r.id,
+            r.kind,
+            Value::Object(r.doc.clone()).to_string(),
+            r.acl.to_json().to_string()
+        ],
+    )?;
+    Ok(tx.last_insert_rowid())
+}
+
 /// The change row of a write, in the write's transaction (the outbox: a change is logged
 /// exactly when it is committed).
 fn log_change(
@@ -383,17 +397,7 @@ impl Storage for SqliteStorage {
         let indexed = self.indexed(&r.kind);
         let mut w = self.write();
         let tx = w.transaction().map_err(storage_err)?;
-        tx.execute(
-            "INSERT INTO objects (id, type, doc, acl) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                r.id,
-                r.kind,
-                Value::Object(r.doc.clone()).to_string(),
-                r.acl.to_json().to_string()
-            ],
-        )
-        .map_err(storage_err)?;
-        let seq = tx.last_insert_rowid();
+        let seq = insert_row(&tx, r).map_err(storage_err)?;
         write_side_rows(&tx, seq, r, &indexed).map_err(storage_err)?;
         if let Some((username, hash)) = credentials {
             tx.execute(
@@ -701,17 +705,7 @@ impl Storage for SqliteStorage {
     ) -> Result<(), EdsError> {
         let mut w = self.write();
         let tx = w.transaction().map_err(storage_err)?;
-        tx.execute(
-            "INSERT INTO objects (id, type, doc, acl) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                r.id,
-                r.kind,
-                Value::Object(r.doc.clone()).to_string(),
-                r.acl.to_json().to_string()
-            ],
-        )
-        .map_err(storage_err)?;
-        let seq = tx.last_insert_rowid();
+        let seq = insert_row(&tx, r).map_err(storage_err)?;
         write_side_rows(&tx, seq, r, &[]).map_err(storage_err)?;
         tx.execute(
             "INSERT INTO files (id, owner, property) VALUES (?1, ?2, ?3)",

@@ -1,5 +1,5 @@
-// The JS SDK against a real `mar serve` (the binary cargo built: MAR_BIN or
-// target/debug/mar), with Node's own test runner:
+// The JS SDK against a real `mar serve` (the binary cargo built: MAR_BIN, or debug/mar in
+// CARGO_TARGET_DIR or target/), with Node's own test runner:
 //   node --experimental-websocket --test sdk/js/test/
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -10,7 +10,8 @@ import { fileURLToPath } from "node:url";
 import { Mws, Eds, MarError } from "../mar.js";
 
 const repo = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
-const bin = process.env.MAR_BIN || join(repo, "target", "debug", "mar");
+const target = process.env.CARGO_TARGET_DIR || join(repo, "target");
+const bin = process.env.MAR_BIN || join(target, "debug", "mar");
 let server, home, address, admin;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -27,7 +28,7 @@ const platform = async (method, path, body) => {
 
 before(async () => {
   assert.ok(existsSync(bin), `no mar binary at ${bin}: cargo build first`);
-  const scratch = join(repo, "target", "tmp");
+  const scratch = join(target, "tmp");
   mkdirSync(scratch, { recursive: true });
   home = mkdtempSync(join(scratch, "sdk-js-"));
   // As root, mar serve runs apps as users of their own, who must reach the data directory.
