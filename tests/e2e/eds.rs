@@ -36,12 +36,7 @@ async fn call(
     if let Some(a) = &auth {
         headers.push(("authorization", a.as_str()));
     }
-    let body = if body.is_null() {
-        Bytes::new()
-    } else {
-        Bytes::from(body.to_string())
-    };
-    let r = http(mar.addr, method, "localhost", path, &headers, body).await;
+    let r = mar_tests::json_call(mar.addr, method, path, &headers, body).await;
     let v = serde_json::from_str(&r.body).unwrap_or(Value::Null);
     if r.status < 500 {
         assert!(

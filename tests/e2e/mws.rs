@@ -45,14 +45,11 @@ async fn rest(
         .as_deref()
         .map(|a| vec![("authorization", a)])
         .unwrap_or_default();
-    let body = if body.is_null() {
-        Bytes::new()
-    } else {
-        Bytes::from(body.to_string())
-    };
-    let r = http(mar.addr, method, "localhost", path, &headers, body).await;
-    let v = serde_json::from_str(&r.body).unwrap_or(Value::Null);
-    (r.status, v)
+    let r = mar_tests::json_call(mar.addr, method, path, &headers, body).await;
+    (
+        r.status,
+        serde_json::from_str(&r.body).unwrap_or(Value::Null),
+    )
 }
 
 /// Opens a URI the gateway handed out, through the router.

@@ -871,6 +871,24 @@ pub async fn websocket(
     ws
 }
 
+/// A JSON call to the platform host through the router, as the old service clients make it
+/// (no Content-Type; a null `body` sends none): the status, and the answer as JSON (null when
+/// it is not).
+pub async fn json_call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: serde_json::Value,
+) -> Resp {
+    let body = if body.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(body.to_string())
+    };
+    http(addr, method, "localhost", path, headers, body).await
+}
+
 /// A client WebSocket.
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;

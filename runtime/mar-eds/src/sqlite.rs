@@ -221,6 +221,24 @@ impl SqliteStorage {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The records a compiled SELECT of `id, type, doc, acl` finds (`err` says whose fault a
+    /// failure is).
+    fn records(
+        &self,
+        text: &str,
+        params: &[Sql],
+        err: fn(rusqlite::Error) -> EdsError,
+    ) -> Result<Vec<Record>, EdsError> {
+        let conn = self.read();
+        let mut stmt = conn.prepare(text).map_err(storage_err)?;
+        let rows = stmt
+            .query_map(params_from_iter(params.iter()), row_record)
+            .map_err(err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        rows.into_iter().map(to_record).collect()
+    }
+
     fn indexed(&self, kind: &str) -> Vec<String> {
         self.types
             .read()
@@ -560,14 +578,7 @@ impl Storage for SqliteStorage {
         let text = format!(
             "SELECT o.id, o.type, o.doc, o.acl FROM objects o WHERE {filter} ORDER BY {order} LIMIT ?{limit} OFFSET ?{offset}"
         );
-        let conn = self.read();
-        let mut stmt = conn.prepare(&text).map_err(storage_err)?;
-        let rows = stmt
-            .query_map(params_from_iter(sql.params.iter()), row_record)
-            .map_err(storage_err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(storage_err)?;
-        rows.into_iter().map(to_record).collect()
+        self.records(&text, &sql.params, storage_err)
     }
 
     fn count(&self, kind: &str, filter: &Filter, scope: Scope<'_>) -> Result<u64, EdsError> {
@@ -769,14 +780,7 @@ impl Storage for SqliteStorage {
         let text = format!(
             "SELECT o.id, o.type, o.doc, o.acl FROM objects o WHERE {w} ORDER BY o.seq LIMIT ?{limit} OFFSET ?{offset}"
         );
-        let conn = self.read();
-        let mut stmt = conn.prepare(&text).map_err(storage_err)?;
-        let rows = stmt
-            .query_map(params_from_iter(sql.params.iter()), row_record)
-            .map_err(search_err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(search_err)?;
-        rows.into_iter().map(to_record).collect()
+        self.records(&text, &sql.params, search_err)
     }
 
     fn search_count(&self, s: &Search, scope: Scope<'_>) -> Result<u64, EdsError> {
