@@ -1,5 +1,6 @@
 //! The talk's first demo: Qt's WebSocket echo server deployed with `git push` and reached
-//! through the router with a real WebSocket client.
+//! through the router with real WebSocket clients: tungstenite, the example's own Qt client
+//! (built with qmake here) across the 60 s idle rule, and its page in headless Chromium.
 
 use futures_util::{SinkExt, StreamExt};
 use mar_tests::{MarServer, repo_root};
@@ -42,4 +43,111 @@ async fn qt_echo_server_deploys_and_echoes_through_the_router() {
         &[0u8, 1, 2, 255]
     );
     ws.close(None).await.unwrap();
+}
+
+/// The echo demo's own clients: the Qt client, built with qmake, echoes, stays idle for 90 s
+/// (the server's pings every 50 s keep the connection under the router's 60 s idle rule) and
+/// echoes again; the browser page echoes in Chromium.
+#[tokio::test]
+async fn the_echo_demos_qt_client_outlives_the_idle_rule_and_its_page_echoes() {
+    let mar = MarServer::start();
+    mar.create_app("echo");
+    let repo = mar.repo_from(&repo_root().join("examples/echo-qt"));
+    let push = repo.push(&mar.git_url("echo"), "main");
+    assert!(push.ok(), "push failed:\n{}", push.all());
+    let url = format!("ws://echo.localhost:{}/", mar.addr.port());
+
+    // The Qt client, built from the example's sources as a user would.
+    let build = mar_tests::scratch_dir();
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(repo_root().join("examples/echo-qt/client/."))
+        .arg(build.path())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let qmake = ["qmake", "/usr/lib/qt5/bin/qmake"]
+        .into_iter()
+        .find(|q| {
+            std::process::Command::new(q)
+                .arg("-query")
+                .arg("QT_VERSION")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("no qmake: run `bash scripts/test.sh`, which installs Qt");
+    for (cmd, args) in [(qmake, vec!["echoclient.pro"]), ("make", vec!["-j2"])] {
+        let out = std::process::Command::new(cmd)
+            .args(&args)
+            .current_dir(build.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // `echo.localhost` is not in this machine's resolver; the client gets a hosts file of its
+    // own in a mount namespace of its own.
+    let hosts = build.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost echo.localhost\n").unwrap();
+    let client = build.path().join("echoclient");
+    let qt = {
+        let (hosts, client, url) = (hosts.clone(), client.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("unshare")
+                .args(["--mount", "--", "sh", "-c"])
+                .arg(r#"mount --bind "$1" /etc/hosts && exec "$2" "$3" 90"#)
+                .args([
+                    "sh",
+                    hosts.to_str().unwrap(),
+                    client.to_str().unwrap(),
+                    &url,
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+
+    // Meanwhile, the page in Chromium.
+    let dir = repo_root().join("tests/fixtures/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "no playwright-core: run `bash scripts/test.sh`"
+    );
+    let page = repo_root().join("examples/echo-qt/page/index.html");
+    let shots = repo_root().join("target/test-artifacts");
+    let browser = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("node")
+                .arg("echo.js")
+                .arg(&page)
+                .arg(&url)
+                .arg(&shots)
+                .current_dir(&dir)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = browser.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("echoed in the browser"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = qt.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for line in [
+        "connected",
+        "echo: hello from Qt",
+        "echo: still here after 90 s",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}\n{stderr}");
+    }
 }
