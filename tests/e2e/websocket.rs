@@ -58,55 +58,18 @@ async fn the_echo_demos_qt_client_outlives_the_idle_rule_and_its_page_echoes() {
     let url = format!("ws://echo.localhost:{}/", mar.addr.port());
 
     // The Qt client, built from the example's sources as a user would.
-    let build = mar_tests::scratch_dir();
-    let status = std::process::Command::new("cp")
-        .arg("-r")
-        .arg(repo_root().join("examples/echo-qt/client/."))
-        .arg(build.path())
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let qmake = ["qmake", "/usr/lib/qt5/bin/qmake"]
-        .into_iter()
-        .find(|q| {
-            std::process::Command::new(q)
-                .arg("-query")
-                .arg("QT_VERSION")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-        .expect("no qmake: run `bash scripts/test.sh`, which installs Qt");
-    for (cmd, args) in [(qmake, vec!["echoclient.pro"]), ("make", vec!["-j2"])] {
-        let out = std::process::Command::new(cmd)
-            .args(&args)
-            .current_dir(build.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    // `echo.localhost` is not in this machine's resolver; the client gets a hosts file of its
-    // own in a mount namespace of its own.
-    let hosts = build.path().join("hosts");
-    std::fs::write(&hosts, "127.0.0.1 localhost echo.localhost\n").unwrap();
-    let client = build.path().join("echoclient");
+    let build = crate::demos::qmake_build("examples/echo-qt/client");
     let qt = {
-        let (hosts, client, url) = (hosts.clone(), client.clone(), url.clone());
+        let (dir, url) = (build.path().to_owned(), url.clone());
         tokio::task::spawn_blocking(move || {
-            std::process::Command::new("unshare")
-                .args(["--mount", "--", "sh", "-c"])
-                .arg(r#"mount --bind "$1" /etc/hosts && exec "$2" "$3" 90"#)
-                .args([
-                    "sh",
-                    hosts.to_str().unwrap(),
-                    client.to_str().unwrap(),
-                    &url,
-                ])
-                .output()
-                .unwrap()
+            crate::demos::with_host(
+                &dir,
+                "echo.localhost",
+                &dir.join("echoclient"),
+                &[&url, "90"],
+            )
+            .output()
+            .unwrap()
         })
     };
 
