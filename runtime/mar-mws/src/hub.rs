@@ -42,7 +42,7 @@ impl Default for HubOptions {
     fn default() -> Self {
         Self {
             reservation_ttl: Duration::from_secs(300),
-            queue: 256,
+            queue: 1024,
             retention: Duration::from_secs(120),
             retention_count: 1000,
             max_reservations: 10_000,

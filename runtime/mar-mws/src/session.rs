@@ -37,6 +37,9 @@ pub struct SessionOptions {
     /// Sockets one client address may hold open across all gateways; past it, a handshake
     /// is refused with 429 (the token stays unused).
     pub max_per_address: usize,
+    /// How long a batch of messages may take to reach the client's socket before the
+    /// client is cut as too slow (one that stopped reading).
+    pub send_timeout: Duration,
 }
 
 /// The default of [`SessionOptions::max_per_address`].
@@ -47,15 +50,23 @@ impl Default for SessionOptions {
         Self {
             ping_every: Duration::from_secs(45),
             max_per_address: MAX_PER_ADDRESS,
+            send_timeout: SEND_TIMEOUT,
         }
     }
 }
+
+/// Messages written to a socket in one go at most.
+const BATCH: usize = 64;
+
+/// The default of [`SessionOptions::send_timeout`].
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The WebSocket configuration of gateway connections (see the module's note on memory).
 pub fn config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(4 << 10)
-        .write_buffer_size(0)
+        // Frames collect up to this before a write: a batch is one syscall, not one per frame.
+        .write_buffer_size(16 << 10)
         .max_write_buffer_size(256 << 10)
         // Clients send nothing but control frames; anything larger is refused.
         .max_message_size(Some(64 << 10))
@@ -176,16 +187,38 @@ where
     let ended = loop {
         tokio::select! {
             d = connected.queue.recv() => match d {
-                Some(d) => match framing.frame(d) {
-                    Some(text) => {
-                        if ws.send(Message::Text(text)).await.is_err() {
-                            break Ended::ClientGone;
+                Some(d) => {
+                    // Everything waiting goes out in one write (a frame per syscall was most
+                    // of the gateway's CPU in a fan-out), within SEND_TIMEOUT: a client that
+                    // stops reading is cut rather than holding its session forever.
+                    let mut batch = vec![d];
+                    while batch.len() < BATCH {
+                        match connected.queue.try_recv() {
+                            Ok(d) => batch.push(d),
+                            Err(_) => break,
                         }
                     }
-                    // `data` comes from a JSON string, so this cannot happen; a frame that
-                    // is not text would break the protocol, so it is skipped.
-                    None => continue,
-                },
+                    let sent = tokio::time::timeout(options.send_timeout, async {
+                        for d in batch {
+                            // `data` comes from a JSON string, so it is text; a frame that is
+                            // not would break the protocol, so it would be skipped.
+                            if let Some(text) = framing.frame(d) {
+                                ws.feed(Message::Text(text)).await?;
+                            }
+                        }
+                        ws.flush().await
+                    })
+                    .await;
+                    match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break Ended::ClientGone,
+                        Err(_) => {
+                            hub.disconnect(&connected.id);
+                            close(&mut ws, CloseCode::Again, "too slow to keep up").await;
+                            break Ended::TooSlow;
+                        }
+                    }
+                }
                 None => {
                     let (ended, code, reason) = match connected.closed() {
                         Closed::TooSlow => (Ended::TooSlow, CloseCode::Again, "too slow to keep up"),
@@ -430,6 +463,30 @@ mod tests {
         }
         assert_eq!(close_code(&mut c).await, Some(CloseCode::Again));
         assert_eq!(server.await.unwrap(), Ended::TooSlow);
+        assert!(h.socket(&id).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_cut_within_the_send_timeout() {
+        let h = hub(4096);
+        let quick = SessionOptions {
+            send_timeout: Duration::from_millis(300),
+            ..SessionOptions::default()
+        };
+        // The client never reads: the kernel's buffers fill, then a write waits.
+        let (_silent, server, id) = pair(&h, &["t"], quick, CancellationToken::new(), true).await;
+        let big = Bytes::from(vec![b'x'; 16 << 10]);
+        for _ in 0..2000 {
+            h.publish(big.clone(), &to("t"), Instant::now());
+            if h.socket(&id).is_none() {
+                break;
+            }
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the session ended")
+            .unwrap();
+        assert_eq!(ended, Ended::TooSlow);
         assert!(h.socket(&id).is_none());
     }
 

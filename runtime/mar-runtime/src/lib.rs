@@ -534,6 +534,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         let session = mar_mws::SessionOptions {
             ping_every: cfg.mws_ping_interval,
             max_per_address: cfg.mws_sockets_per_address,
+            ..mar_mws::SessionOptions::default()
         };
         mar_mws::Gateways::new(
             session,
