@@ -20,6 +20,7 @@ mod mws;
 mod platform;
 mod releases;
 mod router;
+mod sdk;
 mod tidy;
 mod uploads;
 mod wasm;

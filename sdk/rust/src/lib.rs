@@ -1,6 +1,7 @@
 //! `mar-sdk`: a typed client for the mini-MAR platform API, used by the `mar` CLI, the git
 //! hook and the tests.
 
+pub mod services;
 pub mod types;
 
 use std::collections::BTreeMap;
