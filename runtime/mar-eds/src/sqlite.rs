@@ -146,6 +146,7 @@ fn open(path: &FsPath) -> Result<Connection, EdsError> {
     conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, 64 << 20)
         .map_err(storage_err)?;
     add_regexp(&conn)?;
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
 
@@ -230,7 +231,8 @@ impl SqliteStorage {
         err: fn(rusqlite::Error) -> EdsError,
     ) -> Result<Vec<Record>, EdsError> {
         let conn = self.read();
-        let mut stmt = conn.prepare(text).map_err(storage_err)?;
+        // The same query shapes come again and again: their compiled statements are kept.
+        let mut stmt = conn.prepare_cached(text).map_err(storage_err)?;
         let rows = stmt
             .query_map(params_from_iter(params.iter()), row_record)
             .map_err(err)?
@@ -294,10 +296,8 @@ fn write_side_rows(
     tx.execute("DELETE FROM idx WHERE object = ?1", params![seq])?;
     forget_search(tx, seq)?;
     for k in r.acl.reader_keys() {
-        tx.execute(
-            "INSERT OR IGNORE INTO readers (subject, object) VALUES (?1, ?2)",
-            params![k, seq],
-        )?;
+        tx.prepare_cached("INSERT OR IGNORE INTO readers (subject, object) VALUES (?1, ?2)")?
+            .execute(params![k, seq])?;
     }
     for name in indexed {
         let values: Vec<&Value> = match r.doc.get(name) {
@@ -308,10 +308,10 @@ fn write_side_rows(
         let mut text = String::new();
         for v in values {
             if let Some(v) = index_value(v) {
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR IGNORE INTO idx (type, name, value, object) VALUES (?1, ?2, ?3, ?4)",
-                    params![r.kind, name, v, seq],
-                )?;
+                )?
+                .execute(params![r.kind, name, v, seq])?;
             }
             if let Value::String(s) = v {
                 text.push_str(s);
@@ -320,15 +320,11 @@ fn write_side_rows(
         }
         // Indexed text is searchable, per property.
         if !text.is_empty() {
-            tx.execute(
-                "INSERT INTO search_docs (object, type, prop) VALUES (?1, ?2, ?3)",
-                params![seq, r.kind, name],
-            )?;
+            tx.prepare_cached("INSERT INTO search_docs (object, type, prop) VALUES (?1, ?2, ?3)")?
+                .execute(params![seq, r.kind, name])?;
             let rowid = tx.last_insert_rowid();
-            tx.execute(
-                "INSERT INTO search (rowid, text) VALUES (?1, ?2)",
-                params![rowid, text],
-            )?;
+            tx.prepare_cached("INSERT INTO search (rowid, text) VALUES (?1, ?2)")?
+                .execute(params![rowid, text])?;
         }
     }
     Ok(())
@@ -346,15 +342,13 @@ fn forget_search(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::Result<(
 
 /// A new object's row; its sequence number.
 fn insert_row(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<i64> {
-    tx.execute(
-        "INSERT INTO objects (id, type, doc, acl) VALUES (?1, ?2, ?3, ?4)",
-        params![
+    tx.prepare_cached("INSERT INTO objects (id, type, doc, acl) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
             r.id,
             r.kind,
             Value::Object(r.doc.clone()).to_string(),
             r.acl.to_json().to_string()
-        ],
-    )?;
+        ])?;
     Ok(tx.last_insert_rowid())
 }
 
@@ -369,8 +363,7 @@ fn log_change(
     subjects.sort();
     subjects.dedup();
     let receivers: Vec<Value> = subjects.into_iter().map(Subject::to_json).collect();
-    tx.execute(
-        "INSERT INTO changes (event, type, object, receivers, request_id, user_id, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    tx.prepare_cached("INSERT INTO changes (event, type, object, receivers, request_id, user_id, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?.execute(
         params![
             change.event,
             r.kind,
@@ -435,14 +428,10 @@ impl Storage for SqliteStorage {
     }
 
     fn get(&self, id: &str) -> Result<Option<Record>, EdsError> {
-        let row = self
-            .read()
-            .query_row(
-                "SELECT id, type, doc, acl FROM objects WHERE id = ?1",
-                params![id],
-                row_record,
-            )
-            .optional()
+        let conn = self.read();
+        let row = conn
+            .prepare_cached("SELECT id, type, doc, acl FROM objects WHERE id = ?1")
+            .and_then(|mut stmt| stmt.query_row(params![id], row_record).optional())
             .map_err(storage_err)?;
         row.map(to_record).transpose()
     }
@@ -585,21 +574,21 @@ impl Storage for SqliteStorage {
         let mut sql = Compiled::default();
         let f = sql.filter(kind, filter, scope, &self.indexed(kind));
         let text = format!("SELECT count(*) FROM objects o WHERE {f}");
-        let n: i64 = self
-            .read()
-            .query_row(&text, params_from_iter(sql.params.iter()), |r| r.get(0))
+        let conn = self.read();
+        let n: i64 = conn
+            .prepare_cached(&text)
+            .and_then(|mut stmt| stmt.query_row(params_from_iter(sql.params.iter()), |r| r.get(0)))
             .map_err(storage_err)?;
         Ok(n.max(0) as u64)
     }
 
     fn credentials(&self, username: &str) -> Result<Option<(String, String)>, EdsError> {
-        self.read()
-            .query_row(
-                "SELECT user_id, hash FROM credentials WHERE username = ?1",
-                params![username],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
+        let conn = self.read();
+        conn.prepare_cached("SELECT user_id, hash FROM credentials WHERE username = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row(params![username], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
             .map_err(storage_err)
     }
 
@@ -620,13 +609,9 @@ impl Storage for SqliteStorage {
     }
 
     fn token_user(&self, hash: &str, now: i64) -> Result<Option<String>, EdsError> {
-        self.read()
-            .query_row(
-                "SELECT user_id FROM tokens WHERE hash = ?1 AND expires_at > ?2",
-                params![hash, now],
-                |r| r.get(0),
-            )
-            .optional()
+        let conn = self.read();
+        conn.prepare_cached("SELECT user_id FROM tokens WHERE hash = ?1 AND expires_at > ?2")
+            .and_then(|mut stmt| stmt.query_row(params![hash, now], |r| r.get(0)).optional())
             .map_err(storage_err)
     }
 
