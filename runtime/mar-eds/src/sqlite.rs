@@ -114,6 +114,8 @@ const READERS: usize = 2;
 /// A backend's SQLite file.
 pub struct SqliteStorage {
     writer: Mutex<Connection>,
+    /// Inserts waiting for the writer: whoever takes it commits them all (group commit).
+    pending: Mutex<Vec<Arc<PendingInsert>>>,
     readers: Vec<Mutex<Connection>>,
     next_reader: std::sync::atomic::AtomicUsize,
     types: RwLock<HashMap<String, Arc<TypeDef>>>,
@@ -187,6 +189,7 @@ impl SqliteStorage {
             .collect::<Result<Vec<_>, _>>()?;
         let s = SqliteStorage {
             writer: Mutex::new(writer),
+            pending: Mutex::new(Vec::new()),
             readers,
             next_reader: Default::default(),
             types: RwLock::new(HashMap::new()),
@@ -287,7 +290,7 @@ fn index_value(v: &Value) -> Option<Sql> {
 
 /// Writes a record's reader and index rows (after removing the old ones).
 fn write_side_rows(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &Connection,
     seq: i64,
     r: &Record,
     indexed: &[String],
@@ -331,7 +334,7 @@ fn write_side_rows(
 }
 
 /// Removes an object's rows from the full-text index (which no foreign key reaches).
-fn forget_search(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::Result<()> {
+fn forget_search(tx: &Connection, seq: i64) -> rusqlite::Result<()> {
     tx.execute(
         "DELETE FROM search WHERE rowid IN (SELECT rowid FROM search_docs WHERE object = ?1)",
         params![seq],
@@ -340,8 +343,52 @@ fn forget_search(tx: &rusqlite::Transaction<'_>, seq: i64) -> rusqlite::Result<(
     Ok(())
 }
 
+/// An insert waiting for the writer, and its outcome once a leader committed it.
+struct PendingInsert {
+    job: Mutex<Option<InsertJob>>,
+    done: Mutex<Option<Result<(), EdsError>>>,
+}
+
+/// What one insert writes.
+struct InsertJob {
+    record: Record,
+    indexed: Vec<String>,
+    credentials: Option<(String, String)>,
+    event: &'static str,
+    request_id: Option<String>,
+    user_id: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One insert inside the group's transaction.
+fn run_insert(tx: &Connection, job: InsertJob) -> Result<(), EdsError> {
+    let r = &job.record;
+    let seq = insert_row(tx, r).map_err(storage_err)?;
+    write_side_rows(tx, seq, r, &job.indexed).map_err(storage_err)?;
+    if let Some((username, hash)) = &job.credentials {
+        tx.prepare_cached("INSERT INTO credentials (user_id, username, hash) VALUES (?1, ?2, ?3)")
+            .and_then(|mut st| st.execute(params![r.id, username, hash]))
+            .map_err(|e| {
+                if unique_violation(&e) {
+                    taken()
+                } else {
+                    storage_err(e)
+                }
+            })?;
+    }
+    let change = Change {
+        event: job.event,
+        request_id: job.request_id.as_deref(),
+        user_id: job.user_id.as_deref(),
+    };
+    log_change(tx, r, change).map_err(storage_err)
+}
+
 /// A new object's row; its sequence number.
-fn insert_row(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<i64> {
+fn insert_row(tx: &Connection, r: &Record) -> rusqlite::Result<i64> {
     tx.prepare_cached("INSERT INTO objects (id, type, doc, acl) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![
             r.id,
@@ -354,11 +401,7 @@ fn insert_row(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<i6
 
 /// The change row of a write, in the write's transaction (the outbox: a change is logged
 /// exactly when it is committed).
-fn log_change(
-    tx: &rusqlite::Transaction<'_>,
-    r: &Record,
-    change: Change<'_>,
-) -> rusqlite::Result<()> {
+fn log_change(tx: &Connection, r: &Record, change: Change<'_>) -> rusqlite::Result<()> {
     let mut subjects: Vec<&Subject> = r.acl.read.iter().chain(&r.acl.admin).collect();
     subjects.sort();
     subjects.dedup();
@@ -405,26 +448,64 @@ impl Storage for SqliteStorage {
         credentials: Option<(&str, &str)>,
         change: Change<'_>,
     ) -> Result<(), EdsError> {
-        let indexed = self.indexed(&r.kind);
+        // Group commit: the insert waits in `pending`; whoever holds the writer next commits
+        // every waiting insert in one transaction, one fsync, each in a savepoint of its own
+        // (one that fails is rolled back alone).
+        let slot = Arc::new(PendingInsert {
+            job: Mutex::new(Some(InsertJob {
+                record: r.clone(),
+                indexed: self.indexed(&r.kind),
+                credentials: credentials.map(|(u, h)| (u.to_owned(), h.to_owned())),
+                event: change.event,
+                request_id: change.request_id.map(str::to_owned),
+                user_id: change.user_id.map(str::to_owned),
+            })),
+            done: Mutex::new(None),
+        });
+        lock(&self.pending).push(slot.clone());
         let mut w = self.write();
-        let tx = w.transaction().map_err(storage_err)?;
-        let seq = insert_row(&tx, r).map_err(storage_err)?;
-        write_side_rows(&tx, seq, r, &indexed).map_err(storage_err)?;
-        if let Some((username, hash)) = credentials {
-            tx.execute(
-                "INSERT INTO credentials (user_id, username, hash) VALUES (?1, ?2, ?3)",
-                params![r.id, username, hash],
-            )
-            .map_err(|e| {
-                if unique_violation(&e) {
-                    taken()
-                } else {
-                    storage_err(e)
-                }
-            })?;
+        if let Some(done) = lock(&slot.done).take() {
+            // A leader committed it while this thread waited for the writer.
+            return done;
         }
-        log_change(&tx, r, change).map_err(storage_err)?;
-        tx.commit().map_err(storage_err)
+        let batch = std::mem::take(&mut *lock(&self.pending));
+        let mut results = Vec::with_capacity(batch.len());
+        let committed = (|| -> rusqlite::Result<()> {
+            let mut tx = w.transaction()?;
+            for s in &batch {
+                let Some(job) = lock(&s.job).take() else {
+                    results.push(Err(EdsError::Storage("an insert ran twice".to_owned())));
+                    continue;
+                };
+                let sp = tx.savepoint()?;
+                match run_insert(&sp, job) {
+                    Ok(()) => {
+                        sp.commit()?;
+                        results.push(Ok(()));
+                    }
+                    // Dropping the savepoint rolls this insert back, and only it.
+                    Err(e) => results.push(Err(e)),
+                }
+            }
+            tx.commit()
+        })();
+        // Every insert of the batch gets its outcome, the failed transaction's included.
+        let mut mine = Err(EdsError::Storage("the insert was not run".to_owned()));
+        let mut results = results.into_iter();
+        for s in &batch {
+            let r = match &committed {
+                Ok(()) => results
+                    .next()
+                    .unwrap_or_else(|| Err(EdsError::Storage("the insert was not run".to_owned()))),
+                Err(e) => Err(EdsError::Storage(e.to_string())),
+            };
+            if Arc::ptr_eq(s, &slot) {
+                mine = r;
+            } else {
+                *lock(&s.done) = Some(r);
+            }
+        }
+        mine
     }
 
     fn get(&self, id: &str) -> Result<Option<Record>, EdsError> {
@@ -1510,6 +1591,53 @@ mod tests {
         assert_eq!(find("apricot", &[], None), ["a"]);
         s.delete("a", &mut |_| Ok(()), change()).unwrap();
         assert!(find("apricot", &[], None).is_empty());
+    }
+
+    #[test]
+    fn concurrent_inserts_commit_together_and_a_failing_one_fails_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStorage::open(&d.path().join("b.db")).unwrap());
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let mut failed = 0;
+                    for i in 0..40 {
+                        let id = crate::ids::new_id();
+                        let mut doc = Map::new();
+                        doc.insert("id".into(), json!(id));
+                        let r = Record {
+                            id,
+                            kind: "users".to_owned(),
+                            doc,
+                            acl: Acl::all(vec![Subject::Everyone]),
+                        };
+                        // Every thread signs up "same" once: one wins, seven fail alone.
+                        let name = if i == 0 {
+                            "same".to_owned()
+                        } else {
+                            format!("u{t}-{i}")
+                        };
+                        if s.insert(&r, Some((&name, "h")), change()).is_err() {
+                            failed += 1;
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        let failed: i32 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(failed, 7);
+        let all = parse_params(Some("count=")).unwrap();
+        assert_eq!(
+            s.count("users", &all.filter, Scope::default()).unwrap(),
+            8 * 40 - 7
+        );
+        assert_eq!(
+            s.changes_after(0, 1000).unwrap().len(),
+            8 * 40 - 7,
+            "a change per insert that stayed"
+        );
     }
 
     #[test]
