@@ -23,7 +23,8 @@ use crate::query::{Cond, Filter, Path, Query};
 use crate::storage::{Change, ChangeRow, Modify, Record, Scope, Search, Storage, Webhook};
 use crate::types::TypeDef;
 
-const SCHEMA: &str = "
+/// The tables of a backend's file (public for the benchmark's raw reference of the same shape).
+pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS objects (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
@@ -242,6 +243,18 @@ impl SqliteStorage {
             .collect::<Result<Vec<_>, _>>()
             .map_err(err)?;
         rows.into_iter().map(to_record).collect()
+    }
+
+    /// The first column of a one-parameter query, as strings.
+    fn strings(&self, sql: &str, param: &str) -> Result<Vec<String>, EdsError> {
+        let conn = self.read();
+        let mut stmt = conn.prepare_cached(sql).map_err(storage_err)?;
+        let rows = stmt
+            .query_map(params![param], |r| r.get(0))
+            .map_err(storage_err)?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(storage_err)?;
+        Ok(rows)
     }
 
     fn indexed(&self, kind: &str) -> Vec<String> {
@@ -705,16 +718,10 @@ impl Storage for SqliteStorage {
     }
 
     fn groups_of(&self, user: &str) -> Result<Vec<String>, EdsError> {
-        let conn = self.read();
-        let mut stmt = conn
-            .prepare_cached("SELECT group_id FROM members WHERE user_id = ?1 ORDER BY group_id")
-            .map_err(storage_err)?;
-        let rows = stmt
-            .query_map(params![user], |r| r.get(0))
-            .map_err(storage_err)?
-            .collect::<Result<Vec<String>, _>>()
-            .map_err(storage_err)?;
-        Ok(rows)
+        self.strings(
+            "SELECT group_id FROM members WHERE user_id = ?1 ORDER BY group_id",
+            user,
+        )
     }
 
     fn set_member(&self, group: &str, user: &str, member: bool) -> Result<bool, EdsError> {
@@ -805,16 +812,7 @@ impl Storage for SqliteStorage {
     }
 
     fn files_of(&self, owner: &str) -> Result<Vec<String>, EdsError> {
-        let conn = self.read();
-        let mut stmt = conn
-            .prepare_cached("SELECT id FROM files WHERE owner = ?1")
-            .map_err(storage_err)?;
-        let rows = stmt
-            .query_map(params![owner], |r| r.get(0))
-            .map_err(storage_err)?
-            .collect::<Result<Vec<String>, _>>()
-            .map_err(storage_err)?;
-        Ok(rows)
+        self.strings("SELECT id FROM files WHERE owner = ?1", owner)
     }
 
     fn file_states(&self) -> Result<Vec<(String, bool, String)>, EdsError> {

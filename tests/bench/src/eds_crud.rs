@@ -902,49 +902,8 @@ CREATE TABLE IF NOT EXISTS objects (
 CREATE INDEX IF NOT EXISTS objects_by_k ON objects(type, json_extract(doc, '$.k'));
 ";
 
-/// EDS's shape (as of runtime/mar-eds/src/sqlite.rs): the tables an insert touches.
-const EDS_SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS objects (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    type TEXT NOT NULL,
-    doc TEXT NOT NULL,
-    acl TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS objects_by_type ON objects(type, seq);
-CREATE TABLE IF NOT EXISTS readers (
-    subject TEXT NOT NULL,
-    object INTEGER NOT NULL REFERENCES objects(seq) ON DELETE CASCADE,
-    PRIMARY KEY (subject, object)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS readers_by_object ON readers(object);
-CREATE TABLE IF NOT EXISTS idx (
-    type TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value,
-    object INTEGER NOT NULL REFERENCES objects(seq) ON DELETE CASCADE,
-    PRIMARY KEY (type, name, value, object)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS idx_by_object ON idx(object);
-CREATE TABLE IF NOT EXISTS changes (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    event TEXT NOT NULL,
-    type TEXT NOT NULL,
-    object TEXT NOT NULL,
-    receivers TEXT NOT NULL,
-    request_id TEXT,
-    user_id TEXT,
-    at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS search_docs (
-    rowid INTEGER PRIMARY KEY,
-    object INTEGER NOT NULL REFERENCES objects(seq) ON DELETE CASCADE,
-    type TEXT NOT NULL,
-    prop TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS search_docs_by_object ON search_docs(object);
-CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(text, tokenize = 'unicode61 remove_diacritics 2');
-";
+/// EDS's shape: its own schema, so the reference follows the storage as it changes.
+const EDS_SCHEMA: &str = mar_eds::sqlite::SCHEMA;
 
 const RAW_TYPE: &str = "objects.items";
 
