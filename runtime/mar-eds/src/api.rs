@@ -344,13 +344,10 @@ fn caller(b: &Backend, c: &Credentials) -> Result<Caller, EdsError> {
         };
     }
     if let Some(auth) = &c.authorization {
-        let (scheme, token) = auth.trim().split_once(' ').unwrap_or((auth, ""));
-        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            return Err(EdsError::Unauthorized(
-                "Authorization must be Bearer TOKEN".to_owned(),
-            ));
-        }
-        return b.caller_for(token.trim());
+        let token = mar_http::credentials::bearer(auth).ok_or_else(|| {
+            EdsError::Unauthorized("Authorization must be Bearer TOKEN".to_owned())
+        })?;
+        return b.caller_for(token);
     }
     if let Some(session) = &c.session {
         return b.caller_for(session.trim());

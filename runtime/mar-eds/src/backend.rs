@@ -88,13 +88,8 @@ fn sha256_hex(s: &str) -> String {
     crate::ids::hex(&Sha256::digest(s.as_bytes()))
 }
 
-/// Compares secrets without an early exit that would tell an attacker how much matched.
 fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    mar_http::credentials::secrets_match(a.as_bytes(), b.as_bytes())
 }
 
 fn not_found(kind: &str, id: &str) -> EdsError {

@@ -24,17 +24,7 @@ pub fn new_id() -> String {
     hex(&bytes)
 }
 
-/// Random bytes as hex, for secrets and tokens.
-pub fn random_hex(n: usize) -> Result<String, getrandom::Error> {
-    let mut b = vec![0u8; n];
-    getrandom::fill(&mut b)?;
-    Ok(hex(&b))
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use mar_http::credentials::{hex, random_hex};
 
 /// Whether `s` looks like an id (24 hex digits, either case).
 pub fn valid(s: &str) -> bool {

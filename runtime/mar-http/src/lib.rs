@@ -15,6 +15,8 @@
 //! `hyper::upgrade::on(&mut request)`.
 #![deny(missing_docs)]
 
+pub mod credentials;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;

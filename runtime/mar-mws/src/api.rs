@@ -345,12 +345,19 @@ fn error(status: StatusCode, reason: &str, message: &str) -> Response<Body> {
     )
 }
 
-fn too_many() -> Response<Body> {
-    error(
-        StatusCode::TOO_MANY_REQUESTS,
-        "TooManyRequests",
-        "too many sockets are waiting for their clients on this gateway; try again in a few minutes",
-    )
+fn refused(why: crate::hub::Refused) -> Response<Body> {
+    match why {
+        crate::hub::Refused::TooMany => error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            "too many sockets are waiting for their clients on this gateway; try again in a few minutes",
+        ),
+        crate::hub::Refused::NoRandomSource => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "the server's random source failed: no socket token can be made",
+        ),
+    }
 }
 
 fn invalid(property: &str, message: &str) -> Response<Body> {
@@ -362,30 +369,7 @@ fn invalid(property: &str, message: &str) -> Response<Body> {
 
 fn rfc3339(t: SystemTime) -> String {
     // RFC 3339 UTC with milliseconds, as the Qt Cloud services wrote dates.
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, day) = civil(days);
-    format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
-}
-
-/// Days since 1970-01-01 to a (year, month, day) date (Howard Hinnant's algorithm).
-fn civil(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// Tags as the NODE SDK sends them: strings kept, numbers and other values as their JSON.
@@ -508,12 +492,8 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
     let Some(gw) = gateways.get(id) else {
         return error(StatusCode::NOT_FOUND, "NotFound", "no such gateway");
     };
-    let authed = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.trim().as_bytes(), gw.secret.as_bytes()));
+    let authed = mar_http::credentials::bearer_of(req.headers())
+        .is_some_and(|t| mar_http::credentials::secrets_match(t.as_bytes(), gw.secret.as_bytes()));
     let has_auth = req.headers().contains_key(header::AUTHORIZATION);
     let deny = || error(StatusCode::UNAUTHORIZED, "AccessDenied", "Access denied");
     // Public resources in `none` mode; everything else needs the secret. A wrong secret is
@@ -528,7 +508,9 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
             let mut tags = Vec::new();
             if gw.access() == Access::Eds && !authed {
                 // An EDS user's token: its socket carries the user's and its groups' tags.
-                let token = bearer(&req).unwrap_or_default();
+                let token = mar_http::credentials::bearer_of(req.headers())
+                    .unwrap_or_default()
+                    .to_owned();
                 match eds_user(gateways, &gw, &token).await {
                     Ok(id) => tags = id.tags(),
                     Err(r) => return r,
@@ -536,8 +518,9 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
             } else if !(authed || public_ok) {
                 return deny();
             }
-            let Some(r) = gw.hub.reserve(tags, now) else {
-                return too_many();
+            let r = match gw.hub.reserve(tags, now) {
+                Ok(r) => r,
+                Err(why) => return refused(why),
             };
             json_response(
                 StatusCode::OK,
@@ -551,7 +534,9 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
         (Method::POST, ["messages"]) => {
             if gw.access() == Access::Eds && !authed && has_auth {
                 // A user's token is known but does not let it publish.
-                let token = bearer(&req).unwrap_or_default();
+                let token = mar_http::credentials::bearer_of(req.headers())
+                    .unwrap_or_default()
+                    .to_owned();
                 if eds_user(gateways, &gw, &token).await.is_ok() {
                     return error(
                         StatusCode::FORBIDDEN,
@@ -623,8 +608,9 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            let Some(r) = gw.hub.reserve(tags_of(body.get("tags")), now) else {
-                return too_many();
+            let r = match gw.hub.reserve(tags_of(body.get("tags")), now) {
+                Ok(r) => r,
+                Err(why) => return refused(why),
             };
             json_response(
                 StatusCode::CREATED,
@@ -765,20 +751,6 @@ fn configuration(gw: &Gateway) -> Value {
     v
 }
 
-/// The bearer token of a request, if any (the scheme in any case).
-fn bearer(req: &Request<Body>) -> Option<String> {
-    let v = req
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .trim();
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
-}
-
 /// The EDS user a token stands for, in a gateway's `eds` mode; else the answer to give.
 async fn eds_user(
     gateways: &Gateways,
@@ -817,11 +789,6 @@ fn socket_base(req: &Request<Body>, id: &str) -> String {
         "{}://{host}/v1/gateways/{id}/socket",
         if secure { "wss" } else { "ws" }
     )
-}
-
-/// Compares secrets without an early exit that would tell an attacker how much matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Answers a WebSocket handshake to `socket?token=T` and runs the session on the gateways'
@@ -1021,9 +988,9 @@ mod tests {
 
     #[test]
     fn secrets_compare_whole() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(mar_http::credentials::secrets_match(b"abc", b"abc"));
+        assert!(!mar_http::credentials::secrets_match(b"abc", b"abd"));
+        assert!(!mar_http::credentials::secrets_match(b"abc", b"ab"));
     }
 
     #[test]

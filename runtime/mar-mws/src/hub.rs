@@ -194,18 +194,17 @@ pub struct Hub {
 }
 
 /// 24 hex digits from the system's random source, as MongoDB-style ids look.
-fn random_id() -> String {
-    let mut b = [0u8; 12];
-    // The only failure is an unusable system random source, which nothing can work around;
-    // the time then still makes ids distinct.
-    if getrandom::fill(&mut b).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        b.copy_from_slice(&t.to_le_bytes()[..12]);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+fn random_id() -> Result<String, Refused> {
+    mar_http::credentials::random_hex(12).map_err(|_| Refused::NoRandomSource)
+}
+
+/// Why a socket could not be reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// As many reservations wait as a gateway holds.
+    TooMany,
+    /// The system's random source failed: no token that cannot be guessed, so none at all.
+    NoRandomSource,
 }
 
 impl Hub {
@@ -213,7 +212,13 @@ impl Hub {
     pub fn new(options: HubOptions) -> Self {
         Self {
             options,
-            epoch: random_id(),
+            // Not a secret, only new at each start: the time does when randomness fails.
+            epoch: random_id().unwrap_or_else(|_| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                format!("{:024x}", t.as_nanos())
+            }),
             state: Mutex::new(State {
                 reservations: HashMap::new(),
                 sockets: HashMap::new(),
@@ -237,10 +242,10 @@ impl Hub {
     /// Reserves a socket with `tags`; its token is good once, until the reservation expires.
     ///
     /// `None` when `max_reservations` wait already (expired ones are dropped first).
-    pub fn reserve(&self, tags: Vec<String>, now: Instant) -> Option<Reservation> {
+    pub fn reserve(&self, tags: Vec<String>, now: Instant) -> Result<Reservation, Refused> {
         let r = Reservation {
-            id: random_id(),
-            token: format!("{}{}", random_id(), random_id()),
+            id: random_id()?,
+            token: format!("{}{}", random_id()?, random_id()?),
             tags,
             expires_at: now + self.options.reservation_ttl,
         };
@@ -248,11 +253,11 @@ impl Hub {
         if st.reservations.len() >= self.options.max_reservations {
             st.reservations.retain(|_, r| r.expires_at > now);
             if st.reservations.len() >= self.options.max_reservations {
-                return None;
+                return Err(Refused::TooMany);
             }
         }
         st.reservations.insert(r.token.clone(), r.clone());
-        Some(r)
+        Ok(r)
     }
 
     /// Uses a token: the reservation becomes a connected socket with its queue.
@@ -623,11 +628,15 @@ mod tests {
     fn reservations_are_capped_until_they_expire() {
         let (h, t0) = (hub(), Instant::now());
         for _ in 0..100 {
-            assert!(h.reserve(vec![], t0).is_some());
+            assert!(h.reserve(vec![], t0).is_ok());
         }
-        assert!(h.reserve(vec![], t0).is_none(), "the 101st waits for room");
+        assert_eq!(
+            h.reserve(vec![], t0).unwrap_err(),
+            Refused::TooMany,
+            "the 101st waits for room"
+        );
         assert!(
-            h.reserve(vec![], t0 + Duration::from_secs(301)).is_some(),
+            h.reserve(vec![], t0 + Duration::from_secs(301)).is_ok(),
             "expired ones make room"
         );
     }

@@ -27,7 +27,7 @@ pub use api::{Access, Gateway, GatewayConfig, Gateways, MwsHandler};
 pub use forward::{Forward, Target};
 pub use hub::{
     Closed, ConnectError, Connected, Delivery, Hub, HubOptions, Published, Receivers, Recovery,
-    Reservation, SocketInfo,
+    Refused, Reservation, SocketInfo,
 };
 pub use identity::{Denied, Identity, Verifier};
 pub use session::{Ended, MAX_PER_ADDRESS, SessionOptions};

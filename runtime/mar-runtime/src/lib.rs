@@ -342,9 +342,8 @@ fn load_or_create_secret(path: &std::path::Path) -> std::io::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut buf = [0u8; 24];
-    getrandom::fill(&mut buf).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let token: String = buf.iter().map(|b| format!("{b:02x}")).collect();
+    let token =
+        mar_http::credentials::random_hex(24).map_err(|e| std::io::Error::other(e.to_string()))?;
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

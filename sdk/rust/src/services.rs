@@ -25,7 +25,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-use crate::SdkError;
+use crate::{SdkError, enc};
 
 type Http = HyperClient<HttpConnector, Full<Bytes>>;
 
@@ -35,17 +35,6 @@ fn http() -> Http {
 
 fn env(name: &str) -> Result<String, SdkError> {
     std::env::var(name).map_err(|_| SdkError::Url(format!("{name} is not set: attach the service")))
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// One call; the answer as JSON, or the service's error (either service's error shape).

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
 use bytes::Bytes;
+use http::StatusCode;
 use http::request::Parts;
-use http::{StatusCode, header};
 use serde_json::{Value, json};
 
 use super::{Admin, ApiError, ApiResult, Platform, command_of};
@@ -31,13 +31,7 @@ pub(crate) struct AccountTokens(Mutex<HashMap<String, (String, Instant)>>);
 
 impl AccountTokens {
     fn issue(&self, email: &str) -> ApiResult<String> {
-        let token = mar_eds::ids::random_hex(32).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                format!("no random source: {e}"),
-            )
-        })?;
+        let token = super::services::random_hex(32)?;
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         map.retain(|_, (_, until)| *until > now);
@@ -66,15 +60,8 @@ pub(super) struct AccountCaller(String);
 impl FromRequestParts<Arc<Platform>> for AccountCaller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, p: &Arc<Platform>) -> Result<Self, ApiError> {
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim().to_owned());
-        token
-            .and_then(|t| p.account_tokens.email(&t))
+        mar_http::credentials::bearer_of(&parts.headers)
+            .and_then(|t| p.account_tokens.email(t))
             .map(AccountCaller)
             .ok_or_else(|| {
                 ApiError::new(

@@ -11,7 +11,7 @@ use super::{ApiError, Platform};
 
 /// Compares in time independent of where the strings differ.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    mar_http::credentials::secrets_match(a, b)
 }
 
 /// Whether the request carries the admin token: `Bearer TOKEN`, or HTTP Basic with the token

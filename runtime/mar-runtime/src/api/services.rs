@@ -74,17 +74,15 @@ pub(crate) fn api_key_of(s: &Service) -> Option<String> {
         .and_then(|v| v["apiKey"].as_str().map(str::to_owned))
 }
 
-/// 16 random bytes as hex (ids take 12: 24 hex digits, as the old service's ids).
-fn random_hex(bytes: usize) -> Result<String, ApiError> {
-    let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b).map_err(|e| {
+/// Random bytes as hex (ids take 12: 24 hex digits, as the old service's ids).
+pub(super) fn random_hex(bytes: usize) -> Result<String, ApiError> {
+    mar_http::credentials::random_hex(bytes).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "InternalError",
             format!("no random source: {e}"),
         )
-    })?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    })
 }
 
 pub(super) async fn list_services(
