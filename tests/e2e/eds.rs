@@ -929,6 +929,26 @@ async fn an_attached_backend_gives_the_app_its_variables_and_destroying_it_delet
     );
     let file = mar.data_dir.join("eds").join(format!("{}.db", b.id));
     assert!(file.exists());
+    // The attached app itself cannot read the backend's file (or its files' directory): its
+    // data goes through the API, with its permissions.
+    for target in [
+        file.clone(),
+        mar.data_dir.join("eds").join(format!("{}.files", b.id)),
+    ] {
+        let r = mar
+            .get(
+                "store.localhost",
+                &format!("/read?path={}", target.display()),
+            )
+            .await;
+        assert_eq!(
+            r.status,
+            403,
+            "the app read {}: {}",
+            target.display(),
+            r.body
+        );
+    }
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
@@ -1535,6 +1555,15 @@ async fn files_round_trip_both_ways_and_search_finds_indexed_text() {
 
     // An upload cut off half way leaves nothing behind.
     let before = std::fs::read_dir(&files_dir).unwrap().count();
+    // The router logs each finished request: the cut upload's line says the server is done
+    // with it.
+    let posts = || {
+        std::fs::read_to_string(mar.data_dir.join("logs/mar.log"))
+            .unwrap_or_default()
+            .matches("method=POST path=\"/v1/files\" ")
+            .count()
+    };
+    let posted = posts();
     {
         use tokio::io::AsyncWriteExt;
         let (ct, body) = multipart(
@@ -1552,7 +1581,10 @@ async fn files_round_trip_both_ways_and_search_finds_indexed_text() {
         s.write_all(&body[..body.len() / 2]).await.unwrap();
         drop(s);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    mar_tests::eventually(std::time::Duration::from_secs(10), || async {
+        (posts() > posted).then_some(())
+    })
+    .await;
     assert_eq!(std::fs::read_dir(&files_dir).unwrap().count(), before);
     let (_, v) = call(
         &mar,
