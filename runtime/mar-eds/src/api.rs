@@ -172,8 +172,11 @@ impl Backends {
         let local = std_listener.local_addr()?;
         let _guard = self.executor.enter();
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
-        self.executor
-            .spawn(self.streams.clone().serve(listener, self.stop.clone()));
+        self.executor.spawn(self.streams.clone().serve(
+            listener,
+            self.stop.clone(),
+            crate::stream::MAX_CONNECTIONS,
+        ));
         Ok(local)
     }
 

@@ -35,6 +35,8 @@ pub const URL_TTL: Duration = Duration::from_secs(300);
 pub const PING_EVERY: Duration = Duration::from_secs(30);
 /// Subscriptions waiting or connected, per server.
 pub const MAX_STREAMS: usize = 10_000;
+/// Connections the stream's listener holds at once, subscribers and handshakes together.
+pub const MAX_CONNECTIONS: usize = MAX_STREAMS + 1024;
 /// Messages a slow subscriber may have waiting before it is dropped.
 const QUEUE: usize = 256;
 
@@ -163,15 +165,20 @@ impl Streams {
             .any(|s| s.sub.backend == backend && !s.tx.is_closed())
     }
 
-    /// Accepts stream connections on `listener` until `stop`.
+    /// Accepts stream connections on `listener` until `stop`, at most `max_connections` at once
+    /// ([`MAX_CONNECTIONS`] in the server).
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
         stop: tokio_util::sync::CancellationToken,
+        max_connections: usize,
     ) {
         if let Ok(a) = listener.local_addr() {
             *self.addr.lock().unwrap_or_else(|e| e.into_inner()) = Some(a);
         }
+        // This listener is not behind the router's admission: it bounds its own connections,
+        // handshakes that have not shown a token included (each waits at most 10 s).
+        let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
         loop {
             let (tcp, _) = tokio::select! {
                 r = listener.accept() => match r {
@@ -183,9 +190,14 @@ impl Streams {
                 },
                 _ = stop.cancelled() => return,
             };
+            // Past the bound, a connection is closed at once.
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                continue;
+            };
             let (this, stop) = (self.clone(), stop.clone());
             tokio::spawn(async move {
                 let _ = this.connection(tcp, stop).await;
+                drop(permit);
             });
         }
     }
@@ -313,6 +325,31 @@ mod tests {
             request_id: Some("r".to_owned()),
             user_id: None,
         }
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_bound_are_closed_at_once() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(Arc::new(Streams::default()).serve(listener, stop.clone(), 2));
+        // Two handshakes that never come hold both places.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf))
+            .await
+            .expect("the third connection was closed")
+            .unwrap_or(0);
+        assert_eq!(n, 0);
+        // The held ones are still waiting for their handshake.
+        let r = tokio::time::timeout(Duration::from_millis(300), held[0].read(&mut buf)).await;
+        assert!(r.is_err(), "a held connection was closed: {r:?}");
+        stop.cancel();
     }
 
     #[test]
