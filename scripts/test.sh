@@ -3,7 +3,8 @@
 # installs what the tests need (git, Python venv, Node.js/npm, Qt 5 with WebSockets, nftables
 # for keeping apps off each other's ports, clang-14 with wasi-libc and componentize-py for the
 # WebAssembly guests the wasm buildpack builds from source, the qtc Node SDK for the MWS and EDS
-# tests, Debian's Chromium and playwright-core for the examples' pages),
+# tests, Debian's Chromium and playwright-core for the examples' pages, jq, curl and iproute2 for
+# the docs, whose commands the tests run as written),
 # builds the workspace once (one profile: the tests run the `mar` binary it produces), checks formatting and
 # lints, then runs the suite.
 set -euo pipefail
@@ -13,7 +14,7 @@ need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 for pkg in git python3 python3-venv python3-pip build-essential procps qtbase5-dev qt5-qmake \
            libqt5websockets5-dev libqt5webchannel5-dev nftables \
-           clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 chromium; do
+           clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32 chromium jq curl iproute2; do
   have "$pkg" || need+=("$pkg")
 done
 # Node.js may come from another source than Debian; only install Debian's when none is there.

@@ -10,6 +10,7 @@ mod buildpacks;
 mod claims;
 mod demos;
 mod deploy;
+mod docs;
 mod eds;
 mod failures;
 mod formation;

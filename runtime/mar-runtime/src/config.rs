@@ -335,6 +335,42 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The configuration reference names every `mar.yaml` key: serde's refusal of an unknown
+    /// key lists them all, so a key added to [`FileConfig`] without a line in
+    /// `docs/configuration.md` fails here.
+    #[test]
+    fn the_configuration_reference_names_every_key() {
+        let err = serde_yaml::from_str::<FileConfig>("no_such_key: 1")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let keys: Vec<&str> = err
+            .split_once("expected one of")
+            .map(|(_, list)| list)
+            .unwrap_or_default()
+            .split(',')
+            .map(|k| {
+                k.trim()
+                    .trim_matches(|c: char| c == '`' || c.is_whitespace())
+            })
+            .map(|k| k.split_whitespace().next().unwrap_or(k).trim_matches('`'))
+            .filter(|k| !k.is_empty())
+            .collect();
+        assert!(keys.len() > 15, "could not read the keys from {err:?}");
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+        )
+        .unwrap_or_default();
+        let missing: Vec<&&str> = keys
+            .iter()
+            .filter(|k| !doc.contains(&format!("`{k}`")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "docs/configuration.md does not name {missing:?}"
+        );
+    }
+
     #[test]
     fn the_gateways_ping_under_the_idle_rule() {
         let d = tempfile::tempdir().unwrap();

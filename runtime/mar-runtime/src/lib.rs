@@ -272,7 +272,19 @@ fn lock_data_dir(paths: &Paths) -> Result<nix::fcntl::Flock<std::fs::File>, Runt
             source,
         })?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(lock),
+        Ok(lock) => {
+            // The holder's pid, so that a client run while this server starts (`mar serve &
+            // mar apps:create`) knows to wait for `serve.json` rather than give up.
+            use std::io::Write as _;
+            let mut f: &std::fs::File = &lock;
+            let recorded = f
+                .set_len(0)
+                .and_then(|()| f.write_all(std::process::id().to_string().as_bytes()));
+            if let Err(e) = recorded {
+                tracing::warn!("cannot record the pid in serve.lock: {e}");
+            }
+            Ok(lock)
+        }
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
             let info: serde_json::Value = std::fs::read_to_string(paths.serve_file())
                 .ok()

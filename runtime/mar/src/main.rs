@@ -2,6 +2,8 @@
 //! its REST API (through `mar-sdk`), in Heroku's and Dokku's command style.
 
 mod cli;
+#[cfg(test)]
+mod cli_reference;
 mod commands;
 mod hook;
 

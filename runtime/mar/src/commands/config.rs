@@ -91,7 +91,17 @@ async fn change(
     keys: &[String],
     changes: &BTreeMap<String, Option<String>>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    eprint!("{verb} {} and restarting {app}... ", keys.join(", "));
+    apply(ctx, app, &format!("{verb} {}", keys.join(", ")), changes).await
+}
+
+/// Sends a config change as `doing` (`Resizing`, `Setting K`), then says which release it made.
+pub(crate) async fn apply(
+    ctx: &Context,
+    app: &AppName,
+    doing: &str,
+    changes: &BTreeMap<String, Option<String>>,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    eprint!("{doing} and restarting {app}... ");
     let config = ctx.client.update_config(app.as_str(), changes).await?;
     let release = ctx
         .client

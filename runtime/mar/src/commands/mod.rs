@@ -92,18 +92,51 @@ pub(crate) fn api_token(data_dir: &Path) -> anyhow::Result<String> {
 pub(crate) fn client(data_dir: &Path) -> anyhow::Result<Client> {
     let url = match std::env::var("MAR_API_URL") {
         Ok(u) if !u.is_empty() => u,
-        _ => {
-            let path = data_dir.join("serve.json");
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!("no running mar server found ({} is missing): start `mar serve`, or set MAR_API_URL and MAR_TOKEN", path.display())
-            })?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is corrupt", path.display()))?;
-            v["url"]
-                .as_str()
-                .context("serve.json has no url")?
-                .to_owned()
-        }
+        _ => local_server_url(data_dir)?,
     };
     Ok(Client::new(&url, &api_token(data_dir)?))
+}
+
+/// Longest wait for a local server that is starting to say where it listens.
+const STARTING_SERVER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Longest wait for any sign of a server (a `serve.json`, a holder of `serve.lock`) before
+/// saying there is none: a server started a moment ago may not have taken its lock yet.
+const NO_SERVER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The address the local server recorded in `serve.json`. A server that holds the data
+/// directory (its pid is in `serve.lock`) but has not written `serve.json` yet, or whose
+/// `serve.json` is a crashed predecessor's, is starting: wait for it, so that `mar serve &`
+/// followed by a command works in a script as it does at a keyboard.
+fn local_server_url(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("serve.json");
+    let started = std::time::Instant::now();
+    let mut deadline = started + NO_SERVER_GRACE;
+    loop {
+        let recorded = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        let holder = std::fs::read_to_string(data_dir.join("serve.lock"))
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .filter(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        let written_by_holder = match (&recorded, holder) {
+            (Some(v), Some(pid)) => v["pid"].as_u64() == Some(u64::from(pid)),
+            // No live holder: whatever is recorded is all there is to go on.
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if holder.is_some() {
+            deadline = started + STARTING_SERVER_WAIT;
+        }
+        if written_by_holder || std::time::Instant::now() >= deadline {
+            let v = recorded.with_context(|| {
+                format!("no running mar server found ({} is missing or unreadable): start `mar serve`, or set MAR_API_URL and MAR_TOKEN", path.display())
+            })?;
+            return Ok(v["url"]
+                .as_str()
+                .context("serve.json has no url")?
+                .to_owned());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

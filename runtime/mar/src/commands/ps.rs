@@ -198,9 +198,7 @@ async fn resize(
         print_config(&app, &shown);
         return Ok(ExitCode::SUCCESS);
     }
-    eprint!("Resizing {app} and restarting... ");
-    let config = ctx.client.update_config(app.as_str(), &changes).await?;
-    eprintln!("done");
+    let config = super::config::apply(ctx, &app, "Resizing", &changes).await?;
     if ctx.json {
         return print_json(&config);
     }
