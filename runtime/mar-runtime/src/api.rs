@@ -383,6 +383,41 @@ impl PlatformHandler {
     }
 }
 
+/// The services' APIs: the MWS gateways' API and WebSocket endpoint (bare domain, IP hosts,
+/// mws.DOMAIN) and the EDS backends' API (eds.DOMAIN too, by Enginio-Backend-Id), open to pages
+/// of any origin (see `cors`). Neither blocks the thread that calls it (their SQLite and
+/// argon2 work runs on their own executors, and what they keep in the platform's store is
+/// written from the platform's runtime), so the router calls this on its own thread rather
+/// than through the platform's runtime: a publish or a read saves a thread hop.
+pub(crate) struct ServicesHandler {
+    pub(crate) platform: Arc<Platform>,
+}
+
+impl ServicesHandler {
+    /// Whether a request to the platform's host is the services'.
+    pub(crate) fn serves(path: &str) -> bool {
+        cors::open_to_browsers(path)
+    }
+}
+
+impl Handler for ServicesHandler {
+    fn call(&self, req: http::Request<Body>) -> ResponseFuture {
+        if cors::is_preflight(req.method()) {
+            return Box::pin(async { cors::preflight() });
+        }
+        let path = req.uri().path();
+        if path == "/sdk/mar.js" {
+            return Box::pin(async { cors::sdk() });
+        }
+        let answer = if mar_mws::Gateways::serves(path) {
+            mar_mws::MwsHandler::new(self.platform.gateways.clone()).call(req)
+        } else {
+            mar_eds::EdsHandler::new(self.platform.backends.clone()).call(req)
+        };
+        Box::pin(async move { cors::allow(answer.await) })
+    }
+}
+
 impl Handler for PlatformHandler {
     fn call(&self, mut req: http::Request<Body>) -> ResponseFuture {
         let path = req.uri().path().to_owned();
@@ -395,22 +430,11 @@ impl Handler for PlatformHandler {
             };
             return Box::pin(async move { this.git(req, client).await });
         }
-        // The services' APIs are open to pages of any origin (see `cors`).
-        if cors::open_to_browsers(&path) {
-            if cors::is_preflight(req.method()) {
-                return Box::pin(async { cors::preflight() });
+        if ServicesHandler::serves(&path) {
+            return ServicesHandler {
+                platform: self.platform.clone(),
             }
-            if path == "/sdk/mar.js" {
-                return Box::pin(async { cors::sdk() });
-            }
-            // The MWS gateways' API and WebSocket endpoint (bare domain, IP hosts,
-            // mws.DOMAIN); the EDS backends' API (eds.DOMAIN too), by Enginio-Backend-Id.
-            let answer = if mar_mws::Gateways::serves(&path) {
-                mar_mws::MwsHandler::new(self.platform.gateways.clone()).call(req)
-            } else {
-                mar_eds::EdsHandler::new(self.platform.backends.clone()).call(req)
-            };
-            return Box::pin(async move { cors::allow(answer.await) });
+            .call(req);
         }
         // Old Qt Cloud clients end collection URLs with a slash (`/v1/apps/<id>/`).
         if path.len() > 1 && path.ends_with('/') {

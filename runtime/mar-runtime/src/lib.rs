@@ -171,6 +171,23 @@ struct OnRuntime {
     runtime: tokio::runtime::Handle,
 }
 
+/// The platform's host as the router calls it: the services' APIs on the router's own thread
+/// (see [`api::ServicesHandler`]), the rest (the API, git) on the platform's runtime.
+struct PlatformEntry {
+    services: api::ServicesHandler,
+    rest: OnRuntime,
+}
+
+impl Handler for PlatformEntry {
+    fn call(&self, req: http::Request<mar_router::Body>) -> mar_router::ResponseFuture {
+        if api::ServicesHandler::serves(req.uri().path()) {
+            self.services.call(req)
+        } else {
+            self.rest.call(req)
+        }
+    }
+}
+
 /// Aborts a task when its result is no longer wanted (the client went away).
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -531,12 +548,34 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     let eds_users = Arc::new(eds_users::EdsUsers::default());
     let gateways = {
         let store = store.clone();
-        let keep: mar_mws::api::ConfigChanged = Arc::new(move |id, config| {
-            if let Err(e) =
-                store.set_service_config(id, config.access.as_str(), &config.settings_json())
-            {
-                tracing::error!("cannot keep gateway {id}'s configuration: {e}");
+        // The API calls this on a router thread: the store's write happens on the platform's
+        // runtime, one change after another in the order they were made.
+        let (kept_tx, mut kept_rx) =
+            tokio::sync::mpsc::unbounded_channel::<(String, String, String)>();
+        tokio::spawn(async move {
+            while let Some((id, access, settings)) = kept_rx.recv().await {
+                let store = store.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    store
+                        .set_service_config(&id, &access, &settings)
+                        .map_err(|e| (id, e))
+                })
+                .await;
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err((id, e))) => {
+                        tracing::error!("cannot keep gateway {id}'s configuration: {e}");
+                    }
+                    Err(e) => tracing::error!("keeping a gateway's configuration failed: {e}"),
+                }
             }
+        });
+        let keep: mar_mws::api::ConfigChanged = Arc::new(move |id, config| {
+            let _ = kept_tx.send((
+                id.to_owned(),
+                config.access.as_str().to_owned(),
+                config.settings_json(),
+            ));
         });
         let resolve: mar_mws::forward::Resolve = {
             let links = links.clone();
@@ -628,6 +667,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         account_tokens: Default::default(),
         gateway_links: links,
     });
+    let services = api::ServicesHandler {
+        platform: platform.clone(),
+    };
     let handler = Arc::new(api::PlatformHandler {
         api: api::router(platform.clone()),
         platform,
@@ -678,9 +720,12 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         routes,
         platform: InProcessTarget::new(
             mar_core::PLATFORM_NAME,
-            Arc::new(OnRuntime {
-                inner: handler,
-                runtime: tokio::runtime::Handle::current(),
+            Arc::new(PlatformEntry {
+                services,
+                rest: OnRuntime {
+                    inner: handler,
+                    runtime: tokio::runtime::Handle::current(),
+                },
             }),
         )
         .patient(),
