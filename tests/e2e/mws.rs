@@ -857,3 +857,111 @@ async fn public_uri(mar: &MarServer, id: &str) -> String {
     .await;
     v["uri"].as_str().unwrap().to_owned()
 }
+
+/// The kernel's send buffer of the server's end of the connection from `client_port`, as `ss`
+/// reports it (`tb` in its socket memory), if the connection is there.
+fn server_send_buffer(server_port: u16, client_port: u16) -> Option<u64> {
+    let out = std::process::Command::new("ss")
+        .args(["-tnmH", "state", "established"])
+        .arg(format!(
+            "( sport = :{server_port} and dport = :{client_port} )"
+        ))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find(",tb")?;
+    text[at + 3..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
+/// A client that stops reading (the attack: make the server queue for it without end) gets
+/// a kernel send buffer capped at the gateway's bound rather than Linux's 4 MiB, is cut within
+/// the send timeout, and the socket reading beside it receives every message.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_bounded_and_cut_while_the_others_lose_nothing() {
+    let mar = MarServer::start();
+    let gw = create(&mar, "slow");
+    let mut reader = open(&mar, &public_uri(&mar, &gw.id).await).await;
+
+    // The sleeper's own receive buffer is small, so the server's side fills quickly.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(mar.addr).await.unwrap();
+    let sleeper_port = stream.local_addr().unwrap().port();
+    let uri = public_uri(&mar, &gw.id).await;
+    let path = &uri[uri.find("/v1/").unwrap()..];
+    let mut req = format!("ws://localhost:{}{path}", mar.addr.port())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("host", "localhost".parse().unwrap());
+    let (sleeper, resp) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    assert_eq!(resp.status(), 101);
+
+    // 16 KiB messages, 3 MiB in all: far more than the sleeper's buffers hold.
+    let data = "x".repeat(16 << 10);
+    let messages = 200;
+    let publish = async {
+        for i in 0..messages {
+            let (status, _) = rest(
+                &mar,
+                "POST",
+                &format!("/v1/gateways/{}/messages", gw.id),
+                Some(&gw.secret),
+                json!({"data": format!("{i:04}{data}"), "receivers": {"sockets": ["*"]}}),
+            )
+            .await;
+            assert_eq!(status, 201);
+        }
+    };
+    let read = async {
+        for i in 0..messages {
+            let text = next_text(&mut reader).await;
+            assert_eq!(
+                &text[..4],
+                format!("{i:04}"),
+                "the reader lost or reordered"
+            );
+        }
+    };
+    tokio::join!(publish, read);
+    // Queued for the sleeper and not taken: 64 KiB asked for, doubled by Linux for its
+    // bookkeeping, where Linux's autotuning would have grown it towards 4 MiB.
+    let buffer = server_send_buffer(mar.addr.port(), sleeper_port)
+        .expect("the sleeper's connection is still there before the send timeout");
+    assert!(buffer <= 2 * (64 << 10), "send buffer {buffer}");
+
+    // The sleeper is cut within the send timeout (10 s) and its socket goes.
+    mar_tests::eventually(Duration::from_secs(20), || async {
+        server_send_buffer(mar.addr.port(), sleeper_port)
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let (status, v) = rest(
+        &mar,
+        "GET",
+        &format!("/v1/gateways/{}/sockets", gw.id),
+        Some(&gw.secret),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["results"].as_array().map(Vec::len), Some(1), "{v}");
+    drop(sleeper);
+    // The reader still receives.
+    let (status, _) = rest(
+        &mar,
+        "POST",
+        &format!("/v1/gateways/{}/messages", gw.id),
+        Some(&gw.secret),
+        json!({"data": "after", "receivers": {"sockets": ["*"]}}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(next_text(&mut reader).await, "after");
+}

@@ -77,6 +77,34 @@ pub struct Connection {
     pub scheme: Scheme,
     /// The request's id, as sent on in `X-Request-Id` and written in the access log.
     pub request_id: String,
+    /// The client connection's socket, when the router knows it.
+    pub socket: Option<ClientSocket>,
+}
+
+/// The socket of a client connection, for the options a handler that takes the connection
+/// over sets on it (a push gateway bounding what the kernel queues for a client that stops
+/// reading). Only the descriptor's number: use it while the request's connection is open, that
+/// is while its handler holds the request or the connection it upgraded to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSocket(std::os::fd::RawFd);
+
+impl ClientSocket {
+    /// The socket with descriptor `fd` (the router's accepted connection).
+    pub fn new(fd: std::os::fd::RawFd) -> Self {
+        Self(fd)
+    }
+
+    /// Caps the kernel's send buffer at about `bytes` (`SO_SNDBUF`; Linux doubles the value
+    /// for its bookkeeping, and stops growing the buffer by itself once it is set).
+    pub fn cap_send_buffer(&self, bytes: usize) -> std::io::Result<()> {
+        // SAFETY: the descriptor is the accepted connection's, open as long as the request or
+        // its upgraded connection is held, which is when this is called (see the type's doc);
+        // the borrow does not outlive this call.
+        #[allow(unsafe_code)]
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) };
+        nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::SndBuf, &bytes)
+            .map_err(std::io::Error::from)
+    }
 }
 
 impl Connection {
@@ -165,6 +193,7 @@ mod tests {
             local: SocketAddr::from(([127, 0, 0, 1], 8080)),
             scheme: Scheme::Https,
             request_id: "abc".into(),
+            socket: None,
         };
         req.extensions_mut().insert(facts.clone());
         assert_eq!(Connection::of(&req), Some(&facts));

@@ -820,6 +820,7 @@ fn upgrade(gateways: &Arc<Gateways>, gw: &Arc<Gateway>, req: &mut Request<Body>)
     };
     // A flood of sockets from one address is refused before its token is used, so a client
     // that backs off can still connect with it.
+    let socket = mar_http::Connection::of(req).and_then(|c| c.socket);
     let slot = match mar_http::Connection::of(req) {
         Some(c) => match gateways.take_slot(c.client.ip()) {
             Some(slot) => Some(slot),
@@ -875,6 +876,12 @@ fn upgrade(gateways: &Arc<Gateways>, gw: &Arc<Gateway>, req: &mut Request<Body>)
                 }
                 return;
             };
+            // The connection is held (as `upgraded`) while its send buffer is capped.
+            if let Some(socket) = socket
+                && let Err(e) = socket.cap_send_buffer(session::SEND_BUFFER)
+            {
+                tracing::debug!("cannot cap a gateway socket's send buffer: {e}");
+            }
             let io = hyper_util::rt::TokioIo::new(upgraded);
             let mut ws =
                 WebSocketStream::from_raw_socket(io, Role::Server, Some(session::config())).await;

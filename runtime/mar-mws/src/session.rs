@@ -61,6 +61,13 @@ const BATCH: usize = 64;
 /// The default of [`SessionOptions::send_timeout`].
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What the kernel may queue for one client (`SO_SNDBUF`, doubled by Linux for its
+/// bookkeeping): left to itself, Linux grows a socket's send buffer to `tcp_wmem`'s maximum (4
+/// MiB by default) for a client that stopped reading, before a write ever stalls. 64 KiB holds
+/// hundreds of pushes on the way to a client that reads, and a stalled one is cut after
+/// [`SEND_TIMEOUT`] with at most this much held for it.
+pub const SEND_BUFFER: usize = 64 << 10;
+
 /// The WebSocket configuration of gateway connections (see the module's note on memory).
 pub fn config() -> WebSocketConfig {
     WebSocketConfig::default()

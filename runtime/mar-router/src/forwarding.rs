@@ -19,6 +19,9 @@ pub struct Inbound {
     pub local: SocketAddr,
     /// Whether the client connected over TLS.
     pub tls: bool,
+    /// The accepted socket's descriptor (for in-process handlers that take the connection
+    /// over: see [`mar_http::ClientSocket`]).
+    pub fd: Option<std::os::fd::RawFd>,
 }
 
 impl Inbound {
@@ -289,6 +292,7 @@ mod tests {
             client: "127.0.0.1:5000".parse().unwrap(),
             local: "127.0.0.1:8080".parse().unwrap(),
             tls: true,
+            fd: None,
         };
         add_forwarded(&mut h, &Forwarded::now(&inbound, "rid"));
         assert_eq!(h["x-forwarded-proto"], "https");

@@ -55,6 +55,7 @@ pub(crate) async fn serve(
         local: ctx.inbound.local,
         scheme: ctx.inbound.scheme(),
         request_id: ctx.rid.clone(),
+        socket: ctx.inbound.fd.map(mar_http::ClientSocket::new),
     });
     let idle = (!patient).then_some(shared.timeouts.response_idle);
     let limit = if patient {

@@ -121,6 +121,7 @@ pub async fn serve(
             client: peer,
             local,
             tls: tls.is_some(),
+            fd: Some(std::os::fd::AsRawFd::as_raw_fd(&stream)),
         };
         let general = General {
             proxy: proxy.clone(),

@@ -229,6 +229,7 @@ mod tests {
             local: SocketAddr::from(([127, 0, 0, 1], 8080)),
             scheme: mar_http::Scheme::Http,
             request_id: "rid-1".into(),
+            socket: None,
         }
     }
 

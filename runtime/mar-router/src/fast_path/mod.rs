@@ -1019,6 +1019,7 @@ mod tests {
             client: addr,
             local: addr,
             tls: false,
+            fd: None,
         };
         let shutdown = CancellationToken::new();
         let task = serve(
