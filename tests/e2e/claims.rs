@@ -269,7 +269,7 @@ async fn a_deploy_where_one_of_several_web_instances_fails_to_boot_changes_nothi
     assert!(!push.ok(), "{}", push.all());
     assert!(push.stderr.contains("web.2"), "{}", push.stderr);
     assert!(
-        push.stderr.contains("The previous release keeps serving"),
+        push.stderr.contains("the previous release keeps serving"),
         "{}",
         push.stderr
     );

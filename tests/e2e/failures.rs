@@ -134,9 +134,27 @@ async fn web_that_never_binds_or_crashes_fails_the_deploy() {
         &push,
         &[
             "Error R10 (Boot timeout) -> Web process failed to bind to $PORT within 2 seconds of launch",
-            "The previous release keeps serving",
+            "Push rejected; the previous release keeps serving",
         ],
     );
+    // R10 is said once, with the app's last lines, not once per layer.
+    assert_eq!(
+        push.stderr.matches("Error R10").count(),
+        1,
+        "{}",
+        push.stderr
+    );
+    // A first deploy that fails has no previous release to fall back on, and says so.
+    mar.create_app("fresh");
+    let push = never.push(&mar.git_url("fresh"), "main");
+    assert_rejected(
+        &push,
+        &[
+            "Error R10",
+            "Push rejected; nothing was deployed (the app has no release running yet)",
+        ],
+    );
+    assert!(!push.stderr.contains("previous release"), "{}", push.stderr);
     let crash = mar.repo_from(&fixture("crash-at-once"));
     let push = crash.push(&mar.git_url("boot"), "main");
     assert_rejected(

@@ -169,6 +169,46 @@ async fn api_and_git_need_the_token() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid API token"));
 }
 
+/// With no server at the address, the CLI says so in one plain sentence, not a chain of
+/// client errors; and a local data directory whose server is gone says to start it.
+#[test]
+fn a_server_that_is_not_running_is_named_plainly() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = std::process::Command::new(mar_bin())
+        .args(["apps"])
+        .env("MAR_API_URL", format!("http://127.0.0.1:{port}"))
+        .env("MAR_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "!    mar serve is not running at http://127.0.0.1:{port}; start it with `mar serve`"
+        )
+    );
+    let empty = mar_tests::scratch_dir();
+    let out = std::process::Command::new(mar_bin())
+        .args(["apps", "--data-dir"])
+        .arg(empty.path())
+        .env_remove("MAR_API_URL")
+        .env_remove("MAR_TOKEN")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("no running mar server found")
+            && stderr.contains("start `mar serve`"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn app_names_are_dns_labels() {
     let mar = MarServer::start();

@@ -224,3 +224,63 @@ async fn one_off_commands_run_in_the_app_environment() {
     assert_eq!(r.json()["stdout"], "hi\n");
     assert_eq!(r.json()["exitCode"], 0);
 }
+
+/// The variables the platform sets in every process are not config vars: `config:set PORT`
+/// is refused with the reason (through the CLI and the API alike), and a change that changes
+/// nothing (unsetting what is not set, setting a value again) makes no release and restarts
+/// nothing.
+#[tokio::test]
+async fn platform_variables_are_refused_and_changes_that_change_nothing_make_no_release() {
+    let mar = MarServer::start();
+    mar.create_app("owned");
+    let repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    assert!(repo.push(&mar.git_url("owned"), "main").ok()); // v1
+    for var in ["PORT=80", "DYNO=web.9", "STACK=other"] {
+        let out = mar.mar(&["config:set", var, "-a", "owned"]);
+        assert!(!out.ok(), "{}", out.all());
+        let name = var.split('=').next().unwrap();
+        assert!(
+            out.stderr
+                .contains(&format!("{name} is set by the platform")),
+            "{}",
+            out.stderr
+        );
+    }
+    let api = mar
+        .api("PATCH", "/v1/apps/owned/config", r#"{"PORT":"80"}"#)
+        .await;
+    assert_eq!(api.status, 400, "{}", api.body);
+
+    let pid = |mar: &MarServer| {
+        let out = mar.mar(&["ps", "--json", "-a", "owned"]);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        v[0]["pid"].clone()
+    };
+    let before = pid(&mar);
+    let out = mar.mar(&["config:unset", "NOT_SET", "-a", "owned"]);
+    assert!(out.ok(), "{}", out.all());
+    assert!(
+        out.stderr.contains("nothing to change, owned stays at v1"),
+        "{}",
+        out.stderr
+    );
+    assert!(mar.mar(&["config:set", "A=1", "-a", "owned"]).ok()); // v2
+    let again = mar.mar(&["config:set", "A=1", "-a", "owned"]);
+    assert!(again.stderr.contains("stays at v2"), "{}", again.stderr);
+    // The API too makes no release when nothing changes.
+    let api = mar
+        .api(
+            "PATCH",
+            "/v1/apps/owned/config",
+            r#"{"A":"1","NOT_SET":null}"#,
+        )
+        .await;
+    assert_eq!(api.status, 200, "{}", api.body);
+    let releases: serde_json::Value =
+        serde_json::from_str(&mar.mar(&["releases", "--json", "-a", "owned"]).stdout).unwrap();
+    assert_eq!(releases.as_array().unwrap().len(), 2, "{releases}");
+    assert_ne!(pid(&mar), before, "v2 restarted the app");
+    let after_v2 = pid(&mar);
+    let _ = mar.mar(&["config:unset", "NOT_SET", "-a", "owned"]);
+    assert_eq!(pid(&mar), after_v2, "a change of nothing restarts nothing");
+}

@@ -15,7 +15,7 @@
 //! told so and must resync.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,9 @@ pub struct HubOptions {
     pub reservation_ttl: Duration,
     /// Messages a socket's queue holds before the socket is cut as too slow.
     pub queue: usize,
+    /// Bytes of messages a socket's queue holds before the socket is cut as too slow: with
+    /// the message count alone, a client that stops reading would pin 1,024 large messages.
+    pub queue_bytes: usize,
     /// How long messages stay in the history.
     pub retention: Duration,
     /// How many messages the history keeps at most.
@@ -43,12 +46,18 @@ impl Default for HubOptions {
         Self {
             reservation_ttl: Duration::from_secs(300),
             queue: 1024,
+            queue_bytes: QUEUE_BYTES,
             retention: Duration::from_secs(120),
             retention_count: 1000,
             max_reservations: 10_000,
         }
     }
 }
+
+/// The default of [`HubOptions::queue_bytes`]: with a session's batch in flight (64 KiB), the
+/// WebSocket library's write buffer and the kernel's send buffer, what a client that stops
+/// reading holds stays under 1 MiB until it is cut.
+pub const QUEUE_BYTES: usize = 512 << 10;
 
 /// Who a message is for (`receivers` in `POST messages`); `None` fields select nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,9 +116,11 @@ pub struct Connected {
     pub id: String,
     /// Its tags.
     pub tags: Vec<String>,
-    /// The messages routed to it, in order; it closes when the hub lets the socket go.
+    /// The messages routed to it, in order; it closes when the hub lets the socket go. Say
+    /// what was taken from it with [`Connected::taken`].
     pub queue: mpsc::Receiver<Delivery>,
     closed: Arc<AtomicU8>,
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 /// Why the hub let a socket go (what its queue's end means).
@@ -124,6 +135,11 @@ pub enum Closed {
 }
 
 impl Connected {
+    /// Gives back the queue's room for `bytes` of messages taken from it.
+    pub fn taken(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
     /// Why its queue ended.
     pub fn closed(&self) -> Closed {
         match self.closed.load(Ordering::Acquire) {
@@ -171,6 +187,8 @@ struct Socket {
     connected_at: std::time::SystemTime,
     tx: mpsc::Sender<Delivery>,
     closed: Arc<AtomicU8>,
+    /// Bytes of messages in its queue (the session takes them off as it writes).
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 struct Kept {
@@ -294,6 +312,7 @@ impl Hub {
         }
         let (tx, rx) = mpsc::channel(self.options.queue.max(1));
         let closed = Arc::new(AtomicU8::new(0));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         for t in &r.tags {
             st.by_tag.entry(t.clone()).or_default().insert(r.id.clone());
         }
@@ -304,12 +323,14 @@ impl Hub {
                 connected_at: std::time::SystemTime::now(),
                 tx,
                 closed: closed.clone(),
+                queued_bytes: queued_bytes.clone(),
             },
         );
         Ok(Connected {
             id: r.id,
             tags: r.tags,
             queue: rx,
+            queued_bytes,
             closed,
         })
     }
@@ -360,6 +381,14 @@ impl Hub {
             let Some(s) = st.sockets.get(&id) else {
                 continue;
             };
+            let size = delivery.data.len();
+            if s.queued_bytes.load(Ordering::Acquire) + size > self.options.queue_bytes {
+                cut.push(id);
+                continue;
+            }
+            // Counted before it is queued, so the session never gives back more than was
+            // counted.
+            s.queued_bytes.fetch_add(size, Ordering::AcqRel);
             match s.tx.try_send(delivery.clone()) {
                 Ok(()) => delivered += 1,
                 // Full: too slow to keep up. Closed: its writer is gone. Either way it goes.
@@ -480,6 +509,7 @@ mod tests {
         Hub::new(HubOptions {
             reservation_ttl: Duration::from_secs(300),
             queue: 4,
+            queue_bytes: 1 << 20,
             retention: Duration::from_secs(120),
             retention_count: 5,
             max_reservations: 100,
@@ -597,6 +627,36 @@ mod tests {
         assert_eq!(got, (1..=10).collect::<Vec<_>>());
         assert!(h.socket(&slow.id).is_none());
         assert_eq!(h.sockets(Some("t")).len(), 1);
+    }
+
+    #[test]
+    fn a_socket_holding_too_many_bytes_is_cut_and_one_that_takes_them_is_not() {
+        let t0 = Instant::now();
+        let h = Hub::new(HubOptions {
+            queue_bytes: 100,
+            ..HubOptions::default()
+        });
+        let stuck = h
+            .connect(&h.reserve(tags(&["t"]), t0).unwrap().token, t0)
+            .unwrap();
+        let mut reading = h
+            .connect(&h.reserve(tags(&["t"]), t0).unwrap().token, t0)
+            .unwrap();
+        let to_t = Receivers {
+            sockets: None,
+            tags: Some(tags(&["t"])),
+        };
+        let forty = Bytes::from(vec![b'x'; 40]);
+        for i in 0..10 {
+            let p = h.publish(forty.clone(), &to_t, t0);
+            // 40 + 40 fit in 100 bytes; the third would not: far fewer than the 1,024 messages.
+            let want: &[&str] = if i == 2 { &[stuck.id.as_str()] } else { &[] };
+            assert_eq!(p.cut, want, "publish {i}");
+            let d = reading.queue.try_recv().unwrap();
+            reading.taken(d.data.len());
+        }
+        assert!(h.socket(&stuck.id).is_none());
+        assert!(h.socket(&reading.id).is_some());
     }
 
     #[test]

@@ -57,6 +57,9 @@ impl Default for SessionOptions {
 
 /// Messages written to a socket in one go at most.
 const BATCH: usize = 64;
+/// Bytes taken from a socket's queue for one write at most (past one message): what a batch
+/// in flight to a client that stopped reading holds.
+const BATCH_BYTES: usize = 64 << 10;
 
 /// The default of [`SessionOptions::send_timeout`].
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -200,13 +203,18 @@ where
                     // Everything waiting goes out in one write (a frame per syscall was most
                     // of the gateway's CPU in a fan-out), within SEND_TIMEOUT: a client that
                     // stops reading is cut rather than holding its session forever.
+                    let mut bytes = d.data.len();
                     let mut batch = vec![d];
-                    while batch.len() < BATCH {
+                    while batch.len() < BATCH && bytes < BATCH_BYTES {
                         match connected.queue.try_recv() {
-                            Ok(d) => batch.push(d),
+                            Ok(d) => {
+                                bytes += d.data.len();
+                                batch.push(d);
+                            }
                             Err(_) => break,
                         }
                     }
+                    connected.taken(bytes);
                     let sent = tokio::time::timeout(options.send_timeout, async {
                         for d in batch {
                             // `data` comes from a JSON string, so it is text; a frame that is

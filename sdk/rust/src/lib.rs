@@ -34,13 +34,15 @@ pub enum SdkError {
         /// The server's message.
         message: String,
     },
-    /// The server could not be reached.
-    #[error("cannot reach mar at {url}: {source}")]
+    /// The server could not be reached: one plain sentence, the nested client errors left in
+    /// `source` for whoever wants them.
+    #[error("{}", unreachable(url, cause))]
     Connect {
         /// The API URL.
         url: String,
-        /// The cause.
-        source: hyper_util::client::legacy::Error,
+        /// The cause (not the error's `source`, so that a report of the error is the one
+        /// sentence above rather than every layer of the HTTP client).
+        cause: hyper_util::client::legacy::Error,
     },
     /// The response body broke off.
     #[error("reading response: {0}")]
@@ -51,6 +53,24 @@ pub enum SdkError {
     /// The URL is not valid.
     #[error("invalid API URL {0:?}")]
     Url(String),
+}
+
+/// What a user is told when the server cannot be reached: that it is not running when nothing
+/// listens there, else the innermost cause alone.
+fn unreachable(url: &str, source: &hyper_util::client::legacy::Error) -> String {
+    let mut cause: &(dyn std::error::Error + 'static) = source;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    let refused = cause
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind)
+        == Some(std::io::ErrorKind::ConnectionRefused);
+    if refused {
+        format!("mar serve is not running at {url}; start it with `mar serve`")
+    } else {
+        format!("cannot reach mar serve at {url}: {cause}")
+    }
 }
 
 /// A platform API client. Cheap to clone.
@@ -165,9 +185,9 @@ impl Client {
             .http
             .request(req)
             .await
-            .map_err(|source| SdkError::Connect {
+            .map_err(|cause| SdkError::Connect {
                 url: self.base.clone(),
-                source,
+                cause,
             })?;
         if resp.status().is_client_error() || resp.status().is_server_error() {
             let status = resp.status();

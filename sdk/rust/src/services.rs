@@ -52,13 +52,10 @@ async fn call(
     let req = req
         .body(Full::new(body.unwrap_or_default()))
         .map_err(|_| SdkError::Url(url.to_owned()))?;
-    let resp = http
-        .request(req)
-        .await
-        .map_err(|source| SdkError::Connect {
-            url: url.to_owned(),
-            source,
-        })?;
+    let resp = http.request(req).await.map_err(|cause| SdkError::Connect {
+        url: url.to_owned(),
+        cause,
+    })?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
     let v: Value = if bytes.is_empty() {

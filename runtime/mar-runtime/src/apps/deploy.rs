@@ -40,7 +40,17 @@ impl Apps {
             for line in e.to_string().lines() {
                 out.line(format!(" !     {line}"));
             }
-            out.line(" !     Push rejected; the previous release keeps serving.");
+            let serving = self
+                .store
+                .current_release(app)
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.slug.is_some() || r.wasm.is_some());
+            out.line(if serving {
+                " !     Push rejected; the previous release keeps serving."
+            } else {
+                " !     Push rejected; nothing was deployed (the app has no release running yet)."
+            });
             self.logs
                 .append(app, "mar[build]", &format!("Build failed: {e}"));
         }
@@ -234,6 +244,13 @@ impl Apps {
                     "invalid config var name {k:?}: use letters, digits and '_', not starting with a digit"
                 )));
             }
+            if v.is_some()
+                && let Some(why) = set_by_the_platform(k)
+            {
+                return Err(DeployError::BadInput(format!(
+                    "{k} is set by the platform ({why}); it cannot be a config var"
+                )));
+            }
             if let Some(v) = v {
                 crate::settings::validate(k, v).map_err(DeployError::BadInput)?;
             }
@@ -244,8 +261,10 @@ impl Apps {
         for (k, v) in changes {
             match v {
                 Some(v) => {
-                    set.push(k.clone());
-                    config.insert(k, v);
+                    if config.get(&k) != Some(&v) {
+                        set.push(k.clone());
+                        config.insert(k, v);
+                    }
                 }
                 None => {
                     if config.remove(&k).is_some() {
@@ -265,6 +284,18 @@ impl Apps {
             (true, true) => "Config unchanged".to_owned(),
         });
         let current = self.store.current_release(app)?;
+        // Nothing changes (an unset of a variable that is not set, a value set again): no
+        // release, no restart.
+        if set.is_empty() && unset.is_empty() {
+            match current {
+                Some(r) => return Ok(r),
+                None => {
+                    return Err(DeployError::BadInput(
+                        "nothing to change: the config vars already are as asked".to_owned(),
+                    ));
+                }
+            }
+        }
         let new = match current {
             Some(r) => NewRelease {
                 description,
@@ -356,14 +387,9 @@ impl Apps {
         let workload = match WasmRelease::of(new.wasm.as_deref()).map_err(DeployError::Invalid)? {
             Some(wasm) => {
                 out.step("Loading the WebAssembly module");
-                let running = self
-                    .load_wasm(app, &new.config, &wasm)
-                    .await
-                    .map_err(|e| {
-                        DeployError::Boot(format!(
-                            "the WebAssembly module cannot be loaded: {e}; the previous release keeps serving"
-                        ))
-                    })?;
+                let running = self.load_wasm(app, &new.config, &wasm).await.map_err(|e| {
+                    DeployError::Boot(format!("the WebAssembly module cannot be loaded: {e}"))
+                })?;
                 Workload::Handler(running)
             }
             None => Workload::Processes(self.boot_slots(app, &new, version, out).await?),
@@ -418,13 +444,26 @@ impl Apps {
             out.step("Waiting for the web process to accept connections on $PORT");
         }
         if let Err(msg) = self.ready(app, &slots, &checks, out).await {
-            out.line(format!(" !     {msg}"));
-            for line in self.logs.recent(app, 8, 0).unwrap_or_default() {
-                out.line(format!(" !     {}", line.render()));
+            // The error says it all, once: what failed, then the log's last lines (the
+            // pusher sees it from `push`, an API client in the answer).
+            let mut text = msg;
+            // What the app's processes printed (the platform's own lines would only say again
+            // what `msg` says).
+            let recent = self
+                .logs
+                .recent_where(app, 8, 0, |l| l.source.starts_with("app["))
+                .unwrap_or_default();
+            if recent.is_empty() {
+                text.push_str("\nThe app printed nothing.");
+            } else {
+                text.push_str("\nThe app's last lines:");
+                for line in recent {
+                    text.push_str("\n  ");
+                    text.push_str(&line.render());
+                }
             }
-            out.line(" !     The previous release keeps serving.");
             futures_util::future::join_all(slots.iter().map(|s| s.instance.stop())).await;
-            return Err(DeployError::Boot(msg));
+            return Err(DeployError::Boot(text));
         }
         Ok(slots)
     }
@@ -491,6 +530,17 @@ fn build_id(commit: &str) -> String {
 
 /// Config var names must be usable as environment variable names and as file names in the
 /// buildpack ENV_DIR.
+/// Why `name` is the platform's to set in every process's environment, if it is.
+fn set_by_the_platform(name: &str) -> Option<&'static str> {
+    match name {
+        "PORT" => Some("each web instance gets a port of its own"),
+        "DYNO" | "PS" => Some("each process gets its name, such as web.1"),
+        "STACK" => Some("the stack the slug was built on"),
+        "HOME" => Some("each process's home is its slug"),
+        _ => None,
+    }
+}
+
 fn valid_var(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()

@@ -101,15 +101,29 @@ pub(crate) async fn apply(
     doing: &str,
     changes: &BTreeMap<String, Option<String>>,
 ) -> anyhow::Result<BTreeMap<String, String>> {
+    let latest = || async {
+        anyhow::Ok(
+            ctx.client
+                .releases(app.as_str())
+                .await?
+                .first()
+                .map(|r| r.version),
+        )
+    };
+    let before = latest().await?;
+    // Nothing to change (unsetting what is not set, setting a value again): said plainly,
+    // and the server makes no release of it either.
+    let current = ctx.client.config(app.as_str()).await?;
+    if changes.iter().all(|(k, v)| current.get(k) == v.as_ref()) {
+        eprintln!(
+            "{doing}: nothing to change, {app} stays at v{}",
+            before.unwrap_or(0)
+        );
+        return Ok(current);
+    }
     eprint!("{doing} and restarting {app}... ");
     let config = ctx.client.update_config(app.as_str(), changes).await?;
-    let release = ctx
-        .client
-        .releases(app.as_str())
-        .await?
-        .first()
-        .map(|r| r.version);
-    eprintln!("done, v{}", release.unwrap_or(0));
+    eprintln!("done, v{}", latest().await?.unwrap_or(0));
     Ok(config)
 }
 
