@@ -103,3 +103,88 @@ async fn app_without_web_type_warns_and_router_says_why() {
         r.body
     );
 }
+
+/// Python apps as Heroku users write them: the interpreter `.python-version` asks for (the
+/// newest installed that satisfies it, said in the build output), refused before anything is
+/// installed when none does; no Procfile, and a web process only when it is a safe guess
+/// (gunicorn and a module defining the app), else refused at once rather than after the boot
+/// timeout.
+#[tokio::test]
+async fn python_apps_get_their_interpreter_and_a_web_process_only_when_it_is_safe() {
+    let mar = MarServer::start();
+    mar.create_app("flask");
+    mar.offline_pip("flask");
+    let app = mar.repo_from(&repo_root().join("tests/fixtures/apps/flask-no-procfile"));
+    let push = app.push(&mar.git_url("flask"), "main");
+    assert!(push.ok(), "{}", push.all());
+    for expected in [
+        "-----> No Procfile: the web process will be `gunicorn --bind 0.0.0.0:$PORT app:app`",
+        "-----> Using Python 3.11.",
+        "(from .python-version: 3.11)",
+    ] {
+        assert!(
+            push.stderr.contains(expected),
+            "{expected}\n{}",
+            push.stderr
+        );
+    }
+    let r = mar.get("flask.localhost", "/").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "Flask without a Procfile on Python 3.11\n")
+    );
+
+    // A version this host does not have: refused with the request, where it came from and
+    // what is installed, before pip runs; the first release keeps serving.
+    app.write(".python-version", "3.99\n");
+    app.commit("ask for 3.99");
+    let push = app.push(&mar.git_url("flask"), "main");
+    assert!(!push.ok(), "{}", push.all());
+    for expected in [
+        "no Python interpreter for this app",
+        ".python-version asks for Python 3.99, and this host has no interpreter that satisfies it",
+        "Installed: 3.11.",
+        "Push rejected; the previous release keeps serving",
+    ] {
+        assert!(
+            push.stderr.contains(expected),
+            "{expected}\n{}",
+            push.stderr
+        );
+    }
+    assert!(
+        !push.stderr.contains("Installing requirements"),
+        "{}",
+        push.stderr
+    );
+    assert!(
+        !push.stderr.contains("exit status exit status"),
+        "{}",
+        push.stderr
+    );
+    assert_eq!(mar.get("flask.localhost", "/").await.status, 200);
+
+    // Nothing to guess from (no gunicorn): refused at once, saying to add a Procfile.
+    mar.create_app("guessless");
+    let bare = mar.repo_from(&repo_root().join("tests/fixtures/apps/flask-no-procfile"));
+    bare.write("requirements.txt", "flask==3.1.3\n");
+    bare.commit("no gunicorn");
+    let push = bare.push(&mar.git_url("guessless"), "main");
+    assert!(!push.ok(), "{}", push.all());
+    for expected in [
+        "no Procfile, and no web process to guess",
+        "Add a Procfile",
+        "nothing was deployed",
+    ] {
+        assert!(
+            push.stderr.contains(expected),
+            "{expected}\n{}",
+            push.stderr
+        );
+    }
+    assert!(
+        !push.stderr.contains("Waiting for the web process"),
+        "{}",
+        push.stderr
+    );
+}

@@ -118,8 +118,13 @@ async fn pip_failure_rejects_the_push() {
         &[
             "remote: -----> Python app detected",
             "No matching distribution found for mini-mar-this-package-does-not-exist==9.9.9",
-            "Python buildpack failed to compile",
+            "Python buildpack failed to compile the app (exit status 1); its output above says why",
         ],
+    );
+    assert!(
+        !push.stderr.contains("exit status exit status"),
+        "{}",
+        push.stderr
     );
     assert_still_serving_the_first_push(&mar, "pipfail").await;
 }

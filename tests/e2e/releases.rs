@@ -197,23 +197,32 @@ async fn one_off_commands_run_in_the_app_environment() {
             .ok()
     );
     assert!(repo.push(&mar.git_url("oneoff"), "main").ok());
+    // One argument is a shell command line.
     let out = mar.mar(&[
         "run",
         "-a",
         "oneoff",
         "--",
-        "echo",
-        "$GREETING;",
-        "echo",
-        "dyno=$DYNO;",
-        "ls",
-        "server.py",
+        "echo $GREETING; echo dyno=$DYNO; ls server.py",
     ]);
     assert!(out.ok(), "{}", out.all());
     assert_eq!(out.stdout, "from config\ndyno=run.1\nserver.py\n");
-    let failing = mar.mar(&[
-        "run", "-a", "oneoff", "--", "echo", "oops", ">&2;", "exit", "7",
+    // Several reach the process as given: spaces, quotes and `$` unexpanded.
+    let out = mar.mar(&[
+        "run",
+        "-a",
+        "oneoff",
+        "--",
+        "python3",
+        "-c",
+        "import sys; print(sys.argv[1:])",
+        "a b",
+        "it's",
+        "$HOME",
     ]);
+    assert!(out.ok(), "{}", out.all());
+    assert_eq!(out.stdout, "['a b', \"it's\", '$HOME']\n");
+    let failing = mar.mar(&["run", "-a", "oneoff", "--", "echo oops >&2; exit 7"]);
     assert_eq!(failing.status.code(), Some(7), "{}", failing.all());
     assert!(failing.stdout.contains("oops"));
     // The old MAR API's exec.

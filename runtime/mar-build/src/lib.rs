@@ -29,6 +29,17 @@ pub use procfile::ProcfileError;
 /// WebAssembly app, which the runtime serves in-process.
 pub const WASM_BUILDPACK: &str = "WebAssembly";
 
+/// An exit status as a number (`1`), or the signal that ended the process (`signal 9`):
+/// `ExitStatus`'s own text already says "exit status".
+fn exit_text(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code.to_string(),
+        (None, Some(sig)) => format!("signal {sig}"),
+        (None, None) => status.to_string(),
+    }
+}
+
 /// The built-in buildpacks, in detection order.
 pub const BUILTIN_ORDER: &[&str] = &["wasm", "python", "nodejs", "qt", "procfile"];
 
@@ -53,7 +64,9 @@ pub enum BuildError {
     #[error("App not compatible with buildpack: {0}")]
     NotCompatible(String),
     /// `bin/compile` exited non-zero.
-    #[error("{buildpack} buildpack failed to compile the app (exit status {status})")]
+    #[error(
+        "{buildpack} buildpack failed to compile the app (exit status {status}); its output above says why"
+    )]
     Compile {
         /// The buildpack's name.
         buildpack: String,
@@ -325,7 +338,7 @@ pub async fn build(
         if !status.success() {
             return Err(BuildError::Compile {
                 buildpack: name,
-                status: status.to_string(),
+                status: exit_text(status),
             });
         }
         let mut cmd = script(spec, bp, "release", &home, &exports)?;
@@ -337,7 +350,7 @@ pub async fn build(
         if !status.success() {
             return Err(BuildError::Release {
                 buildpack: name,
-                reason: format!("exit status {status}"),
+                reason: format!("exit status {}", exit_text(status)),
             });
         }
         let release = parse_release(&yaml).map_err(|reason| BuildError::Release {

@@ -48,6 +48,9 @@ pub(crate) enum PsCommand {
         disk: Option<String>,
     },
     /// Run a one-off command in the app's environment and slug: `mar run -a APP -- CMD…`.
+    /// Several arguments reach the process as given (`mar run -- python -c 'print(1)'`); one
+    /// argument is a shell command line (`mar run -- 'echo $PORT | wc -c'`). Its exit status
+    /// is mar's.
     Run {
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -205,10 +208,36 @@ async fn resize(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The shell command line (the one-off runs under `bash -c`, after `.profile.d`) for `args`:
+/// one argument is a command line already; several are each quoted, so they reach the process
+/// exactly as given, spaces, quotes and `$` included.
+fn command_line(args: &[String]) -> String {
+    match args {
+        [one] => one.clone(),
+        many => many
+            .iter()
+            .map(|a| {
+                if !a.is_empty()
+                    && a.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+                {
+                    a.clone()
+                } else {
+                    format!("'{}'", a.replace('\'', r"'\''"))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
 /// `mar run -- CMD...`: the exit status of the command is `mar`'s.
 async fn run_command(ctx: &Context, command: Vec<String>) -> anyhow::Result<ExitCode> {
     let app = resolve_app(ctx.app.clone())?;
-    let mut lines = ctx.client.run(app.as_str(), &command.join(" ")).await?;
+    let mut lines = ctx
+        .client
+        .run(app.as_str(), &command_line(&command))
+        .await?;
     let mut result = None;
     while let Some(line) = lines.next_line().await? {
         match line.strip_prefix(mar_sdk::types::BUILD_RESULT_MARK) {
@@ -229,5 +258,27 @@ async fn run_command(ctx: &Context, command: Vec<String>) -> anyhow::Result<Exit
         )),
         Some(mar_sdk::types::RunResult { error: Some(e), .. }) => bail!("{e}"),
         _ => bail!("the command's output ended without an exit status"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_line;
+
+    #[test]
+    fn several_arguments_are_quoted_and_one_is_a_command_line() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            command_line(&args(&["python", "-c", "print('a b')"])),
+            r"python -c 'print('\''a b'\'')'"
+        );
+        assert_eq!(
+            command_line(&args(&["echo", "$HOME", ""])),
+            "echo '$HOME' ''"
+        );
+        assert_eq!(
+            command_line(&args(&["echo $PORT | wc -c"])),
+            "echo $PORT | wc -c"
+        );
     }
 }
