@@ -43,17 +43,19 @@ fi
 # it says): Python wheels for pip's --find-links, and an npm cache (a warm build cache) for
 # npm's offline mode. Debian's interpreter, as the builds use it.
 offline=/var/cache/mar-tests
-if [ ! -f "$offline/ready" ] || ! cmp -s "$offline/ready" <(cat examples/python-hello/requirements.txt examples/node-hello/package-lock.json); then
+python_reqs=(examples/python-hello/requirements.txt tests/fixtures/apps/django-static/requirements.txt)
+if [ ! -f "$offline/ready" ] || ! cmp -s "$offline/ready" <(cat "${python_reqs[@]}" examples/node-hello/package-lock.json); then
   echo "==> fetching the examples' packages into $offline"
   rm -rf "$offline" && mkdir -p "$offline/wheels" "$offline/npm"
-  /usr/bin/python3 -m pip download -q --only-binary=:all: -d "$offline/wheels" \
-    -r examples/python-hello/requirements.txt
+  for reqs in "${python_reqs[@]}"; do
+    /usr/bin/python3 -m pip download -q --only-binary=:all: -d "$offline/wheels" -r "$reqs"
+  done
   node_tmp=$(mktemp -d)
   cp examples/node-hello/package.json examples/node-hello/package-lock.json "$node_tmp/"
   (cd "$node_tmp" && npm ci -q --omit=dev --no-audit --no-fund --cache "$offline/npm" >/dev/null)
   rm -rf "$node_tmp"
   chmod -R a+rX "$offline"
-  cat examples/python-hello/requirements.txt examples/node-hello/package-lock.json > "$offline/ready"
+  cat "${python_reqs[@]}" examples/node-hello/package-lock.json > "$offline/ready"
 fi
 
 # The Qt Cloud Services Node SDK (qtc, from the npm registry) that the MWS and EDS tests drive

@@ -188,3 +188,44 @@ async fn python_apps_get_their_interpreter_and_a_web_process_only_when_it_is_saf
         push.stderr
     );
 }
+
+/// A Django project as Heroku users push it: no Procfile (gunicorn serves the project's
+/// `wsgi` module), no release phase, and its static files collected at build time; with
+/// `DISABLE_COLLECTSTATIC=1` they are not.
+#[tokio::test]
+async fn django_gets_collectstatic_and_gunicorn_without_a_procfile() {
+    let mar = MarServer::start();
+    mar.create_app("django");
+    mar.offline_pip("django");
+    let app = mar.repo_from(&repo_root().join("tests/fixtures/apps/django-static"));
+    let push = app.push(&mar.git_url("django"), "main");
+    assert!(push.ok(), "{}", push.all());
+    for expected in [
+        "-----> No Procfile: the web process will be `gunicorn --bind 0.0.0.0:$PORT site_config.wsgi`",
+        "-----> Running: python manage.py collectstatic --noinput",
+        "static file copied to",
+    ] {
+        assert!(
+            push.stderr.contains(expected),
+            "{expected}\n{}",
+            push.stderr
+        );
+    }
+    let r = mar.get("django.localhost", "/").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "Django, static files collected: True\n")
+    );
+
+    assert!(
+        mar.mar(&["config:set", "DISABLE_COLLECTSTATIC=1", "-a", "django"])
+            .ok()
+    );
+    app.write("static/more.css", "p { margin: 0; }\n");
+    app.commit("more static");
+    let push = app.push(&mar.git_url("django"), "main");
+    assert!(push.ok(), "{}", push.all());
+    assert!(!push.stderr.contains("collectstatic"), "{}", push.stderr);
+    let r = mar.get("django.localhost", "/").await;
+    assert_eq!(r.body, "Django, static files collected: False\n");
+}
