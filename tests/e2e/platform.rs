@@ -379,3 +379,44 @@ async fn old_mar_api_shapes_and_destroy() {
     assert_eq!(mar.api("GET", "/v1/apps/legacy", "").await.status, 404);
     assert!(!mar.data_dir.join("repos/legacy.git").exists());
 }
+
+/// A followed log (`mar logs -t`) ends cleanly when `mar serve` stops, saying so, and does not
+/// hold the shutdown up (its drain grace is 10 s).
+#[test]
+fn a_followed_log_ends_with_the_server_and_does_not_delay_it() {
+    let mar = MarServer::start();
+    mar.create_app("tailed");
+    let mut follow = std::process::Command::new(mar_bin())
+        .args(["logs", "-t", "-a", "tailed"])
+        .env("MAR_HOME", &mar.data_dir)
+        .env_remove("MAR_API_URL")
+        .env_remove("MAR_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The backlog's first line shows the stream is open.
+    let mut out = std::io::BufReader::new(follow.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).unwrap();
+    assert!(first.contains("App created"), "{first}");
+
+    let started = std::time::Instant::now();
+    let status = mar.stop();
+    let took = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "the open log stream held the shutdown for {took:?}"
+    );
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    let exit = follow.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(exit.success(), "{exit:?}: {err}");
+    assert!(
+        rest.contains("mar serve is shutting down: the log stream ends here"),
+        "{rest}"
+    );
+}

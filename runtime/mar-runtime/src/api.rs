@@ -45,6 +45,9 @@ use releases::{list_releases, rollback, show_release};
 
 /// Everything the platform's handlers share.
 pub struct Platform {
+    /// Cancelled when `mar serve` shuts down: endless answers (a followed log) end then, so
+    /// they never hold the shutdown up.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
     pub(crate) metrics: Arc<mar_router::Metrics>,
     pub(crate) store: Arc<Store>,
     pub(crate) logs: Arc<Logs>,

@@ -652,6 +652,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     let metrics = Arc::new(mar_router::Metrics::default());
     let logs_for_router = logs.clone();
     let platform = Arc::new(api::Platform {
+        shutdown: shutdown.clone(),
         metrics: metrics.clone(),
         store,
         logs,

@@ -123,17 +123,35 @@ pub(super) async fn stream_logs(
             .into_iter()
             .map(|l| Ok::<_, std::io::Error>(Bytes::from(l.render() + "\n"))),
     );
-    let tail = futures_util::stream::unfold((live, keep), |(mut rx, keep)| async move {
-        loop {
-            let text = match rx.recv().await {
-                Ok(line) if !keep(&line) => continue,
-                Ok(line) => line.render() + "\n",
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    format!("... {n} lines skipped (reader too slow) ...\n")
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            };
-            return Some((Ok(Bytes::from(text)), (rx, keep)));
+    let stopping = p.shutdown.clone();
+    let tail = futures_util::stream::unfold((live, Some(keep)), move |(mut rx, keep)| {
+        let stopping = stopping.clone();
+        async move {
+            loop {
+                let received = tokio::select! {
+                    r = rx.recv() => r,
+                    // The stream ends with the server, saying so, rather than holding the
+                    // shutdown up until its grace runs out.
+                    () = stopping.cancelled() => {
+                        // Said once: the next call finds no filter and ends the stream.
+                        keep.as_ref()?;
+                        return Some((
+                            Ok(Bytes::from_static(b"-----> mar serve is shutting down: the log stream ends here\n")),
+                            (rx, None),
+                        ));
+                    }
+                };
+                let keep = keep.as_ref()?;
+                let text = match received {
+                    Ok(line) if !keep(&line) => continue,
+                    Ok(line) => line.render() + "\n",
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        format!("... {n} lines skipped (reader too slow) ...\n")
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                };
+                return Some((Ok(Bytes::from(text)), (rx, Some(keep.clone()))));
+            }
         }
     });
     let mut resp = AxumBody::from_stream(head.chain(tail)).into_response();

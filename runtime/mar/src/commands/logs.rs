@@ -52,12 +52,18 @@ async fn logs(
     let filter = mar_sdk::LogFilter { ps, source };
     if tail {
         let mut lines = ctx.client.follow_logs(app.as_str(), num, &filter).await?;
-        while let Some(line) = lines.next_line().await? {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{line}")?;
-            out.flush()?;
+        loop {
+            match lines.next_line().await {
+                Ok(Some(line)) => {
+                    let mut out = std::io::stdout().lock();
+                    writeln!(out, "{line}")?;
+                    out.flush()?;
+                }
+                // A server that shuts down ends the stream with a line saying so.
+                Ok(None) => return Ok(ExitCode::SUCCESS),
+                Err(_) => anyhow::bail!("the log stream broke off: mar serve stopped or went away"),
+            }
         }
-        return Ok(ExitCode::SUCCESS);
     }
     let entries = ctx.client.logs(app.as_str(), num, 0, &filter).await?;
     if ctx.json {
