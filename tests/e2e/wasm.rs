@@ -277,7 +277,8 @@ async fn a_python_component_serves_rolls_back_to_wagi_and_back_and_survives_a_re
     );
 }
 
-/// This machine's address on its default route: reachable by guests, unlike loopback.
+/// This machine's address on its default route (not loopback): an address of this machine
+/// all the same, which guests must not reach.
 fn lan_address() -> std::net::IpAddr {
     let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
     s.connect("192.0.2.1:80").unwrap();
@@ -289,29 +290,110 @@ fn lan_address() -> std::net::IpAddr {
     ip
 }
 
-#[tokio::test]
-async fn outbound_http_reaches_only_allowed_hosts_and_never_this_machine_by_loopback() {
-    let ip = lan_address();
-    // A plain HTTP server on the LAN address, which the guest is allowed to call.
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                break;
-            };
-            tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut buf = [0u8; 4096];
-                let _ = s.read(&mut buf).await;
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
-                    )
-                    .await;
-            });
+/// Another machine for the outbound tests: a network namespace joined to this one by a veth
+/// pair, with a plain HTTP server answering `hello` on its address. Removed when dropped.
+struct OtherHost {
+    ns: String,
+    link: String,
+    ip: std::net::Ipv4Addr,
+    port: u16,
+    server: std::process::Child,
+}
+
+impl OtherHost {
+    fn start() -> Self {
+        let id = std::process::id();
+        let (ns, link, peer) = (
+            format!("mar-other-{id}"),
+            format!("mo{}a", id % 100_000),
+            format!("mo{}b", id % 100_000),
+        );
+        let (a, b) = (
+            format!("10.{}.{}.1", 200 + id % 50, (id / 50) % 250),
+            format!("10.{}.{}.2", 200 + id % 50, (id / 50) % 250),
+        );
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&["netns", "add", &ns]);
+        run(&["link", "add", &link, "type", "veth", "peer", "name", &peer]);
+        run(&["link", "set", &peer, "netns", &ns]);
+        run(&["addr", "add", &format!("{a}/30"), "dev", &link]);
+        run(&["link", "set", &link, "up"]);
+        run(&[
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{b}/30"),
+            "dev",
+            &peer,
+        ]);
+        run(&["netns", "exec", &ns, "ip", "link", "set", &peer, "up"]);
+        let port = 8000;
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "python3", "-c"])
+            .arg(
+                "import http.server as h\n\
+                 class H(h.BaseHTTPRequestHandler):\n\
+                 \tdef do_GET(self):\n\
+                 \t\tself.send_response(200); self.send_header('Content-Length', '5'); self.end_headers(); self.wfile.write(b'hello')\n\
+                 \tdef log_message(self, *a): pass\n\
+                 h.HTTPServer(('0.0.0.0', 8000), H).serve_forever()\n",
+            )
+            .spawn()
+            .unwrap();
+        let ip: std::net::Ipv4Addr = b.parse().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect((ip, port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the other host's server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-    });
+        Self {
+            ns,
+            link,
+            ip,
+            port,
+            server,
+        }
+    }
+}
+
+impl Drop for OtherHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.link])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn outbound_http_reaches_only_allowed_hosts_and_never_this_machine() {
+    let other = OtherHost::start();
+    let (ip, port) = (other.ip, other.port);
+    let lan = lan_address();
+    // A server on this machine's LAN address, listed as allowed: still refused, since
+    // `mar serve` makes the request, and its user may reach every app's port.
+    let own = tokio::net::TcpListener::bind((lan, 0)).await.unwrap();
+    let own_port = own.local_addr().unwrap().port();
     let mar = MarServer::start();
     mar.create_app("out");
     let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/wasm-outbound"));
@@ -319,7 +401,11 @@ async fn outbound_http_reaches_only_allowed_hosts_and_never_this_machine_by_loop
         "app.json",
         &serde_json::json!({"wasm": {
             "module": "app.wasm", "build": "python", "source": "app",
-            "allowed_outbound_hosts": [format!("http://{ip}:{port}"), "http://127.0.0.1:*"],
+            "allowed_outbound_hosts": [
+                format!("http://{ip}:{port}"),
+                "http://127.0.0.1:*".to_owned(),
+                format!("http://{lan}:{own_port}"),
+            ],
         }})
         .to_string(),
     );
@@ -339,9 +425,9 @@ async fn outbound_http_reaches_only_allowed_hosts_and_never_this_machine_by_loop
         "status=200 body=hello"
     );
     // Another port of the same host is not on the list.
-    let other = if port == u16::MAX { port - 1 } else { port + 1 };
+    let other_port = if port == u16::MAX { port - 1 } else { port + 1 };
     assert_eq!(
-        fetch(format!("http://{ip}:{other}/")).await,
+        fetch(format!("http://{ip}:{other_port}/")).await,
         "error=ErrorCode_HttpRequestDenied"
     );
     assert_eq!(
@@ -353,6 +439,12 @@ async fn outbound_http_reaches_only_allowed_hosts_and_never_this_machine_by_loop
         fetch(format!("http://127.0.0.1:{}/", mar.addr.port())).await,
         "error=ErrorCode_DestinationIpProhibited"
     );
+    // Listed, but this machine by its LAN address.
+    assert_eq!(
+        fetch(format!("http://{lan}:{own_port}/")).await,
+        "error=ErrorCode_DestinationIpProhibited"
+    );
+    drop(own);
     let log = logs(&mar, "out");
     assert!(log.contains("not in allowed_outbound_hosts"), "{log}");
     assert!(log.contains("is this machine or link-local"), "{log}");

@@ -106,20 +106,47 @@ fn parse_pattern(s: &str) -> Option<Pattern> {
     Some(Pattern { scheme, host, port })
 }
 
-/// Addresses a guest may never reach, whatever the app allows: this machine, link-local
-/// (cloud metadata at 169.254.169.254), unspecified and multicast.
+/// Addresses a guest may never reach, whatever the app allows: this machine (loopback, and
+/// every address of its interfaces: `mar serve` makes the request, and the firewall lets its
+/// user reach every app's port, so the host's LAN address would be a way around the router),
+/// link-local (cloud metadata at 169.254.169.254), unspecified and multicast.
 pub fn forbidden_address(ip: IpAddr) -> bool {
+    forbidden_kind(ip) || own_address(ip)
+}
+
+/// Whether `ip` is an address of one of this machine's interfaces; when they cannot be
+/// listed, every address is taken for one (fail closed).
+fn own_address(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match nix::ifaddrs::getifaddrs() {
+        Ok(mut interfaces) => interfaces.any(|i| {
+            i.address.is_some_and(|a| {
+                a.as_sockaddr_in().map(|s| IpAddr::V4(s.ip())) == Some(ip)
+                    || a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())) == Some(ip)
+            })
+        }),
+        Err(_) => true,
+    }
+}
+
+/// Addresses that are never another machine's by their kind alone.
+fn forbidden_kind(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             v4.is_loopback()
                 || v4.is_link_local()
                 || v4.is_unspecified()
+                // 0.0.0.0/8 is "this network": Linux connects it to this machine.
+                || v4.octets()[0] == 0
                 || v4.is_multicast()
                 || v4.is_broadcast()
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
-                return forbidden_address(IpAddr::V4(v4));
+                return forbidden_kind(IpAddr::V4(v4));
             }
             v6.is_loopback()
                 || v6.is_unspecified()
@@ -197,6 +224,27 @@ impl WasiHttpHooks for OutboundPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_address_of_this_machine_is_forbidden() {
+        let own: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
+            .unwrap()
+            .filter_map(|i| i.address)
+            .filter_map(|a| {
+                a.as_sockaddr_in()
+                    .map(|s| IpAddr::V4(s.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+            })
+            .collect();
+        assert!(!own.is_empty());
+        for ip in own {
+            assert!(forbidden_address(ip), "{ip}");
+        }
+        assert!(forbidden_address("0.1.2.3".parse().unwrap()));
+        assert!(forbidden_address("::ffff:127.0.0.1".parse().unwrap()));
+        // An address no interface here has (TEST-NET-3) is another machine's.
+        assert!(!forbidden_address("203.0.113.7".parse().unwrap()));
+    }
 
     fn hosts(list: &[&str]) -> AllowedHosts {
         AllowedHosts::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
