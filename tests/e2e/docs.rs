@@ -337,10 +337,14 @@ exec timeout -s KILL "$DOC_TIMEOUT" bash --noprofile --norc "$DOC_SCRIPT""#;
 const DOCS: &[&str] = &[
     "README.md",
     "docs/getting-started.md",
+    "docs/deploying.md",
+    "docs/app-contract.md",
+    "docs/wasm.md",
     "docs/router.md",
     "docs/mws.md",
     "docs/eds.md",
     "docs/configuration.md",
+    "docs/migrating.md",
 ];
 
 #[test]
@@ -404,6 +408,10 @@ macro_rules! doc_tests {
 doc_tests! {
     readme => "README.md",
     getting_started => "docs/getting-started.md",
+    deploying => "docs/deploying.md",
+    app_contract => "docs/app-contract.md",
+    wasm => "docs/wasm.md",
+    migrating => "docs/migrating.md",
     router => "docs/router.md",
     mws => "docs/mws.md",
     eds => "docs/eds.md",
