@@ -311,4 +311,49 @@ export class Eds {
   declareType(def) {
     return this.call("POST", "object_types", def);
   }
+
+  /**
+   * Uploads `data` (a Blob, File, Uint8Array or string) as the file in `property` (a ref to
+   * `files`) of the object `id` of `type`, in one multipart request; the new `files` object.
+   */
+  upload(type, id, property, data, { fileName = "file", contentType = "application/octet-stream" } = {}) {
+    const objectType = type === "users" || type === "usergroups" ? type : `objects.${String(type).replace(/^objects\./, "")}`;
+    const form = new FormData();
+    form.append("object", JSON.stringify({ file: { fileName }, targetFileProperty: { objectType, id, propertyName: property } }));
+    const blob = typeof Blob !== "undefined" && data instanceof Blob ? data : new Blob([data], { type: contentType });
+    form.append("file", blob, fileName);
+    return this.call("POST", "files", form);
+  }
+
+  /** A URL that downloads the file for the next 10 minutes with no EDS header (an <img src>). */
+  async downloadUrl(fileId) {
+    const r = await this.call("GET", `files/${encodeURIComponent(fileId)}/download_url`);
+    return r.expiringUrl;
+  }
+
+  /**
+   * Follows the notification stream: `onChange({event, origin, data})` for every change to
+   * objects matching `filter` (such as `{data: {objectType: "objects.todos"}}`, of types
+   * declared with `settings.websocket`) that the caller may read. Resolves, once the stream is
+   * open, to `{ close() }`.
+   */
+  async follow(filter, onChange, { WebSocket } = {}) {
+    const r = await this.call("GET", `stream_url?filter=${encodeURIComponent(JSON.stringify(filter || {}))}`);
+    const WS = WebSocket || defaultWebSocket();
+    const ws = new WS(r.expiringUrl);
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = () => reject(new Error(`the notification stream at ${r.expiringUrl} did not open`));
+    });
+    ws.onmessage = (e) => {
+      let v;
+      try {
+        v = JSON.parse(typeof e.data === "string" ? e.data : String(e.data));
+      } catch (_) {
+        return;
+      }
+      onChange(v);
+    };
+    return { close: () => ws.close() };
+  }
 }

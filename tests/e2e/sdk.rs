@@ -89,3 +89,69 @@ async fn the_typed_clients_query_objects_and_recover_missed_messages() {
         .unwrap();
     assert_eq!(next, Event::Message("two".into()));
 }
+
+/// The EDS client's files, search and notification stream: a change reaches a follower of
+/// the stream, a file goes up in one multipart request and comes back byte for byte through
+/// its signed URL, and search finds the indexed words.
+#[tokio::test]
+async fn the_eds_client_uploads_searches_and_follows_changes() {
+    let mar = MarServer::start();
+    let address = format!("http://localhost:{}", mar.addr.port());
+    let e = mar.create_service("eds", "sdkfiles");
+    let eds = Eds::new(
+        &address,
+        e["id"].as_str().unwrap(),
+        e["secret"].as_str().unwrap(),
+    );
+    eds.declare_type(json!({
+        "name": "photos",
+        "properties": [{"name": "title", "type": "string", "indexed": true}],
+        "settings": {"websocket": true},
+    }))
+    .await
+    .unwrap();
+    let mut changes = eds
+        .notifications(json!({"data": {"objectType": "objects.photos"}}))
+        .await
+        .unwrap();
+    let photo = eds
+        .collection("photos")
+        .insert(json!({"title": "sunset over the sea"}))
+        .await
+        .unwrap();
+    let id = photo["id"].as_str().unwrap();
+    let change = tokio::time::timeout(std::time::Duration::from_secs(5), changes.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(change["event"], "create", "{change}");
+    assert_eq!(change["data"]["title"], "sunset over the sea", "{change}");
+
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let file = eds
+        .upload(
+            "photos",
+            id,
+            "picture",
+            "sunset.bin",
+            "application/octet-stream",
+            &bytes,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (file["fileSize"].as_u64(), file["status"].as_str()),
+        (Some(100_000), Some("complete"))
+    );
+    let back = eds.download(file["id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(back.as_ref(), bytes.as_slice(), "the same bytes");
+
+    let found = eds.search("sunset", &["photos"]).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        eds.search("moonrise", &["photos"])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

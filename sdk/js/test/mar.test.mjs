@@ -79,6 +79,27 @@ test("EDS: objects, queries, users and search", async () => {
   await assert.rejects(anon.signIn("ann", "wrong"), (e) => e instanceof MarError && e.status === 400);
 });
 
+test("EDS: files up and down, and the notification stream", async () => {
+  const s = await platform("POST", "/v1/services", { kind: "eds", name: "jsfiles" });
+  const eds = new Eds({ address, backendId: s.id, secret: s.secret });
+  await eds.declareType({ name: "photos", properties: [{ name: "title", type: "string" }], settings: { websocket: true } });
+  const seen = [];
+  const stream = await eds.follow({ data: { objectType: "objects.photos" } }, (c) => seen.push(c));
+  const photo = await eds.collection("photos").insert({ title: "harbour" });
+  for (let i = 0; i < 100 && seen.length === 0; i++) await sleep(50);
+  stream.close();
+  assert.equal(seen[0]?.event, "create", JSON.stringify(seen));
+  assert.equal(seen[0].data.title, "harbour");
+
+  const bytes = new Uint8Array(50_000).map((_, i) => i % 251);
+  const file = await eds.upload("photos", photo.id, "picture", bytes, { fileName: "harbour.bin" });
+  assert.equal(file.fileSize, 50_000);
+  assert.equal(file.status, "complete");
+  const url = await eds.downloadUrl(file.id);
+  const back = new Uint8Array(await (await fetch(url)).arrayBuffer());
+  assert.deepEqual(back, bytes);
+});
+
 test("MWS: messages in order, and nothing lost across a reconnect", async () => {
   const g = await platform("POST", "/v1/services", { kind: "mws", name: "jspush" });
   const server = new Mws({ address, gatewayId: g.id, secret: g.secret });

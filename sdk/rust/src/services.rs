@@ -2,7 +2,8 @@
 //! variables an attachment gives it: [`Mws`] (`MWS_ADDRESS`, `MWS_GATEWAY_ID`, `MWS_SECRET`)
 //! publishes and reserves sockets, and [`Subscriber`] listens with reconnects that recover
 //! what was missed; [`Eds`] (`EDS_ADDRESS`, `EDS_BACKEND_ID`, `EDS_SECRET`) reads and writes
-//! objects with a typed [`Query`], signs users in, and reads ACLs.
+//! objects with a typed [`Query`], signs users in, reads ACLs, uploads and downloads files,
+//! searches, and follows the notification stream ([`Notifications`]).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), mar_sdk::SdkError> {
@@ -367,6 +368,172 @@ impl Eds {
     /// Declares a type (the master key).
     pub async fn declare_type(&self, def: Value) -> Result<Value, SdkError> {
         self.call(Method::POST, "object_types", Some(def)).await
+    }
+
+    /// Uploads `bytes` as the file in `property` (a ref to `files`) of the object `id` of
+    /// `kind`, in one multipart request as the clients send it; the new `files` object.
+    pub async fn upload(
+        &self,
+        kind: &str,
+        id: &str,
+        property: &str,
+        file_name: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> Result<Value, SdkError> {
+        let kind = match kind {
+            "users" | "usergroups" => kind.to_owned(),
+            other => format!("objects.{}", other.trim_start_matches("objects.")),
+        };
+        let object = json!({
+            "file": {"fileName": file_name},
+            "targetFileProperty": {"objectType": kind, "id": id, "propertyName": property},
+        });
+        let boundary = format!("mar-sdk-{:016x}", rand_u64());
+        let mut body = Vec::with_capacity(bytes.len() + 512);
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"object\"\r\nContent-Type: application/json\r\n\r\n{object}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{}\"\r\nContent-Type: {content_type}\r\n\r\n",
+                file_name.replace(['"', '\r', '\n'], "_")
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let ct = format!("multipart/form-data; boundary={boundary}");
+        let auth = format!("Bearer {}", self.token);
+        let mut headers = vec![
+            ("enginio-backend-id", self.backend.as_str()),
+            ("content-type", ct.as_str()),
+        ];
+        if !self.token.is_empty() {
+            headers.push((header::AUTHORIZATION.as_str(), auth.as_str()));
+        }
+        call(
+            &self.http,
+            Method::POST,
+            &format!("{}/files", self.base),
+            &headers,
+            Some(Bytes::from(body)),
+        )
+        .await
+    }
+
+    /// A URL that downloads the file for the next 10 minutes with no EDS header (for a page
+    /// or another program).
+    pub async fn download_url(&self, file_id: &str) -> Result<String, SdkError> {
+        let v = self
+            .call(
+                Method::GET,
+                &format!("files/{}/download_url", enc(file_id)),
+                None,
+            )
+            .await?;
+        v["expiringUrl"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| SdkError::Url(format!("no expiringUrl in {v}")))
+    }
+
+    /// The file's bytes.
+    pub async fn download(&self, file_id: &str) -> Result<Bytes, SdkError> {
+        let url = self.download_url(file_id).await?;
+        let req = Request::get(&url)
+            .body(Full::new(Bytes::new()))
+            .map_err(|_| SdkError::Url(url.clone()))?;
+        let resp = self
+            .http
+            .request(req)
+            .await
+            .map_err(|cause| SdkError::Connect {
+                url: url.clone(),
+                cause,
+            })?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            return Err(SdkError::Api {
+                status: status.as_u16(),
+                reason: "DownloadFailed".to_owned(),
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Full-text search for `phrase` over the indexed properties of `kinds`; the objects the
+    /// caller may read.
+    pub async fn search(&self, phrase: &str, kinds: &[&str]) -> Result<Vec<Value>, SdkError> {
+        let types: Vec<String> = kinds
+            .iter()
+            .map(|k| format!("objects.{}", k.trim_start_matches("objects.")))
+            .collect();
+        let path = format!(
+            "search?objectTypes={}&search={}",
+            enc(&types.join(",")),
+            enc(&json!({"phrase": phrase}).to_string())
+        );
+        let v = self.call(Method::GET, &path, None).await?;
+        Ok(v["results"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// The notification stream: every change to objects matching `filter` (such as
+    /// `{"data": {"objectType": "objects.todos"}}`, of types declared with
+    /// `settings.websocket`) that the caller may read, as `{event, origin, data}`.
+    pub async fn notifications(&self, filter: Value) -> Result<Notifications, SdkError> {
+        let v = self
+            .call(
+                Method::GET,
+                &format!("stream_url?filter={}", enc(&filter.to_string())),
+                None,
+            )
+            .await?;
+        let url = v["expiringUrl"]
+            .as_str()
+            .ok_or_else(|| SdkError::Url(format!("no expiringUrl in {v}")))?;
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| SdkError::Url(format!("the notification stream at {url}: {e}")))?;
+        Ok(Notifications { ws })
+    }
+}
+
+/// A random number for multipart boundaries (not a secret: it only has to differ from the
+/// file's bytes, which a boundary found in them would cut).
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// An open notification stream ([`Eds::notifications`]).
+pub struct Notifications {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Notifications {
+    /// The next change, or `None` once the stream has ended.
+    pub async fn next(&mut self) -> Option<Value> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Text(t)) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                        return Some(v);
+                    }
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
     }
 }
 
