@@ -232,3 +232,37 @@ async fn node_app_installs_from_npm_and_serves() {
         r.body
     );
 }
+
+/// `mar git:remote` keeps the admin token out of the repository: the remote's URL has no
+/// secret, git asks `mar git:credential` for it, which answers for this server only, and the
+/// push deploys.
+#[tokio::test]
+async fn git_remote_keeps_the_token_out_of_the_repository() {
+    let mar = MarServer::start();
+    mar.create_app("creds");
+    let repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    let out = mar.mar_in(&["git:remote", "creds"], &repo.dir);
+    assert!(out.ok(), "{}", out.all());
+    let config = std::fs::read_to_string(repo.dir.join(".git/config")).unwrap();
+    assert!(!config.contains(&mar.token()), "{config}");
+    assert!(config.contains("git:credential"), "{config}");
+    let push = repo.git(&["push", "mar", "main"]);
+    assert!(push.ok(), "{}", push.all());
+    assert_eq!(mar.get("creds.localhost", "/").await.status, 200);
+
+    let ask = |host: String| {
+        mar.mar_with_input(
+            &["git:credential", "get"],
+            &format!("protocol=http\nhost={host}\n\n"),
+        )
+    };
+    let here = ask(format!("127.0.0.1:{}", mar.addr.port()));
+    assert!(here.ok(), "{}", here.all());
+    assert_eq!(
+        here.stdout,
+        format!("username=git\npassword={}\n", mar.token())
+    );
+    let elsewhere = ask("example.com".to_owned());
+    assert!(elsewhere.ok(), "{}", elsewhere.all());
+    assert_eq!(elsewhere.stdout, "", "another host gets nothing");
+}

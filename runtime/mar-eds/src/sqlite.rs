@@ -301,16 +301,29 @@ fn index_value(v: &Value) -> Option<Sql> {
     }
 }
 
-/// Writes a record's reader and index rows (after removing the old ones).
+/// Writes a record's reader and index rows, after removing the old ones.
 fn write_side_rows(
     tx: &Connection,
     seq: i64,
     r: &Record,
     indexed: &[String],
 ) -> rusqlite::Result<()> {
-    tx.execute("DELETE FROM readers WHERE object = ?1", params![seq])?;
-    tx.execute("DELETE FROM idx WHERE object = ?1", params![seq])?;
+    tx.prepare_cached("DELETE FROM readers WHERE object = ?1")?
+        .execute(params![seq])?;
+    tx.prepare_cached("DELETE FROM idx WHERE object = ?1")?
+        .execute(params![seq])?;
     forget_search(tx, seq)?;
+    write_new_side_rows(tx, seq, r, indexed)
+}
+
+/// Writes the reader and index rows of a record that has none yet (a new object: nothing to
+/// remove first, which saved three statements per insert).
+fn write_new_side_rows(
+    tx: &Connection,
+    seq: i64,
+    r: &Record,
+    indexed: &[String],
+) -> rusqlite::Result<()> {
     for k in r.acl.reader_keys() {
         tx.prepare_cached("INSERT OR IGNORE INTO readers (subject, object) VALUES (?1, ?2)")?
             .execute(params![k, seq])?;
@@ -348,11 +361,12 @@ fn write_side_rows(
 
 /// Removes an object's rows from the full-text index (which no foreign key reaches).
 fn forget_search(tx: &Connection, seq: i64) -> rusqlite::Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "DELETE FROM search WHERE rowid IN (SELECT rowid FROM search_docs WHERE object = ?1)",
-        params![seq],
-    )?;
-    tx.execute("DELETE FROM search_docs WHERE object = ?1", params![seq])?;
+    )?
+    .execute(params![seq])?;
+    tx.prepare_cached("DELETE FROM search_docs WHERE object = ?1")?
+        .execute(params![seq])?;
     Ok(())
 }
 
@@ -380,7 +394,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn run_insert(tx: &Connection, job: InsertJob) -> Result<(), EdsError> {
     let r = &job.record;
     let seq = insert_row(tx, r).map_err(storage_err)?;
-    write_side_rows(tx, seq, r, &job.indexed).map_err(storage_err)?;
+    write_new_side_rows(tx, seq, r, &job.indexed).map_err(storage_err)?;
     if let Some((username, hash)) = &job.credentials {
         tx.prepare_cached("INSERT INTO credentials (user_id, username, hash) VALUES (?1, ?2, ?3)")
             .and_then(|mut st| st.execute(params![r.id, username, hash]))
@@ -790,7 +804,7 @@ impl Storage for SqliteStorage {
         let mut w = self.write();
         let tx = w.transaction().map_err(storage_err)?;
         let seq = insert_row(&tx, r).map_err(storage_err)?;
-        write_side_rows(&tx, seq, r, &[]).map_err(storage_err)?;
+        write_new_side_rows(&tx, seq, r, &[]).map_err(storage_err)?;
         tx.execute(
             "INSERT INTO files (id, owner, property) VALUES (?1, ?2, ?3)",
             params![r.id, owner, property],

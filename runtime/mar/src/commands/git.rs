@@ -17,23 +17,65 @@ pub(crate) enum GitCommand {
         /// The app (or -a).
         name: Option<String>,
     },
+    /// Answer git's credential protocol for the `mar` remote (git runs this: see
+    /// `git:remote`): the admin token, for the server's own address only.
+    #[command(name = "git:credential", hide = true)]
+    GitCredential {
+        /// What git asks: `get` (answered), `store` or `erase` (nothing is stored).
+        operation: String,
+    },
 }
 
 /// Runs one command of this topic.
 pub(crate) async fn run(cmd: GitCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     match cmd {
         GitCommand::GitRemote { name } => remote(ctx, name).await,
+        GitCommand::GitCredential { operation } => credential(ctx, &operation),
     }
 }
 
-/// `mar git:remote [APP]`: the remote carries the token as its password.
+/// The scheme and the authority (`host:port`) of the server's API URL.
+fn scheme_and_authority(base: &str) -> (&str, &str) {
+    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+    (scheme, rest.split('/').next().unwrap_or(rest))
+}
+
+/// `mar git:credential get`: reads git's request (`key=value` lines up to a blank one) and
+/// answers with the token only when git is talking to this server, so a helper configured
+/// too widely gives nothing away to another host.
+fn credential(ctx: &Context, operation: &str) -> anyhow::Result<ExitCode> {
+    if operation != "get" {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut asked = std::collections::HashMap::new();
+    for line in std::io::stdin().lines() {
+        let line = line?;
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            asked.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    let (scheme, authority) = scheme_and_authority(ctx.client.base());
+    if asked.get("protocol").map(String::as_str) == Some(scheme)
+        && asked.get("host").map(String::as_str) == Some(authority)
+    {
+        println!("username=git\npassword={}", api_token(&ctx.data_dir)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `mar git:remote [APP]`: a remote URL with no secret in it, and `mar git:credential` as
+/// the git credential helper for that server alone, so the token never sits in the
+/// repository's `.git/config` (nor in a copy of the repository).
 async fn remote(ctx: &Context, name: Option<String>) -> anyhow::Result<ExitCode> {
     let app = resolve_app(name.or(ctx.app.clone()))?;
     let info = ctx.client.app(app.as_str()).await?;
-    let base = ctx.client.base().to_owned();
-    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base.as_str()));
-    let token = api_token(&ctx.data_dir)?;
-    let url = format!("{scheme}://git:{token}@{rest}/{}.git", info.name);
+    let base = ctx.client.base().trim_end_matches('/').to_owned();
+    let (scheme, authority) = scheme_and_authority(&base);
+    let server = format!("{scheme}://{authority}");
+    let url = format!("{base}/{}.git", info.name);
     let repo = git2::Repository::discover(".")
         .context("not inside a git repository; run `git init` first")?;
     if repo.find_remote("mar").is_ok() {
@@ -41,9 +83,45 @@ async fn remote(ctx: &Context, name: Option<String>) -> anyhow::Result<ExitCode>
     } else {
         repo.remote("mar", &url)?;
     }
-    if ctx.json {
-        return print_json(&serde_json::json!({ "remote": "mar", "app": info.name }));
+    // An empty helper first clears helpers configured elsewhere (a keychain would store the
+    // token); then mar answers for this server, with the data directory it was set up with.
+    let exe = std::env::current_exe().context("cannot find the mar executable")?;
+    let data_dir = std::fs::canonicalize(&ctx.data_dir).unwrap_or_else(|_| ctx.data_dir.clone());
+    let helper = format!(
+        "!{} --data-dir {} git:credential",
+        shell_quote(&exe.to_string_lossy()),
+        shell_quote(&data_dir.to_string_lossy())
+    );
+    let key = format!("credential.{server}.helper");
+    let git_dir = repo.path().to_owned();
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&git_dir)
+            .args(["config", "--local"])
+            .args(args)
+            .output()
+    };
+    let _ = git(&["--unset-all", &key]);
+    for value in ["", helper.as_str()] {
+        let out = git(&["--add", &key, value]).context("cannot run git")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "git config --add {key} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
-    println!("set git remote mar to {scheme}://{rest}/{}.git", info.name);
+    if ctx.json {
+        return print_json(&serde_json::json!({ "remote": "mar", "app": info.name, "url": url }));
+    }
+    println!("set git remote mar to {url}");
+    println!(
+        "git asks mar for the token (credential helper for {server}); if mar serve moves to another address, run mar git:remote again"
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `text` in single quotes for the shell git runs a `!` helper with.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
 }
