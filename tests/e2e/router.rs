@@ -380,8 +380,9 @@ fn tls_client(roots: &[std::path::PathBuf]) -> tokio_rustls::TlsConnector {
 }
 
 #[tokio::test]
-async fn https_with_sni_h2_and_the_self_signed_fallback() {
-    // Two certificates for two domains, chosen by SNI; everything else gets the self-signed one.
+async fn https_with_sni_h2_and_the_local_authoritys_fallback() {
+    // Two certificates for two domains, chosen by SNI; everything else gets the one the local
+    // certificate authority issued.
     let dir = tempfile::tempdir().unwrap();
     // Served by two router threads: each has its own TLS listener.
     let mut yaml = String::from("router_threads: 2\ntls_certificates:\n");
@@ -411,7 +412,7 @@ async fn https_with_sni_h2_and_the_self_signed_fallback() {
     mar.deploy_lifecycle("secure", &[]);
     assert!(mar.mar(&["domains:add", "secure", "one.example.test"]).ok());
     assert!(mar.mar(&["domains:add", "secure", "two.example.test"]).ok());
-    roots.push(mar.data_dir.join("tls/self-signed.crt"));
+    roots.push(mar.data_dir.join("tls/ca.crt"));
     let connector = tls_client(&roots);
 
     for (sni, host) in [
@@ -827,4 +828,50 @@ async fn a_refusing_instance_is_set_aside_and_requests_retried() {
     })
     .await;
     assert!(logs.contains("desc=\"Connection refused\""), "{logs}");
+}
+
+/// HTTPS clients that verify certificates strictly (curl with no `-k`) trust the server once
+/// they trust the local certificate authority's root, which `mar tls:ca` prints; without it
+/// they refuse, as they should.
+#[test]
+fn strict_clients_trust_the_local_authority_that_mar_tls_ca_prints() {
+    let mar = MarServer::start_with_args(None, &["--https-listen", "127.0.0.1:0"]);
+    let https = mar.https_addr.expect("https address printed");
+    let ca = mar.mar(&["tls:ca"]);
+    assert!(ca.ok(), "{}", ca.all());
+    assert!(
+        ca.stdout.starts_with("-----BEGIN CERTIFICATE-----"),
+        "{}",
+        ca.stdout
+    );
+    let pem = mar.tmp.path().join("ca.pem");
+    std::fs::write(&pem, &ca.stdout).unwrap();
+    let curl = |extra: &[&str]| {
+        std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(extra)
+            .arg(format!("https://localhost:{}/healthz", https.port()))
+            .output()
+            .unwrap()
+    };
+    let trusted = curl(&["--cacert", pem.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8_lossy(&trusted.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    let untrusted = curl(&[]);
+    assert!(
+        !untrusted.status.success(),
+        "curl trusted an unknown authority"
+    );
+    // Before any HTTPS start there is no authority, and the command says how to get one.
+    let plain = MarServer::start();
+    let none = plain.mar(&["tls:ca"]);
+    assert!(
+        !none.ok() && none.stderr.contains("--https-listen"),
+        "{}",
+        none.all()
+    );
 }

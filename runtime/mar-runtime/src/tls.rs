@@ -1,6 +1,7 @@
-//! TLS for the router: certificates per host name from `mar.yaml`, chosen by SNI, and a
-//! self-signed certificate for `DOMAIN`, `*.DOMAIN`, `localhost` and 127.0.0.1, made on first
-//! start and kept in the data directory, for everything else. ALPN offers h2 and http/1.1.
+//! TLS for the router: certificates per host name from `mar.yaml`, chosen by SNI, and for
+//! everything else a certificate for `DOMAIN`, `*.DOMAIN`, `localhost` and 127.0.0.1 issued by
+//! a local certificate authority that `mar serve` makes on first start and keeps in the data
+//! directory (`mar tls:ca` prints its root, to be trusted once). ALPN offers h2 and http/1.1.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -24,8 +25,8 @@ pub enum TlsError {
         /// What is wrong.
         reason: String,
     },
-    /// Making the self-signed certificate failed.
-    #[error("TLS: cannot make a self-signed certificate: {0}")]
+    /// Making the local authority or its certificate failed.
+    #[error("TLS: cannot make the local certificate authority's certificate: {0}")]
     Generate(String),
     /// rustls refused the configuration.
     #[error("TLS: {0}")]
@@ -83,26 +84,44 @@ fn load(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<Arc<Certif
     Ok(Arc::new(CertifiedKey::new(chain, signing)))
 }
 
-/// Makes (once) and returns the paths of the self-signed certificate and key.
-fn self_signed(
-    dir: &Path,
-    domain: &str,
-) -> Result<(std::path::PathBuf, std::path::PathBuf), TlsError> {
-    let (cert, key) = (dir.join("self-signed.crt"), dir.join("self-signed.key"));
-    if cert.is_file() && key.is_file() {
-        return Ok((cert, key));
-    }
-    let names = vec![
-        domain.to_owned(),
-        format!("*.{domain}"),
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
+/// The local certificate authority's files in the TLS directory (`ca.crt` is public: `mar
+/// tls:ca` prints it; `ca.key` is 0600), and the certificate it issues for the platform's own
+/// names.
+pub const CA_CERT: &str = "ca.crt";
+const CA_KEY: &str = "ca.key";
+const LOCAL_CERT: &str = "local.crt";
+const LOCAL_KEY: &str = "local.key";
+
+/// The CA's parameters: rebuilt the same from its key at every start (its name carries the
+/// key's fingerprint, so two installations' authorities are told apart), which is all an
+/// issuer needs to sign with.
+fn ca_params(key: &rcgen::KeyPair) -> Result<rcgen::CertificateParams, TlsError> {
+    use rcgen::{BasicConstraints, DnType, IsCa, KeyUsagePurpose, PublicKeyData};
+    use sha2::Digest;
+    let fingerprint = sha2::Sha256::digest(key.der_bytes());
+    let id: String = fingerprint[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("mini-MAR local CA {id}"));
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "mini-MAR");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
     ];
-    let generated =
-        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
-    let io = |e: std::io::Error| TlsError::Generate(e.to_string());
-    std::fs::create_dir_all(dir).map_err(io)?;
-    std::fs::write(&cert, generated.cert.pem()).map_err(io)?;
+    Ok(params)
+}
+
+/// Writes `text` to `path`, readable by the server's user only.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -110,11 +129,58 @@ fn self_signed(
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&key)
-        .map_err(io)?;
-    f.write_all(generated.signing_key.serialize_pem().as_bytes())
-        .map_err(io)?;
-    Ok((cert, key))
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// Makes the local certificate authority on first start (as Caddy's internal issuer and
+/// mkcert do: browsers, curl and apps' users can trust its root once, `mar tls:ca`), and at
+/// every start a certificate it signs for `DOMAIN`, `*.DOMAIN`, `localhost` and 127.0.0.1
+/// (so a changed `--domain` is served at once); the paths of that certificate and its key.
+fn local_certificate(
+    dir: &Path,
+    domain: &str,
+) -> Result<(std::path::PathBuf, std::path::PathBuf), TlsError> {
+    let made = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let io = |e: std::io::Error| TlsError::Generate(e.to_string());
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let (ca_cert, ca_key) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    let key = match std::fs::read_to_string(&ca_key) {
+        Ok(pem) if ca_cert.is_file() => rcgen::KeyPair::from_pem(&pem).map_err(made)?,
+        _ => {
+            let key = rcgen::KeyPair::generate().map_err(made)?;
+            let cert = ca_params(&key)?.self_signed(&key).map_err(made)?;
+            write_private(&ca_key, &key.serialize_pem()).map_err(io)?;
+            std::fs::write(&ca_cert, cert.pem()).map_err(io)?;
+            key
+        }
+    };
+    let issuer = rcgen::Issuer::new(ca_params(&key)?, &key);
+    let names = vec![
+        domain.to_owned(),
+        format!("*.{domain}"),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+    ];
+    let mut params = rcgen::CertificateParams::new(names).map_err(made)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, domain.to_owned());
+    let leaf_key = rcgen::KeyPair::generate().map_err(made)?;
+    let leaf = params.signed_by(&leaf_key, &issuer).map_err(made)?;
+    let (cert, key_path) = (dir.join(LOCAL_CERT), dir.join(LOCAL_KEY));
+    write_private(&key_path, &leaf_key.serialize_pem()).map_err(io)?;
+    // The chain: the leaf, then the authority (clients that trust the root find the path).
+    std::fs::write(
+        &cert,
+        format!(
+            "{}{}",
+            leaf.pem(),
+            std::fs::read_to_string(&ca_cert).map_err(io)?
+        ),
+    )
+    .map_err(io)?;
+    Ok((cert, key_path))
 }
 
 /// The acceptor for the HTTPS listener.
@@ -124,7 +190,7 @@ pub fn acceptor(
     certs: &[TlsCertificate],
 ) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let (cert, key) = self_signed(dir, domain)?;
+    let (cert, key) = local_certificate(dir, domain)?;
     let fallback = load(&provider, &cert, &key)?;
     let mut by_name = Vec::new();
     for c in certs {
@@ -154,15 +220,49 @@ mod tests {
     }
 
     #[test]
-    fn self_signed_is_made_once() {
+    fn the_authority_is_made_once_and_signs_the_local_certificate() {
         let d = tempfile::tempdir().unwrap();
         acceptor(d.path(), "localhost", &[]).unwrap();
-        let first = std::fs::read(d.path().join("self-signed.crt")).unwrap();
-        acceptor(d.path(), "localhost", &[]).unwrap();
+        let ca = std::fs::read(d.path().join(CA_CERT)).unwrap();
+        acceptor(d.path(), "apps.test", &[]).unwrap();
         assert_eq!(
-            first,
-            std::fs::read(d.path().join("self-signed.crt")).unwrap()
+            ca,
+            std::fs::read(d.path().join(CA_CERT)).unwrap(),
+            "the same root"
         );
+        use std::os::unix::fs::PermissionsExt;
+        for key in [CA_KEY, LOCAL_KEY] {
+            let mode = std::fs::metadata(d.path().join(key))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{key} is private");
+        }
+        // A client that trusts the root alone accepts the certificate for the new domain.
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(d.path().join(CA_CERT)).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(d.path().join(LOCAL_CERT))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+        let verifier = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
+            .build()
+            .unwrap();
+        use rustls::client::danger::ServerCertVerifier;
+        for name in ["x.apps.test", "localhost", "127.0.0.1"] {
+            verifier
+                .verify_server_cert(
+                    &chain[0],
+                    &chain[1..],
+                    &rustls::pki_types::ServerName::try_from(name).unwrap(),
+                    &[],
+                    rustls::pki_types::UnixTime::now(),
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
         let bad = TlsCertificate {
             domains: vec!["x.test".into()],
             cert: d.path().join("missing.crt"),

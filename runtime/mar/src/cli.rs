@@ -52,6 +52,8 @@ enum Command {
     Accounts(commands::accounts::AccountsCommand),
     #[command(flatten)]
     Auth(commands::auth::AuthCommand),
+    #[command(flatten)]
+    Tls(commands::tls::TlsCommand),
     /// Git hooks (run by git during a push).
     #[command(hide = true)]
     Hook {
@@ -92,6 +94,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hook { name } if name == "pre-receive" => return crate::hook::pre_receive().await,
         Command::Hook { name } => bail!("unknown hook {name:?}"),
         Command::Auth(cmd) => return commands::auth::run(cmd, &data_dir),
+        Command::Tls(cmd) => return commands::tls::run(cmd, &data_dir),
         other => other,
     };
     let ctx = Context {
@@ -110,6 +113,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Domains(cmd) => commands::domains::run(cmd, &ctx).await,
         Command::Services(cmd) => commands::services::run(cmd, &ctx).await,
         Command::Accounts(cmd) => commands::accounts::run(cmd, &ctx).await,
-        Command::Serve(_) | Command::Hook { .. } | Command::Auth(_) => Ok(ExitCode::SUCCESS),
+        Command::Serve(_) | Command::Hook { .. } | Command::Auth(_) | Command::Tls(_) => {
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
