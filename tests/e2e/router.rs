@@ -875,3 +875,56 @@ fn strict_clients_trust_the_local_authority_that_mar_tls_ca_prints() {
         none.all()
     );
 }
+
+/// An app written for Heroku that redirects to HTTPS when it sees `DYNO`: over the HTTPS
+/// listener it learns from `X-Forwarded-Proto` that the request is secure (no redirect loop)
+/// and from `X-Forwarded-Port` where it came in; over plain HTTP it redirects to the https://
+/// URL; `apps:info` names the HTTPS URL, or says how to get one.
+#[tokio::test]
+async fn apps_that_redirect_to_https_when_they_see_dyno_work_over_the_https_listener() {
+    let mar = MarServer::start_with_args(None, &["--https-listen", "127.0.0.1:0"]);
+    let https = mar.https_addr.expect("https address printed");
+    mar.create_app("secure");
+    let repo = mar.repo_from(&mar_tests::repo_root().join("tests/fixtures/apps/https-redirect"));
+    let push = repo.push(&mar.git_url("secure"), "main");
+    assert!(push.ok(), "{}", push.all());
+
+    let plain = mar.get("secure.localhost", "/page?a=1").await;
+    assert_eq!(plain.status, 301);
+    assert_eq!(
+        plain.headers["location"],
+        "https://secure.localhost/page?a=1"
+    );
+
+    let ca = mar.tmp.path().join("ca.pem");
+    std::fs::write(&ca, mar.mar(&["tls:ca"]).stdout).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--cacert", ca.to_str().unwrap()])
+        .arg(format!("https://secure.localhost:{}/page", https.port()))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("secure: https port {}\n", https.port()),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = mar.mar(&["apps:info", "secure"]);
+    assert!(
+        info.stdout.contains(&format!(
+            "HTTPS URL: https://secure.localhost:{}/",
+            https.port()
+        )),
+        "{}",
+        info.stdout
+    );
+    let plain_server = MarServer::start();
+    plain_server.create_app("nohttps");
+    let info = plain_server.mar(&["apps:info", "nohttps"]);
+    assert!(
+        info.stdout
+            .contains("HTTPS:     off (start mar serve with --https-listen"),
+        "{}",
+        info.stdout
+    );
+}

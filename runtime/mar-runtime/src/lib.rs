@@ -500,6 +500,8 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         None => None,
     };
     cfg.listen = addr;
+    // The addresses bound (a port 0 asked for is a real port now), for the URLs shown.
+    cfg.https_listen = https.as_ref().map(|(_, _, a)| *a);
     let cfg = Arc::new(cfg);
     let self_ip = if addr.ip().is_unspecified() {
         "127.0.0.1".to_owned()

@@ -37,7 +37,73 @@ pub enum TlsError {
 struct SniResolver {
     /// (host pattern, key); patterns are exact names or `*.suffix`.
     by_name: Vec<(String, Arc<CertifiedKey>)>,
+    /// Certificates for `APP.DOMAIN`, issued by the local authority when first asked for.
+    issuer: LocalIssuer,
     fallback: Arc<CertifiedKey>,
+}
+
+/// Most names the local authority issues certificates for in one run: each is a key and a
+/// signature, and a client may ask for any name under the domain.
+const MAX_ISSUED: usize = 1024;
+
+/// The local authority, issuing at the first handshake for `APP.DOMAIN` a certificate naming
+/// exactly that host: clients refuse a wildcard directly under a top-level name (so
+/// `*.localhost`, the default domain's, covers nothing), as Caddy's on-demand internal
+/// issuer does.
+struct LocalIssuer {
+    domain: String,
+    key: rcgen::KeyPair,
+    params: rcgen::CertificateParams,
+    ca_der: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+    issued: std::sync::Mutex<std::collections::HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl std::fmt::Debug for LocalIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalIssuer")
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LocalIssuer {
+    /// The certificate for `host` when it is one label under the domain (issued once).
+    fn for_host(&self, host: &str) -> Option<Arc<CertifiedKey>> {
+        let label = host.strip_suffix(&format!(".{}", self.domain))?;
+        let dns_label = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !dns_label {
+            return None;
+        }
+        let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = issued.get(host) {
+            return Some(k.clone());
+        }
+        if issued.len() >= MAX_ISSUED {
+            return None;
+        }
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let leaf_key = rcgen::KeyPair::generate().ok()?;
+        let leaf = rcgen::CertificateParams::new(vec![host.to_owned()])
+            .ok()?
+            .signed_by(&leaf_key, &issuer)
+            .ok()?;
+        let signing = self
+            .provider
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()))
+            .ok()?;
+        let key = Arc::new(CertifiedKey::new(
+            vec![leaf.der().clone(), self.ca_der.clone()],
+            signing,
+        ));
+        issued.insert(host.to_owned(), key.clone());
+        Some(key)
+    }
 }
 
 fn matches(pattern: &str, host: &str) -> bool {
@@ -59,6 +125,7 @@ impl ResolvesServerCert for SniResolver {
                 .find(|(p, _)| !p.starts_with("*.") && *p == h)
                 .or_else(|| self.by_name.iter().find(|(p, _)| matches(p, &h)))
                 .map(|(_, k)| k.clone())
+                .or_else(|| self.issuer.for_host(&h))
         });
         Some(chosen.unwrap_or_else(|| self.fallback.clone()))
     }
@@ -183,6 +250,34 @@ fn local_certificate(
     Ok((cert, key_path))
 }
 
+/// The local authority as an issuer for `APP.DOMAIN` names (its files made already).
+fn local_issuer(
+    dir: &Path,
+    domain: &str,
+    provider: &Arc<CryptoProvider>,
+) -> Result<LocalIssuer, TlsError> {
+    let made = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let ca_key = rcgen::KeyPair::from_pem(
+        &std::fs::read_to_string(dir.join(CA_KEY))
+            .map_err(|e| TlsError::Generate(e.to_string()))?,
+    )
+    .map_err(made)?;
+    let ca_der = CertificateDer::pem_file_iter(dir.join(CA_CERT))
+        .map_err(|e| TlsError::Generate(e.to_string()))?
+        .next()
+        .ok_or_else(|| TlsError::Generate("ca.crt holds no certificate".to_owned()))?
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let issuer = LocalIssuer {
+        domain: domain.to_ascii_lowercase(),
+        params: ca_params(&ca_key)?,
+        key: ca_key,
+        ca_der,
+        provider: provider.clone(),
+        issued: Default::default(),
+    };
+    Ok(issuer)
+}
+
 /// The acceptor for the HTTPS listener.
 pub fn acceptor(
     dir: &Path,
@@ -192,6 +287,7 @@ pub fn acceptor(
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let (cert, key) = local_certificate(dir, domain)?;
     let fallback = load(&provider, &cert, &key)?;
+    let issuer = local_issuer(dir, domain, &provider)?;
     let mut by_name = Vec::new();
     for c in certs {
         let k = load(&provider, &c.cert, &c.key)?;
@@ -202,7 +298,11 @@ pub fn acceptor(
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { by_name, fallback }));
+        .with_cert_resolver(Arc::new(SniResolver {
+            by_name,
+            issuer,
+            fallback,
+        }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
@@ -217,6 +317,35 @@ mod tests {
         assert!(!matches("*.example.com", "example.com"));
         assert!(!matches("*.example.com", "a.b.example.com"));
         assert!(matches("example.com", "example.com"));
+    }
+
+    #[test]
+    fn certificates_are_issued_for_one_label_under_the_domain_and_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        local_certificate(d.path(), "localhost").unwrap();
+        let issuer = local_issuer(d.path(), "localhost", &provider).unwrap();
+        let first = issuer.for_host("app.localhost").unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &issuer.for_host("app.localhost").unwrap()),
+            "issued once"
+        );
+        for other in [
+            "a.b.localhost",
+            "localhost",
+            "evil.example",
+            "bad_name.localhost",
+            ".localhost",
+        ] {
+            assert!(issuer.for_host(other).is_none(), "{other}");
+        }
+        for i in 1..MAX_ISSUED {
+            assert!(issuer.for_host(&format!("a{i}.localhost")).is_some());
+        }
+        assert!(
+            issuer.for_host("one-too-many.localhost").is_none(),
+            "bounded"
+        );
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct AppInfo {
     pub structure: BTreeMap<String, u32>,
     /// Where the app is served.
     pub web_url: String,
+    /// Where it is served over HTTPS, when `mar serve` listens for HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_url: Option<String>,
     /// Where to `git push`.
     pub git_url: String,
     /// The current release's version, if any.

@@ -30,6 +30,7 @@ impl Platform {
             state: state.to_owned(),
             structure,
             web_url: self.apps.web_url(app),
+            secure_url: self.apps.secure_url(app),
             git_url: format!(
                 "http://{}{}/{app}.git",
                 self.domain,

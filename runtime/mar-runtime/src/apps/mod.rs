@@ -393,6 +393,20 @@ impl Apps {
     }
 }
 
+impl Apps {
+    /// Where the app is served over HTTPS, when `mar serve` listens for it.
+    pub fn secure_url(&self, app: &AppName) -> Option<String> {
+        self.cfg.https_listen.map(|a| {
+            let port = if a.port() == 443 {
+                String::new()
+            } else {
+                format!(":{}", a.port())
+            };
+            format!("https://{app}.{}{port}/", self.cfg.domain)
+        })
+    }
+}
+
 /// `:8080`, or nothing for port 80.
 pub(crate) fn port_suffix(port: u16) -> String {
     if port == 80 {

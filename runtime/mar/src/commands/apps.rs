@@ -81,6 +81,13 @@ async fn info(ctx: &Context, name: Option<String>) -> anyhow::Result<ExitCode> {
     }
     println!("=== {}", info.name);
     println!("Web URL:   {}", info.web_url);
+    match &info.secure_url {
+        Some(url) => println!("HTTPS URL: {url}"),
+        // Apps that redirect to HTTPS when they see DYNO need it (docs/deploying.md#https).
+        None => {
+            println!("HTTPS:     off (start mar serve with --https-listen ADDRESS to serve it)")
+        }
+    }
     println!("Git URL:   {}", info.git_url);
     println!("State:     {}", info.state);
     println!(

@@ -115,8 +115,11 @@ async fn list(ctx: &Context) -> anyhow::Result<ExitCode> {
             .map_or(String::new(), |s| format!(" for {s}s"));
         let port = p.port.map_or(String::new(), |p| format!(" port {p}"));
         let pid = p.pid.map_or(String::new(), |p| format!(" pid {p}"));
+        let memory = p
+            .memory_bytes
+            .map_or(String::new(), |b| format!(" memory {}", human_bytes(b)));
         println!(
-            "{}: {}{uptime} (v{}){port}{pid} restarts {}",
+            "{}: {}{uptime} (v{}){port}{pid}{memory} restarts {}",
             p.dyno, p.state, p.release, p.restarts
         );
     }
@@ -169,6 +172,18 @@ async fn restart(ctx: &Context, target: Option<String>) -> anyhow::Result<ExitCo
     }
     println!("restarted {}", restarted.join(", "));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Bytes as `mar ps:resize` writes sizes: `38.2M`, `512K`, `1.5G`.
+fn human_bytes(b: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
+    for (unit, size) in UNITS {
+        if b >= size {
+            #[allow(clippy::cast_precision_loss)]
+            return format!("{:.1}{unit}", b as f64 / size as f64);
+        }
+    }
+    format!("{b}B")
 }
 
 /// `mar ps:resize [--memory] [--pids] [--nofile] [--cpu] [--disk]`: the limits are config vars.
