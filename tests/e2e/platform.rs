@@ -420,3 +420,36 @@ fn a_followed_log_ends_with_the_server_and_does_not_delay_it() {
         "{rest}"
     );
 }
+
+/// Output for a pipe has no colour codes; the usage line does not ask for `--data-dir`
+/// (MAR_HOME or the default give it); `mar ps` shows each instance's memory, as the docs say.
+#[tokio::test]
+async fn plain_output_usage_and_memory_in_ps() {
+    let help = std::process::Command::new(mar_bin())
+        .arg("--help")
+        .env("MAR_HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("Usage: mar [OPTIONS] <COMMAND>"), "{text}");
+    assert!(!text.contains('\u{1b}'), "colour codes in piped output");
+    let mar = MarServer::start();
+    mar.create_app("plain");
+    let repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    assert!(repo.push(&mar.git_url("plain"), "main").ok());
+    for args in [
+        &["ps", "-a", "plain"][..],
+        &["apps:info", "plain"],
+        &["releases", "-a", "plain"],
+    ] {
+        let out = mar.mar(args);
+        assert!(out.ok(), "{}", out.all());
+        assert!(!out.all().contains('\u{1b}'), "{args:?}: {}", out.all());
+    }
+    let ps = mar.mar(&["ps", "-a", "plain"]).stdout;
+    let web = ps
+        .lines()
+        .find(|l| l.starts_with("web.1: up"))
+        .unwrap_or_default();
+    assert!(web.contains(" memory "), "{ps}");
+}
