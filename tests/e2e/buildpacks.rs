@@ -56,9 +56,21 @@ async fn multi_buildpack_contract() {
         mar.get("multi.localhost", "/env/FROM_RELEASE").await.body,
         "yes"
     );
+    // Defaults never replace the app's own config, nor set the platform's settings.
     assert_eq!(
         mar.get("multi.localhost", "/env/GREETING").await.body,
         "hi there"
+    );
+    assert_eq!(
+        mar.get("multi.localhost", "/env/MAR_MEMORY_LIMIT").await.status,
+        404,
+        "a buildpack raised the app's memory limit"
+    );
+    assert!(
+        push.stderr
+            .contains("Ignored MAR_MEMORY_LIMIT from the buildpack's config_vars"),
+        "{}",
+        push.stderr
     );
     let run = std::fs::read_dir(mar.data_dir.join("apps/multi/run"))
         .unwrap()
@@ -401,4 +413,24 @@ async fn python_apps_install_from_pipenv_poetry_and_uv_locks() {
             );
         }
     }
+}
+
+/// The attack: a repository whose Django project directory's name carries YAML (a newline
+/// and a `config_vars:` block) tries to set the app's own memory limit through the web
+/// process the python buildpack guesses. The name is not a Python identifier, so nothing is
+/// guessed from it, and the push is refused before anything is installed.
+#[tokio::test]
+async fn a_project_name_cannot_smuggle_yaml_into_the_release() {
+    let mar = MarServer::start();
+    mar.create_app("smuggle");
+    let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/flask-no-procfile"));
+    std::fs::remove_file(repo.dir.join("app.py")).unwrap();
+    repo.write("manage.py", "print('not really django')\n");
+    repo.write("p\nconfig_vars:\n  MAR_MEMORY_LIMIT: 1000G/wsgi.py", "application = None\n");
+    repo.commit("smuggle");
+    let push = repo.push(&mar.git_url("smuggle"), "main");
+    assert!(!push.ok(), "{}", push.all());
+    assert!(push.stderr.contains("no Procfile, and no web process to guess"), "{}", push.stderr);
+    let config = mar.mar(&["config", "--json", "-a", "smuggle"]);
+    assert!(!config.stdout.contains("MAR_MEMORY_LIMIT"), "{}", config.stdout);
 }

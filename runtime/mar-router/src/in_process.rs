@@ -50,12 +50,18 @@ pub(crate) async fn serve(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     add_forwarded(headers, &Forwarded::now(&ctx.inbound, &ctx.rid));
+    let http11 = req.version() == http::Version::HTTP_11;
     req.extensions_mut().insert(mar_http::Connection {
         client: ctx.inbound.client,
         local: ctx.inbound.local,
         scheme: ctx.inbound.scheme(),
         request_id: ctx.rid.clone(),
-        socket: ctx.inbound.fd.map(mar_http::ClientSocket::new),
+        // Only where an upgrade hands the handler the connection itself (HTTP/1.1): an HTTP/2
+        // stream shares its socket with others, which a handler must not touch.
+        socket: http11
+            .then_some(ctx.inbound.fd)
+            .flatten()
+            .map(mar_http::ClientSocket::new),
     });
     let idle = (!patient).then_some(shared.timeouts.response_idle);
     let limit = if patient {

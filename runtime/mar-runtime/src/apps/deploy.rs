@@ -146,8 +146,19 @@ impl Apps {
         ));
         let slug_time = t_slug.elapsed();
 
+        // A buildpack's `config_vars` are defaults, as on Heroku: they never replace what the
+        // app has, and never set the platform's own variables or settings (`MAR_*`: an app
+        // raising its own memory limit through its buildpack).
         let mut release_config = config;
-        release_config.extend(built.config_defaults);
+        for (k, v) in built.config_defaults {
+            if !valid_var(&k) || set_by_the_platform(&k).is_some() || k.starts_with("MAR_") {
+                out.line(format!(
+                    "       Ignored {k} from the buildpack's config_vars: the platform's to set"
+                ));
+                continue;
+            }
+            release_config.entry(k).or_insert(v);
+        }
         let short: String = commit.chars().take(7).collect();
         let new = NewRelease {
             description: format!("Deploy {short}"),
