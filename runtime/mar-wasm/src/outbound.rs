@@ -202,6 +202,7 @@ impl WasiHttpHooks for OutboundPolicy {
                     rcode: Some("lookup failed".into()),
                     info_code: None,
                 })?;
+            let mut vetted = None;
             for a in addrs {
                 if forbidden_address(a.ip()) {
                     log(&format!(
@@ -210,6 +211,25 @@ impl WasiHttpHooks for OutboundPolicy {
                     ));
                     return Err(Error::DestinationIpProhibited);
                 }
+                vetted.get_or_insert(a);
+            }
+            let Some(vetted) = vetted else {
+                return Err(Error::DnsError {
+                    rcode: Some("no address".into()),
+                    info_code: None,
+                });
+            };
+            // A plain-HTTP request goes to the address just checked, not to a second lookup
+            // whose answer could differ (DNS rebinding onto this machine); its Host header
+            // keeps the name. Over HTTPS the certificate must name the host, which a rebound
+            // address on this machine cannot present.
+            let mut request = request;
+            if scheme == "http" {
+                let pinned = format!(
+                    "http://{vetted}{}",
+                    request.uri().path_and_query().map_or("/", |p| p.as_str())
+                );
+                *request.uri_mut() = pinned.parse().map_err(|_| Error::HttpRequestUriInvalid)?;
             }
             use http_body_util::BodyExt;
             let (res, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
