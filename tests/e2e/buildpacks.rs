@@ -62,7 +62,9 @@ async fn multi_buildpack_contract() {
         "hi there"
     );
     assert_eq!(
-        mar.get("multi.localhost", "/env/MAR_MEMORY_LIMIT").await.status,
+        mar.get("multi.localhost", "/env/MAR_MEMORY_LIMIT")
+            .await
+            .status,
         404,
         "a buildpack raised the app's memory limit"
     );
@@ -426,11 +428,23 @@ async fn a_project_name_cannot_smuggle_yaml_into_the_release() {
     let repo = mar.repo_from(&repo_root().join("tests/fixtures/apps/flask-no-procfile"));
     std::fs::remove_file(repo.dir.join("app.py")).unwrap();
     repo.write("manage.py", "print('not really django')\n");
-    repo.write("p\nconfig_vars:\n  MAR_MEMORY_LIMIT: 1000G/wsgi.py", "application = None\n");
+    repo.write(
+        "p\nconfig_vars:\n  MAR_MEMORY_LIMIT: 1000G/wsgi.py",
+        "application = None\n",
+    );
     repo.commit("smuggle");
     let push = repo.push(&mar.git_url("smuggle"), "main");
     assert!(!push.ok(), "{}", push.all());
-    assert!(push.stderr.contains("no Procfile, and no web process to guess"), "{}", push.stderr);
+    assert!(
+        push.stderr
+            .contains("no Procfile, and no web process to guess"),
+        "{}",
+        push.stderr
+    );
     let config = mar.mar(&["config", "--json", "-a", "smuggle"]);
-    assert!(!config.stdout.contains("MAR_MEMORY_LIMIT"), "{}", config.stdout);
+    assert!(
+        !config.stdout.contains("MAR_MEMORY_LIMIT"),
+        "{}",
+        config.stdout
+    );
 }
