@@ -489,10 +489,20 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     let (listeners, addr) = listen(cfg.listen, threads)?;
     let https = match cfg.https_listen {
         Some(a) => {
+            let served: tls::Served = {
+                let routes = routes.clone();
+                Arc::new(move |host: &str| {
+                    !matches!(
+                        routes.resolve(Some(host)),
+                        mar_router::Resolved::NoSuchApp(_)
+                    )
+                })
+            };
             let acceptor = tls::acceptor(
                 &paths.root().join("tls"),
                 &cfg.domain,
                 &cfg.tls_certificates,
+                served,
             )?;
             let (ls, local) = listen(a, threads)?;
             Some((ls, acceptor, local))

@@ -42,6 +42,9 @@ struct SniResolver {
     fallback: Arc<CertifiedKey>,
 }
 
+/// Whether the platform serves a host name (the router's route table answers).
+pub type Served = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// Most names the local authority issues certificates for in one run: each is a key and a
 /// signature, and a client may ask for any name under the domain.
 const MAX_ISSUED: usize = 1024;
@@ -52,6 +55,9 @@ const MAX_ISSUED: usize = 1024;
 /// issuer does.
 struct LocalIssuer {
     domain: String,
+    /// Whether a host is one the platform serves (an app's, or a reserved label's): only
+    /// those get a certificate, so junk names cannot use up the bound.
+    served: Served,
     key: rcgen::KeyPair,
     params: rcgen::CertificateParams,
     ca_der: CertificateDer<'static>,
@@ -83,7 +89,7 @@ impl LocalIssuer {
         if let Some(k) = issued.get(host) {
             return Some(k.clone());
         }
-        if issued.len() >= MAX_ISSUED {
+        if issued.len() >= MAX_ISSUED || !(self.served)(host) {
             return None;
         }
         let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
@@ -258,6 +264,7 @@ fn local_issuer(
     dir: &Path,
     domain: &str,
     provider: &Arc<CryptoProvider>,
+    served: Served,
 ) -> Result<LocalIssuer, TlsError> {
     let made = |e: rcgen::Error| TlsError::Generate(e.to_string());
     let ca_key = rcgen::KeyPair::from_pem(
@@ -272,6 +279,7 @@ fn local_issuer(
         .map_err(|e| TlsError::Generate(e.to_string()))?;
     let issuer = LocalIssuer {
         domain: domain.to_ascii_lowercase(),
+        served,
         params: ca_params(&ca_key)?,
         key: ca_key,
         ca_der,
@@ -286,11 +294,12 @@ pub fn acceptor(
     dir: &Path,
     domain: &str,
     certs: &[TlsCertificate],
+    served: Served,
 ) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let (cert, key) = local_certificate(dir, domain)?;
     let fallback = load(&provider, &cert, &key)?;
-    let issuer = local_issuer(dir, domain, &provider)?;
+    let issuer = local_issuer(dir, domain, &provider, served)?;
     let mut by_name = Vec::new();
     for c in certs {
         let k = load(&provider, &c.cert, &c.key)?;
@@ -314,6 +323,10 @@ pub fn acceptor(
 mod tests {
     use super::*;
 
+    fn all() -> Served {
+        Arc::new(|_: &str| true)
+    }
+
     #[test]
     fn wildcards_match_one_label() {
         assert!(matches("*.example.com", "a.example.com"));
@@ -327,7 +340,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         local_certificate(d.path(), "localhost").unwrap();
-        let issuer = local_issuer(d.path(), "localhost", &provider).unwrap();
+        let served: Served = Arc::new(|h: &str| h != "junk.localhost");
+        let issuer = local_issuer(d.path(), "localhost", &provider, served).unwrap();
         let first = issuer.for_host("app.localhost").unwrap();
         assert!(
             Arc::ptr_eq(&first, &issuer.for_host("app.localhost").unwrap()),
@@ -339,6 +353,7 @@ mod tests {
             "evil.example",
             "bad_name.localhost",
             ".localhost",
+            "junk.localhost",
         ] {
             assert!(issuer.for_host(other).is_none(), "{other}");
         }
@@ -354,9 +369,9 @@ mod tests {
     #[test]
     fn the_authority_is_made_once_and_signs_the_local_certificate() {
         let d = tempfile::tempdir().unwrap();
-        acceptor(d.path(), "localhost", &[]).unwrap();
+        acceptor(d.path(), "localhost", &[], all()).unwrap();
         let ca = std::fs::read(d.path().join(CA_CERT)).unwrap();
-        acceptor(d.path(), "apps.test", &[]).unwrap();
+        acceptor(d.path(), "apps.test", &[], all()).unwrap();
         assert_eq!(
             ca,
             std::fs::read(d.path().join(CA_CERT)).unwrap(),
@@ -400,7 +415,7 @@ mod tests {
             cert: d.path().join("missing.crt"),
             key: d.path().join("missing.key"),
         };
-        let Err(err) = acceptor(d.path(), "localhost", &[bad]) else {
+        let Err(err) = acceptor(d.path(), "localhost", &[bad], all()) else {
             panic!("a missing certificate file was accepted");
         };
         assert!(err.to_string().contains("missing.crt"), "{err}");
