@@ -18,7 +18,8 @@ fn run_dir(mar: &MarServer, app: &str) -> std::path::PathBuf {
 
 #[tokio::test]
 async fn apps_cannot_read_each_other_or_the_platform() {
-    let mar = MarServer::start();
+    // With HTTPS, so the local certificate authority's keys exist to be attacked too.
+    let mar = MarServer::start_with_args(None, &["--https-listen", "127.0.0.1:0"]);
     mar.deploy_lifecycle("alice", &[]);
     mar.deploy_lifecycle("mallory", &["MAR_NOFILE_LIMIT=256"]);
     let uid_a = mar.get("alice.localhost", "/whoami").await.body;
@@ -31,6 +32,8 @@ async fn apps_cannot_read_each_other_or_the_platform() {
         mar.data_dir.join("token"),
         mar.data_dir.join("mar.db"),
         mar.data_dir.join("logs/alice.log"),
+        mar.data_dir.join("tls/ca.key"),
+        mar.data_dir.join("tls/local.key"),
     ];
     for path in &secrets {
         let r = mar

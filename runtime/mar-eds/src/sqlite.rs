@@ -398,13 +398,7 @@ fn run_insert(tx: &Connection, job: InsertJob) -> Result<(), EdsError> {
     if let Some((username, hash)) = &job.credentials {
         tx.prepare_cached("INSERT INTO credentials (user_id, username, hash) VALUES (?1, ?2, ?3)")
             .and_then(|mut st| st.execute(params![r.id, username, hash]))
-            .map_err(|e| {
-                if unique_violation(&e) {
-                    taken()
-                } else {
-                    storage_err(e)
-                }
-            })?;
+            .map_err(username_err)?;
     }
     let change = Change {
         event: job.event,
@@ -459,6 +453,15 @@ fn log_change(tx: &Connection, r: &Record, change: Change<'_>) -> rusqlite::Resu
 
 fn unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+/// A credentials write's error: a username another user has, or the storage's.
+fn username_err(e: rusqlite::Error) -> EdsError {
+    if unique_violation(&e) {
+        taken()
+    } else {
+        storage_err(e)
+    }
 }
 
 fn taken() -> EdsError {
@@ -590,13 +593,7 @@ impl Storage for SqliteStorage {
                     "UPDATE credentials SET username = ?1 WHERE user_id = ?2",
                     params![username, r.id],
                 )
-                .map_err(|e| {
-                    if unique_violation(&e) {
-                        taken()
-                    } else {
-                        storage_err(e)
-                    }
-                })?;
+                .map_err(username_err)?;
             }
             if let Some(hash) = new_hash {
                 tx.execute(

@@ -171,9 +171,12 @@ pub struct Gateways {
     sessions: tokio_util::task::TaskTracker,
     /// Open sockets per client address, across gateways.
     per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Held while a configuration is kept, so changes are kept in the order they were made.
+    keeping: Mutex<()>,
 }
 
-/// Called when a gateway's configuration changes through the API, to keep it.
+/// Called when a gateway's configuration changes through the API, to keep it: on a blocking
+/// thread, before the API answers (it may write to a database).
 pub type ConfigChanged = Arc<dyn Fn(&str, &GatewayConfig) + Send + Sync>;
 
 /// One open socket's place in its address's count, given back when the session ends.
@@ -238,6 +241,7 @@ impl Gateways {
             verifier,
             sessions: tokio_util::task::TaskTracker::new(),
             per_address: Mutex::new(HashMap::new()),
+            keeping: Mutex::new(()),
         }))
     }
 
@@ -721,8 +725,23 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
                 },
             }
             if config != gw.config() {
-                gw.set_config(config.clone());
-                (gateways.on_config)(&gw.id, &config);
+                gw.set_config(config);
+                // Kept before the answer, so a 200 survives a restart; off this thread (the
+                // keeper may block); the configuration current under the lock is the one
+                // kept, so concurrent changes end as the last one made.
+                let (all, gw) = (gateways.clone(), gw.clone());
+                let kept = tokio::task::spawn_blocking(move || {
+                    let _order = all.keeping.lock().unwrap_or_else(|e| e.into_inner());
+                    (all.on_config)(&gw.id, &gw.config());
+                })
+                .await;
+                if kept.is_err() {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        "the configuration could not be kept",
+                    );
+                }
             }
             json_response(StatusCode::OK, &configuration(&gw))
         }

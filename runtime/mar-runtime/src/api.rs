@@ -389,8 +389,8 @@ impl PlatformHandler {
 /// The services' APIs: the MWS gateways' API and WebSocket endpoint (bare domain, IP hosts,
 /// mws.DOMAIN) and the EDS backends' API (eds.DOMAIN too, by Enginio-Backend-Id), open to pages
 /// of any origin (see `cors`). Neither blocks the thread that calls it (their SQLite and
-/// argon2 work runs on their own executors, and what they keep in the platform's store is
-/// written from the platform's runtime), so the router calls this on its own thread rather
+/// argon2 work runs on their own executors, and what MWS keeps in the platform's store is
+/// written on a blocking thread), so the router calls this on its own thread rather
 /// than through the platform's runtime: a publish or a read saves a thread hop.
 pub(crate) struct ServicesHandler {
     pub(crate) platform: Arc<Platform>,

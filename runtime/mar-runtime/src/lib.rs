@@ -560,34 +560,13 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
     let eds_users = Arc::new(eds_users::EdsUsers::default());
     let gateways = {
         let store = store.clone();
-        // The API calls this on a router thread: the store's write happens on the platform's
-        // runtime, one change after another in the order they were made.
-        let (kept_tx, mut kept_rx) =
-            tokio::sync::mpsc::unbounded_channel::<(String, String, String)>();
-        tokio::spawn(async move {
-            while let Some((id, access, settings)) = kept_rx.recv().await {
-                let store = store.clone();
-                let written = tokio::task::spawn_blocking(move || {
-                    store
-                        .set_service_config(&id, &access, &settings)
-                        .map_err(|e| (id, e))
-                })
-                .await;
-                match written {
-                    Ok(Ok(())) => {}
-                    Ok(Err((id, e))) => {
-                        tracing::error!("cannot keep gateway {id}'s configuration: {e}");
-                    }
-                    Err(e) => tracing::error!("keeping a gateway's configuration failed: {e}"),
-                }
-            }
-        });
+        // MWS calls this on a blocking thread and answers once it returns.
         let keep: mar_mws::api::ConfigChanged = Arc::new(move |id, config| {
-            let _ = kept_tx.send((
-                id.to_owned(),
-                config.access.as_str().to_owned(),
-                config.settings_json(),
-            ));
+            if let Err(e) =
+                store.set_service_config(id, config.access.as_str(), &config.settings_json())
+            {
+                tracing::error!("cannot keep gateway {id}'s configuration: {e}");
+            }
         });
         let resolve: mar_mws::forward::Resolve = {
             let links = links.clone();

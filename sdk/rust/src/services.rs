@@ -38,6 +38,20 @@ fn env(name: &str) -> Result<String, SdkError> {
     std::env::var(name).map_err(|_| SdkError::Url(format!("{name} is not set: attach the service")))
 }
 
+/// Sends one request to `url`; the answer's status and body.
+async fn send(
+    http: &Http,
+    req: Request<Full<Bytes>>,
+    url: &str,
+) -> Result<(http::StatusCode, Bytes), SdkError> {
+    let resp = http.request(req).await.map_err(|cause| SdkError::Connect {
+        url: url.to_owned(),
+        cause,
+    })?;
+    let status = resp.status();
+    Ok((status, resp.into_body().collect().await?.to_bytes()))
+}
+
 /// One call; the answer as JSON, or the service's error (either service's error shape).
 async fn call(
     http: &Http,
@@ -53,12 +67,7 @@ async fn call(
     let req = req
         .body(Full::new(body.unwrap_or_default()))
         .map_err(|_| SdkError::Url(url.to_owned()))?;
-    let resp = http.request(req).await.map_err(|cause| SdkError::Connect {
-        url: url.to_owned(),
-        cause,
-    })?;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
+    let (status, bytes) = send(http, req, url).await?;
     let v: Value = if bytes.is_empty() {
         Value::Null
     } else {
@@ -441,16 +450,7 @@ impl Eds {
         let req = Request::get(&url)
             .body(Full::new(Bytes::new()))
             .map_err(|_| SdkError::Url(url.clone()))?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|cause| SdkError::Connect {
-                url: url.clone(),
-                cause,
-            })?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
+        let (status, bytes) = send(&self.http, req, &url).await?;
         if !status.is_success() {
             return Err(SdkError::Api {
                 status: status.as_u16(),
