@@ -1,7 +1,9 @@
 //! Releases: history, info, rollback (old code and old config), slug pruning, the release
 //! phase, and one-off processes.
 
-use mar_tests::{MarServer, repo_root};
+use std::time::{Duration, Instant};
+
+use mar_tests::{CmdOutput, MarServer, mar_bin, repo_root};
 
 #[tokio::test]
 async fn rollback_restores_old_code_and_config_and_pruned_slugs_are_refused() {
@@ -232,6 +234,104 @@ async fn one_off_commands_run_in_the_app_environment() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["stdout"], "hi\n");
     assert_eq!(r.json()["exitCode"], 0);
+}
+
+/// `mar run -a APP bash` typed at a terminal is an interactive shell at a terminal of its own:
+/// driven through a real pseudo-terminal (as a user's), the remote shell sees a terminal of
+/// the user's size and `TERM`, Ctrl-C interrupts its foreground job and not the session, a
+/// window resize reaches it, its exit status is mar's, and the user's terminal is restored.
+#[tokio::test]
+async fn run_at_a_terminal_is_an_interactive_shell() {
+    let mar = MarServer::start();
+    mar.create_app("shell");
+    let repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    assert!(repo.push(&mar.git_url("shell"), "main").ok());
+    let out = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/fixtures/terminal/drive.py"))
+        .arg(mar_bin())
+        .args(["run", "-a", "shell", "bash"])
+        .current_dir(mar.tmp.path())
+        .env("MAR_HOME", &mar.data_dir)
+        .env("TERM", "xterm-test")
+        .env_remove("MAR_API_URL")
+        .env_remove("MAR_TOKEN")
+        .output()
+        .unwrap();
+    let out = CmdOutput::from(out);
+    assert!(out.ok() && out.stdout.contains("DRIVE-OK"), "{}", out.all());
+    let logs = mar.mar(&["logs", "-a", "shell"]);
+    assert!(
+        logs.stdout.contains("exited with status 3"),
+        "{}",
+        logs.stdout
+    );
+    // The session's endpoint wants the admin token and a WebSocket.
+    let anonymous = mar
+        .http("GET", "localhost", "/v1/apps/shell/terminal", "")
+        .await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    let plain = mar.api("GET", "/v1/apps/shell/terminal", "").await;
+    assert_eq!(plain.status, 400, "{}", plain.body);
+    assert!(plain.body.contains("WebSocket"), "{}", plain.body);
+
+    // A first frame that is not a start gets the reason as the session's result.
+    let client = mar_sdk::Client::new(&format!("http://{}", mar.addr), &mar.token());
+    let url = format!("ws://{}/v1/apps/shell/terminal", mar.addr);
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        url.as_str(),
+    )
+    .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", mar.token()).parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::text("rm -rf /"))
+        .await
+        .unwrap();
+    let answer = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(answer.contains("the first frame must be"), "{answer}");
+
+    // Hanging up kills the process and whatever it started.
+    let start = mar_sdk::types::TerminalStart {
+        command: "sleep 314 & echo STARTED; wait".into(),
+        cols: 80,
+        rows: 24,
+        term: None,
+    };
+    let (keys, mut screen) = client.terminal("shell", &start).await.unwrap();
+    let mut seen = String::new();
+    while !seen.contains("STARTED") {
+        match tokio::time::timeout(Duration::from_secs(20), screen.next()).await {
+            Ok(Ok(mar_sdk::terminal::TerminalEvent::Output(b))) => {
+                seen.push_str(&String::from_utf8_lossy(&b));
+            }
+            other => panic!("{other:?} after {seen:?}"),
+        }
+    }
+    assert!(pgrep("sleep 314"), "the process did not start");
+    drop((keys, screen));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pgrep("sleep 314") {
+        assert!(
+            Instant::now() < deadline,
+            "the process outlived the session"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs = mar.mar(&["logs", "-a", "shell"]);
+    assert!(logs.stdout.contains("was stopped"), "{}", logs.stdout);
+}
+
+/// Whether a process with `pattern` in its command line runs.
+fn pgrep(pattern: &str) -> bool {
+    std::process::Command::new("pgrep")
+        .args(["-f", pattern])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
 }
 
 /// The variables the platform sets in every process are not config vars: `config:set PORT`

@@ -12,6 +12,7 @@ mod logs;
 mod processes;
 mod releases;
 mod services;
+mod terminal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -258,6 +259,7 @@ pub fn router(p: Arc<Platform>) -> axum::Router {
         )
         .route("/v1/apps/{app}/scale", post(patch_formation))
         .route("/v1/apps/{app}/run", post(run_command))
+        .route("/v1/apps/{app}/terminal", get(terminal::open_terminal))
         .route("/v1/apps/{app}/domains", get(list_domains).post(add_domain))
         .route(
             "/v1/apps/{app}/domains/{name}",

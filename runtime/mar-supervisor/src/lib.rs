@@ -11,6 +11,7 @@ mod firewall;
 pub mod listener;
 pub mod output;
 mod sandbox;
+pub mod terminal;
 pub mod users;
 
 pub use cgroup::{Cgroups, InstanceGroup, Limits};
@@ -399,7 +400,9 @@ impl Actor {
     }
 
     fn command(&self, port: Option<u16>) -> Command {
-        command(self.spec(), port)
+        let mut cmd = command(self.spec(), port);
+        cmd.process_group(0);
+        cmd
     }
 
     /// Closes `port` to every user but the app's own and root's; returns what to release.
@@ -651,7 +654,8 @@ fn group_rss(pgid: u32) -> u64 {
 }
 
 /// The command line of a process: `bash -c` sourcing `.profile.d` first, in the slug, with a
-/// cleared environment, in its own process group.
+/// cleared environment. The caller puts it in a process group of its own (or a session of its
+/// own, for a terminal), so that signals reach everything it forks.
 fn command(spec: &ProcessSpec, port: Option<u16>) -> Command {
     // `.profile.d` scripts come first, as on Heroku; the command then runs in the same
     // shell so its exports apply.
@@ -674,7 +678,6 @@ fn command(spec: &ProcessSpec, port: Option<u16>) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
     if let Some(port) = port {
         cmd.env("PORT", port.to_string());
@@ -693,6 +696,23 @@ pub async fn one_off(
     cancel: CancellationToken,
 ) -> Result<i32, BootError> {
     let mut cmd = command(spec, None);
+    cmd.process_group(0);
+    let (mut child, group) = spawn_one_off(spec, cmd)?;
+    let pumps = pump_output(&mut child, out);
+    let result = wait_one_off(&mut child, timeout, cancel).await;
+    end_one_off(group);
+    for p in pumps {
+        let _ = p.await;
+    }
+    result
+}
+
+/// Spawns a one-off's command in a control group of its own (when the platform has them) and
+/// in the app's sandbox.
+fn spawn_one_off(
+    spec: &ProcessSpec,
+    mut cmd: Command,
+) -> Result<(Child, Option<InstanceGroup>), BootError> {
     let group = match &spec.cgroups {
         Some(cg) => cg
             .create(
@@ -709,9 +729,17 @@ pub async fn one_off(
     };
     let procs = group.as_ref().map(|g| g.procs.clone()).unwrap_or_default();
     sandbox::apply(&mut cmd, &spec.sandbox, &procs).map_err(|e| BootError::Spawn(e.to_string()))?;
-    let mut child = cmd.spawn().map_err(|e| BootError::Spawn(e.to_string()))?;
-    let pumps = pump_output(&mut child, out);
-    let result = tokio::select! {
+    let child = cmd.spawn().map_err(|e| BootError::Spawn(e.to_string()))?;
+    Ok((child, group))
+}
+
+/// Waits for a one-off to exit, killing its process group at `timeout` or `cancel`.
+async fn wait_one_off(
+    child: &mut Child,
+    timeout: Duration,
+    cancel: CancellationToken,
+) -> Result<i32, BootError> {
+    tokio::select! {
         status = child.wait() => {
             use std::os::unix::process::ExitStatusExt;
             match status {
@@ -720,24 +748,24 @@ pub async fn one_off(
             }
         }
         _ = tokio::time::sleep(timeout) => {
-            kill(&child, Signal::SIGKILL);
+            kill(child, Signal::SIGKILL);
             let _ = child.wait().await;
             Err(BootError::RanTooLong(timeout.as_secs()))
         }
         _ = cancel.cancelled() => {
-            kill(&child, Signal::SIGKILL);
+            kill(child, Signal::SIGKILL);
             let _ = child.wait().await;
             Err(BootError::Stopped)
         }
-    };
+    }
+}
+
+/// Whatever a one-off left running in its control group (a daemon it started) dies with it.
+fn end_one_off(group: Option<InstanceGroup>) {
     if let Some(g) = group {
         g.kill_all();
         g.remove();
     }
-    for p in pumps {
-        let _ = p.await;
-    }
-    result
 }
 
 /// Sends every line the child writes to stdout or stderr to `sink`, from two tasks that end

@@ -1,7 +1,8 @@
 //! What happens between `fork` and `exec` of an app process: join its control groups, get a
 //! private `/tmp`, `/var/tmp` and `/dev/shm` and an ephemeral, size-limited home, cap open files, drop to the app's own user, die
 //! with `mar serve`, gain no privileges ever after (`no_new_privs`), and inherit no descriptor
-//! beyond stdin, stdout and stderr.
+//! beyond stdin, stdout and stderr; and, for `mar run` at a terminal, take a pseudo-terminal
+//! as its controlling terminal.
 //!
 //! This is the one place in mini-MAR with `unsafe`: `pre_exec` runs in the forked child of a
 //! multi-threaded process, where only async-signal-safe calls are allowed. So everything that
@@ -256,4 +257,23 @@ pub(crate) fn apply(
         cmd.pre_exec(closure);
     }
     Ok(())
+}
+
+/// Arranges for `cmd`'s child to lead a session of its own whose controlling terminal is its
+/// stdin (the slave side of a pseudo-terminal), as a login shell's is: job control, Ctrl-C
+/// and window sizes then reach it. Registered before [`apply`], so it runs first, as root.
+pub(crate) fn take_terminal(cmd: &mut Command) {
+    let closure = move || -> io::Result<()> {
+        // SAFETY: two async-signal-safe syscalls on no memory at all.
+        unsafe {
+            if libc::setsid() == -1 || libc::ioctl(0, libc::TIOCSCTTY, 0) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes async-signal-safe calls.
+    unsafe {
+        cmd.pre_exec(closure);
+    }
 }

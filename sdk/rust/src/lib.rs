@@ -2,6 +2,7 @@
 //! hook and the tests.
 
 pub mod services;
+pub mod terminal;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -53,6 +54,9 @@ pub enum SdkError {
     /// The URL is not valid.
     #[error("invalid API URL {0:?}")]
     Url(String),
+    /// A terminal session (`mar run` at a terminal) could not be opened or broke off.
+    #[error("terminal session: {0}")]
+    Terminal(String),
 }
 
 /// What a user is told when the server cannot be reached: that it is not running when nothing

@@ -139,6 +139,36 @@ pub struct RunResult {
     pub error: Option<String>,
 }
 
+/// The first message of a terminal session: `GET /v1/apps/APP/terminal` upgraded to a
+/// WebSocket, for `mar run` typed at a terminal. After it, binary frames carry the terminal's
+/// bytes both ways, a text frame from the client is a [`TerminalControl`], and the server's
+/// last text frame is the [`RunResult`] before it closes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TerminalStart {
+    /// The command line, as `POST /v1/apps/APP/run` takes it.
+    pub command: String,
+    /// The terminal's width in columns.
+    pub cols: u16,
+    /// Its height in rows.
+    pub rows: u16,
+    /// The client's `TERM`.
+    #[serde(default)]
+    pub term: Option<String>,
+}
+
+/// A terminal session's control message (a text frame from the client).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminalControl {
+    /// The client's window has a new size: `{"resize": {"cols": 120, "rows": 40}}`.
+    Resize {
+        /// Columns.
+        cols: u16,
+        /// Rows.
+        rows: u16,
+    },
+}
+
 /// One process instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessInfo {

@@ -218,6 +218,47 @@ impl Apps {
         out: mar_build::Output,
         cancel: CancellationToken,
     ) -> Result<i32, DeployError> {
+        let (spec, index) = self.one_off_spec(app, command)?;
+        let result = mar_supervisor::one_off(
+            &spec,
+            move |line| out.line(line),
+            ONE_OFF_TIME_LIMIT,
+            cancel,
+        )
+        .await;
+        self.one_off_ended(app, index, result)
+    }
+
+    /// Runs a one-off command as [`Self::run_command`] does, at a terminal of its own: for
+    /// `mar run` typed at a terminal (an interactive shell, a REPL, a full-screen program).
+    pub async fn run_at_terminal(
+        &self,
+        app: &AppName,
+        command: &str,
+        tty: mar_supervisor::terminal::Tty,
+        input: tokio::sync::mpsc::Receiver<mar_supervisor::terminal::TerminalInput>,
+        output: tokio::sync::mpsc::Sender<Vec<u8>>,
+        cancel: CancellationToken,
+    ) -> Result<i32, DeployError> {
+        let (spec, index) = self.one_off_spec(app, command)?;
+        let result = mar_supervisor::terminal::one_off_at_terminal(
+            &spec,
+            tty,
+            input,
+            output,
+            ONE_OFF_TIME_LIMIT,
+            cancel,
+        )
+        .await;
+        self.one_off_ended(app, index, result)
+    }
+
+    /// The process a one-off runs as (`run.N`, from the current release), logged as started.
+    fn one_off_spec(
+        &self,
+        app: &AppName,
+        command: &str,
+    ) -> Result<(mar_supervisor::ProcessSpec, u32), DeployError> {
         let release = self
             .store
             .current_release(app)?
@@ -234,19 +275,27 @@ impl Apps {
             "mar[api]",
             &format!("Starting process with command `{command}` as run.{index}"),
         );
-        let code = mar_supervisor::one_off(
-            &spec,
-            move |line| out.line(line),
-            Duration::from_secs(3600),
-            cancel,
-        )
-        .await
-        .map_err(|e| DeployError::Boot(e.to_string()))?;
-        self.logs.append(
-            app,
-            "mar[api]",
-            &format!("run.{index} exited with status {code}"),
-        );
-        Ok(code)
+        Ok((spec, index))
+    }
+
+    /// Logs how a one-off ended: its status, or why it was stopped.
+    fn one_off_ended(
+        &self,
+        app: &AppName,
+        index: u32,
+        result: Result<i32, mar_supervisor::BootError>,
+    ) -> Result<i32, DeployError> {
+        let line = match &result {
+            Ok(code) => format!("run.{index} exited with status {code}"),
+            Err(mar_supervisor::BootError::Stopped) => {
+                format!("run.{index} was stopped: its client hung up, or mar serve is stopping")
+            }
+            Err(e) => format!("run.{index} was stopped: {e}"),
+        };
+        self.logs.append(app, "mar[api]", &line);
+        result.map_err(|e| DeployError::Boot(e.to_string()))
     }
 }
+
+/// How long a one-off process may run (`mar run`, at a terminal or not).
+const ONE_OFF_TIME_LIMIT: Duration = Duration::from_secs(3600);

@@ -14,6 +14,7 @@ pub(crate) mod ps;
 pub(crate) mod releases;
 pub(crate) mod serve;
 pub(crate) mod services;
+pub(crate) mod terminal;
 pub(crate) mod tls;
 
 use std::collections::BTreeMap;

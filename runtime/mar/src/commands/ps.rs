@@ -50,8 +50,12 @@ pub(crate) enum PsCommand {
     /// Run a one-off command in the app's environment and slug: `mar run -a APP -- CMD…`.
     /// Several arguments reach the process as given (`mar run -- python -c 'print(1)'`); one
     /// argument is a shell command line (`mar run -- 'echo $PORT | wc -c'`). Its exit status
-    /// is mar's.
+    /// is mar's. Typed at a terminal, the command gets a terminal of its own (`mar run -a APP
+    /// bash` is an interactive shell); elsewhere its output arrives line by line.
     Run {
+        /// Run without a terminal even when stdin and stdout are one.
+        #[arg(long)]
+        no_tty: bool,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -71,7 +75,17 @@ pub(crate) async fn run(cmd: PsCommand, ctx: &Context) -> anyhow::Result<ExitCod
             cpu,
             disk,
         } => resize(ctx, [memory, pids, nofile, cpu, disk]).await,
-        PsCommand::Run { command } => run_command(ctx, command).await,
+        PsCommand::Run { no_tty, command } => {
+            if !no_tty && super::terminal::is_interactive() {
+                let app = resolve_app(ctx.app.clone())?;
+                let code =
+                    super::terminal::run_at_terminal(ctx, app.as_str(), command_line(&command))
+                        .await?;
+                exit_status(code)
+            } else {
+                run_command(ctx, command).await
+            }
+        }
     }
 }
 
@@ -265,14 +279,22 @@ async fn run_command(ctx: &Context, command: Vec<String>) -> anyhow::Result<Exit
         }
     }
     match result {
-        Some(mar_sdk::types::RunResult {
+        Some(r) => exit_status(r),
+        None => bail!("the command's output ended without an exit status"),
+    }
+}
+
+/// `mar run`'s own exit status: the command's, or an error when it could not run.
+fn exit_status(result: mar_sdk::types::RunResult) -> anyhow::Result<ExitCode> {
+    match result {
+        mar_sdk::types::RunResult {
             exit_code: Some(code),
             ..
-        }) => Ok(ExitCode::from(
+        } => Ok(ExitCode::from(
             u8::try_from(code.clamp(0, 255)).unwrap_or(1),
         )),
-        Some(mar_sdk::types::RunResult { error: Some(e), .. }) => bail!("{e}"),
-        _ => bail!("the command's output ended without an exit status"),
+        mar_sdk::types::RunResult { error: Some(e), .. } => bail!("{e}"),
+        _ => bail!("the command ended without an exit status"),
     }
 }
 

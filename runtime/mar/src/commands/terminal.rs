@@ -1,0 +1,109 @@
+//! `mar run` typed at a terminal: the user's terminal in raw mode (every key goes to the
+//! remote process, Ctrl-C included), keystrokes and window sizes sent over the platform's
+//! terminal WebSocket, the remote terminal's bytes written to the screen as they come, and the
+//! user's terminal restored however the session ends.
+
+use std::io::{IsTerminal, Read, Write};
+
+use mar_sdk::terminal::TerminalEvent;
+use mar_sdk::types::{RunResult, TerminalStart};
+use rustix::termios::{OptionalActions, Termios, tcgetattr, tcgetwinsize, tcsetattr};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+
+use super::Context;
+
+/// Whether `mar run` is typed at a terminal: both stdin and stdout are one.
+pub(crate) fn is_interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+}
+
+/// Runs `command` in `app` at a terminal of its own, relaying this terminal to it.
+pub(crate) async fn run_at_terminal(
+    ctx: &Context,
+    app: &str,
+    command: String,
+) -> anyhow::Result<RunResult> {
+    let (cols, rows) = window_size();
+    let start = TerminalStart {
+        command,
+        cols,
+        rows,
+        term: std::env::var("TERM").ok(),
+    };
+    let (mut keys, mut screen) = ctx.client.terminal(app, &start).await?;
+    let raw = RawMode::enter()?;
+    let mut typed = keystrokes();
+    let mut resized = signal(SignalKind::window_change())?;
+    let mut out = std::io::stdout();
+    let result = loop {
+        tokio::select! {
+            event = screen.next() => match event? {
+                TerminalEvent::Output(bytes) => {
+                    out.write_all(&bytes)?;
+                    out.flush()?;
+                }
+                TerminalEvent::Ended(result) => break result,
+            },
+            Some(bytes) = typed.recv() => keys.send(bytes).await?,
+            _ = resized.recv() => {
+                let (cols, rows) = window_size();
+                keys.resize(cols, rows).await?;
+            }
+        }
+    };
+    drop(raw);
+    Ok(result)
+}
+
+/// The user's window size, 80×24 when it cannot be read.
+fn window_size() -> (u16, u16) {
+    match tcgetwinsize(std::io::stdout()) {
+        Ok(w) if w.ws_col > 0 && w.ws_row > 0 => (w.ws_col, w.ws_row),
+        _ => (80, 24),
+    }
+}
+
+/// What the user types, read on a thread of its own: a read from a terminal blocks until the
+/// next key, which would hold up the runtime's end if it ran on the runtime's blocking pool.
+fn keystrokes() -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel(16);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = [0u8; 4096];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// The user's terminal in raw mode while this lives; as it was before when dropped (on every
+/// way out, an error included).
+struct RawMode {
+    before: Termios,
+}
+
+impl RawMode {
+    fn enter() -> std::io::Result<Self> {
+        let stdin = std::io::stdin();
+        let before = tcgetattr(&stdin)?;
+        let mut raw = before.clone();
+        raw.make_raw();
+        tcsetattr(&stdin, OptionalActions::Now, &raw)?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = tcsetattr(std::io::stdin(), OptionalActions::Now, &self.before);
+    }
+}
