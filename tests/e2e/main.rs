@@ -8,6 +8,7 @@
 
 mod buildpacks;
 mod claims;
+mod console;
 mod demos;
 mod deploy;
 mod docs;

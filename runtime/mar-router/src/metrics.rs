@@ -11,7 +11,7 @@ use std::time::Duration;
 use mar_core::AppName;
 
 /// Upper bounds of the latency buckets, in seconds.
-const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+pub const BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
 
 /// One app's counters.
 #[derive(Default)]
@@ -50,6 +50,31 @@ impl AppMetrics {
     pub fn websocket(&self, delta: i64) {
         self.websockets.fetch_add(delta, Ordering::Relaxed);
     }
+
+    /// The counters now (each read on its own: a request finishing meanwhile may be counted
+    /// in one and not yet in another).
+    pub fn snapshot(&self) -> Snapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Snapshot {
+            by_class: std::array::from_fn(|i| load(&self.by_class[i])),
+            buckets: std::array::from_fn(|i| load(&self.buckets[i])),
+            count: load(&self.count),
+            websockets: self.websockets.load(Ordering::Relaxed).max(0),
+        }
+    }
+}
+
+/// One app's counters at one moment ([`AppMetrics::snapshot`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Requests by status class, 1xx to 5xx.
+    pub by_class: [u64; 5],
+    /// Requests by latency bucket ([`BUCKETS`]; slower ones are counted only in `count`).
+    pub buckets: [u64; BUCKETS.len()],
+    /// All requests.
+    pub count: u64,
+    /// WebSockets open.
+    pub websockets: i64,
 }
 
 /// All apps' counters.

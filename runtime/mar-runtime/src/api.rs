@@ -2,10 +2,12 @@
 //! `/healthz`. It is an in-process handler of the router, reached on the bare domain.
 
 mod accounts;
+mod app_metrics;
 mod apps;
 mod auth;
 mod builds;
 mod config;
+mod console;
 mod cors;
 mod domains;
 mod logs;
@@ -44,6 +46,8 @@ use processes::{
 };
 use releases::{list_releases, rollback, show_release};
 
+pub(crate) use console::SESSION_LIFETIME as CONSOLE_SESSION_LIFETIME;
+
 /// Everything the platform's handlers share.
 pub struct Platform {
     /// Cancelled when `mar serve` shuts down: endless answers (a followed log) end then, so
@@ -65,6 +69,12 @@ pub struct Platform {
     pub(crate) gateways: Arc<mar_mws::Gateways>,
     /// The EDS backends (service instances of kind `eds`).
     pub(crate) backends: Arc<mar_eds::Backends>,
+    /// The last hour of each app's figures, for the console's charts.
+    pub(crate) history: Arc<crate::metrics_history::MetricsHistory>,
+    /// Each app's builds and their output.
+    pub(crate) builds: Arc<crate::build_logs::BuildLogs>,
+    /// The web console's sign-in sessions (in memory).
+    pub(crate) console: mar_console::Sessions,
     /// Account tokens of the account API (in memory).
     pub(crate) account_tokens: accounts::AccountTokens,
     /// The apps each gateway is attached to, for its forwarder.
@@ -203,6 +213,14 @@ fn existing(p: &Platform, s: &str) -> ApiResult<AppName> {
 pub fn router(p: Arc<Platform>) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/", get(console::page))
+        .route("/console/{file}", get(console::page))
+        .route(
+            "/console/session",
+            get(console::show_session)
+                .post(console::sign_in)
+                .delete(console::sign_out),
+        )
         .route("/metrics", get(metrics))
         .route("/v1/apps", get(list_apps).post(create_app))
         .route(
@@ -267,8 +285,16 @@ pub fn router(p: Arc<Platform>) -> axum::Router {
         )
         .route("/v1/apps/{app}/exec", post(exec_command))
         .route("/v1/apps/{app}/logs", get(get_logs))
+        .route("/v1/apps/{app}/metrics", get(app_metrics::app_metrics))
         .route("/v1/apps/{app}/logs/stream", get(stream_logs))
-        .route("/v1/apps/{app}/builds", post(create_build))
+        .route(
+            "/v1/apps/{app}/builds",
+            post(create_build).get(builds::list_builds),
+        )
+        .route(
+            "/v1/apps/{app}/builds/{id}/output",
+            get(builds::build_output),
+        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such API endpoint")
         })

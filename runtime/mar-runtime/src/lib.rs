@@ -4,11 +4,13 @@
 
 pub mod api;
 pub mod apps;
+mod build_logs;
 pub mod config;
 mod eds_sink;
 mod eds_users;
 mod gateway_links;
 pub mod healthcheck;
+mod metrics_history;
 pub mod paths;
 pub mod settings;
 pub mod tls;
@@ -641,6 +643,14 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         });
     }
     let metrics = Arc::new(mar_router::Metrics::default());
+    let history = Arc::new(metrics_history::MetricsHistory::default());
+    metrics_history::spawn_sampler(
+        history.clone(),
+        metrics.clone(),
+        apps.clone(),
+        store.clone(),
+        shutdown.clone(),
+    );
     let logs_for_router = logs.clone();
     let platform = Arc::new(api::Platform {
         shutdown: shutdown.clone(),
@@ -656,6 +666,9 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         port: addr.port(),
         gateways,
         backends,
+        history,
+        builds: Arc::new(build_logs::BuildLogs::new(Paths::new(&cfg.data_dir))),
+        console: mar_console::Sessions::new(api::CONSOLE_SESSION_LIFETIME),
         account_tokens: Default::default(),
         gateway_links: links,
     });

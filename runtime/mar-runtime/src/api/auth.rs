@@ -1,5 +1,7 @@
 //! Who may call the platform: requests carrying the admin token, as `Bearer TOKEN` or as the
-//! password of HTTP Basic (what git sends). The `Admin` extractor guards every API route.
+//! password of HTTP Basic (what git sends), and the web console's pages on a signed-in session
+//! (its cookie, from the console's own site, with the CSRF token for a change). The `Admin`
+//! extractor guards every API route.
 
 use std::sync::Arc;
 
@@ -10,7 +12,7 @@ use http::{HeaderMap, StatusCode, header};
 use super::{ApiError, Platform};
 
 /// Compares in time independent of where the strings differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     mar_http::credentials::secrets_match(a, b)
 }
 
@@ -71,28 +73,51 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Extractor that admits only requests with the admin token.
+/// Extractor that admits only requests with the admin token or a console session that may
+/// make them.
 pub struct Admin;
 
 impl FromRequestParts<Arc<Platform>> for Admin {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, p: &Arc<Platform>) -> Result<Self, ApiError> {
         if authorized(&parts.headers, &p.token) {
-            Ok(Admin)
-        } else if parts.headers.contains_key(header::AUTHORIZATION) {
-            Err(ApiError::new(
+            return Ok(Admin);
+        }
+        if parts.headers.contains_key(header::AUTHORIZATION) {
+            return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized",
                 "invalid API token: use the token that `mar auth:token` prints on the server",
-            ))
-        } else {
-            Err(ApiError::new(
+            ));
+        }
+        let host = request_host(parts);
+        match p
+            .console
+            .authorize(&parts.method, &parts.headers, host.as_deref())
+        {
+            Ok(()) => Ok(Admin),
+            Err(refusal @ mar_console::Refusal::NoSession) => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "Unauthorized",
-                "missing API token: send `Authorization: Bearer TOKEN` (see `mar auth:token`)",
-            ))
+                refusal.message(),
+            )),
+            Err(refusal) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                refusal.message(),
+            )),
         }
     }
+}
+
+/// The request's own host and port, as a browser's `Origin` names them.
+pub(super) fn request_host(parts: &Parts) -> Option<String> {
+    parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
 }
 
 #[cfg(test)]

@@ -3,11 +3,15 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Body as AxumBody;
 use axum::extract::{Path, Query, State};
+use axum::response::IntoResponse;
 use axum::response::Response;
 use mar_build::Output;
 use mar_sdk::types::BuildResult;
+
+use crate::build_logs::{BuildOutput, BuildRecord};
 
 use super::{Admin, ApiError, ApiResult, Platform, existing, line_stream};
 
@@ -36,9 +40,11 @@ pub(super) async fn create_build(
     let guard = p.apps.lock(&app)?;
     let source = p
         .apps
-        .receive_source(&app, commit, body.into_data_stream())
+        .receive_source(&app, commit.clone(), body.into_data_stream())
         .await?;
     let (out, rx) = Output::channel();
+    // Recorded for the console on the way to the pusher.
+    let rx = p.builds.record(&app, &commit, rx);
     // The pusher hung up (Ctrl-C): stop the build rather than deploy a commit git will not
     // record.
     let (cancel, watcher) = out.cancel_when_gone();
@@ -64,4 +70,39 @@ pub(super) async fn create_build(
         watcher.abort();
     });
     Ok(line_stream(rx))
+}
+
+/// `GET /v1/apps/APP/builds`: the app's builds, newest first.
+pub(super) async fn list_builds(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Vec<BuildRecord>>> {
+    let app = existing(&p, &app)?;
+    Ok(Json(p.builds.list(&app)))
+}
+
+/// `GET /v1/apps/APP/builds/ID/output`: a build's output, followed while it runs.
+pub(super) async fn build_output(
+    _: Admin,
+    State(p): State<Arc<Platform>>,
+    Path((app, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let app = existing(&p, &app)?;
+    match p.builds.output(&app, &id) {
+        Some(BuildOutput::Following(rx)) => Ok(line_stream(rx)),
+        Some(BuildOutput::Ended(text)) => {
+            let mut r = text.into_response();
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            Ok(r)
+        }
+        None => Err(ApiError::new(
+            http::StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{app} has no build {id}"),
+        )),
+    }
 }

@@ -1,0 +1,15 @@
+//! The web console's server side: its pages (embedded in the binary, served with a strict
+//! Content-Security-Policy) and its sign-in sessions (an HttpOnly, SameSite=Strict cookie with a
+//! CSRF token for every change).
+//!
+//! Boundary: this crate knows nothing of apps, services or the API it fronts. The console's
+//! pages are a client of the platform API like the CLI; the runtime routes `/` and `/console/…`
+//! here and asks [`Sessions::authorize`] whether a request without the admin token carries a
+//! session that may make it.
+#![deny(missing_docs)]
+
+mod assets;
+mod sessions;
+
+pub use assets::{Asset, CONTENT_SECURITY_POLICY, asset, security_headers};
+pub use sessions::{COOKIE, CSRF_HEADER, Refusal, SessionView, Sessions};

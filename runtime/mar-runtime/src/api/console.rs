@@ -1,0 +1,127 @@
+//! The web console's routes on the platform's host: its page at `/` and files under
+//! `/console/`, and its session (`/console/session`: `POST` signs in with the admin token,
+//! `GET` tells the page its CSRF token, `DELETE` signs out). The pages then use the platform
+//! API like any client (see `auth.rs` for how a session is let through).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+
+use super::auth::request_host;
+use super::{ApiError, ApiResult, Platform};
+
+/// How long a console session lasts after signing in.
+pub(crate) const SESSION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// `GET /` and `GET /console/FILE`: the console's page and files.
+pub(super) async fn page(req: Request) -> Response {
+    let Some(asset) = mar_console::asset(req.uri().path()) else {
+        return ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such console file")
+            .into_response();
+    };
+    let mut r = asset.body.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(asset.content_type),
+    );
+    mar_console::security_headers(r.headers_mut());
+    r
+}
+
+/// The sign-in form's body.
+#[derive(serde::Deserialize)]
+pub(super) struct SignIn {
+    token: String,
+}
+
+/// `POST /console/session {"token"}`: signs in with the admin token.
+pub(super) async fn sign_in(
+    State(p): State<Arc<Platform>>,
+    parts: Parts,
+    Json(body): Json<SignIn>,
+) -> ApiResult<Response> {
+    if !super::auth::same(body.token.trim().as_bytes(), p.token.as_bytes()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "that is not the admin token: `mar auth:token` prints it on the server",
+        ));
+    }
+    // A sign-in form another site posts is not one (the cookie it would set is this site's).
+    if p.console
+        .cross_site(&parts.headers, request_host(&parts).as_deref())
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            mar_console::Refusal::CrossSite.message(),
+        ));
+    }
+    let (id, view) = p.console.open().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("no randomness for a session: {e}"),
+        )
+    })?;
+    let cookie = p.console.cookie_for(&id, over_https(&parts));
+    let mut r = Json(session_json(&view)).into_response();
+    set_cookie(r.headers_mut(), &cookie);
+    mar_console::security_headers(r.headers_mut());
+    Ok(r)
+}
+
+/// `GET /console/session`: the page's CSRF token and when its session ends; 401 without one.
+pub(super) async fn show_session(
+    State(p): State<Arc<Platform>>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let view = p.console.find(&headers).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "not signed in to the console",
+        )
+    })?;
+    let mut r = Json(session_json(&view)).into_response();
+    mar_console::security_headers(r.headers_mut());
+    Ok(r)
+}
+
+/// `DELETE /console/session`: signs out, ending the session here (its cookie no longer opens
+/// anything, even replayed). Needs the session's CSRF token like every change.
+pub(super) async fn sign_out(State(p): State<Arc<Platform>>, parts: Parts) -> ApiResult<Response> {
+    let host = request_host(&parts);
+    p.console
+        .authorize(&parts.method, &parts.headers, host.as_deref())
+        .map_err(|refusal| ApiError::new(StatusCode::FORBIDDEN, "Forbidden", refusal.message()))?;
+    p.console.close(&parts.headers);
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    set_cookie(
+        r.headers_mut(),
+        &mar_console::Sessions::cookie_cleared(over_https(&parts)),
+    );
+    Ok(r)
+}
+
+fn session_json(view: &mar_console::SessionView) -> serde_json::Value {
+    serde_json::json!({ "csrf": view.csrf, "expires_at": view.expires_at })
+}
+
+fn set_cookie(h: &mut HeaderMap, cookie: &str) {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        h.insert(header::SET_COOKIE, v);
+    }
+}
+
+/// Whether the client reached the router over TLS (the cookie is then `Secure`).
+fn over_https(parts: &Parts) -> bool {
+    parts
+        .extensions
+        .get::<mar_http::Connection>()
+        .is_some_and(|c| c.scheme == mar_http::Scheme::Https)
+}
