@@ -258,6 +258,7 @@ async fn the_console_works_in_a_browser() {
     .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
     assert!(
         out.status.success() && stdout.contains("console: all steps passed"),
         "{stdout}\n{stderr}"

@@ -706,7 +706,7 @@ async function formation({ name, base, body, live }) {
         await api.patch(`${base}/formation`, { updates: [{ type: f.type, quantity: n }] });
         flash(`Scaled ${f.type} to ${n}.`);
         refreshPs();
-      }), { dataset: { scale: f.type } });
+      }), { dataset: { scale: f.type }, "aria-label": `Scale ${f.type}` });
       const restart = button(`Restart ${f.type}`, (ev) => busy(ev.currentTarget, async () => {
         const r = await api.post(`${base}/ps/restart`, { target: f.type });
         flash(`Restarted ${(r?.restarted || []).join(", ") || f.type}.`);
@@ -1002,7 +1002,7 @@ function chart({ key, title, yLabel, series, stacked = false, summary, from, to,
     const v = (yMax * i) / 4;
     const yy = y(v);
     grid.append(s("line", { x1: PAD.l, x2: W - PAD.r, y1: yy, y2: yy }),
-      s("text", { x: PAD.l - 6, y: yy + 4, "text-anchor": "end", class: "tick" }, fmt(v, 2)));
+      s("text", { x: PAD.l - 6, y: yy + 4, "text-anchor": "end", class: "tick" }, String(Number(v.toFixed(2)))));
   }
   // x axis: minutes before now.
   const span = to - from;
@@ -1098,7 +1098,7 @@ function drawMetrics(box, m) {
   const breakdown = classes.filter((c) => perClass[c]).map((c) => `${c} ${perClass[c]}`).join(", ");
   const charts = [];
   charts.push(chart({
-    key: "requests", title: "Requests per second", yLabel: "req/s", series: reqSeries, stacked: true, from, to, unit: " req/s",
+    key: "requests", title: "Requests per second", yLabel: "req/s", series: reqSeries, from, to, unit: " req/s",
     summary: `last: ${lastRate.toFixed(1)} req/s; ${total} requests in the last hour${breakdown ? ` (${breakdown})` : ""}.`,
     attrs: { "data-total": total },
   }));
@@ -1126,7 +1126,7 @@ function drawMetrics(box, m) {
   charts.push(chart({
     key: "restarts", title: "Restarts", yLabel: "restarts (total)", from, to,
     series: [{ label: "restarts", points: shown.map((x) => [x.t, x.restarts ?? 0]) }],
-    summary: `last: ${r1} restarts in total; ${Math.max(0, r1 - r0)} in the last hour.`,
+    summary: `last: ${r1} restart${r1 === 1 ? "" : "s"} in total; ${Math.max(0, r1 - r0)} in the last hour.`,
   }));
   // Keep the scroll position and focus: replace the figures in place.
   const old = [...box.children];
@@ -1426,7 +1426,7 @@ async function edsView({ sv, body, live }) {
       if (!perms.length) aclOut.append(empty("No grants."));
       else aclOut.append(table(["Permission", "Subjects"], perms.map(([perm, subjects]) => h("tr", null,
         h("th", { scope: "row" }, perm),
-        h("td", null, Array.isArray(subjects) ? subjects.map((x) => h("code", { class: "tag" }, `${x.objectType || "?"}:${x.id}`)) : JSON.stringify(subjects)))), { id: "acl" }));
+        h("td", null, Array.isArray(subjects) ? (subjects.length ? "" : "–") : null, Array.isArray(subjects) ? subjects.map((x) => h("code", { class: "tag" }, `${x.objectType || "?"}:${x.id}`)) : JSON.stringify(subjects)))), { id: "acl" }));
     });
   });
   aclBox.append(aclForm, aclOut);
