@@ -217,8 +217,10 @@ async fn console_sessions_guard_the_platform_api() {
 
 /// The console in a browser, against a deployed app: sign in, the app and its release, a
 /// config var edited into a release the app sees, live logs, rollback and scale from the
-/// page, a chart of the traffic, the builds, the services page, CSRF and other-site refusals,
-/// and signing out. Screenshots of each page go to `target/test-artifacts/`.
+/// page, a chart of the traffic, the builds, a slow build's output streaming into the page
+/// while it runs, the services (a gateway's test message reaching a real WebSocket; a
+/// backend's object, its ACL, users, groups and link to the gateway), CSRF and other-site
+/// refusals, and signing out. Screenshots of each page go to `target/test-artifacts/`.
 #[tokio::test]
 async fn the_console_works_in_a_browser() {
     let mar = MarServer::start();
@@ -238,6 +240,46 @@ async fn the_console_works_in_a_browser() {
         dir.display()
     );
     let port = mar.addr.port();
+
+    // Services: a gateway and a backend holding one object, the backend linked to the gateway.
+    mar.create_service("mws", "console-push");
+    mar.create_service("eds", "console-data");
+    let info = mar.mar(&["services:info", "console-data", "--json"]);
+    assert!(info.ok(), "{}", info.all());
+    let info: serde_json::Value = serde_json::from_str(&info.stdout).unwrap();
+    let (backend, secret) = (
+        info["id"].as_str().unwrap().to_owned(),
+        info["secret"].as_str().unwrap().to_owned(),
+    );
+    let auth = format!("Bearer {secret}");
+    let created = mar_tests::json_call(
+        mar.addr,
+        "POST",
+        "/v1/objects/todos",
+        &[("enginio-backend-id", &backend), ("authorization", &auth)],
+        serde_json::json!({"title": "shown in the console", "done": false}),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let object = created.json()["id"].as_str().unwrap().to_owned();
+    let link = mar.mar(&["services:link", "console-data", "console-push"]);
+    assert!(link.ok(), "{}", link.all());
+
+    // A second app whose build is slow (the `slow` buildpack), its push left to the driver,
+    // which runs it while the builds page watches.
+    mar.create_app("slowbuilt");
+    let slow = repo_root().join("tests/fixtures/buildpacks/slow");
+    let set = mar.mar(&[
+        "config:set",
+        &format!("BUILDPACK_URL={}", slow.display()),
+        "-a",
+        "slowbuilt",
+    ]);
+    assert!(set.ok(), "{}", set.all());
+    let slow_repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    let push_cmd =
+        shell_line(&slow_repo.cmd(&["push", "--force", &mar.git_url("slowbuilt"), "main"]));
+
     let shots = repo_root().join("target/test-artifacts");
     let args = vec![
         format!("http://localhost:{port}"),
@@ -246,10 +288,19 @@ async fn the_console_works_in_a_browser() {
         format!("http://shown.localhost:{port}/env/GREETING"),
         shots.display().to_string(),
     ];
+    let env = [
+        ("CONSOLE_MWS", "console-push".to_owned()),
+        ("CONSOLE_EDS", "console-data".to_owned()),
+        ("CONSOLE_EDS_TYPE", "todos".to_owned()),
+        ("CONSOLE_EDS_OBJECT", object),
+        ("CONSOLE_SLOW_APP", "slowbuilt".to_owned()),
+        ("CONSOLE_PUSH_CMD", push_cmd),
+    ];
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("node")
             .arg("console.js")
             .args(&args)
+            .envs(env)
             .current_dir(&dir)
             .output()
             .unwrap()
@@ -263,4 +314,33 @@ async fn the_console_works_in_a_browser() {
         out.status.success() && stdout.contains("console: all steps passed"),
         "{stdout}\n{stderr}"
     );
+}
+
+/// `cmd` as one `sh -c` line: its directory, its environment changes (`env -u` for removals)
+/// and its arguments, each quoted.
+fn shell_line(cmd: &std::process::Command) -> String {
+    fn quote(s: &std::ffi::OsStr) -> String {
+        format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"))
+    }
+    let mut line = String::new();
+    if let Some(dir) = cmd.get_current_dir() {
+        line.push_str(&format!("cd {} && ", quote(dir.as_os_str())));
+    }
+    line.push_str("env");
+    // Removals first: `env` takes its options before any NAME=VALUE.
+    let (set, unset): (Vec<_>, Vec<_>) = cmd.get_envs().partition(|(_, v)| v.is_some());
+    for (k, _) in unset {
+        line.push_str(&format!(" -u {}", k.to_string_lossy()));
+    }
+    for (k, v) in set {
+        let v = v.unwrap_or_default();
+        line.push_str(&format!(" {}={}", k.to_string_lossy(), quote(v)));
+    }
+    line.push(' ');
+    line.push_str(&quote(cmd.get_program()));
+    for a in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    line
 }

@@ -345,6 +345,7 @@ const DOCS: &[&str] = &[
     "docs/eds.md",
     "docs/configuration.md",
     "docs/migrating.md",
+    "docs/console.md",
 ];
 
 #[test]
@@ -416,4 +417,5 @@ doc_tests! {
     mws => "docs/mws.md",
     eds => "docs/eds.md",
     configuration => "docs/configuration.md",
+    console => "docs/console.md",
 }

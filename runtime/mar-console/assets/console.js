@@ -1181,6 +1181,8 @@ async function builds({ base, body, live }) {
     clear(listBox);
     listBox.dataset.loaded = "yes";
     if (!items.length) {
+      // Known to have none: the app's first push then streams like any other.
+      known = new Set();
       listBox.append(empty("No builds yet: ", h("code", null, "git push")));
       return;
     }
@@ -1283,12 +1285,25 @@ async function mwsView({ sv, body, live }) {
   body.append(h("h2", null, "Connected sockets"), stats, socketsBox, h("h2", null, "Tags"), tagsBox);
 
   let lastCount = 0;
+  // The gateway's own counters (since mar serve started), read at each refresh: the rate is
+  // the change between two readings.
+  let before = null;
   async function refresh() {
-    const { results } = await call("GET", "/sockets");
+    const [{ results }, conf] = await Promise.all([call("GET", "/sockets"), call("GET", "/configuration")]);
     if (!live()) return;
     lastCount = results.length;
     const sent = sentFromConsole.get(sv.id) || 0;
-    stats.textContent = `${results.length} socket${results.length === 1 ? "" : "s"} connected; ${sent} message${sent === 1 ? "" : "s"} sent from this console.`;
+    const t = conf.traffic || { published: 0, delivered: 0 };
+    const now = Date.now();
+    let rate = "the rate shows at the next refresh";
+    if (before && now > before.at) {
+      const secs = (now - before.at) / 1000;
+      const per = (n) => (n / secs).toFixed(1);
+      rate = `${per(t.published - before.published)} messages/s published, ${per(t.delivered - before.delivered)}/s delivered`;
+    }
+    before = { ...t, at: now };
+    stats.dataset.published = String(t.published);
+    stats.textContent = `${results.length} socket${results.length === 1 ? "" : "s"} connected; ${t.published} message${t.published === 1 ? "" : "s"} published and ${t.delivered} delivered since mar serve started (${rate}); ${sent} sent from this console.`;
     clear(socketsBox);
     if (!results.length) socketsBox.append(empty("No sockets connected: clients open one with ", h("code", null, "GET websocket_uri"), " or a socket the app reserved"));
     else socketsBox.append(table(["Socket", "Connected", "Tags", ""], results.map((so) => h("tr", { dataset: { socket: so.id } },

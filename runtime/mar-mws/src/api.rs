@@ -751,6 +751,7 @@ async fn serve(gateways: &Arc<Gateways>, mut req: Request<Body>) -> Response<Bod
 
 fn configuration(gw: &Gateway) -> Value {
     let config = gw.config();
+    let traffic = gw.hub.traffic();
     let mut v = json!({
         "id": gw.id,
         "name": gw.name,
@@ -762,6 +763,11 @@ fn configuration(gw: &Gateway) -> Value {
         "forwarded": {
             "delivered": gw.forwarded.delivered.load(std::sync::atomic::Ordering::Relaxed),
             "dropped": gw.forwarded.dropped.load(std::sync::atomic::Ordering::Relaxed),
+        },
+        "traffic": {
+            "published": traffic.published,
+            "delivered": traffic.delivered,
+            "sockets": traffic.sockets,
         },
     });
     if let Some(f) = config.forward {

@@ -202,6 +202,20 @@ struct State {
     by_tag: HashMap<String, HashSet<String>>,
     history: VecDeque<Kept>,
     next_seq: u64,
+    /// Messages handed to sockets since the gateway started (a message to three sockets
+    /// counts three).
+    deliveries: u64,
+}
+
+/// What a gateway has carried since it started, for a rate (the web console's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Traffic {
+    /// Messages published.
+    pub published: u64,
+    /// Messages handed to sockets.
+    pub delivered: u64,
+    /// Sockets connected now.
+    pub sockets: usize,
 }
 
 /// One gateway's live state.
@@ -243,6 +257,7 @@ impl Hub {
                 by_tag: HashMap::new(),
                 history: VecDeque::new(),
                 next_seq: 1,
+                deliveries: 0,
             }),
         }
     }
@@ -398,10 +413,21 @@ impl Hub {
         for id in &cut {
             remove_socket(&mut st, id, Closed::TooSlow);
         }
+        st.deliveries += delivered as u64;
         Published {
             seq,
             delivered,
             cut,
+        }
+    }
+
+    /// What the gateway has carried since it started.
+    pub fn traffic(&self) -> Traffic {
+        let st = self.state();
+        Traffic {
+            published: st.next_seq - 1,
+            delivered: st.deliveries,
+            sockets: st.sockets.len(),
         }
     }
 
@@ -585,6 +611,8 @@ mod tests {
             tags: Some(tags(&["room"])),
         };
         assert_eq!(h.publish(Bytes::from("3"), &room, t0).delivered, 2);
+        let traffic = h.traffic();
+        assert_eq!((traffic.published, traffic.delivered), (3, 6));
         assert_eq!(
             h.publish(Bytes::from("4"), &Receivers::default(), t0)
                 .delivered,
