@@ -393,7 +393,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// One insert inside the group's transaction.
 fn run_insert(tx: &Connection, job: InsertJob) -> Result<(), EdsError> {
     let r = &job.record;
-    let seq = insert_row(tx, r).map_err(storage_err)?;
+    let doc = doc_json(r);
+    let seq = insert_row(tx, r, &doc).map_err(storage_err)?;
     write_new_side_rows(tx, seq, r, &job.indexed).map_err(storage_err)?;
     if let Some((username, hash)) = &job.credentials {
         tx.prepare_cached("INSERT INTO credentials (user_id, username, hash) VALUES (?1, ?2, ?3)")
@@ -405,24 +406,25 @@ fn run_insert(tx: &Connection, job: InsertJob) -> Result<(), EdsError> {
         request_id: job.request_id.as_deref(),
         user_id: job.user_id.as_deref(),
     };
-    log_change(tx, r, change).map_err(storage_err)
+    log_change(tx, r, &doc, change).map_err(storage_err)
 }
 
-/// A new object's row; its sequence number.
-fn insert_row(tx: &Connection, r: &Record) -> rusqlite::Result<i64> {
+/// An object's document as stored: serialized once per write, for its row and its change.
+fn doc_json(r: &Record) -> String {
+    // A map with string keys always serializes.
+    serde_json::to_string(&r.doc).unwrap_or_else(|_| "{}".to_owned())
+}
+
+/// A new object's row (`doc` is its document, serialized); its sequence number.
+fn insert_row(tx: &Connection, r: &Record, doc: &str) -> rusqlite::Result<i64> {
     tx.prepare_cached("INSERT INTO objects (id, type, doc, acl) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![
-            r.id,
-            r.kind,
-            Value::Object(r.doc.clone()).to_string(),
-            r.acl.to_json().to_string()
-        ])?;
+        .execute(params![r.id, r.kind, doc, r.acl.to_json().to_string()])?;
     Ok(tx.last_insert_rowid())
 }
 
 /// The change row of a write, in the write's transaction (the outbox: a change is logged
 /// exactly when it is committed).
-fn log_change(tx: &Connection, r: &Record, change: Change<'_>) -> rusqlite::Result<()> {
+fn log_change(tx: &Connection, r: &Record, doc: &str, change: Change<'_>) -> rusqlite::Result<()> {
     let mut subjects: Vec<&Subject> = r.acl.read.iter().chain(&r.acl.admin).collect();
     subjects.sort();
     subjects.dedup();
@@ -431,7 +433,7 @@ fn log_change(tx: &Connection, r: &Record, change: Change<'_>) -> rusqlite::Resu
         params![
             change.event,
             r.kind,
-            Value::Object(r.doc.clone()).to_string(),
+            doc,
             Value::Array(receivers).to_string(),
             change.request_id,
             change.user_id,
@@ -576,13 +578,10 @@ impl Storage for SqliteStorage {
         };
         let mut r = to_record(row)?;
         f(&mut r)?;
+        let doc = doc_json(&r);
         tx.execute(
             "UPDATE objects SET doc = ?1, acl = ?2 WHERE seq = ?3",
-            params![
-                Value::Object(r.doc.clone()).to_string(),
-                r.acl.to_json().to_string(),
-                seq
-            ],
+            params![doc, r.acl.to_json().to_string(), seq],
         )
         .map_err(storage_err)?;
         let indexed = self.indexed(&r.kind);
@@ -606,7 +605,7 @@ impl Storage for SqliteStorage {
                     .map_err(storage_err)?;
             }
         }
-        log_change(&tx, &r, change).map_err(storage_err)?;
+        log_change(&tx, &r, &doc, change).map_err(storage_err)?;
         tx.commit().map_err(storage_err)?;
         Ok(Some(r))
     }
@@ -648,7 +647,7 @@ impl Storage for SqliteStorage {
         .map_err(storage_err)?;
         tx.execute("DELETE FROM objects WHERE id = ?1", params![id])
             .map_err(storage_err)?;
-        log_change(&tx, &r, change).map_err(storage_err)?;
+        log_change(&tx, &r, &doc_json(&r), change).map_err(storage_err)?;
         tx.commit().map_err(storage_err)?;
         Ok(Some(r))
     }
@@ -800,14 +799,15 @@ impl Storage for SqliteStorage {
     ) -> Result<(), EdsError> {
         let mut w = self.write();
         let tx = w.transaction().map_err(storage_err)?;
-        let seq = insert_row(&tx, r).map_err(storage_err)?;
+        let doc = doc_json(r);
+        let seq = insert_row(&tx, r, &doc).map_err(storage_err)?;
         write_new_side_rows(&tx, seq, r, &[]).map_err(storage_err)?;
         tx.execute(
             "INSERT INTO files (id, owner, property) VALUES (?1, ?2, ?3)",
             params![r.id, owner, property],
         )
         .map_err(storage_err)?;
-        log_change(&tx, r, change).map_err(storage_err)?;
+        log_change(&tx, r, &doc, change).map_err(storage_err)?;
         tx.commit().map_err(storage_err)
     }
 
