@@ -91,6 +91,33 @@ async fn console_sessions_guard_the_platform_api() {
     // Reads with the cookie; changes need the token, from this site.
     let apps = call(&mar, "GET", "/v1/apps", &[("cookie", &cookie)], "").await;
     assert_eq!(apps.status, 200, "{}", apps.body);
+
+    // Cookie tossing: an app's page (APP.DOMAIN, a sibling of the console's host) can set a
+    // `mar_console` cookie for the parent domain with a longer path, which the browser then
+    // sends first. The session still opens with the real one beside it, in any order and in
+    // separate Cookie headers (it used to be only the first, locking the admin out).
+    for tossed in [
+        vec![format!("mar_console=junk; {cookie}")],
+        vec![format!("{cookie}; mar_console=")],
+        vec!["mar_console=junk".to_owned(), cookie.clone()],
+    ] {
+        let h: Vec<(&str, &str)> = tossed.iter().map(|c| ("cookie", c.as_str())).collect();
+        let r = call(&mar, "GET", "/v1/apps", &h, "").await;
+        assert_eq!(r.status, 200, "{tossed:?}: {}", r.body);
+        let r = call(&mar, "GET", "/console/session", &h, "").await;
+        assert_eq!(r.status, 200, "{tossed:?}: {}", r.body);
+    }
+    // A request an app's page makes (same site, another origin: `<script src>`, `<img>`,
+    // which send no Origin) is not served on the session.
+    let sibling = call(
+        &mar,
+        "GET",
+        "/v1/apps",
+        &[("cookie", &cookie), ("sec-fetch-site", "same-site")],
+        "",
+    )
+    .await;
+    assert_eq!(sibling.status, 403, "{}", sibling.body);
     let create = |headers: Vec<(&'static str, String)>, name: &'static str| {
         let mar = &mar;
         async move {
@@ -229,6 +256,12 @@ async fn the_console_works_in_a_browser() {
         mar.mar(&["config:set", "GREETING=from-the-cli", "-a", "shown"])
             .ok()
     );
+    // Values the page must show as text (the driver fails on any element of class "pwned").
+    let hostile = r#"<b class="pwned">hostile</b><img class="pwned" src="x" onerror="window.pwned=1"></pre><script class="pwned">window.pwned=2</script>"#;
+    assert!(
+        mar.mar(&["config:set", &format!("HOSTILE={hostile}"), "-a", "shown"])
+            .ok()
+    );
     let repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
     let push = repo.push(&mar.git_url("shown"), "main");
     assert!(push.ok(), "{}", push.all());
@@ -257,7 +290,7 @@ async fn the_console_works_in_a_browser() {
         "POST",
         "/v1/objects/todos",
         &[("enginio-backend-id", &backend), ("authorization", &auth)],
-        serde_json::json!({"title": "shown in the console", "done": false}),
+        serde_json::json!({"title": "shown in the console", "done": false, "note": hostile}),
     )
     .await;
     assert_eq!(created.status, 201, "{}", created.body);

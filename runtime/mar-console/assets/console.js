@@ -93,11 +93,32 @@ function empty(text, ...code) {
   return h("p", { class: "empty", dataset: { test: "empty" } }, text, ...code);
 }
 
+/**
+ * Keeps a box that scrolls sideways (a wide table on a phone) reachable from the keyboard: it
+ * is a tab stop, named, while its content overflows, and not otherwise.
+ */
+const overflowWatch = typeof ResizeObserver === "function"
+  ? new ResizeObserver((entries) => { for (const e of entries) scrollable(e.target); })
+  : null;
+function scrollable(box) {
+  if (box.scrollWidth > box.clientWidth + 1) {
+    box.tabIndex = 0;
+    box.setAttribute("role", "region");
+    box.setAttribute("aria-label", box.dataset.label);
+  } else {
+    box.removeAttribute("tabindex");
+    box.removeAttribute("role");
+    box.removeAttribute("aria-label");
+  }
+}
+
 function table(headers, rows, attrs = {}) {
-  return h("div", { class: "table-wrap" },
+  const wrap = h("div", { class: "table-wrap", dataset: { label: `Table of ${headers.filter(Boolean).join(", ").toLowerCase()} (scrolls sideways)` } },
     h("table", attrs,
       h("thead", null, h("tr", null, headers.map((x) => h("th", { scope: "col" }, x)))),
       h("tbody", null, rows)));
+  overflowWatch?.observe(wrap);
+  return wrap;
 }
 
 function bytes(n) {
@@ -592,7 +613,7 @@ async function releases({ name, base, body, live }) {
         const made = await api.post(`${base}/rollback`, { version: r.version });
         flash(`Rolled back to v${r.version}: now v${made.version}.`);
         render();
-      }), { class: "secondary small", dataset: { test: "rollback" }, "aria-label": `Roll back to v${r.version}` }));
+      }), { class: "secondary small", dataset: { test: "rollback" }, "aria-label": `Rollback to v${r.version}` }));
     } else {
       actions.append(h("span", { class: "badge current" }, "current"));
     }
@@ -1189,7 +1210,7 @@ async function builds({ base, body, live }) {
     const rows = items.map((b) => {
       const took = b.finished_at ? Math.round((new Date(b.finished_at) - new Date(b.started_at)) / 1000) : null;
       return h("tr", { dataset: { build: b.id, status: b.status }, class: b.id === shown ? "selected" : null },
-        h("th", { scope: "row" }, button(b.id.slice(0, 12), () => open(b), { class: "link-button", dataset: { test: "build-open" }, "aria-label": `Show the output of build ${b.id}` })),
+        h("th", { scope: "row" }, button([b.id.slice(0, 12), h("span", { class: "sr-only" }, ": show this build's output")], () => open(b), { class: "link-button", dataset: { test: "build-open" } })),
         h("td", null, h("span", { class: `badge build-${b.status}`, dataset: { test: "status" } }, b.status)),
         h("td", null, b.release ? `v${b.release}` : "–"),
         h("td", null, b.commit ? h("code", null, b.commit.slice(0, 8)) : "–"),
@@ -1420,7 +1441,7 @@ async function edsView({ sv, body, live }) {
       for (const o of list) {
         results.append(h("div", { class: "object", dataset: { id: o.id } }, pre(o),
           button("Show ACL", () => { aclType.value = t; aclId.value = o.id; aclForm.requestSubmit(); aclBox.scrollIntoView({ block: "nearest" }); },
-            { class: "secondary small", "aria-label": `Show the ACL of ${o.id}` })));
+            { class: "secondary small", "aria-label": `Show ACL of ${o.id}` })));
       }
     });
   });

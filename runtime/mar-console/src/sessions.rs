@@ -100,20 +100,26 @@ impl Sessions {
         Ok((id, view))
     }
 
-    /// The session the request's cookie names, while it is open.
+    /// The session the request's cookies name, while it is open. Every `mar_console` cookie
+    /// counts, not only the first: an app's page (`APP.DOMAIN`) can set one for the parent
+    /// domain with a longer path, which the browser sends before the console's own, and that
+    /// must not hide the real session ("cookie tossing").
     pub fn find(&self, headers: &HeaderMap) -> Option<SessionView> {
-        let id = cookie(headers)?;
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.get(id).filter(|e| e.ends > Instant::now()).map(view)
+        let now = Instant::now();
+        cookies(headers)
+            .find_map(|id| open.get(id).filter(|e| e.ends > now))
+            .map(view)
     }
 
-    /// Ends the request's session; whether there was one.
+    /// Ends the request's session (every open one its cookies name); whether there was one.
     pub fn close(&self, headers: &HeaderMap) -> bool {
-        let Some(id) = cookie(headers) else {
-            return false;
-        };
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.remove(id).is_some()
+        let mut closed = false;
+        for id in cookies(headers) {
+            closed |= open.remove(id).is_some();
+        }
+        closed
     }
 
     /// Whether a request without the admin token may be made on its session: one is open, the
@@ -175,24 +181,25 @@ fn view(e: &Entry) -> SessionView {
     }
 }
 
-/// The session id in the request's cookies.
-fn cookie(headers: &HeaderMap) -> Option<&str> {
+/// The session ids in the request's cookies: every non-empty `mar_console` value, in order.
+fn cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .filter(|(name, value)| *name == COOKIE && !value.is_empty())
         .map(|(_, value)| value)
-        .filter(|v| !v.is_empty())
 }
 
-/// Whether the browser says the request comes from another site: `Sec-Fetch-Site` of
-/// `cross-site`, or an `Origin` whose host is not the request's own.
+/// Whether the browser says the request comes from another site or origin: `Sec-Fetch-Site`
+/// of `cross-site` or `same-site` (an app's page, at `APP.DOMAIN`, is the console's site
+/// but not its origin: its `<script src>` or `<img>` send the SameSite=Strict cookie and no
+/// `Origin`), or an `Origin` whose host is not the request's own.
 fn from_another_site(headers: &HeaderMap, host: Option<&str>) -> bool {
     let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    if fetch_site == Some("cross-site") {
+    if matches!(fetch_site, Some("cross-site" | "same-site")) {
         return true;
     }
     match headers.get(header::ORIGIN).map(|v| v.to_str()) {
@@ -268,6 +275,7 @@ mod tests {
             ("origin", "http://localhost:8081"),
             ("origin", "null"),
             ("sec-fetch-site", "cross-site"),
+            ("sec-fetch-site", "same-site"),
         ] {
             let h = with(&[
                 ("cookie", &cookie),
@@ -280,6 +288,29 @@ mod tests {
                 "{name}: {value}"
             );
         }
+    }
+
+    #[test]
+    fn a_tossed_cookie_beside_the_session_does_not_hide_it() {
+        let s = Sessions::new(Duration::from_secs(60));
+        let (id, view) = s.open().unwrap();
+        let host = Some("localhost:8080");
+        let mut two_headers = with(&[("cookie", &format!("{COOKIE}=junk"))]);
+        two_headers.append(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{COOKIE}={id}")).unwrap(),
+        );
+        for h in [
+            with(&[("cookie", &format!("{COOKIE}=junk; {COOKIE}={id}"))]),
+            with(&[("cookie", &format!("{COOKIE}=; {COOKIE}={id}; {COOKIE}=x"))]),
+            two_headers,
+        ] {
+            assert_eq!(s.find(&h), Some(view.clone()));
+            assert_eq!(s.authorize(&Method::GET, &h, host), Ok(()));
+        }
+        let h = with(&[("cookie", &format!("{COOKIE}=junk; {COOKIE}={id}"))]);
+        assert!(s.close(&h));
+        assert!(s.find(&h).is_none());
     }
 
     #[test]
