@@ -281,10 +281,16 @@ fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        // Only the last directory is root's alone: the app's own directory may not exist yet
+        // (a first push), and made 0700 here it would shut the app's build out of its cache
+        // (the deploy sets its mode, 0711, later).
+        if let Some(app_dir) = dir.parent() {
+            std::fs::create_dir_all(app_dir)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     let mut f = std::fs::OpenOptions::new()
