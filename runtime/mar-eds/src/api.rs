@@ -61,7 +61,10 @@ impl Backends {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .max_blocking_threads(8)
+            // Inserts waiting for the writer join its next group commit: with more of them
+            // waiting, a commit (one fsync) carries more inserts (eds-crud: 3.3k → 3.9k
+            // inserts/s, p99 18 → 11 ms, at 16 connections). A waiting thread costs no CPU.
+            .max_blocking_threads(24)
             .thread_name("mar-eds")
             .enable_all()
             .build()?;
