@@ -12,6 +12,7 @@ mod gateway_links;
 pub mod healthcheck;
 mod metrics_history;
 pub mod paths;
+mod private_files;
 pub mod settings;
 pub mod tls;
 

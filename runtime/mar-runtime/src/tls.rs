@@ -13,6 +13,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::TlsCertificate;
+use crate::private_files::write_private;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -193,22 +194,6 @@ fn ca_params(key: &rcgen::KeyPair) -> Result<rcgen::CertificateParams, TlsError>
     Ok(params)
 }
 
-/// Writes `text` to `path`, readable by the server's user only.
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    // The mode above applies only to a new file: an old one keeps its own until this.
-    use std::os::unix::fs::PermissionsExt;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(text.as_bytes())
-}
-
 /// Makes the local certificate authority on first start (as Caddy's internal issuer and
 /// mkcert do: browsers, curl and apps' users can trust its root once, `mar tls:ca`), and at
 /// every start a certificate it signs for `DOMAIN`, `*.DOMAIN`, `localhost` and 127.0.0.1
@@ -226,7 +211,7 @@ fn local_certificate(
         _ => {
             let key = rcgen::KeyPair::generate().map_err(made)?;
             let cert = ca_params(&key)?.self_signed(&key).map_err(made)?;
-            write_private(&ca_key, &key.serialize_pem()).map_err(io)?;
+            write_private(&ca_key, key.serialize_pem().as_bytes()).map_err(io)?;
             std::fs::write(&ca_cert, cert.pem()).map_err(io)?;
             key
         }
@@ -245,7 +230,7 @@ fn local_certificate(
     let leaf_key = rcgen::KeyPair::generate().map_err(made)?;
     let leaf = params.signed_by(&leaf_key, &issuer).map_err(made)?;
     let (cert, key_path) = (dir.join(LOCAL_CERT), dir.join(LOCAL_KEY));
-    write_private(&key_path, &leaf_key.serialize_pem()).map_err(io)?;
+    write_private(&key_path, leaf_key.serialize_pem().as_bytes()).map_err(io)?;
     // The chain: the leaf, then the authority (clients that trust the root find the path).
     std::fs::write(
         &cert,

@@ -7,12 +7,12 @@
 //! rollback, and a restart of `mar serve`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::private_files::write_private;
 use mar_build::Output;
 use mar_core::AppName;
 use mar_router::InProcessTarget;
@@ -120,20 +120,6 @@ fn inside(what: &str, p: &str) -> Result<(), DeployError> {
         )));
     }
     Ok(())
-}
-
-/// Writes `bytes` to `path` as root's alone (0600), whole or not at all.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 impl Apps {
