@@ -41,9 +41,16 @@ pub(crate) struct BuildRecord {
 
 struct Running {
     record: Mutex<BuildRecord>,
-    lines: Mutex<(Vec<String>, usize)>,
-    /// Lines so far, and whether it ended.
-    progress: watch::Sender<(usize, bool)>,
+    output: Mutex<Kept>,
+    /// Whether it ended; every new line notifies too.
+    progress: watch::Sender<bool>,
+}
+
+/// A running build's output so far.
+#[derive(Default)]
+struct Kept {
+    lines: Vec<String>,
+    bytes: usize,
 }
 
 /// Every app's builds.
@@ -97,8 +104,8 @@ impl BuildLogs {
         self.save_record(app, &record);
         let running = Arc::new(Running {
             record: Mutex::new(record),
-            lines: Mutex::new((Vec::new(), 0)),
-            progress: watch::channel((0, false)).0,
+            output: Mutex::default(),
+            progress: watch::channel(false).0,
         });
         lock(&self.running).insert((app.clone(), id.clone()), running.clone());
         let (tx, out) = mpsc::channel(mar_build::OUTPUT_BACKLOG);
@@ -143,8 +150,7 @@ impl BuildLogs {
             r.clone()
         };
         let text = {
-            let lines = lock(&running.lines);
-            let mut t = lines.0.join("\n");
+            let mut t = lock(&running.output).lines.join("\n");
             t.push('\n');
             t
         };
@@ -154,7 +160,7 @@ impl BuildLogs {
         }
         self.save_record(app, &record);
         lock(&self.running).remove(&(app.clone(), id.to_owned()));
-        running.progress.send_modify(|p| p.1 = true);
+        running.progress.send_replace(true);
         self.prune(app);
     }
 
@@ -213,28 +219,16 @@ impl BuildLogs {
         tokio::spawn(async move {
             let mut sent = 0;
             loop {
-                let (done, fresh) = {
-                    let (count, done) = *progress.borrow_and_update();
-                    let lines = lock(&running.lines);
-                    (
-                        done,
-                        lines.0[sent.min(count)..count.min(lines.0.len())].to_vec(),
-                    )
-                };
+                // Whether it ended, read before the lines: no line comes after the end.
+                let done = *progress.borrow_and_update();
+                let fresh = lock(&running.output).lines[sent..].to_vec();
+                sent += fresh.len();
                 for l in fresh {
-                    sent += 1;
                     if tx.send(l).await.is_err() {
                         return;
                     }
                 }
                 if done || progress.changed().await.is_err() {
-                    // Lines that came with the end.
-                    let lines = lock(&running.lines).0[sent..].to_vec();
-                    for l in lines {
-                        if tx.send(l).await.is_err() {
-                            return;
-                        }
-                    }
                     return;
                 }
             }
@@ -254,21 +248,21 @@ impl BuildLogs {
 
 impl Running {
     fn push(&self, line: &str) {
-        let mut lines = lock(&self.lines);
-        if lines.1 >= MAX_OUTPUT {
-            return;
+        {
+            let mut kept = lock(&self.output);
+            if kept.bytes >= MAX_OUTPUT {
+                return;
+            }
+            kept.bytes += line.len() + 1;
+            let line = if kept.bytes >= MAX_OUTPUT {
+                "-----> (the rest of this build's output is not kept)"
+            } else {
+                line
+            };
+            kept.lines.push(line.to_owned());
         }
-        lines.1 += line.len() + 1;
-        if lines.1 >= MAX_OUTPUT {
-            lines
-                .0
-                .push("-----> (the rest of this build's output is not kept)".into());
-        } else {
-            lines.0.push(line.to_owned());
-        }
-        let n = lines.0.len();
-        drop(lines);
-        self.progress.send_modify(|p| p.0 = n);
+        // Wakes the followers (the value stays: not ended).
+        self.progress.send_modify(|_| {});
     }
 }
 
@@ -276,30 +270,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Writes a file only root reads, in a directory only root enters.
+/// Writes a build's file, root's alone, in `build-output/`, root's alone too. Only that last
+/// directory is made private: the app's own directory may not exist yet (a first push), and
+/// made 0700 here it would shut the app's build out of its cache (the deploy sets its mode,
+/// 0711, later).
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     if let Some(dir) = path.parent() {
-        // Only the last directory is root's alone: the app's own directory may not exist yet
-        // (a first push), and made 0700 here it would shut the app's build out of its cache
-        // (the deploy sets its mode, 0711, later).
         if let Some(app_dir) = dir.parent() {
             std::fs::create_dir_all(app_dir)?;
         }
-        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        crate::private_files::private_dir(dir)?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(bytes)
+    crate::private_files::write_private(path, bytes)
 }
 
 #[cfg(test)]
