@@ -163,6 +163,22 @@ pub fn empty() -> Body {
         .boxed_unsync()
 }
 
+/// The answer of a handler that takes a WebSocket: `101 Switching Protocols` carrying
+/// `accept`, the `Sec-WebSocket-Accept` its WebSocket library derives from the client's key.
+/// The handler then takes the connection with `hyper::upgrade::on`.
+pub fn switching_protocols(accept: &str) -> http::Response<Body> {
+    use http::header::{CONNECTION, HeaderValue, UPGRADE};
+    let mut r = http::Response::new(empty());
+    *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
+}
+
 /// Boxes any body whose errors convert to [`BoxError`].
 pub fn boxed<B>(body: B) -> Body
 where

@@ -957,22 +957,9 @@ fn upgrade(gateways: &Arc<Gateways>, gw: &Arc<Gateway>, req: &mut Request<Body>)
         },
         &executor,
     );
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
-    let mut r = Response::new(mar_http::empty());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("websocket"),
-    );
-    h.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("upgrade"),
-    );
-    if let Ok(v) = header::HeaderValue::from_str(&accept) {
-        h.insert("sec-websocket-accept", v);
-    }
-    r
+    mar_http::switching_protocols(
+        &tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key),
+    )
 }
 
 #[cfg(test)]

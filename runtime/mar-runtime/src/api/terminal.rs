@@ -11,7 +11,7 @@ use std::time::Duration;
 use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use http::{StatusCode, header};
+use http::header;
 use mar_sdk::types::{RunResult, TerminalControl, TerminalStart};
 use mar_supervisor::terminal::{TerminalInput, Tty, WindowSize};
 use tokio::sync::mpsc;
@@ -68,21 +68,7 @@ pub(super) async fn open_terminal(
         session(p, app, ws).await;
     });
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let mut r = Response::new(axum::body::Body::empty());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(
-        header::UPGRADE,
-        header::HeaderValue::from_static("websocket"),
-    );
-    h.insert(
-        header::CONNECTION,
-        header::HeaderValue::from_static("upgrade"),
-    );
-    if let Ok(v) = header::HeaderValue::from_str(&accept) {
-        h.insert("sec-websocket-accept", v);
-    }
-    Ok(r)
+    Ok(mar_http::switching_protocols(&accept).map(axum::body::Body::new))
 }
 
 /// One terminal session, from the first frame to the result.
@@ -152,12 +138,15 @@ where
             frame = stream.next(), if !client_gone && pending_bytes < MAX_PENDING_INPUT => {
                 match frame {
                     Some(Ok(Message::Binary(b))) => {
-                        pending_bytes += b.len();
-                        pending.push_back(TerminalInput::Keys(b.to_vec()));
+                        let keys = TerminalInput::Keys(b.to_vec());
+                        pending_bytes += weight(&keys);
+                        pending.push_back(keys);
                     }
                     Some(Ok(Message::Text(t))) => {
                         if let Ok(TerminalControl::Resize { cols, rows }) = serde_json::from_str(&t) {
-                            pending.push_back(TerminalInput::Resize(WindowSize { cols, rows }));
+                            let resize = TerminalInput::Resize(WindowSize { cols, rows });
+                            pending_bytes += weight(&resize);
+                            pending.push_back(resize);
                         }
                     }
                     Some(Ok(Message::Close(_)) | Err(_)) | None => {
@@ -169,9 +158,7 @@ where
             }
             permit = input.reserve(), if !pending.is_empty() => match (permit, pending.pop_front()) {
                 (Ok(permit), Some(i)) => {
-                    if let TerminalInput::Keys(k) = &i {
-                        pending_bytes -= k.len();
-                    }
+                    pending_bytes -= weight(&i);
                     permit.send(i);
                 }
                 // The terminal is gone: what was typed has nowhere to go.
@@ -204,6 +191,15 @@ where
     };
     if !client_gone {
         finish(&mut sink, result).await;
+    }
+}
+
+/// What a pending input counts against [`MAX_PENDING_INPUT`]: its bytes, or for a resize what
+/// it takes in memory (so a flood of resizes is bounded too).
+fn weight(i: &TerminalInput) -> usize {
+    match i {
+        TerminalInput::Keys(k) => k.len(),
+        TerminalInput::Resize(_) => std::mem::size_of::<TerminalInput>(),
     }
 }
 
