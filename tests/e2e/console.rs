@@ -265,13 +265,7 @@ async fn the_console_works_in_a_browser() {
     let repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
     let push = repo.push(&mar.git_url("shown"), "main");
     assert!(push.ok(), "{}", push.all());
-    let dir = repo_root().join("tests/fixtures/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir()
-            && std::path::Path::new("/usr/bin/chromium").exists(),
-        "no playwright-core in {} or no /usr/bin/chromium: run `bash scripts/test.sh`, which installs them",
-        dir.display()
-    );
+    let dir = mar_tests::browser_drivers();
     let port = mar.addr.port();
 
     // Services: a gateway and a backend holding one object, the backend linked to the gateway.
@@ -321,7 +315,7 @@ async fn the_console_works_in_a_browser() {
         format!("http://shown.localhost:{port}/env/GREETING"),
         shots.display().to_string(),
     ];
-    let env = [
+    let env = vec![
         ("CONSOLE_MWS", "console-push".to_owned()),
         ("CONSOLE_EDS", "console-data".to_owned()),
         ("CONSOLE_EDS_TYPE", "todos".to_owned()),
@@ -329,24 +323,11 @@ async fn the_console_works_in_a_browser() {
         ("CONSOLE_SLOW_APP", "slowbuilt".to_owned()),
         ("CONSOLE_PUSH_CMD", push_cmd),
     ];
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg("console.js")
-            .args(&args)
-            .envs(env)
-            .current_dir(&dir)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = mar_tests::run_node(&dir, "console.js", args, env)
+        .await
+        .stdout;
     println!("{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("console: all steps passed"),
-        "{stdout}\n{stderr}"
-    );
+    assert!(stdout.contains("console: all steps passed"), "{stdout}");
 }
 
 /// `cmd` as one `sh -c` line: its directory, its environment changes (`env -u` for removals)

@@ -65,28 +65,9 @@ pub(crate) fn with_host(
 
 /// Runs the browser driver; its output lines.
 async fn drive(script: &str, args: Vec<String>) -> String {
-    let dir = repo_root().join("tests/fixtures/browser");
-    assert!(
-        dir.join("node_modules/playwright-core").is_dir()
-            && std::path::Path::new("/usr/bin/chromium").exists(),
-        "no playwright-core in {} or no /usr/bin/chromium: run `bash scripts/test.sh`, which installs them",
-        dir.display()
-    );
-    let script = script.to_owned();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(&script)
-            .args(&args)
-            .current_dir(&dir)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    stdout
+    mar_tests::run_node(&mar_tests::browser_drivers(), script, args, Vec::new())
+        .await
+        .stdout
 }
 
 /// The todo app: signed-in users' pages get their own changes within a second and never

@@ -1906,21 +1906,16 @@ async fn the_qtc_node_sdk_drives_objects_queries_users_search_and_files_unchange
     );
     let mar = MarServer::start_with_args(None, &["--https-listen", "127.0.0.43:443"]);
     let b = create(&mar, "nodesdk");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg("eds.js")
-            .args(["https://127.0.0.43", &b.id, &b.master])
-            .env("NODE_TLS_REJECT_UNAUTHORIZED", "0")
-            .env("NODE_NO_WARNINGS", "1")
-            .current_dir(&dir)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let out = mar_tests::run_node(
+        &dir,
+        "eds.js",
+        vec!["https://127.0.0.43".into(), b.id.clone(), b.master.clone()],
+        vec![
+            ("NODE_TLS_REJECT_UNAUTHORIZED", "0".into()),
+            ("NODE_NO_WARNINGS", "1".into()),
+        ],
+    )
+    .await;
     for line in [
         "inserted objects.todos 24",
         "found a node,b node",
@@ -1939,9 +1934,9 @@ async fn the_qtc_node_sdk_drives_objects_queries_users_search_and_files_unchange
         "file info qtc-eds-",
         "DONE",
     ] {
-        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}\n{stderr}");
+        assert!(out.stdout.contains(line), "no {line:?} in:\n{}", out.all());
     }
-    assert!(stdout.contains(" 24 complete"), "{stdout}");
+    assert!(out.stdout.contains(" 24 complete"), "{}", out.stdout);
 }
 
 /// The account API of the dashboard era: an account made with the CLI (its password from

@@ -466,19 +466,13 @@ async fn the_qtc_node_sdk_drives_the_public_and_private_flows_unchanged() {
     let mar = MarServer::start();
     let g = create(&mar, "sdk");
     let address = format!("http://127.0.0.1:{}", mar.addr.port());
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg("client.js")
-            .args([&address, &g.id, &g.secret])
-            .current_dir(&dir)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let out = mar_tests::run_node(
+        &dir,
+        "client.js",
+        vec![address, g.id.clone(), g.secret.clone()],
+        Vec::new(),
+    )
+    .await;
     for line in [
         "public open",
         "reserved ",
@@ -492,11 +486,12 @@ async fn the_qtc_node_sdk_drives_the_public_and_private_flows_unchanged() {
         "sockets 2",
         "DONE",
     ] {
-        assert!(stdout.contains(line), "no {line:?} in:\n{stdout}\n{stderr}");
+        assert!(out.stdout.contains(line), "no {line:?} in:\n{}", out.all());
     }
     assert!(
-        !stdout.contains("public got to user u1"),
-        "the tagged message reached the public socket:\n{stdout}"
+        !out.stdout.contains("public got to user u1"),
+        "the tagged message reached the public socket:\n{}",
+        out.stdout
     );
 }
 

@@ -927,3 +927,37 @@ pub fn scratch_dir() -> tempfile::TempDir {
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     tmp
 }
+
+/// Runs `node SCRIPT ARGS…` in `dir` with `env` added, off the async runtime (a driver may
+/// run for a minute); its output, once it exited 0 (else the test fails with both streams).
+pub async fn run_node(
+    dir: &Path,
+    script: &str,
+    args: Vec<String>,
+    env: Vec<(&str, String)>,
+) -> CmdOutput {
+    let mut cmd = Command::new("node");
+    cmd.arg(script).args(args).current_dir(dir);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let out = CmdOutput::from(out);
+    assert!(out.ok(), "{}", out.all());
+    out
+}
+
+/// The browser drivers' directory (`tests/fixtures/browser`), once playwright-core and Debian's
+/// Chromium are there.
+pub fn browser_drivers() -> PathBuf {
+    let dir = repo_root().join("tests/fixtures/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir()
+            && Path::new("/usr/bin/chromium").exists(),
+        "no playwright-core in {} or no /usr/bin/chromium: run `bash scripts/test.sh`, which installs them",
+        dir.display()
+    );
+    dir
+}
