@@ -27,7 +27,15 @@ async fn apps_cannot_read_each_other_or_the_platform() {
     assert_ne!(uid_a, "0");
     assert_ne!(uid_a, uid_m, "each app has its own user");
 
+    // A build's output is root's alone (a build can print what it was given).
+    let build_log = std::fs::read_dir(mar.data_dir.join("apps/alice/build-output"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "log"))
+        .expect("alice's push left its build output");
     let secrets = [
+        build_log.clone(),
         run_dir(&mar, "alice").join("server.py"),
         mar.data_dir.join("token"),
         mar.data_dir.join("mar.db"),
@@ -45,6 +53,14 @@ async fn apps_cannot_read_each_other_or_the_platform() {
         assert_eq!(r.status, 403, "mallory read {}: {}", path.display(), r.body);
         assert!(r.body.contains("denied: Permission denied"), "{}", r.body);
     }
+    // Nor can the app whose build it was.
+    let r = mar
+        .get(
+            "alice.localhost",
+            &format!("/read?path={}", build_log.display()),
+        )
+        .await;
+    assert_eq!(r.status, 403, "alice read her build output: {}", r.body);
     let own = run_dir(&mar, "mallory").join("server.py");
     assert_eq!(
         mar.get(
