@@ -83,11 +83,15 @@ if [ ! -d tests/fixtures/browser/node_modules/playwright-core ]; then
   (cd tests/fixtures/browser && npm ci -q --no-audit --no-fund >/dev/null)
 fi
 
+# One cold build, never resumed: incremental caches would only take disk (they reached tens of
+# GB on a working machine, and a CI run once ran out of space).
+export CARGO_INCREMENTAL=0
+
 echo "==> building"
 cargo build --workspace --all-targets --locked
 # The gates come before the tests, so a formatting or lint failure is reported in seconds rather
-# than after the suite. Clippy reuses the dependencies' metadata of the build above, so only the
-# workspace's own crates are checked again.
+# than after the suite. Clippy checks the dependencies again (a check is a metadata-only unit of
+# its own, not the build's), which costs disk and a few minutes but builds no code.
 echo "==> checking formatting"
 cargo fmt --all --check
 echo "==> linting"
