@@ -8,6 +8,11 @@
 //! index lookup, not a scan. Queries compile to SQL over SQLite's JSON functions with every
 //! path and value a bound parameter (`?N`); nothing from a client is ever spliced into SQL
 //! text. `$regex` uses a `regexp()` function backed by the `regex` crate (linear time).
+//!
+//! The full-text index `search` is contentless (`content=''`, `contentless_delete=1`): a
+//! search needs only the matching rowids (`search_docs` says whose they are), so the text is
+//! not stored a second time, which spared FTS5's content row on every insert. Files made
+//! before keep their contentful table; the statements are the same for both.
 
 use std::collections::HashMap;
 use std::path::Path as FsPath;
@@ -84,7 +89,7 @@ CREATE TABLE IF NOT EXISTS search_docs (
     prop TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS search_docs_by_object ON search_docs(object);
-CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(text, tokenize = 'unicode61 remove_diacritics 2');
+CREATE VIRTUAL TABLE IF NOT EXISTS search USING fts5(text, content = '', contentless_delete = 1, tokenize = 'unicode61 remove_diacritics 2');
 CREATE TABLE IF NOT EXISTS files (
     id TEXT PRIMARY KEY REFERENCES objects(id) ON DELETE CASCADE,
     owner TEXT NOT NULL REFERENCES objects(id) ON DELETE CASCADE,

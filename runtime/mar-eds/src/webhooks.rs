@@ -76,6 +76,12 @@ const BATCH: usize = 100;
 /// How long a quiet deliverer sleeps before looking again without being woken.
 const IDLE: Duration = Duration::from_secs(5);
 
+/// The least time from one pass's start to the next when writes woke the deliverer: a burst
+/// of writes is then read from the log in one pass, not in a pass (two reads of the storage on
+/// blocking threads) per write, for at most this much more latency to the notification
+/// stream's subscribers and the webhooks.
+const COALESCE: Duration = Duration::from_millis(5);
+
 /// Back-off of a webhook that failed.
 struct Backoff {
     failures: u32,
@@ -112,6 +118,7 @@ pub(crate) async fn run(
         blocking(move || s.last_change()).await.unwrap_or(0)
     };
     loop {
+        let started = Instant::now();
         if let Err(e) = stream(&backend_id, &storage, &streams, &mut streamed).await {
             tracing::error!("eds {backend_id}: notifications: {e}");
         }
@@ -128,7 +135,13 @@ pub(crate) async fn run(
             }
         };
         tokio::select! {
-            _ = changed.notified() => {}
+            _ = changed.notified() => {
+                let rest = COALESCE.saturating_sub(started.elapsed());
+                tokio::select! {
+                    _ = tokio::time::sleep(rest) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
             _ = tokio::time::sleep(next) => {}
             _ = stop.cancelled() => return,
         }
