@@ -11,6 +11,11 @@
 //!   cluster with `fsync=on` and `synchronous_commit=on`, driven by the same load generator
 //!   with the same objects and the same connections as mini-MAR (`src/parse_ref.rs`).
 //!
+//! Reads and queries also run against **nginx-fixed**: nginx answering the same requests with
+//! fixed bodies of EDS's shape and no storage (`nginx/nginx-eds-fixed.conf`), the most an HTTP
+//! answer reaches with this load generator on this machine, so the reads' ratio to raw SQLite
+//! is printed beside the ceiling HTTP puts on it.
+//!
 //! Figures: operations/s, p50/p99, and the server's CPU µs per operation from `/proc` (the
 //! process tree: `mar serve`; node + every PostgreSQL process; the raw process). Targets: inserts
 //! ≥ 50% of raw SQLite's, reads by id ≥ 70%, and ≥ 3x Parse's operations per CPU second.
@@ -28,6 +33,7 @@ use std::time::{Duration, Instant};
 use mar_bench::args::Args;
 use mar_bench::hist::Hist;
 use mar_bench::loadgen::{Mark, sleep_until};
+use mar_bench::nginx::{self, Nginx};
 use mar_bench::parse_ref::{self, ParseServer, Postgres};
 use mar_bench::procfs::{self, CpuUse, Watched};
 use mar_bench::report::{self, NOISY_PCT, Quiet, median, ms, rate, us, verdict};
@@ -41,14 +47,15 @@ eds-crud: EDS through HTTP vs raw SQLite vs Parse Server on PostgreSQL, same run
 clean rounds.
 
   eds-crud [--rounds 3] [--duration 8] [--warmup 2] [--conns 16] [--threads 1]
-           [--targets mar,sqlite,parse[,sqlite-eds]] [--ops insert,read,query]
+           [--targets mar,sqlite,parse,nginx-fixed[,sqlite-eds]] [--ops insert,read,query]
            [--quiet-timeout 120] [--no-quiet]
 
 Each round runs inserts, then reads by id, then indexed queries (reads and queries pick
 uniformly among every object that target has stored so far), each on every target, in an order
 that turns each round; --ops leaves some out (reads and queries need the objects of earlier
 inserts). sqlite-eds, not run by default, is the raw reference with EDS's storage shape (`raw
---shape eds`): what EDS's tables cost before any HTTP. --conns: the HTTP load's keep-alive
+--shape eds`): what EDS's tables cost before any HTTP. nginx-fixed (reads and queries only)
+answers with fixed bodies of EDS's shape and no storage: the ceiling HTTP puts on them. --conns: the HTTP load's keep-alive
 connections and the raw reference's threads. About 7 minutes with the defaults, 9 with
 sqlite-eds.
 
@@ -146,6 +153,22 @@ struct Run {
     noisy: bool,
     /// Objects the target held when the run began.
     rows: usize,
+}
+
+/// Every target, in the order of the table.
+const TARGETS: [&str; 5] = ["mar", "sqlite", "parse", "nginx-fixed", "sqlite-eds"];
+
+/// nginx answering EDS's reads and queries with fixed bodies.
+const FIXED_CONF: &str = include_str!("../nginx/nginx-eds-fixed.conf");
+
+/// A stored object as EDS answers a read of it (its size and shape; nginx sends it as is).
+fn fixed_object() -> String {
+    let mut v: Value = serde_json::from_str(&object_json("r0c0n1", 1)).unwrap();
+    v["id"] = json!("692cf00e6f1d2a3b4c000001");
+    v["objectType"] = json!(format!("objects.{EDS_TYPE}"));
+    v["createdAt"] = json!("2026-12-01T02:00:00.000Z");
+    v["updatedAt"] = json!("2026-12-01T02:00:00.000Z");
+    v.to_string()
 }
 
 /// How a target's API is called.
@@ -319,12 +342,9 @@ fn bench(args: &Args) {
             timeout: Duration::from_secs_f64(args.get("quiet-timeout", 120.0)),
         },
     };
-    let targets = args.list("targets", "mar,sqlite,parse");
+    let targets = args.list("targets", "mar,sqlite,parse,nginx-fixed");
     args.finish(USAGE);
-    if let Some(t) = targets
-        .iter()
-        .find(|t| !["mar", "sqlite", "parse", "sqlite-eds"].contains(&t.as_str()))
-    {
+    if let Some(t) = targets.iter().find(|t| !TARGETS.contains(&t.as_str())) {
         eprintln!("--targets: unknown target {t:?}\n\n{USAGE}");
         std::process::exit(64);
     }
@@ -449,6 +469,37 @@ fn bench(args: &Args) {
         );
         t
     });
+    // nginx answering EDS's reads and queries with fixed bodies: the HTTP ceiling.
+    let fixed = has("nginx-fixed").then(|| {
+        nginx::ensure_installed();
+        let object = fixed_object();
+        Nginx::start(
+            "eds-fixed",
+            FIXED_CONF,
+            "@LISTEN@",
+            &[
+                ("@OBJECT@", object.clone()),
+                ("@QUERY@", format!(r#"{{"results":[{object}]}}"#)),
+            ],
+        )
+    });
+    let mut fixed_target = fixed.as_ref().map(|n| {
+        let pids = n.pids();
+        HttpTarget {
+            addr: ([127, 0, 0, 1], n.port).into(),
+            host: "localhost".to_owned(),
+            api: Arc::new(Api::Eds {
+                backend: "0".repeat(24),
+                secret: "0".repeat(32),
+            }),
+            // Ids and keys to ask for (the answer is the same whatever they are).
+            objects: (0..1000u32)
+                .map(|i| (format!("{i:024x}"), format!("r0c0n{i}")))
+                .collect(),
+            main_pid: n.master,
+            pids: Box::new(move || (pids.clone(), Vec::new())),
+        }
+    });
     let raw_db = scratch.path().join("raw.db");
     let raw_eds_db = scratch.path().join("raw-eds.db");
 
@@ -459,10 +510,7 @@ fn bench(args: &Args) {
         .as_ref()
         .and_then(|t| procfs::rss_kib(t.main_pid));
 
-    let names: Vec<&str> = ["mar", "sqlite", "parse", "sqlite-eds"]
-        .into_iter()
-        .filter(|t| has(t))
-        .collect();
+    let names: Vec<&str> = TARGETS.into_iter().filter(|t| has(t)).collect();
     // runs[op][target]
     let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); names.len()]; OPS.len()];
     'rounds: for round in 0..cfg.rounds {
@@ -479,8 +527,13 @@ fn bench(args: &Args) {
                 let name = names[ti];
                 cfg.quiet.wait();
                 let tag = format!("r{}", round + 1);
+                if name == "nginx-fixed" && op == Op::Insert {
+                    // No storage, so nothing to compare an insert with.
+                    continue;
+                }
                 let r = match name {
                     "mar" => measure_http(mar_target.as_mut().unwrap(), op, &tag, &cfg),
+                    "nginx-fixed" => measure_http(fixed_target.as_mut().unwrap(), op, &tag, &cfg),
                     "parse" => measure_http(parse_target.as_mut().unwrap(), op, &tag, &cfg),
                     "sqlite" => measure_raw(&raw_db, false, op, &tag, &cfg),
                     _ => measure_raw(&raw_eds_db, true, op, &tag, &cfg),
@@ -511,6 +564,7 @@ fn bench(args: &Args) {
         parse_target.as_ref().map_or(0, |t| t.objects.len()),
     );
 
+    drop(fixed);
     drop(parse);
     drop(pg);
     if let Some(m) = mar {
@@ -866,6 +920,20 @@ fn summary(names: &[&str], runs: &[Vec<Vec<Run>>]) {
                 per_cpu,
                 verdict(per_cpu >= 3.0)
             ));
+        }
+        if let Some(c) = find(oi, "nginx-fixed").filter(|c| !c.ops.is_nan()) {
+            line.push_str(&format!(
+                "; HTTP ceiling (nginx-fixed: {}/s, {}/op): mar reaches {:.2}x of it",
+                rate(c.ops),
+                us(c.cpu_us),
+                m.ops / c.ops
+            ));
+            if let Some(s) = find(oi, "sqlite").filter(|s| !s.ops.is_nan()) {
+                line.push_str(&format!(
+                    ", and no HTTP answer here passed {:.2}x raw SQLite's ops/s",
+                    c.ops / s.ops
+                ));
+            }
         }
         if let Some(e) = find(oi, "sqlite-eds").filter(|e| !e.ops.is_nan()) {
             line.push_str(&format!(
