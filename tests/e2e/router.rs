@@ -460,6 +460,106 @@ async fn https_with_sni_h2_and_the_local_authoritys_fallback() {
     assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
 }
 
+/// Whether the HTTPS listener at `addr` answers a handshake for `name` with a certificate
+/// the (self-signed) PEM `root` vouches for: true exactly when that certificate is served.
+async fn serves(addr: std::net::SocketAddr, name: &str, root: &std::path::Path) -> bool {
+    let connector = tls_client(&[root.to_owned()]);
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    connector.connect(name, tcp).await.is_ok()
+}
+
+#[tokio::test]
+async fn renewed_certificates_are_served_without_a_restart_and_a_broken_renewal_keeps_the_old() {
+    const NAME: &str = "renew.example.test";
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("site.crt"), dir.path().join("site.key"));
+    // A renewal as certbot makes one: new files put in place by a rename, never half written.
+    let put = |path: &std::path::Path, text: &str| {
+        let tmp = path.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    };
+    let pair = |n: usize| {
+        let ck = rcgen::generate_simple_self_signed(vec![NAME.to_owned()]).unwrap();
+        let saved = dir.path().join(format!("issued-{n}.crt"));
+        std::fs::write(&saved, ck.cert.pem()).unwrap();
+        (saved, ck.cert.pem(), ck.signing_key.serialize_pem())
+    };
+    let (first, c1, k1) = pair(1);
+    put(&cert, &c1);
+    put(&key, &k1);
+    let yaml = format!(
+        "tls_certificates:\n  - domains: [{NAME}]\n    cert: {}\n    key: {}\n",
+        cert.display(),
+        key.display()
+    );
+    let mar = MarServer::start_with_args(
+        Some(&yaml),
+        &["--https-listen", "127.0.0.1:0", "--domain", "apps.test"],
+    );
+    let https = mar.https_addr.expect("https address printed");
+    assert!(serves(https, NAME, &first).await);
+
+    // Renewed on disk: served within the 5 s look, with no signal and no restart.
+    let (second, c2, k2) = pair(2);
+    put(&key, &k2);
+    put(&cert, &c2);
+    eventually(Duration::from_secs(20), || async {
+        serves(https, NAME, &second).await.then_some(())
+    })
+    .await;
+    assert!(!serves(https, NAME, &first).await, "the old one is gone");
+
+    // Half a renewal: a new certificate whose key is not in place. Refused; the served one
+    // stays, and the log names the file.
+    // (The look may have caught the second renewal between its two files, and said so.)
+    let refusals = |mar: &MarServer| {
+        mar.stderr()
+            .matches("is not the key of the certificate")
+            .count()
+    };
+    let before = refusals(&mar);
+    let (third, c3, k3) = pair(3);
+    put(&cert, &c3);
+    eventually(Duration::from_secs(20), || async {
+        (refusals(&mar) > before).then_some(())
+    })
+    .await;
+    assert!(serves(https, NAME, &second).await, "{}", mar.stderr());
+    assert!(!serves(https, NAME, &third).await);
+    assert!(
+        mar.stderr()
+            .contains("the certificates loaded before are still served")
+    );
+
+    // SIGHUP reads the files again at once (the look would not: they did not change since),
+    // and the server goes on (SIGHUP used to end it).
+    let hup = |mar: &MarServer| {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &mar.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    let before = refusals(&mar);
+    hup(&mar);
+    eventually(Duration::from_secs(10), || async {
+        (refusals(&mar) > before).then_some(())
+    })
+    .await;
+    assert_eq!(mar.get("apps.test", "/healthz").await.status, 200);
+
+    // The key arrives: served.
+    put(&key, &k3);
+    hup(&mar);
+    eventually(Duration::from_secs(10), || async {
+        serves(https, NAME, &third).await.then_some(())
+    })
+    .await;
+    assert!(mar.stderr().contains("TLS: reloaded the 1 certificate(s)"));
+}
+
 /// One HTTP/1.1 connection, requests sent one after another.
 async fn h1_conn(mar: &MarServer) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
     let stream = tokio::net::TcpStream::connect(mar.addr).await.unwrap();

@@ -409,10 +409,55 @@ pub struct Started {
     pub addr: SocketAddr,
     /// The HTTPS listener's address, if there is one.
     pub https_addr: Option<SocketAddr>,
+    /// The certificates `mar.yaml` names, when there is an HTTPS listener and some are named.
+    certificates: Option<Arc<tls::NamedCertificates>>,
     done: tokio::task::JoinHandle<bool>,
 }
 
+/// How often the certificates `mar.yaml` names are looked at for a renewal (a few `stat`s).
+const CERTIFICATES_CHECK: Duration = Duration::from_secs(5);
+
+/// Reloads the configured certificates and logs the outcome.
+async fn reload_certificates(named: Arc<tls::NamedCertificates>) {
+    match tokio::task::spawn_blocking(move || named.reload()).await {
+        // Said as the server's other lifecycle events are, whatever the log level.
+        Ok(Ok(n)) => eprintln!("mar: TLS: reloaded the {n} certificate(s) mar.yaml names"),
+        Ok(Err(e)) => {
+            tracing::error!("{e}; the certificates loaded before are still served")
+        }
+        Err(e) => tracing::error!("TLS: the reload failed: {e}"),
+    }
+}
+
+/// Reloads the configured certificates whenever one of their files changes, until shutdown.
+async fn watch_certificates(named: Arc<tls::NamedCertificates>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(CERTIFICATES_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        let n = named.clone();
+        let changed = tokio::task::spawn_blocking(move || n.changed_on_disk())
+            .await
+            .unwrap_or(false);
+        if changed {
+            reload_certificates(named.clone()).await;
+        }
+    }
+}
+
 impl Started {
+    /// Reads the certificates `mar.yaml` names again (SIGHUP); a set that does not load whole
+    /// leaves the served one in place, and the log says why.
+    pub async fn reload_certificates(&self) {
+        match &self.certificates {
+            Some(named) => reload_certificates(named.clone()).await,
+            None => eprintln!("mar: TLS: no certificates named in mar.yaml to reload"),
+        }
+    }
+
     /// Waits until the platform has shut down completely. `false` when it stopped because a
     /// router thread failed, not because it was asked to.
     pub async fn wait(self) -> bool {
@@ -490,6 +535,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
 
     let threads = cfg.router_threads;
     let (listeners, addr) = listen(cfg.listen, threads)?;
+    let mut certificates = None;
     let https = match cfg.https_listen {
         Some(a) => {
             let served: tls::Served = {
@@ -501,12 +547,15 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
                     )
                 })
             };
-            let acceptor = tls::acceptor(
+            let (acceptor, named) = tls::acceptor(
                 &paths.root().join("tls"),
                 &cfg.domain,
                 &cfg.tls_certificates,
                 served,
             )?;
+            if !cfg.tls_certificates.is_empty() {
+                certificates = Some(named);
+            }
             let (ls, local) = listen(a, threads)?;
             Some((ls, acceptor, local))
         }
@@ -791,9 +840,13 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         drop(lock);
         clean
     });
+    if let Some(named) = &certificates {
+        tokio::spawn(watch_certificates(named.clone(), shutdown.clone()));
+    }
     Ok(Started {
         addr,
         https_addr,
+        certificates,
         done,
     })
 }

@@ -2,9 +2,15 @@
 //! everything else a certificate for `DOMAIN`, `*.DOMAIN`, `localhost` and 127.0.0.1 issued by
 //! a local certificate authority that `mar serve` makes on first start and keeps in the data
 //! directory (`mar tls:ca` prints its root, to be trusted once). ALPN offers h2 and http/1.1.
+//!
+//! The certificates `mar.yaml` names are read again when their files change (a renewal by
+//! certbot or acme.sh replaces them where they are) or on SIGHUP, without a restart; a set
+//! that does not load whole (a key that is not the certificate's, half a renewal) keeps the one
+//! being served.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -34,10 +40,13 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// (host pattern, key); patterns are exact names or `*.suffix`.
+type ByName = Vec<(String, Arc<CertifiedKey>)>;
+
 #[derive(Debug)]
 struct SniResolver {
-    /// (host pattern, key); patterns are exact names or `*.suffix`.
-    by_name: Vec<(String, Arc<CertifiedKey>)>,
+    /// The configured certificates, swapped whole when they are reloaded.
+    by_name: RwLock<Arc<ByName>>,
     /// Certificates for `APP.DOMAIN`, issued by the local authority when first asked for.
     issuer: LocalIssuer,
     fallback: Arc<CertifiedKey>,
@@ -125,12 +134,17 @@ fn matches(pattern: &str, host: &str) -> bool {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let host = hello.server_name().map(str::to_ascii_lowercase);
+        let by_name = self
+            .by_name
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let chosen = host.and_then(|h| {
             // Exact names first, then wildcards.
-            self.by_name
+            by_name
                 .iter()
                 .find(|(p, _)| !p.starts_with("*.") && *p == h)
-                .or_else(|| self.by_name.iter().find(|(p, _)| matches(p, &h)))
+                .or_else(|| by_name.iter().find(|(p, _)| matches(p, &h)))
                 .map(|(_, k)| k.clone())
                 .or_else(|| self.issuer.for_host(&h))
         });
@@ -155,7 +169,77 @@ fn load(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<Arc<Certif
         .key_provider
         .load_private_key(key_der)
         .map_err(|e| file_err(key, e.to_string()))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+    let pair = CertifiedKey::new(chain, signing);
+    // A key that is not the certificate's would fail every handshake: say so now (a renewal
+    // caught between writing the certificate and the key is one).
+    if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+        pair.keys_match()
+    {
+        return Err(file_err(
+            key,
+            format!("is not the key of the certificate in {}", cert.display()),
+        ));
+    }
+    Ok(Arc::new(pair))
+}
+
+/// The configured certificates, each file's key and certificate loaded.
+fn load_named(provider: &CryptoProvider, certs: &[TlsCertificate]) -> Result<ByName, TlsError> {
+    let mut by_name = Vec::new();
+    for c in certs {
+        let k = load(provider, &c.cert, &c.key)?;
+        for d in &c.domains {
+            by_name.push((d.to_ascii_lowercase(), k.clone()));
+        }
+    }
+    Ok(by_name)
+}
+
+/// What tells a file was replaced: its inode, size and modification time (through symlinks,
+/// so certbot's switch of `live/` links counts).
+type Stamp = Option<(u64, u64, SystemTime)>;
+
+fn stamps(certs: &[TlsCertificate]) -> Vec<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    certs
+        .iter()
+        .flat_map(|c| [&c.cert, &c.key])
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.ino(), m.len(), m.modified().ok()?)))
+        })
+        .collect()
+}
+
+/// The certificates `mar.yaml` names, as the HTTPS listener serves them, and their reload.
+pub struct NamedCertificates {
+    configured: Vec<TlsCertificate>,
+    provider: Arc<CryptoProvider>,
+    resolver: Arc<SniResolver>,
+    /// The files' stamps when they were last loaded (or found not to load).
+    seen: Mutex<Vec<Stamp>>,
+}
+
+impl NamedCertificates {
+    /// Whether any configured file changed since it was last read.
+    pub fn changed_on_disk(&self) -> bool {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) != stamps(&self.configured)
+    }
+
+    /// Reads every configured certificate again and serves the new set, or, if any fails to
+    /// load, keeps serving the old one and says why. The number of files' pairs loaded.
+    pub fn reload(&self) -> Result<usize, TlsError> {
+        // Stamped first: a file replaced while it is read is read again at the next look.
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = stamps(&self.configured);
+        let fresh = load_named(&self.provider, &self.configured)?;
+        *self
+            .resolver
+            .by_name
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(fresh);
+        Ok(self.configured.len())
+    }
 }
 
 /// The local certificate authority's files in the TLS directory (`ca.crt` is public: `mar
@@ -275,33 +359,37 @@ fn local_issuer(
 }
 
 /// The acceptor for the HTTPS listener.
+/// The acceptor for the HTTPS listener, and the handle that reloads its configured
+/// certificates.
 pub fn acceptor(
     dir: &Path,
     domain: &str,
     certs: &[TlsCertificate],
     served: Served,
-) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+) -> Result<(tokio_rustls::TlsAcceptor, Arc<NamedCertificates>), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let (cert, key) = local_certificate(dir, domain)?;
     let fallback = load(&provider, &cert, &key)?;
     let issuer = local_issuer(dir, domain, &provider, served)?;
-    let mut by_name = Vec::new();
-    for c in certs {
-        let k = load(&provider, &c.cert, &c.key)?;
-        for d in &c.domains {
-            by_name.push((d.to_ascii_lowercase(), k.clone()));
-        }
-    }
+    let seen = stamps(certs);
+    let by_name = load_named(&provider, certs)?;
+    let resolver = Arc::new(SniResolver {
+        by_name: RwLock::new(Arc::new(by_name)),
+        issuer,
+        fallback,
+    });
+    let named = Arc::new(NamedCertificates {
+        configured: certs.to_vec(),
+        provider: provider.clone(),
+        resolver: resolver.clone(),
+        seen: Mutex::new(seen),
+    });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver {
-            by_name,
-            issuer,
-            fallback,
-        }));
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), named))
 }
 
 #[cfg(test)]
@@ -404,5 +492,51 @@ mod tests {
             panic!("a missing certificate file was accepted");
         };
         assert!(err.to_string().contains("missing.crt"), "{err}");
+    }
+
+    #[test]
+    fn a_renewal_is_seen_and_loaded_and_a_mismatched_key_keeps_the_served_set() {
+        let d = tempfile::tempdir().unwrap();
+        let (cert, key) = (d.path().join("s.crt"), d.path().join("s.key"));
+        let issue = || rcgen::generate_simple_self_signed(vec!["s.example".to_owned()]).unwrap();
+        // Replaced by a rename, as renewals do: a new inode, whatever the clock's grain (two
+        // writes in place within a few ms can leave the same modification time).
+        let put = |path: &Path, text: String| {
+            let tmp = path.with_extension("new");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        };
+        let first = issue();
+        put(&cert, first.cert.pem());
+        put(&key, first.signing_key.serialize_pem());
+        let configured = vec![TlsCertificate {
+            domains: vec!["S.example".to_owned()],
+            cert: cert.clone(),
+            key: key.clone(),
+        }];
+        let (_, named) = acceptor(&d.path().join("tls"), "localhost", &configured, all()).unwrap();
+        let served = || named.resolver.by_name.read().unwrap().clone();
+        let der = |set: &ByName| set[0].1.cert[0].to_vec();
+        assert_eq!(served()[0].0, "s.example");
+        assert_eq!(der(&served()), first.cert.der().to_vec());
+        assert!(!named.changed_on_disk());
+
+        // A new certificate without its key: seen, refused, the first stays served.
+        let second = issue();
+        put(&cert, second.cert.pem());
+        assert!(named.changed_on_disk());
+        let err = named.reload().unwrap_err().to_string();
+        assert!(err.contains("is not the key of the certificate"), "{err}");
+        assert_eq!(der(&served()), first.cert.der().to_vec());
+        assert!(
+            !named.changed_on_disk(),
+            "a refused set is not retried until a file changes"
+        );
+
+        // The key follows: loaded.
+        put(&key, second.signing_key.serialize_pem());
+        assert!(named.changed_on_disk());
+        assert_eq!(named.reload().unwrap(), 1);
+        assert_eq!(der(&served()), second.cert.der().to_vec());
     }
 }

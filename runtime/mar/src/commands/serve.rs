@@ -85,12 +85,19 @@ pub(crate) async fn serve(
         )?;
         out.flush()?;
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-        // The runtime shuts itself down when a router thread fails.
-        _ = shutdown.cancelled() => {}
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    // SIGHUP reads the certificates mar.yaml names again, as nginx's reload does (they are
+    // also reloaded when their files change).
+    let mut hangup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hangup.recv() => started.reload_certificates().await,
+            // The runtime shuts itself down when a router thread fails.
+            _ = shutdown.cancelled() => break,
+        }
     }
     eprintln!("mar: shutting down: draining requests and stopping apps");
     shutdown.cancel();
