@@ -140,7 +140,7 @@ async fn restart_of_mar_serve_brings_apps_back_and_shutdown_stops_them() {
     assert_eq!(mar.get("survivor.localhost", "/").await.status, 200);
 
     let mar = mar.restart();
-    // The app boots again in the background; until then the router answers H20.
+    // The app boots again in the background; until it is up the router holds its requests.
     let r = mar_tests::eventually(std::time::Duration::from_secs(20), || async {
         let r = mar.get("survivor.localhost", "/").await;
         (r.status != 503).then_some(r)

@@ -99,6 +99,32 @@ async fn scale_out_balances_and_scale_in_stops() {
     );
 }
 
+#[tokio::test]
+async fn a_request_right_after_scaling_up_from_zero_waits_for_the_boot() {
+    let mar = MarServer::start();
+    mar.create_app("waking");
+    let repo = lifecycle_app(&mar);
+    // A web process that takes two seconds to bind.
+    repo.write("Procfile", "web: sleep 2 && exec python3 server.py\n");
+    repo.commit("slow to boot");
+    deploy(&mar, "waking", &repo).await;
+    assert!(mar.mar(&["ps:scale", "web=0", "-a", "waking"]).ok());
+    let r = mar.get("waking.localhost", "/").await;
+    assert!(r.status == 503 && r.body.contains("H14"), "{}", r.body);
+
+    // Asked at once, while web.1 boots: held by the router until it is up (Heroku's router
+    // queues such requests), not turned away with H20.
+    assert!(mar.mar(&["ps:scale", "web=1", "-a", "waking"]).ok());
+    let asked = std::time::Instant::now();
+    let r = mar.get("waking.localhost", "/env/DYNO").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "web.1"));
+    assert!(
+        asked.elapsed() >= Duration::from_secs(1),
+        "answered after {:?}: was it booting?",
+        asked.elapsed()
+    );
+}
+
 // Multi-threaded: the test's own git and CLI calls block one thread while the load runs on the
 // other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

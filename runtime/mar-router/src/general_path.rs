@@ -82,7 +82,24 @@ impl GeneralPath {
             return resp;
         }
         let host = host_of(&req);
-        let resolved = shared.table.resolve(host.as_deref());
+        let start = Instant::now();
+        let mut resolved = shared.table.resolve(host.as_deref());
+        if let Resolved::App {
+            target: Resolution::Unavailable(u),
+            ..
+        } = &resolved
+            && u.booting()
+            && !shared.timeouts.boot_wait.is_zero()
+        {
+            // Held until an instance is up (or crashed, or the wait is over), as Heroku's
+            // router queues requests for a booting dyno: right after `ps:scale web=1` or a
+            // restart of `mar serve`, the first requests are answered, not turned away.
+            let deadline = tokio::time::Instant::now() + shared.timeouts.boot_wait;
+            resolved = shared
+                .table
+                .resolve_after_boot(host.as_deref(), deadline, &shared.closing)
+                .await;
+        }
         let ctx = |app| Ctx {
             app,
             method: req.method().to_string(),
@@ -94,7 +111,8 @@ impl GeneralPath {
             host: host.clone().unwrap_or_default(),
             rid: request_id(req.headers()),
             json,
-            start: Instant::now(),
+            // The wait for a boot counts: the client waited.
+            start,
             inbound,
         };
         match resolved {

@@ -32,6 +32,10 @@ pub struct Timeouts {
     pub response_idle: Duration,
     /// Time allowed to open a connection to an instance.
     pub connect: Duration,
+    /// How long a request for an app whose web process is booting waits for it to come up
+    /// before it gets H20 (Heroku's router queues such requests for 75 s); zero answers H20 at
+    /// once.
+    pub boot_wait: Duration,
 }
 
 impl Default for Timeouts {
@@ -40,6 +44,7 @@ impl Default for Timeouts {
             first_byte: Duration::from_secs(30),
             response_idle: Duration::from_secs(55),
             connect: Duration::from_secs(5),
+            boot_wait: Duration::from_secs(30),
         }
     }
 }

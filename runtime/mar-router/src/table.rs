@@ -25,6 +25,14 @@ pub struct Unavailable {
     pub hint: String,
 }
 
+impl Unavailable {
+    /// H20: a web instance is starting and should be up shortly, so the router holds the
+    /// request for it (up to `Timeouts::boot_wait`) instead of answering at once.
+    pub fn booting(&self) -> bool {
+        self.code == "H20"
+    }
+}
+
 /// One upstream instance.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -199,6 +207,8 @@ pub struct RouteTable {
     apps: RwLock<HashMap<AppName, Arc<AppEntry>>>,
     /// Custom domains: exact host → app.
     custom: RwLock<HashMap<String, AppName>>,
+    /// Woken whenever an app's target is published, for requests waiting for a boot.
+    changed: tokio::sync::Notify,
 }
 
 impl RouteTable {
@@ -208,6 +218,7 @@ impl RouteTable {
             domain: domain.to_ascii_lowercase(),
             apps: RwLock::new(HashMap::new()),
             custom: RwLock::new(HashMap::new()),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -233,6 +244,7 @@ impl RouteTable {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(app.clone(), entry);
+        self.changed.notify_waiters();
     }
 
     /// Replaces the custom domains (host → app).
@@ -246,6 +258,39 @@ impl RouteTable {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(app);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves `host`, and while its app is booting (H20) waits for the table to change,
+    /// until `deadline` or `stop`: the resolution once it is no longer booting, or the H20.
+    pub async fn resolve_after_boot(
+        &self,
+        host: Option<&str>,
+        deadline: tokio::time::Instant,
+        stop: &CancellationToken,
+    ) -> Resolved {
+        loop {
+            // Registered before looking, so a change between the look and the wait wakes it.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let resolved = self.resolve(host);
+            let booting = matches!(
+                &resolved,
+                Resolved::App {
+                    target: Resolution::Unavailable(u),
+                    ..
+                } if u.booting()
+            );
+            if !booting {
+                return resolved;
+            }
+            tokio::select! {
+                _ = &mut changed => {}
+                _ = tokio::time::sleep_until(deadline) => return resolved,
+                _ = stop.cancelled() => return resolved,
+            }
+        }
     }
 
     /// Resolves a Host header value.

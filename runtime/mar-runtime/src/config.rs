@@ -59,6 +59,8 @@ pub struct FileConfig {
     pub request_timeout: Option<u64>,
     /// Seconds a streamed response may pause.
     pub response_idle_timeout: Option<u64>,
+    /// Seconds a request waits for a booting web process before H20 (0: H20 at once).
+    pub boot_wait: Option<u64>,
     /// Seconds a client has to send its request head.
     pub header_read_timeout: Option<u64>,
     /// Largest request head, like `64K`.
@@ -259,6 +261,9 @@ impl Config {
         }
         if let Some(s) = file.response_idle_timeout {
             timeouts.response_idle = Duration::from_secs(s.max(1));
+        }
+        if let Some(s) = file.boot_wait {
+            timeouts.boot_wait = Duration::from_secs(s);
         }
         let mut server_limits = mar_router::ServerLimits::default();
         if let Some(s) = file.header_read_timeout {

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod admission;
+mod booting;
 mod in_process;
 mod parity;
 
@@ -28,6 +29,7 @@ pub fn short_timeouts() -> Timeouts {
         first_byte: Duration::from_millis(400),
         response_idle: Duration::from_millis(700),
         connect: Duration::from_secs(1),
+        boot_wait: Duration::from_millis(700),
     }
 }
 

@@ -1,0 +1,110 @@
+//! Requests for an app whose web process is booting (H20) are held until it is up, as
+//! Heroku's router queues them, and get H20 only when the wait is over; a crash (H10) ends the
+//! wait at once.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+
+use super::{TestRouter, app, exchange, read_head, short_timeouts};
+use crate::{AppTarget, Timeouts, Unavailable, Upstream};
+use mar_core::AppName;
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: slow.localhost\r\nX-Request-Id: booting-request-0123456789\r\nConnection: close\r\n\r\n";
+
+fn booting() -> AppTarget {
+    AppTarget::Unavailable(Unavailable {
+        code: "H20",
+        desc: "App boot in progress",
+        hint: "starting".into(),
+    })
+}
+
+async fn ok(mut s: tokio::net::TcpStream) {
+    if read_head(&mut s).await.is_some() {
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nup")
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_request_waits_for_the_boot_and_is_answered_by_the_new_instance() {
+    for fast_path in [true, false] {
+        let router = TestRouter::start(
+            fast_path,
+            Timeouts {
+                boot_wait: Duration::from_secs(10),
+                ..short_timeouts()
+            },
+        )
+        .await;
+        let name = AppName::parse("slow").unwrap();
+        router.table.set(&name, booting());
+        let addr = router.addr;
+        let asked = Instant::now();
+        let answer = tokio::spawn(async move { exchange(addr, GET).await });
+        // The instance comes up a moment later (another app's change first: not a wake-up
+        // that ends the wait).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        router
+            .table
+            .set(&AppName::parse("other").unwrap(), booting());
+        let up = app(ok).await;
+        router.table.set(
+            &name,
+            AppTarget::Upstreams(vec![Upstream::new(up, "web.1")]),
+        );
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status, 200, "fast path {fast_path}: {answer:?}");
+        assert_eq!(answer.body, b"up");
+        assert!(asked.elapsed() >= Duration::from_millis(300));
+        // The access log's service time counts the wait.
+        let (_, line) = router.line("booting-request-0123456789").await.unwrap();
+        assert!(line.contains("status=200"), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn a_boot_that_takes_too_long_gets_h20_and_a_crash_ends_the_wait() {
+    let router = TestRouter::start(true, short_timeouts()).await;
+    let name = AppName::parse("slow").unwrap();
+    router.table.set(&name, booting());
+    let asked = Instant::now();
+    let answer = exchange(router.addr, GET).await;
+    let waited = asked.elapsed();
+    assert_eq!(answer.status, 503);
+    assert!(String::from_utf8_lossy(&answer.body).contains("H20"));
+    // short_timeouts' boot_wait is 700 ms.
+    assert!(waited >= Duration::from_millis(700), "{waited:?}");
+
+    let addr = router.addr;
+    let answer = tokio::spawn(async move { exchange(addr, GET).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    router.table.set(
+        &name,
+        AppTarget::Unavailable(Unavailable {
+            code: "H10",
+            desc: "App crashed",
+            hint: "see the logs".into(),
+        }),
+    );
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status, 503);
+    assert!(String::from_utf8_lossy(&answer.body).contains("H10"));
+
+    // boot_wait 0: H20 at once.
+    let at_once = TestRouter::start(
+        true,
+        Timeouts {
+            boot_wait: Duration::ZERO,
+            ..short_timeouts()
+        },
+    )
+    .await;
+    at_once.table.set(&name, booting());
+    let asked = Instant::now();
+    let answer = exchange(at_once.addr, GET).await;
+    assert_eq!(answer.status, 503);
+    assert!(asked.elapsed() < Duration::from_millis(600));
+}
