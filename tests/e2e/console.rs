@@ -69,6 +69,29 @@ async fn console_sessions_guard_the_platform_api() {
     .await;
     assert_eq!(wrong.status, 401, "{}", wrong.body);
     assert!(wrong.headers.get("set-cookie").is_none());
+    // Only JSON signs in (no HTML form can send it); anything else gets the API's JSON error.
+    for (content_type, body, status) in [
+        ("text/plain", format!(r#"{{"token":"{token}"}}"#), 415),
+        (
+            "application/x-www-form-urlencoded",
+            format!("token={token}"),
+            415,
+        ),
+        ("application/json", "token please".to_owned(), 400),
+        ("application/json", r#"{"tok":"x"}"#.to_owned(), 400),
+    ] {
+        let r = call(
+            &mar,
+            "POST",
+            "/console/session",
+            &[("content-type", content_type)],
+            &body,
+        )
+        .await;
+        assert_eq!(r.status, status, "{content_type}: {}", r.body);
+        assert!(r.json()["error"]["message"].is_string(), "{}", r.body);
+        assert!(r.headers.get("set-cookie").is_none());
+    }
 
     let signed_in = call(
         &mar,

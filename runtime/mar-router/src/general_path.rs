@@ -94,7 +94,10 @@ impl GeneralPath {
             // Held until an instance is up (or crashed, or the wait is over), as Heroku's
             // router queues requests for a booting dyno: right after `ps:scale web=1` or a
             // restart of `mar serve`, the first requests are answered, not turned away.
-            let deadline = tokio::time::Instant::now() + shared.timeouts.boot_wait;
+            let now = tokio::time::Instant::now();
+            let deadline = now
+                .checked_add(shared.timeouts.boot_wait)
+                .unwrap_or(now + Duration::from_secs(3600));
             resolved = shared
                 .table
                 .resolve_after_boot(host.as_deref(), deadline, &shared.closing)

@@ -45,6 +45,7 @@ pub use relay::WsOptions;
 pub use server::{Proxy, serve};
 pub use shared::{ServerLimits, Timeouts};
 pub use table::{
-    AppOptions, AppTarget, InProcessTarget, Resolution, Resolved, RouteTable, Unavailable, Upstream,
+    AppOptions, AppTarget, InProcessTarget, MAX_HELD_PER_APP, Resolution, Resolved, RouteTable,
+    Unavailable, Upstream,
 };
 pub use tracked::LogSink;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use mar_core::AppName;
 use tokio_util::sync::CancellationToken;
@@ -207,8 +207,62 @@ pub struct RouteTable {
     apps: RwLock<HashMap<AppName, Arc<AppEntry>>>,
     /// Custom domains: exact host → app.
     custom: RwLock<HashMap<String, AppName>>,
-    /// Woken whenever an app's target is published, for requests waiting for a boot.
-    changed: tokio::sync::Notify,
+    /// Requests held for booting apps: per app, what wakes them when its target is
+    /// published, and how many there are (the entry goes with the last).
+    held: Mutex<HashMap<AppName, (Arc<tokio::sync::Notify>, usize)>>,
+}
+
+/// Most requests held for one booting app; past it they get H20 at once, so an app that never
+/// comes up cannot take every connection the router admits.
+pub const MAX_HELD_PER_APP: usize = 64;
+
+/// The app of a resolution that says it is booting.
+fn booting_app(resolved: &Resolved) -> Option<AppName> {
+    match resolved {
+        Resolved::App {
+            app,
+            target: Resolution::Unavailable(u),
+            ..
+        } if u.booting() => Some(app.clone()),
+        _ => None,
+    }
+}
+
+/// One request's place among those held for an app; given back when dropped.
+struct Hold<'a> {
+    table: &'a RouteTable,
+    app: AppName,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl<'a> Hold<'a> {
+    /// A place, unless the app has [`MAX_HELD_PER_APP`] held already. Counted under the
+    /// lock, so a publish and the last place's return cannot miss each other.
+    fn take(table: &'a RouteTable, app: &AppName) -> Option<Self> {
+        let mut held = table.held.lock().unwrap_or_else(|e| e.into_inner());
+        let (changed, count) = held.entry(app.clone()).or_default();
+        if *count >= MAX_HELD_PER_APP {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            table,
+            app: app.clone(),
+            changed: changed.clone(),
+        })
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let mut held = self.table.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, count)) = held.get_mut(&self.app) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                held.remove(&self.app);
+            }
+        }
+    }
 }
 
 impl RouteTable {
@@ -218,7 +272,7 @@ impl RouteTable {
             domain: domain.to_ascii_lowercase(),
             apps: RwLock::new(HashMap::new()),
             custom: RwLock::new(HashMap::new()),
-            changed: tokio::sync::Notify::new(),
+            held: Mutex::new(HashMap::new()),
         }
     }
 
@@ -244,12 +298,35 @@ impl RouteTable {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(app.clone(), entry);
-        self.changed.notify_waiters();
+        self.wake(Some(app));
+    }
+
+    /// How many requests are held for `app` now.
+    pub fn held(&self, app: &AppName) -> usize {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.get(app).map_or(0, |(_, count)| *count)
+    }
+
+    /// Wakes the requests held for `app` (every app's: `None`) to look again.
+    fn wake(&self, app: Option<&AppName>) {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match app {
+            Some(app) => {
+                if let Some((changed, _)) = held.get(app) {
+                    changed.notify_waiters();
+                }
+            }
+            None => held
+                .values()
+                .for_each(|(changed, _)| changed.notify_waiters()),
+        }
     }
 
     /// Replaces the custom domains (host → app).
     pub fn set_custom_domains(&self, domains: HashMap<String, AppName>) {
         *self.custom.write().unwrap_or_else(|e| e.into_inner()) = domains;
+        // A held request's host may lead elsewhere now.
+        self.wake(None);
     }
 
     /// Forgets an app (destroyed).
@@ -258,31 +335,32 @@ impl RouteTable {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(app);
-        self.changed.notify_waiters();
+        self.wake(Some(app));
     }
 
-    /// Resolves `host`, and while its app is booting (H20) waits for the table to change,
-    /// until `deadline` or `stop`: the resolution once it is no longer booting, or the H20.
+    /// Resolves `host`, and while its app is booting (H20) waits for the app's target to be
+    /// published anew, until `deadline` or `stop`: the resolution once it is no longer
+    /// booting, or the H20 (at once when [`MAX_HELD_PER_APP`] requests wait already).
     pub async fn resolve_after_boot(
         &self,
         host: Option<&str>,
         deadline: tokio::time::Instant,
         stop: &CancellationToken,
     ) -> Resolved {
+        let resolved = self.resolve(host);
+        let Some(app) = booting_app(&resolved) else {
+            return resolved;
+        };
+        let Some(hold) = Hold::take(self, &app) else {
+            return resolved;
+        };
         loop {
-            // Registered before looking, so a change between the look and the wait wakes it.
-            let changed = self.changed.notified();
+            // Registered before looking, so a publish between the look and the wait wakes it.
+            let changed = hold.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let resolved = self.resolve(host);
-            let booting = matches!(
-                &resolved,
-                Resolved::App {
-                    target: Resolution::Unavailable(u),
-                    ..
-                } if u.booting()
-            );
-            if !booting {
+            if booting_app(&resolved).is_none() {
                 return resolved;
             }
             tokio::select! {

@@ -263,7 +263,8 @@ impl Config {
             timeouts.response_idle = Duration::from_secs(s.max(1));
         }
         if let Some(s) = file.boot_wait {
-            timeouts.boot_wait = Duration::from_secs(s);
+            // An hour at most: past it a client has long gone.
+            timeouts.boot_wait = Duration::from_secs(s.min(3600));
         }
         let mut server_limits = mar_router::ServerLimits::default();
         if let Some(s) = file.header_read_timeout {

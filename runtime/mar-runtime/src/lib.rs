@@ -421,7 +421,14 @@ const CERTIFICATES_CHECK: Duration = Duration::from_secs(5);
 async fn reload_certificates(named: Arc<tls::NamedCertificates>) {
     match tokio::task::spawn_blocking(move || named.reload()).await {
         // Said as the server's other lifecycle events are, whatever the log level.
-        Ok(Ok(n)) => eprintln!("mar: TLS: reloaded the {n} certificate(s) mar.yaml names"),
+        // (Written, not printed: a closed terminal must not make it panic.)
+        Ok(Ok(n)) => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "mar: TLS: reloaded the {n} certificate(s) mar.yaml names"
+            );
+        }
         Ok(Err(e)) => {
             tracing::error!("{e}; the certificates loaded before are still served")
         }
@@ -454,7 +461,13 @@ impl Started {
     pub async fn reload_certificates(&self) {
         match &self.certificates {
             Some(named) => reload_certificates(named.clone()).await,
-            None => eprintln!("mar: TLS: no certificates named in mar.yaml to reload"),
+            None => {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "mar: TLS: no certificates named in mar.yaml to reload"
+                );
+            }
         }
     }
 

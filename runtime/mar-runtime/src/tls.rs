@@ -230,8 +230,11 @@ impl NamedCertificates {
     /// Reads every configured certificate again and serves the new set, or, if any fails to
     /// load, keeps serving the old one and says why. The number of files' pairs loaded.
     pub fn reload(&self) -> Result<usize, TlsError> {
+        // One reload at a time (the look and a SIGHUP can meet): otherwise one that read the
+        // old files could swap them in after one that read the new, and stay.
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         // Stamped first: a file replaced while it is read is read again at the next look.
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = stamps(&self.configured);
+        *seen = stamps(&self.configured);
         let fresh = load_named(&self.provider, &self.configured)?;
         *self
             .resolver

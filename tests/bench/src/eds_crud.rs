@@ -525,12 +525,12 @@ fn bench(args: &Args) {
                 // Turn the order each round, so no target always runs first or last.
                 let ti = (i + round) % names.len();
                 let name = names[ti];
-                cfg.quiet.wait();
-                let tag = format!("r{}", round + 1);
                 if name == "nginx-fixed" && op == Op::Insert {
                     // No storage, so nothing to compare an insert with.
                     continue;
                 }
+                cfg.quiet.wait();
+                let tag = format!("r{}", round + 1);
                 let r = match name {
                     "mar" => measure_http(mar_target.as_mut().unwrap(), op, &tag, &cfg),
                     "nginx-fixed" => measure_http(fixed_target.as_mut().unwrap(), op, &tag, &cfg),

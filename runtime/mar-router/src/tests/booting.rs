@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 use super::{TestRouter, app, exchange, read_head, short_timeouts};
-use crate::{AppTarget, Timeouts, Unavailable, Upstream};
+use crate::{AppTarget, MAX_HELD_PER_APP, Timeouts, Unavailable, Upstream};
 use mar_core::AppName;
 
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: slow.localhost\r\nX-Request-Id: booting-request-0123456789\r\nConnection: close\r\n\r\n";
@@ -107,4 +107,49 @@ async fn a_boot_that_takes_too_long_gets_h20_and_a_crash_ends_the_wait() {
     let answer = exchange(at_once.addr, GET).await;
     assert_eq!(answer.status, 503);
     assert!(asked.elapsed() < Duration::from_millis(600));
+}
+
+#[tokio::test]
+async fn at_most_so_many_requests_are_held_for_one_app_and_the_rest_get_h20_at_once() {
+    let router = TestRouter::start(
+        false,
+        Timeouts {
+            boot_wait: Duration::from_secs(20),
+            ..short_timeouts()
+        },
+    )
+    .await;
+    let name = AppName::parse("slow").unwrap();
+    router.table.set(&name, booting());
+    let held: Vec<_> = (0..MAX_HELD_PER_APP)
+        .map(|_| {
+            let addr = router.addr;
+            tokio::spawn(async move { exchange(addr, GET).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while router.table.held(&name) < MAX_HELD_PER_APP {
+        assert!(
+            Instant::now() < deadline,
+            "held: {}",
+            router.table.held(&name)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One more: not held.
+    let asked = Instant::now();
+    let answer = exchange(router.addr, GET).await;
+    assert_eq!(answer.status, 503);
+    assert!(String::from_utf8_lossy(&answer.body).contains("H20"));
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    // Up: every held one is answered, and their places are given back.
+    let up = app(ok).await;
+    router.table.set(
+        &name,
+        AppTarget::Upstreams(vec![Upstream::new(up, "web.1")]),
+    );
+    for h in held {
+        assert_eq!(h.await.unwrap().status, 200);
+    }
+    assert_eq!(router.table.held(&name), 0);
 }

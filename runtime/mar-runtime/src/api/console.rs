@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -38,12 +39,32 @@ pub(super) struct SignIn {
     token: String,
 }
 
+/// The sign-in's body: JSON only, so no HTML form of any site can post one (a form sends
+/// only urlencoded, multipart or plain-text bodies); every refusal is the API's JSON error.
+fn sign_in_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<SignIn> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "sign in with a JSON body, {\"token\": \"…\"}, sent as Content-Type: application/json",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("expected {{\"token\": \"…\"}}: {e}")))
+}
+
 /// `POST /console/session {"token"}`: signs in with the admin token.
 pub(super) async fn sign_in(
     State(p): State<Arc<Platform>>,
     parts: Parts,
-    Json(body): Json<SignIn>,
+    body: Bytes,
 ) -> ApiResult<Response> {
+    let body = sign_in_body(&parts.headers, &body)?;
     if !super::auth::same(body.token.trim().as_bytes(), p.token.as_bytes()) {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,

@@ -86,15 +86,17 @@ pub(crate) async fn serve(
         out.flush()?;
     }
     use tokio::signal::unix::{SignalKind, signal};
+    // Made once, before the loop: a signal that comes while a reload runs is still seen.
     let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
     // SIGHUP reads the certificates mar.yaml names again, as nginx's reload does (they are
-    // also reloaded when their files change).
+    // also reloaded when their files change); it does not stop the server.
     let mut hangup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = term.recv() => break,
-            _ = hangup.recv() => started.reload_certificates().await,
+            Some(()) = hangup.recv() => started.reload_certificates().await,
             // The runtime shuts itself down when a router thread fails.
             _ = shutdown.cancelled() => break,
         }
