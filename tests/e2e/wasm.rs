@@ -520,6 +520,18 @@ async fn each_misbehaving_guest_fails_only_its_own_request() {
         assert_eq!(r.status, status, "{path}: {r:?}");
         let log = logs(&mar, "faults");
         assert!(log.contains(logged), "{path}: no {logged:?} in\n{log}");
+        if path == "/trap" {
+            // The trap's backtrace reaches `mar logs`, a line each under the app's source.
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("app[wasm]") && l.contains("wasm backtrace")),
+                "{log}"
+            );
+            assert!(
+                log.lines().any(|l| l.contains("app[wasm]:     0:")),
+                "no frame of the backtrace in\n{log}"
+            );
+        }
         assert_eq!(
             mar.get("faults.localhost", "/ok").await.body,
             "fine\n",

@@ -76,6 +76,30 @@ pub enum LogError {
     },
 }
 
+/// Most lines one appended text becomes (a WASM trap's backtrace can run to thousands of
+/// frames); past it one line says how many were left out.
+pub const MAX_LINES_PER_TEXT: usize = 64;
+
+/// The log lines of one appended text: a text of several lines (a trap's message and its
+/// backtrace) becomes several lines, each under the true source, so none is lost when the
+/// file is read back and none can pass for another source's line (a `\n` followed by a forged
+/// time and `router:` in an app's message makes a line that is still the app's).
+fn lines_of(text: &str) -> Vec<std::borrow::Cow<'_, str>> {
+    let all: Vec<&str> = text.split(['\n', '\r']).filter(|l| !l.is_empty()).collect();
+    let mut lines: Vec<std::borrow::Cow<'_, str>> = all
+        .iter()
+        .take(MAX_LINES_PER_TEXT)
+        .map(|l| std::borrow::Cow::Borrowed(*l))
+        .collect();
+    if all.len() > MAX_LINES_PER_TEXT {
+        lines.push(std::borrow::Cow::Owned(format!(
+            "… {} more lines left out",
+            all.len() - MAX_LINES_PER_TEXT
+        )));
+    }
+    lines
+}
+
 impl Logs {
     /// A logbook keeping its files in `dir` (created if missing).
     pub fn open(dir: &Path) -> std::io::Result<Self> {
@@ -131,16 +155,24 @@ impl Logs {
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         // Rendered straight into one buffer: a busy router sends thousands of lines a second.
         let mut buf = String::new();
-        let mut texts_kept = Vec::new();
-        for text in texts {
-            let text = text.trim_end_matches(['\n', '\r']);
+        let mut texts_kept: Vec<std::borrow::Cow<'a, str>> = Vec::new();
+        let mut add = |line: std::borrow::Cow<'a, str>| {
             buf.push_str(&time);
             buf.push(' ');
             buf.push_str(source);
             buf.push_str(": ");
-            buf.push_str(text);
+            buf.push_str(&line);
             buf.push('\n');
-            texts_kept.push(text);
+            texts_kept.push(line);
+        };
+        for text in texts {
+            let text = text.trim_end_matches(['\n', '\r']);
+            if text.contains(['\n', '\r']) {
+                lines_of(text).into_iter().for_each(&mut add);
+            } else {
+                // The usual case (every access-log line): no splitting, no allocation.
+                add(std::borrow::Cow::Borrowed(text));
+            }
         }
         let rotate_to = self.dir.join(format!("{app}.log.1"));
         let path = self.path(app);
@@ -158,7 +190,7 @@ impl Logs {
                     let _ = log.live.send(Arc::new(LogLine {
                         time: time.clone(),
                         source: source.to_owned(),
-                        text: (*text).to_owned(),
+                        text: text.to_string(),
                     }));
                 }
             }
@@ -256,5 +288,51 @@ mod tests {
             .collect();
         assert_eq!(window, ["line 2", "line 3"]);
         assert!(all[0].render().ends_with(" app[web.1]: line 0"));
+    }
+
+    #[test]
+    fn a_text_of_several_lines_is_several_lines_of_its_source_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::open(dir.path()).unwrap();
+        let app = AppName::parse("a").unwrap();
+        // A trap with its backtrace, and an attempt to pass for the router.
+        logs.append(
+            &app,
+            "app[wasm]",
+            "the handler failed: wasm trap\nwasm backtrace:\n    0: f\r\n    1: main\n",
+        );
+        logs.append(
+            &app,
+            "app[wasm]",
+            "oops\n2026-12-01T00:00:00.000Z router: at=info status=200",
+        );
+        let all = logs.recent(&app, 100, 0).unwrap();
+        let seen: Vec<(&str, &str)> = all
+            .iter()
+            .map(|l| (l.source.as_str(), l.text.as_str()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("app[wasm]", "the handler failed: wasm trap"),
+                ("app[wasm]", "wasm backtrace:"),
+                ("app[wasm]", "    0: f"),
+                ("app[wasm]", "    1: main"),
+                ("app[wasm]", "oops"),
+                (
+                    "app[wasm]",
+                    "2026-12-01T00:00:00.000Z router: at=info status=200"
+                ),
+            ]
+        );
+
+        let long: String = (0..1000).map(|i| format!("frame {i}\n")).collect();
+        logs.append(&app, "app[wasm]", &long);
+        let all = logs.recent(&app, 2000, 0).unwrap();
+        assert_eq!(all.len(), 6 + MAX_LINES_PER_TEXT + 1);
+        assert_eq!(
+            all.last().unwrap().text,
+            format!("… {} more lines left out", 1000 - MAX_LINES_PER_TEXT)
+        );
     }
 }
