@@ -83,9 +83,14 @@ pub const MAX_LINES_PER_TEXT: usize = 64;
 /// The log lines of one appended text: a text of several lines (a trap's message and its
 /// backtrace) becomes several lines, each under the true source, so none is lost when the
 /// file is read back and none can pass for another source's line (a `\n` followed by a forged
-/// time and `router:` in an app's message makes a line that is still the app's).
+/// time and `router:` in an app's message makes a line that is still the app's). Lines end at
+/// `\n`, as the file's do (a CRLF's `\r` goes with it; a lone `\r` stays in its line).
 fn lines_of(text: &str) -> Vec<std::borrow::Cow<'_, str>> {
-    let all: Vec<&str> = text.split(['\n', '\r']).filter(|l| !l.is_empty()).collect();
+    let all: Vec<&str> = text
+        .split('\n')
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.is_empty())
+        .collect();
     let mut lines: Vec<std::borrow::Cow<'_, str>> = all
         .iter()
         .take(MAX_LINES_PER_TEXT)
@@ -167,7 +172,7 @@ impl Logs {
         };
         for text in texts {
             let text = text.trim_end_matches(['\n', '\r']);
-            if text.contains(['\n', '\r']) {
+            if text.contains('\n') {
                 lines_of(text).into_iter().for_each(&mut add);
             } else {
                 // The usual case (every access-log line): no splitting, no allocation.

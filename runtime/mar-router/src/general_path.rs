@@ -83,26 +83,14 @@ impl GeneralPath {
         }
         let host = host_of(&req);
         let start = Instant::now();
-        let mut resolved = shared.table.resolve(host.as_deref());
-        if let Resolved::App {
-            target: Resolution::Unavailable(u),
-            ..
-        } = &resolved
-            && u.booting()
-            && !shared.timeouts.boot_wait.is_zero()
-        {
-            // Held until an instance is up (or crashed, or the wait is over), as Heroku's
-            // router queues requests for a booting dyno: right after `ps:scale web=1` or a
-            // restart of `mar serve`, the first requests are answered, not turned away.
-            let now = tokio::time::Instant::now();
-            let deadline = now
-                .checked_add(shared.timeouts.boot_wait)
-                .unwrap_or(now + Duration::from_secs(3600));
-            resolved = shared
-                .table
-                .resolve_after_boot(host.as_deref(), deadline, &shared.closing)
-                .await;
-        }
+        // A request for a booting app is held until an instance is up (or crashed, or the
+        // wait is over), as Heroku's router queues requests for a booting dyno: right after
+        // `ps:scale web=1` or a restart of `mar serve`, the first requests are answered, not
+        // turned away.
+        let resolved = shared
+            .table
+            .resolve_after_boot(host.as_deref(), shared.timeouts.boot_wait, &shared.closing)
+            .await;
         let ctx = |app| Ctx {
             app,
             method: req.method().to_string(),

@@ -339,21 +339,26 @@ impl RouteTable {
     }
 
     /// Resolves `host`, and while its app is booting (H20) waits for the app's target to be
-    /// published anew, until `deadline` or `stop`: the resolution once it is no longer
-    /// booting, or the H20 (at once when [`MAX_HELD_PER_APP`] requests wait already).
+    /// published anew, for at most `wait` or until `stop`: the resolution once it is no
+    /// longer booting, or the H20 (at once when `wait` is zero or [`MAX_HELD_PER_APP`]
+    /// requests wait already).
     pub async fn resolve_after_boot(
         &self,
         host: Option<&str>,
-        deadline: tokio::time::Instant,
+        wait: std::time::Duration,
         stop: &CancellationToken,
     ) -> Resolved {
         let resolved = self.resolve(host);
-        let Some(app) = booting_app(&resolved) else {
+        let Some(app) = booting_app(&resolved).filter(|_| !wait.is_zero()) else {
             return resolved;
         };
         let Some(hold) = Hold::take(self, &app) else {
             return resolved;
         };
+        let now = tokio::time::Instant::now();
+        let deadline = now
+            .checked_add(wait)
+            .unwrap_or(now + std::time::Duration::from_secs(3600));
         loop {
             // Registered before looking, so a publish between the look and the wait wakes it.
             let changed = hold.changed.notified();

@@ -417,18 +417,19 @@ pub struct Started {
 /// How often the certificates `mar.yaml` names are looked at for a renewal (a few `stat`s).
 const CERTIFICATES_CHECK: Duration = Duration::from_secs(5);
 
+/// A lifecycle event on stderr, as the server's others are, whatever the log level; written,
+/// not printed, so a closed terminal (its SIGHUP now reloads) cannot make it panic.
+fn tell(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "mar: {line}");
+}
+
 /// Reloads the configured certificates and logs the outcome.
 async fn reload_certificates(named: Arc<tls::NamedCertificates>) {
     match tokio::task::spawn_blocking(move || named.reload()).await {
-        // Said as the server's other lifecycle events are, whatever the log level.
-        // (Written, not printed: a closed terminal must not make it panic.)
-        Ok(Ok(n)) => {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "mar: TLS: reloaded the {n} certificate(s) mar.yaml names"
-            );
-        }
+        Ok(Ok(n)) => tell(&format!(
+            "TLS: reloaded the {n} certificate(s) mar.yaml names"
+        )),
         Ok(Err(e)) => {
             tracing::error!("{e}; the certificates loaded before are still served")
         }
@@ -461,13 +462,7 @@ impl Started {
     pub async fn reload_certificates(&self) {
         match &self.certificates {
             Some(named) => reload_certificates(named.clone()).await,
-            None => {
-                use std::io::Write;
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "mar: TLS: no certificates named in mar.yaml to reload"
-                );
-            }
+            None => tell("TLS: no certificates named in mar.yaml to reload"),
         }
     }
 

@@ -361,7 +361,6 @@ fn local_issuer(
     Ok(issuer)
 }
 
-/// The acceptor for the HTTPS listener.
 /// The acceptor for the HTTPS listener, and the handle that reloads its configured
 /// certificates.
 pub fn acceptor(

@@ -55,9 +55,9 @@ uniformly among every object that target has stored so far), each on every targe
 that turns each round; --ops leaves some out (reads and queries need the objects of earlier
 inserts). sqlite-eds, not run by default, is the raw reference with EDS's storage shape (`raw
 --shape eds`): what EDS's tables cost before any HTTP. nginx-fixed (reads and queries only)
-answers with fixed bodies of EDS's shape and no storage: the ceiling HTTP puts on them. --conns: the HTTP load's keep-alive
-connections and the raw reference's threads. About 7 minutes with the defaults, 9 with
-sqlite-eds.
+answers with fixed bodies of EDS's shape and no storage: the ceiling HTTP puts on them.
+--conns: the HTTP load's keep-alive connections and the raw reference's threads. About 8
+minutes with the defaults, 10 with sqlite-eds.
 
   eds-crud raw --db FILE --op insert|read|query [--conns 16] [--warmup 2] [--duration 8]
            [--tag T] [--shape minimal|eds] [--cached] [--sync FULL]

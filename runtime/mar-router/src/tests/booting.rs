@@ -20,6 +20,31 @@ fn booting() -> AppTarget {
     })
 }
 
+/// A test router whose requests wait `boot_wait` for a booting app.
+async fn router_waiting(fast_path: bool, boot_wait: Duration) -> TestRouter {
+    TestRouter::start(
+        fast_path,
+        Timeouts {
+            boot_wait,
+            ..short_timeouts()
+        },
+    )
+    .await
+}
+
+/// Waits until `n` requests are held for `app` (they have reached the router and wait).
+async fn until_held(router: &TestRouter, app: &AppName, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while router.table.held(app) < n {
+        assert!(
+            Instant::now() < deadline,
+            "held: {}",
+            router.table.held(app)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn ok(mut s: tokio::net::TcpStream) {
     if read_head(&mut s).await.is_some() {
         let _ = s
@@ -31,21 +56,15 @@ async fn ok(mut s: tokio::net::TcpStream) {
 #[tokio::test]
 async fn a_request_waits_for_the_boot_and_is_answered_by_the_new_instance() {
     for fast_path in [true, false] {
-        let router = TestRouter::start(
-            fast_path,
-            Timeouts {
-                boot_wait: Duration::from_secs(10),
-                ..short_timeouts()
-            },
-        )
-        .await;
+        let router = router_waiting(fast_path, Duration::from_secs(10)).await;
         let name = AppName::parse("slow").unwrap();
         router.table.set(&name, booting());
         let addr = router.addr;
         let asked = Instant::now();
         let answer = tokio::spawn(async move { exchange(addr, GET).await });
-        // The instance comes up a moment later (another app's change first: not a wake-up
-        // that ends the wait).
+        until_held(&router, &name, 1).await;
+        // The instance comes up 300 ms later (another app's change first: not a wake-up that
+        // ends the wait).
         tokio::time::sleep(Duration::from_millis(300)).await;
         router
             .table
@@ -80,7 +99,7 @@ async fn a_boot_that_takes_too_long_gets_h20_and_a_crash_ends_the_wait() {
 
     let addr = router.addr;
     let answer = tokio::spawn(async move { exchange(addr, GET).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_held(&router, &name, 1).await;
     router.table.set(
         &name,
         AppTarget::Unavailable(Unavailable {
@@ -94,14 +113,7 @@ async fn a_boot_that_takes_too_long_gets_h20_and_a_crash_ends_the_wait() {
     assert!(String::from_utf8_lossy(&answer.body).contains("H10"));
 
     // boot_wait 0: H20 at once.
-    let at_once = TestRouter::start(
-        true,
-        Timeouts {
-            boot_wait: Duration::ZERO,
-            ..short_timeouts()
-        },
-    )
-    .await;
+    let at_once = router_waiting(true, Duration::ZERO).await;
     at_once.table.set(&name, booting());
     let asked = Instant::now();
     let answer = exchange(at_once.addr, GET).await;
@@ -111,14 +123,7 @@ async fn a_boot_that_takes_too_long_gets_h20_and_a_crash_ends_the_wait() {
 
 #[tokio::test]
 async fn at_most_so_many_requests_are_held_for_one_app_and_the_rest_get_h20_at_once() {
-    let router = TestRouter::start(
-        false,
-        Timeouts {
-            boot_wait: Duration::from_secs(20),
-            ..short_timeouts()
-        },
-    )
-    .await;
+    let router = router_waiting(false, Duration::from_secs(20)).await;
     let name = AppName::parse("slow").unwrap();
     router.table.set(&name, booting());
     let held: Vec<_> = (0..MAX_HELD_PER_APP)
@@ -127,15 +132,7 @@ async fn at_most_so_many_requests_are_held_for_one_app_and_the_rest_get_h20_at_o
             tokio::spawn(async move { exchange(addr, GET).await })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while router.table.held(&name) < MAX_HELD_PER_APP {
-        assert!(
-            Instant::now() < deadline,
-            "held: {}",
-            router.table.held(&name)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_held(&router, &name, MAX_HELD_PER_APP).await;
     // One more: not held.
     let asked = Instant::now();
     let answer = exchange(router.addr, GET).await;
