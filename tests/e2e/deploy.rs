@@ -266,3 +266,128 @@ async fn git_remote_keeps_the_token_out_of_the_repository() {
     assert!(elsewhere.ok(), "{}", elsewhere.all());
     assert_eq!(elsewhere.stdout, "", "another host gets nothing");
 }
+
+/// Managing a server over HTTPS from another machine, as with Heroku's API: the CLI refuses a
+/// certificate it cannot check and says how to trust it; with the local authority's root
+/// (`mar tls:ca`) in `MAR_CA_CERT` it creates an app, `git:remote` gives git the same root
+/// for that server alone and a helper that needs no `MAR_API_URL`, the push deploys, and
+/// `mar run` works both as a command and at a terminal (the terminal's WebSocket over TLS).
+#[tokio::test]
+async fn the_cli_and_git_manage_a_server_over_https() {
+    let mar = MarServer::start_with_args(None, &["--https-listen", "127.0.0.1:0"]);
+    let https = mar.https_addr.expect("an HTTPS listener");
+    let api = format!("https://localhost:{}", https.port());
+    let elsewhere = tempfile::tempdir().unwrap();
+    let ca = elsewhere.path().join("mar-ca.pem");
+    let root = mar.mar(&["tls:ca"]);
+    assert!(root.ok(), "{}", root.all());
+    std::fs::write(&ca, &root.stdout).unwrap();
+    // The CLI on a machine with no data directory of its own, trusting only the system's
+    // roots unless told.
+    let remote = |args: &[&str], ca_cert: Option<&std::path::Path>, dir: &std::path::Path| {
+        let mut cmd = std::process::Command::new(mar_tests::mar_bin());
+        cmd.args(args)
+            .current_dir(dir)
+            .env("MAR_HOME", elsewhere.path().join("home"))
+            .env("MAR_API_URL", &api)
+            .env("MAR_TOKEN", mar.token())
+            .env("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+            .env_remove("MAR_CA_CERT")
+            .stdin(std::process::Stdio::null());
+        if let Some(ca) = ca_cert {
+            cmd.env("MAR_CA_CERT", ca);
+        }
+        mar_tests::CmdOutput::from(cmd.output().unwrap())
+    };
+
+    let refused = remote(&["apps:create", "secure"], None, elsewhere.path());
+    assert_eq!(refused.status.code(), Some(1), "{}", refused.all());
+    assert!(
+        refused.stderr.contains("certificate is not trusted here")
+            && refused.stderr.contains("MAR_CA_CERT"),
+        "{}",
+        refused.all()
+    );
+    assert!(
+        !mar.mar(&["apps"]).stdout.contains("secure"),
+        "nothing made"
+    );
+    let unreadable = remote(
+        &["apps"],
+        Some(&elsewhere.path().join("missing.pem")),
+        elsewhere.path(),
+    );
+    assert!(
+        !unreadable.ok() && unreadable.stderr.contains("MAR_CA_CERT: cannot read"),
+        "{}",
+        unreadable.all()
+    );
+
+    let made = remote(&["apps:create", "secure"], Some(&ca), elsewhere.path());
+    assert!(made.ok(), "{}", made.all());
+    let repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
+    let linked = remote(&["git:remote", "secure"], Some(&ca), &repo.dir);
+    assert!(linked.ok(), "{}", linked.all());
+    assert!(linked.stdout.contains("http.sslCAInfo"), "{}", linked.all());
+    let config = std::fs::read_to_string(repo.dir.join(".git/config")).unwrap();
+    assert!(!config.contains(&mar.token()), "{config}");
+    assert!(config.contains(&format!("[http \"{api}/\"]")), "{config}");
+    // git as a user runs it: the token from MAR_TOKEN, no MAR_API_URL, no CA override.
+    let push = mar_tests::CmdOutput::from(
+        repo.cmd(&["push", "mar", "main"])
+            .env("MAR_TOKEN", mar.token())
+            .env_remove("MAR_API_URL")
+            .env_remove("MAR_CA_CERT")
+            .env_remove("GIT_SSL_CAINFO")
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        push.ok() && push.stderr.contains("deployed to mini-MAR"),
+        "{}",
+        push.all()
+    );
+
+    let ran = remote(
+        &["run", "-a", "secure", "--", "echo", "over https"],
+        Some(&ca),
+        elsewhere.path(),
+    );
+    assert!(ran.ok() && ran.stdout == "over https\n", "{}", ran.all());
+    // The server's own machine trusts its authority without being told.
+    let local = mar_tests::CmdOutput::from(
+        std::process::Command::new(mar_tests::mar_bin())
+            .args(["apps"])
+            .env("MAR_HOME", &mar.data_dir)
+            .env("MAR_API_URL", &api)
+            .env("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+            .env_remove("MAR_TOKEN")
+            .env_remove("MAR_CA_CERT")
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        local.ok() && local.stdout.contains("secure"),
+        "{}",
+        local.all()
+    );
+
+    let terminal = std::process::Command::new("python3")
+        .arg(repo_root().join("tests/fixtures/terminal/drive.py"))
+        .arg(mar_tests::mar_bin())
+        .args(["run", "-a", "secure", "bash"])
+        .current_dir(elsewhere.path())
+        .env("MAR_HOME", elsewhere.path().join("home"))
+        .env("MAR_API_URL", &api)
+        .env("MAR_TOKEN", mar.token())
+        .env("MAR_CA_CERT", &ca)
+        .env("TERM", "xterm-test")
+        .output()
+        .unwrap();
+    let terminal = mar_tests::CmdOutput::from(terminal);
+    assert!(
+        terminal.ok() && terminal.stdout.contains("DRIVE-OK"),
+        "{}",
+        terminal.all()
+    );
+}

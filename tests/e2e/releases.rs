@@ -275,7 +275,7 @@ async fn run_at_a_terminal_is_an_interactive_shell() {
     assert!(plain.body.contains("WebSocket"), "{}", plain.body);
 
     // A first frame that is not a start gets the reason as the session's result.
-    let client = mar_sdk::Client::new(&format!("http://{}", mar.addr), &mar.token());
+    let client = mar_sdk::Client::new(&format!("http://{}", mar.addr), &mar.token()).unwrap();
     let url = format!("ws://{}/v1/apps/shell/terminal", mar.addr);
     let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
         url.as_str(),

@@ -16,7 +16,8 @@ async fn the_typed_clients_query_objects_and_recover_missed_messages() {
         &address,
         e["id"].as_str().unwrap(),
         e["secret"].as_str().unwrap(),
-    );
+    )
+    .unwrap();
     let todos = eds.collection("todos");
     for (title, n) in [("a", 1), ("b", 2), ("c", 3)] {
         todos
@@ -65,7 +66,8 @@ async fn the_typed_clients_query_objects_and_recover_missed_messages() {
         &address,
         g["id"].as_str().unwrap(),
         g["secret"].as_str().unwrap(),
-    );
+    )
+    .unwrap();
     let mut feed = mws.subscribe(&["room"]);
     let first = tokio::spawn(async move {
         let e = feed.next().await;
@@ -102,7 +104,8 @@ async fn the_eds_client_uploads_searches_and_follows_changes() {
         &address,
         e["id"].as_str().unwrap(),
         e["secret"].as_str().unwrap(),
-    );
+    )
+    .unwrap();
     eds.declare_type(json!({
         "name": "photos",
         "properties": [{"name": "title", "type": "string", "indexed": true}],

@@ -95,6 +95,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Hook { name } => bail!("unknown hook {name:?}"),
         Command::Auth(cmd) => return commands::auth::run(cmd, &data_dir),
         Command::Tls(cmd) => return commands::tls::run(cmd, &data_dir),
+        // git's credential helper, written with its server, needs no server to answer.
+        Command::Git(commands::git::GitCommand::GitCredential {
+            operation,
+            server: Some(server),
+        }) => return commands::git::credential(&data_dir, &server, &operation),
         other => other,
     };
     let ctx = Context {

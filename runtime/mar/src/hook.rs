@@ -74,7 +74,7 @@ pub async fn pre_receive() -> anyhow::Result<ExitCode> {
     let stdout = archive.stdout.take().context("git archive has no stdout")?;
     let body = StreamBody::new(tokio_util::io::ReaderStream::new(stdout).map_ok(Frame::data))
         .boxed_unsync();
-    let client = mar_sdk::Client::new(&url, &token);
+    let client = mar_sdk::Client::new(&url, &token)?;
     let mut out = match client.build(&app, &commit, body).await {
         Ok(out) => out,
         Err(e) => {

@@ -3,6 +3,7 @@
 
 pub mod services;
 pub mod terminal;
+mod transport;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -13,11 +14,13 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
+pub use transport::{Io, Stream};
 pub use types::*;
+
+use transport::{Connector, Trust};
 
 /// A request body: a whole buffer or a stream.
 pub type RequestBody = UnsyncBoxBody<Bytes, std::io::Error>;
@@ -57,23 +60,28 @@ pub enum SdkError {
     /// A terminal session (`mar run` at a terminal) could not be opened or broke off.
     #[error("terminal session: {0}")]
     Terminal(String),
+    /// The certificates HTTPS is to trust could not be read.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// What a user is told when the server cannot be reached: that it is not running when nothing
-/// listens there, else the innermost cause alone.
+/// listens there, how to trust its certificate when that was refused, else the innermost
+/// cause alone.
 fn unreachable(url: &str, source: &hyper_util::client::legacy::Error) -> String {
     let mut cause: &(dyn std::error::Error + 'static) = source;
     while let Some(inner) = cause.source() {
         cause = inner;
     }
-    let refused = cause
-        .downcast_ref::<std::io::Error>()
-        .map(std::io::Error::kind)
-        == Some(std::io::ErrorKind::ConnectionRefused);
-    if refused {
-        format!("mar serve is not running at {url}; start it with `mar serve`")
-    } else {
-        format!("cannot reach mar serve at {url}: {cause}")
+    match cause.downcast_ref::<std::io::Error>() {
+        Some(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("mar serve is not running at {url}; start it with `mar serve`")
+        }
+        Some(io) => format!(
+            "cannot reach mar serve at {url}: {}",
+            transport::describe_io(io)
+        ),
+        None => format!("cannot reach mar serve at {url}: {cause}"),
     }
 }
 
@@ -82,7 +90,8 @@ fn unreachable(url: &str, source: &hyper_util::client::legacy::Error) -> String 
 pub struct Client {
     base: String,
     token: String,
-    http: HyperClient<HttpConnector, RequestBody>,
+    http: HyperClient<Connector, RequestBody>,
+    trust: Trust,
 }
 
 /// A streamed text response, read line by line.
@@ -154,19 +163,56 @@ pub(crate) fn enc(s: &str) -> String {
 }
 
 impl Client {
-    /// A client for the API at `base` (e.g. `http://127.0.0.1:8080`) using `token`.
-    pub fn new(base: &str, token: &str) -> Self {
-        let http = HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new());
+    /// A client for the API at `base` (`http://127.0.0.1:8080`, or `https://…`, trusting the
+    /// system's roots and `MAR_CA_CERT`'s) using `token`; an error when `MAR_CA_CERT` names a
+    /// file that cannot be read.
+    pub fn new(base: &str, token: &str) -> Result<Self, SdkError> {
+        Ok(Self::with_trust(base, token, Trust::system()?))
+    }
+
+    /// As [`Client::new`], also trusting the root certificates in the PEM files `ca_files`
+    /// (a local server's own authority).
+    pub fn with_ca_files(
+        base: &str,
+        token: &str,
+        ca_files: &[std::path::PathBuf],
+    ) -> Result<Self, SdkError> {
+        Ok(Self::with_trust(base, token, Trust::with_files(ca_files)?))
+    }
+
+    fn with_trust(base: &str, token: &str, trust: Trust) -> Self {
+        let http = HyperClient::builder(TokioExecutor::new()).build(trust.connector());
         Self {
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
             http,
+            trust,
         }
     }
 
     /// The API's base URL.
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// Whether the system's trusted roots alone (what curl and git use unless told otherwise)
+    /// accept the server's certificate: an answer to `GET /healthz` over them. True for an
+    /// `http://` server.
+    pub async fn system_roots_suffice(&self) -> Result<bool, SdkError> {
+        if !self.base.starts_with("https://") {
+            return Ok(true);
+        }
+        let plain = Self::with_trust(&self.base, &self.token, Trust::system_bundle()?);
+        let body = Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        // Only a connection that could not be made says no: any answer came through TLS.
+        Ok(!matches!(
+            plain
+                .send(Method::GET, "/healthz", body, "text/plain")
+                .await,
+            Err(SdkError::Connect { .. })
+        ))
     }
 
     async fn send(

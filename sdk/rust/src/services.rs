@@ -22,16 +22,22 @@ use bytes::Bytes;
 use http::{Method, Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client as HyperClient;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-use crate::{SdkError, enc};
+use crate::transport::{Connector, Trust};
+use crate::{SdkError, Stream, enc};
 
-type Http = HyperClient<HttpConnector, Full<Bytes>>;
+type Http = HyperClient<Connector, Full<Bytes>>;
 
-fn http() -> Http {
-    HyperClient::builder(TokioExecutor::new()).build_http()
+/// An HTTP client for `http://` and `https://` services, trusting the system's roots and
+/// `MAR_CA_CERT`'s.
+fn http() -> Result<(Http, Trust), SdkError> {
+    let trust = Trust::system()?;
+    Ok((
+        HyperClient::builder(TokioExecutor::new()).build(trust.connector()),
+        trust,
+    ))
 }
 
 fn env(name: &str) -> Result<String, SdkError> {
@@ -104,29 +110,33 @@ pub struct Mws {
     base: String,
     secret: String,
     http: Http,
+    trust: Trust,
 }
 
 impl Mws {
-    /// A gateway at `address` (`http://host:port`), by id and secret.
-    pub fn new(address: &str, gateway_id: &str, secret: &str) -> Self {
-        Self {
+    /// A gateway at `address` (`http://host:port` or `https://…`), by id and secret; an
+    /// error when `MAR_CA_CERT` names a file that cannot be read.
+    pub fn new(address: &str, gateway_id: &str, secret: &str) -> Result<Self, SdkError> {
+        let (http, trust) = http()?;
+        Ok(Self {
             base: format!(
                 "{}/v1/gateways/{}",
                 address.trim_end_matches('/'),
                 enc(gateway_id)
             ),
             secret: secret.to_owned(),
-            http: http(),
-        }
+            http,
+            trust,
+        })
     }
 
     /// The attached gateway: `MWS_ADDRESS`, `MWS_GATEWAY_ID`, `MWS_SECRET`.
     pub fn from_env() -> Result<Self, SdkError> {
-        Ok(Self::new(
+        Self::new(
             &env("MWS_ADDRESS")?,
             &env("MWS_GATEWAY_ID")?,
             &env("MWS_SECRET")?,
-        ))
+        )
     }
 
     async fn call(
@@ -198,8 +208,7 @@ impl Mws {
     }
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws = tokio_tungstenite::WebSocketStream<Stream>;
 
 /// What a subscriber hears.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -230,7 +239,10 @@ impl Subscriber {
             Some((seq, epoch)) => format!("{uri}&since={seq}&epoch={}", enc(epoch)),
             None => format!("{uri}&envelope=1"),
         };
-        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
+        let (ws, _) = self
+            .mws
+            .trust
+            .websocket(url.as_str())
             .await
             .map_err(|e| SdkError::Url(format!("{url}: {e}")))?;
         self.ws = Some(ws);
@@ -285,27 +297,31 @@ pub struct Eds {
     backend: String,
     token: String,
     http: Http,
+    trust: Trust,
 }
 
 impl Eds {
-    /// A backend at `address`, by id, with the master key or a user's token.
-    pub fn new(address: &str, backend_id: &str, token: &str) -> Self {
-        Self {
+    /// A backend at `address` (`http://` or `https://`), by id, with the master key or a
+    /// user's token; an error when `MAR_CA_CERT` names a file that cannot be read.
+    pub fn new(address: &str, backend_id: &str, token: &str) -> Result<Self, SdkError> {
+        let (http, trust) = http()?;
+        Ok(Self {
             base: format!("{}/v1", address.trim_end_matches('/')),
             backend: backend_id.to_owned(),
             token: token.to_owned(),
-            http: http(),
-        }
+            http,
+            trust,
+        })
     }
 
     /// The attached backend, with its master key: `EDS_ADDRESS`, `EDS_BACKEND_ID`,
     /// `EDS_SECRET`.
     pub fn from_env() -> Result<Self, SdkError> {
-        Ok(Self::new(
+        Self::new(
             &env("EDS_ADDRESS")?,
             &env("EDS_BACKEND_ID")?,
             &env("EDS_SECRET")?,
-        ))
+        )
     }
 
     async fn call(
@@ -491,7 +507,9 @@ impl Eds {
         let url = v["expiringUrl"]
             .as_str()
             .ok_or_else(|| SdkError::Url(format!("no expiringUrl in {v}")))?;
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let (ws, _) = self
+            .trust
+            .websocket(url)
             .await
             .map_err(|e| SdkError::Url(format!("the notification stream at {url}: {e}")))?;
         Ok(Notifications { ws })
@@ -513,9 +531,7 @@ fn rand_u64() -> u64 {
 
 /// An open notification stream ([`Eds::notifications`]).
 pub struct Notifications {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: tokio_tungstenite::WebSocketStream<Stream>,
 }
 
 impl Notifications {

@@ -4,14 +4,14 @@
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::types::{RunResult, TerminalControl, TerminalStart};
-use crate::{Client, SdkError, enc};
+use crate::{Client, SdkError, Stream, enc};
 
-type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = WebSocketStream<Stream>;
 
 /// What the terminal sends: what the process printed, then how it ended.
 #[derive(Debug)]
@@ -56,7 +56,9 @@ impl Client {
             .map_err(|_| SdkError::Terminal("the API token is not a valid header".into()))?;
         req.headers_mut()
             .insert(http::header::AUTHORIZATION, bearer);
-        let (ws, _) = tokio_tungstenite::connect_async(req)
+        let (ws, _) = self
+            .trust
+            .websocket(req)
             .await
             .map_err(|e| SdkError::Terminal(e.to_string()))?;
         let (mut sink, stream) = ws.split();

@@ -23,6 +23,10 @@ pub(crate) enum GitCommand {
     GitCredential {
         /// What git asks: `get` (answered), `store` or `erase` (nothing is stored).
         operation: String,
+        /// The server to answer for (`git:remote` writes it into the helper, so a push needs
+        /// no `MAR_API_URL`); without it, the server the CLI would talk to.
+        #[arg(long)]
+        server: Option<String>,
     },
 }
 
@@ -30,7 +34,10 @@ pub(crate) enum GitCommand {
 pub(crate) async fn run(cmd: GitCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     match cmd {
         GitCommand::GitRemote { name } => remote(ctx, name).await,
-        GitCommand::GitCredential { operation } => credential(ctx, &operation),
+        GitCommand::GitCredential { operation, server } => {
+            let server = server.unwrap_or_else(|| ctx.client.base().to_owned());
+            credential(&ctx.data_dir, &server, &operation)
+        }
     }
 }
 
@@ -43,7 +50,11 @@ fn scheme_and_authority(base: &str) -> (&str, &str) {
 /// `mar git:credential get`: reads git's request (`key=value` lines up to a blank one) and
 /// answers with the token only when git is talking to this server, so a helper configured
 /// too widely gives nothing away to another host.
-fn credential(ctx: &Context, operation: &str) -> anyhow::Result<ExitCode> {
+pub(crate) fn credential(
+    data_dir: &std::path::Path,
+    server: &str,
+    operation: &str,
+) -> anyhow::Result<ExitCode> {
     if operation != "get" {
         return Ok(ExitCode::SUCCESS);
     }
@@ -57,11 +68,11 @@ fn credential(ctx: &Context, operation: &str) -> anyhow::Result<ExitCode> {
             asked.insert(k.to_owned(), v.to_owned());
         }
     }
-    let (scheme, authority) = scheme_and_authority(ctx.client.base());
+    let (scheme, authority) = scheme_and_authority(server);
     if asked.get("protocol").map(String::as_str) == Some(scheme)
         && asked.get("host").map(String::as_str) == Some(authority)
     {
-        println!("username=git\npassword={}", api_token(&ctx.data_dir)?);
+        println!("username=git\npassword={}", api_token(data_dir)?);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -88,9 +99,10 @@ async fn remote(ctx: &Context, name: Option<String>) -> anyhow::Result<ExitCode>
     let exe = std::env::current_exe().context("cannot find the mar executable")?;
     let data_dir = std::fs::canonicalize(&ctx.data_dir).unwrap_or_else(|_| ctx.data_dir.clone());
     let helper = format!(
-        "!{} --data-dir {} git:credential",
+        "!{} --data-dir {} git:credential --server {}",
         shell_quote(&exe.to_string_lossy()),
-        shell_quote(&data_dir.to_string_lossy())
+        shell_quote(&data_dir.to_string_lossy()),
+        shell_quote(&server)
     );
     let key = format!("credential.{server}.helper");
     let git_dir = repo.path().to_owned();
@@ -111,10 +123,35 @@ async fn remote(ctx: &Context, name: Option<String>) -> anyhow::Result<ExitCode>
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    // git checks an HTTPS server's certificate against the system's roots unless told
+    // otherwise: when the CLI trusted it only through MAR_CA_CERT or the local authority,
+    // git is given the same file, for this server alone.
+    let ca_file = if ctx.client.system_roots_suffice().await? {
+        None
+    } else {
+        super::extra_ca_file(&ctx.data_dir)
+    };
+    let ca_key = format!("http.{server}/.sslCAInfo");
+    let _ = git(&["--unset-all", &ca_key]);
+    if let Some(ca) = &ca_file {
+        let ca = std::fs::canonicalize(ca).unwrap_or_else(|_| ca.clone());
+        let out = git(&[&ca_key, &ca.to_string_lossy()]).context("cannot run git")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "git config {ca_key} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     if ctx.json {
         return print_json(&serde_json::json!({ "remote": "mar", "app": info.name, "url": url }));
     }
     println!("set git remote mar to {url}");
+    if let Some(ca) = &ca_file {
+        println!(
+            "git trusts {server}'s certificate through {} (http.sslCAInfo for that server)",
+            ca.display()
+        );
+    }
     println!(
         "git asks mar for the token (credential helper for {server}); if mar serve moves to another address, run mar git:remote again"
     );

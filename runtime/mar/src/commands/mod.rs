@@ -91,12 +91,33 @@ pub(crate) fn api_token(data_dir: &Path) -> anyhow::Result<String> {
 }
 
 /// The API client: `MAR_API_URL` and `MAR_TOKEN`, else the local server's data directory.
+/// An `https://` URL is checked against the system's roots, `MAR_CA_CERT`'s and the local
+/// server's own authority (`mar tls:ca`), when this machine has one.
 pub(crate) fn client(data_dir: &Path) -> anyhow::Result<Client> {
     let url = match std::env::var("MAR_API_URL") {
         Ok(u) if !u.is_empty() => u,
         _ => local_server_url(data_dir)?,
     };
-    Ok(Client::new(&url, &api_token(data_dir)?))
+    let local_ca: Vec<PathBuf> = local_ca_file(data_dir).into_iter().collect();
+    Ok(Client::with_ca_files(
+        &url,
+        &api_token(data_dir)?,
+        &local_ca,
+    )?)
+}
+
+/// The local server's certificate authority (`mar tls:ca`), when this machine has one.
+fn local_ca_file(data_dir: &Path) -> Option<PathBuf> {
+    Some(data_dir.join("tls").join(mar_runtime::tls::CA_CERT)).filter(|ca| ca.is_file())
+}
+
+/// The root file the client trusts beyond the system's: `MAR_CA_CERT`, else the local
+/// server's authority.
+pub(crate) fn extra_ca_file(data_dir: &Path) -> Option<PathBuf> {
+    std::env::var_os("MAR_CA_CERT")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| local_ca_file(data_dir))
 }
 
 /// Longest wait for a local server that is starting to say where it listens.
