@@ -978,8 +978,11 @@ fn strict_clients_trust_the_local_authority_that_mar_tls_ca_prints() {
 
 /// An app written for Heroku that redirects to HTTPS when it sees `DYNO`: over the HTTPS
 /// listener it learns from `X-Forwarded-Proto` that the request is secure (no redirect loop)
-/// and from `X-Forwarded-Port` where it came in; over plain HTTP it redirects to the https://
-/// URL; `apps:info` names the HTTPS URL, or says how to get one.
+/// and from `X-Forwarded-Port` where it came in; over plain HTTP its redirect, to the host on
+/// 443 or to the Host it was asked for with the plain port, is pointed at the HTTPS listener,
+/// so a client that follows it lands on the app over HTTPS (HTTP/1.1 and h2c alike); a
+/// client that reached the router without a port in its Host gets the app's redirect as it
+/// was; `apps:info` names the HTTPS URL, or says how to get one.
 #[tokio::test]
 async fn apps_that_redirect_to_https_when_they_see_dyno_work_over_the_https_listener() {
     let mar = MarServer::start_with_args(None, &["--https-listen", "127.0.0.1:0"]);
@@ -989,6 +992,7 @@ async fn apps_that_redirect_to_https_when_they_see_dyno_work_over_the_https_list
     let push = repo.push(&mar.git_url("secure"), "main");
     assert!(push.ok(), "{}", push.all());
 
+    // Behind a port-80 front (no port in Host): the app's redirect as it made it.
     let plain = mar.get("secure.localhost", "/page?a=1").await;
     assert_eq!(plain.status, 301);
     assert_eq!(
@@ -998,6 +1002,29 @@ async fn apps_that_redirect_to_https_when_they_see_dyno_work_over_the_https_list
 
     let ca = mar.tmp.path().join("ca.pem");
     std::fs::write(&ca, mar.mar(&["tls:ca"]).stdout).unwrap();
+    for (path, extra) in [
+        ("/page?a=1", None),
+        ("/keep-host/page", None),
+        ("/keep-host/h2c", Some("--http2-prior-knowledge")),
+    ] {
+        let url = format!("http://secure.localhost:{}{path}", mar.addr.port());
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-L", "--cacert", ca.to_str().unwrap()])
+            .args(["-w", "%{url_effective}"])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!(
+                "secure: https port {port}\nhttps://secure.localhost:{port}{path}",
+                port = https.port()
+            ),
+            "{url}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = std::process::Command::new("curl")
         .args(["-sS", "--cacert", ca.to_str().unwrap()])
         .arg(format!("https://secure.localhost:{}/page", https.port()))

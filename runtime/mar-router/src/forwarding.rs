@@ -223,6 +223,82 @@ pub(crate) fn host_of<B>(req: &http::Request<B>) -> Option<String> {
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()))
 }
 
+/// `host[:port]` split at the port (`[::1]:8080` too); `None` for the port when there is none.
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    let after_name = if authority.starts_with('[') {
+        authority.find(']').map_or(authority.len(), |i| i + 1)
+    } else {
+        authority.find(':').unwrap_or(authority.len())
+    };
+    let (name, rest) = authority.split_at(after_name);
+    (name, rest.strip_prefix(':'))
+}
+
+/// An app's redirect to HTTPS made for a plain-HTTP request, pointed at the router's HTTPS
+/// listener (`https_port`) when it would go to a port where no HTTPS is served, as nginx's
+/// `proxy_redirect` rewrites redirects. Apps that see `DYNO` redirect to `https://` + the
+/// `Host` they were asked for (Django, express-sslify, Flask-Talisman), which carries the
+/// plain listener's port, or to that host on 443 (Rails): on a server whose listeners are
+/// not 80 and 443, both fail. Rewritten only when the request's `Host` names a port and the
+/// redirect is to the same host on that port or on none: a `Host` without a port reached
+/// the router on the default one, and where 443 leads is then the operator's (a NAT in
+/// front of the listener, say). The new `Location`, or `None` to leave it.
+pub(crate) fn https_redirect(
+    location: &[u8],
+    request_host: &str,
+    https_port: u16,
+) -> Option<String> {
+    let (name, Some(plain_port)) = split_port(request_host) else {
+        return None;
+    };
+    let location = std::str::from_utf8(location).ok()?;
+    let scheme = location.get(..8)?;
+    if !scheme.eq_ignore_ascii_case("https://") {
+        return None;
+    }
+    let rest = &location[8..];
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.contains('@') {
+        return None;
+    }
+    let (to_name, to_port) = split_port(authority);
+    if !to_name.eq_ignore_ascii_case(name) {
+        return None;
+    }
+    let https = https_port.to_string();
+    match to_port {
+        Some(p) if p == https => return None,
+        Some(p) if p != plain_port => return None,
+        _ => {}
+    }
+    Some(if https_port == 443 {
+        format!("https://{to_name}{path}")
+    } else {
+        format!("https://{to_name}:{https}{path}")
+    })
+}
+
+/// Applies [`https_redirect`] to a response's `Location`, for a redirect (3xx) answering a
+/// plain-HTTP request for `host` while the router has an HTTPS listener on `https_port`.
+pub(crate) fn point_redirect_at_https(
+    status: http::StatusCode,
+    headers: &mut HeaderMap,
+    host: &str,
+    https_port: Option<u16>,
+) {
+    let Some(port) = https_port.filter(|_| status.is_redirection()) else {
+        return;
+    };
+    let rewritten = headers
+        .get(header::LOCATION)
+        .and_then(|v| https_redirect(v.as_bytes(), host, port))
+        .and_then(|l| HeaderValue::from_str(&l).ok());
+    if let Some(l) = rewritten {
+        headers.insert(header::LOCATION, l);
+    }
+}
+
 /// Whether error pages should be JSON rather than HTML.
 pub(crate) fn wants_json(headers: &HeaderMap) -> bool {
     headers
@@ -301,5 +377,46 @@ mod tests {
         assert_eq!(h["x-request-id"], "rid");
         assert_ne!(h["x-request-start"], "1");
         assert_eq!(h["via"], "1.1 mar");
+    }
+    #[test]
+    fn redirects_to_https_are_pointed_at_the_https_listener() {
+        let r = |loc: &str, host: &str, port| https_redirect(loc.as_bytes(), host, port);
+        // Host copied with the plain port, or dropped (443): both to the HTTPS listener.
+        assert_eq!(
+            r(
+                "https://app.localhost:8080/a?b=1",
+                "app.localhost:8080",
+                8443
+            )
+            .as_deref(),
+            Some("https://app.localhost:8443/a?b=1")
+        );
+        assert_eq!(
+            r("HTTPS://App.localhost/p", "app.localhost:8080", 8443).as_deref(),
+            Some("https://App.localhost:8443/p")
+        );
+        assert_eq!(
+            r("https://app.localhost:8080", "app.localhost:8080", 443).as_deref(),
+            Some("https://app.localhost")
+        );
+        assert_eq!(
+            r("https://[::1]:8080/x", "[::1]:8080", 8443).as_deref(),
+            Some("https://[::1]:8443/x")
+        );
+        // Left alone: no port in the request's Host, already the HTTPS port, another host,
+        // another explicit port, plain http, credentials, a relative redirect.
+        for (loc, host) in [
+            ("https://app.example.com/", "app.example.com"),
+            ("https://app.localhost:8443/", "app.localhost:8080"),
+            ("https://evil.example/", "app.localhost:8080"),
+            ("https://app.localhost.evil.example/", "app.localhost:8080"),
+            ("https://app.localhost:9000/", "app.localhost:8080"),
+            ("http://app.localhost:8080/", "app.localhost:8080"),
+            ("https://user@app.localhost:8080/", "app.localhost:8080"),
+            ("/login", "app.localhost:8080"),
+            ("https:/", "app.localhost:8080"),
+        ] {
+            assert_eq!(r(loc, host, 8443), None, "{loc} for {host}");
+        }
     }
 }

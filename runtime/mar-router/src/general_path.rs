@@ -19,8 +19,8 @@ use crate::connector::{AppConnector, AppStalled};
 use crate::error_response;
 use crate::failure::Failure;
 use crate::forwarding::{
-    Forwarded, Inbound, add_forwarded, host_of, is_upgrade, request_id, strip_hop_by_hop,
-    wants_json,
+    Forwarded, Inbound, add_forwarded, host_of, is_upgrade, point_redirect_at_https, request_id,
+    strip_hop_by_hop, wants_json,
 };
 use crate::shared::{Ctx, Shared, Timeouts, websocket_session};
 use crate::table::{AppOptions, InFlight, Resolution, Resolved, Upstream};
@@ -224,6 +224,14 @@ impl GeneralPath {
             Some(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                if !ctx.inbound.tls {
+                    point_redirect_at_https(
+                        parts.status,
+                        &mut parts.headers,
+                        &ctx.host,
+                        shared.https_port,
+                    );
+                }
                 let record = shared.record(&ctx, &up.dyno, parts.status.as_u16());
                 let body = Tracked::new(
                     body.map_err(Into::into).boxed_unsync(),

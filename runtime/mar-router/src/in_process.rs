@@ -18,7 +18,9 @@ use hyper::body::Incoming;
 
 use crate::Body;
 use crate::failure::Failure;
-use crate::forwarding::{Forwarded, add_forwarded, is_upgrade, strip_hop_by_hop};
+use crate::forwarding::{
+    Forwarded, add_forwarded, is_upgrade, point_redirect_at_https, strip_hop_by_hop,
+};
 use crate::general_path::announced_length;
 use crate::shared::{Ctx, Shared};
 use crate::table::{AppOptions, InFlight, InProcessTarget};
@@ -112,6 +114,14 @@ pub(crate) async fn serve(
     let (mut parts, body) = resp.into_parts();
     if parts.status != StatusCode::SWITCHING_PROTOCOLS {
         strip_hop_by_hop(&mut parts.headers);
+    }
+    if !ctx.inbound.tls {
+        point_redirect_at_https(
+            parts.status,
+            &mut parts.headers,
+            &ctx.host,
+            shared.https_port,
+        );
     }
     let record = shared.record(&ctx, &target.name, parts.status.as_u16());
     let body = Tracked::new(body, Some(guard), record, idle).with_upload(fault);

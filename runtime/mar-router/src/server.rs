@@ -55,8 +55,16 @@ impl Proxy {
                 closing,
                 sessions: TaskTracker::new(),
                 timeouts,
+                https_port: None,
             },
         }
+    }
+
+    /// The port of the router's HTTPS listener, where apps' redirects to HTTPS from plain
+    /// requests are pointed when they would go to a port that serves no HTTPS.
+    pub fn with_https_port(mut self, port: Option<u16>) -> Self {
+        self.shared.https_port = port;
+        self
     }
 }
 

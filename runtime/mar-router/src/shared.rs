@@ -87,6 +87,9 @@ pub(crate) struct Shared {
     /// them: the server waits for them at shutdown, as for connections.
     pub sessions: tokio_util::task::TaskTracker,
     pub timeouts: Timeouts,
+    /// The port of the router's HTTPS listener, if it has one: apps' redirects to HTTPS from
+    /// plain requests are pointed at it (`forwarding::https_redirect`).
+    pub https_port: Option<u16>,
 }
 
 /// Facts about the request kept for the access log and error pages.

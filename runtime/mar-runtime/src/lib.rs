@@ -84,6 +84,8 @@ struct RouterParts {
     timeouts: mar_router::Timeouts,
     limits: mar_router::ServerLimits,
     admission: Arc<mar_router::Admission>,
+    /// The HTTPS listener's port, if there is one.
+    https_port: Option<u16>,
 }
 
 /// Starts router thread `i`: its own current-thread runtime serving its listeners until
@@ -126,14 +128,17 @@ fn router_thread(
                 ) else {
                     return;
                 };
-                let proxy = Arc::new(Proxy::new(
-                    parts.routes,
-                    parts.platform,
-                    parts.sink,
-                    parts.metrics,
-                    parts.shutdown.clone(),
-                    parts.timeouts,
-                ));
+                let proxy = Arc::new(
+                    Proxy::new(
+                        parts.routes,
+                        parts.platform,
+                        parts.sink,
+                        parts.metrics,
+                        parts.shutdown.clone(),
+                        parts.timeouts,
+                    )
+                    .with_https_port(parts.https_port),
+                );
                 let (shutdown, limits) = (parts.shutdown, parts.limits);
                 let serve_plain = mar_router::serve(
                     plain,
@@ -798,6 +803,7 @@ pub async fn start(cfg: Config, shutdown: CancellationToken) -> Result<Started, 
         timeouts: cfg.timeouts,
         limits: cfg.server_limits,
         admission: connection_caps(&cfg),
+        https_port: https_addr.map(|a| a.port()),
     };
     let mut https = https.map(|(ls, acceptor, _)| (ls.into_iter(), acceptor));
     let mut exits = Vec::with_capacity(threads);

@@ -370,11 +370,14 @@ pub(crate) fn parse_response(buf: &[u8], to_head: bool) -> ResponseParsed {
 /// Writes the head the client receives for the app's response head `head` (its body framed as
 /// `framing`): hop-by-hop headers dropped, `Transfer-Encoding: chunked` added when the body is
 /// re-framed (and `Content-Length` dropped beside chunked), and
-/// `Connection: close` when the router closes the client's connection after it.
+/// `Connection: close` when the router closes the client's connection after it. `redirect`
+/// (the request's `Host` and the HTTPS listener's port) points a redirect to HTTPS at the
+/// HTTPS listener (`forwarding::https_redirect`).
 pub(crate) fn write_client_head(
     head: &[u8],
     framing: ResponseBody,
     close: bool,
+    redirect: Option<(&str, u16)>,
     out: &mut Vec<u8>,
 ) {
     let rechunk = framing == ResponseBody::UntilClose;
@@ -398,6 +401,13 @@ pub(crate) fn write_client_head(
             || (chunked && h.name.eq_ignore_ascii_case("content-length"))
             || named.iter().any(|n| n.eq_ignore_ascii_case(h.name))
         {
+            continue;
+        }
+        if let Some((host, port)) = redirect
+            && h.name.eq_ignore_ascii_case("location")
+            && let Some(to) = crate::forwarding::https_redirect(h.value, host, port)
+        {
+            header_line(out, h.name.as_bytes(), to.as_bytes());
             continue;
         }
         header_line(out, h.name.as_bytes(), h.value);
@@ -566,6 +576,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             ResponseBody::Chunked,
             false,
+            None,
             &mut out,
         );
         assert_eq!(
@@ -578,7 +589,7 @@ mod tests {
     fn client_head_drops_hop_by_hop_and_can_rechunk() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\r\n";
         let mut out = Vec::new();
-        write_client_head(raw, ResponseBody::UntilClose, true, &mut out);
+        write_client_head(raw, ResponseBody::UntilClose, true, None, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
