@@ -49,7 +49,9 @@ struct SniResolver {
     by_name: RwLock<Arc<ByName>>,
     /// Certificates for `APP.DOMAIN`, issued by the local authority when first asked for.
     issuer: LocalIssuer,
-    fallback: Arc<CertifiedKey>,
+    /// The local authority's certificate for anything else (the platform's names), and when
+    /// it was made: issued again after [`RENEW_AFTER`].
+    fallback: Mutex<(Arc<CertifiedKey>, SystemTime)>,
 }
 
 /// Whether the platform serves a host name (the router's route table answers).
@@ -58,6 +60,37 @@ pub type Served = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 /// Most names the local authority issues certificates for in one run: each is a key and a
 /// signature, and a client may ask for any name under the domain.
 const MAX_ISSUED: usize = 1024;
+
+/// How long a certificate the local authority issues is valid: 825 days, the longest Apple's
+/// platforms accept for a TLS server certificate (mkcert's choice too).
+const LEAF_DAYS: i64 = 825;
+/// A running server issues its certificates again once they are this old, long before they
+/// expire, so a server that runs for years never serves an expired one.
+const RENEW_AFTER: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+/// How long a new local authority is valid (mkcert's: 10 years).
+const CA_DAYS: i64 = 3650;
+
+/// The parameters of a server certificate for `names`: valid from a day ago (clients' clocks
+/// differ) for [`LEAF_DAYS`], for TLS servers only (serverAuth, digitalSignature: what
+/// Apple's platforms and browsers require of a certificate), named after its first name.
+fn leaf_params(names: Vec<String>) -> Result<rcgen::CertificateParams, TlsError> {
+    let common_name = names.first().cloned().unwrap_or_default();
+    let mut params =
+        rcgen::CertificateParams::new(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "mini-MAR");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(LEAF_DAYS);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
 
 /// The local authority, issuing at the first handshake for `APP.DOMAIN` a certificate naming
 /// exactly that host: clients refuse a wildcard directly under a top-level name (so
@@ -72,7 +105,8 @@ struct LocalIssuer {
     params: rcgen::CertificateParams,
     ca_der: CertificateDer<'static>,
     provider: Arc<CryptoProvider>,
-    issued: std::sync::Mutex<std::collections::HashMap<String, Arc<CertifiedKey>>>,
+    /// What was issued, and when.
+    issued: std::sync::Mutex<std::collections::HashMap<String, (Arc<CertifiedKey>, SystemTime)>>,
 }
 
 impl std::fmt::Debug for LocalIssuer {
@@ -96,15 +130,24 @@ impl LocalIssuer {
             return None;
         }
         let mut issued = self.issued.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = issued.get(host) {
-            return Some(k.clone());
-        }
-        if issued.len() >= MAX_ISSUED || !(self.served)(host) {
+        let renewing = match issued.get(host) {
+            Some((k, at)) if !due(*at) => return Some(k.clone()),
+            Some(_) => true,
+            None => false,
+        };
+        if !renewing && (issued.len() >= MAX_ISSUED || !(self.served)(host)) {
             return None;
         }
+        let key = self.issue(vec![host.to_owned()])?;
+        issued.insert(host.to_owned(), (key.clone(), SystemTime::now()));
+        Some(key)
+    }
+
+    /// A certificate for `names`, signed by the authority, with the authority after it.
+    fn issue(&self, names: Vec<String>) -> Option<Arc<CertifiedKey>> {
         let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
         let leaf_key = rcgen::KeyPair::generate().ok()?;
-        let leaf = rcgen::CertificateParams::new(vec![host.to_owned()])
+        let leaf = leaf_params(names)
             .ok()?
             .signed_by(&leaf_key, &issuer)
             .ok()?;
@@ -113,13 +156,28 @@ impl LocalIssuer {
             .key_provider
             .load_private_key(PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()))
             .ok()?;
-        let key = Arc::new(CertifiedKey::new(
+        Some(Arc::new(CertifiedKey::new(
             vec![leaf.der().clone(), self.ca_der.clone()],
             signing,
-        ));
-        issued.insert(host.to_owned(), key.clone());
-        Some(key)
+        )))
     }
+}
+
+/// Whether a certificate issued at `at` is to be issued again (by the wall clock, which is
+/// what clients check validity against; a clock set back leaves it).
+fn due(at: SystemTime) -> bool {
+    at.elapsed().is_ok_and(|age| age >= RENEW_AFTER)
+}
+
+/// The names of the certificate for the platform's own names: `DOMAIN`, `*.DOMAIN`,
+/// `localhost` and 127.0.0.1.
+fn platform_names(domain: &str) -> Vec<String> {
+    vec![
+        domain.to_owned(),
+        format!("*.{domain}"),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+    ]
 }
 
 fn matches(pattern: &str, host: &str) -> bool {
@@ -148,7 +206,20 @@ impl ResolvesServerCert for SniResolver {
                 .map(|(_, k)| k.clone())
                 .or_else(|| self.issuer.for_host(&h))
         });
-        Some(chosen.unwrap_or_else(|| self.fallback.clone()))
+        Some(chosen.unwrap_or_else(|| self.fallback()))
+    }
+}
+
+impl SniResolver {
+    /// The certificate for the platform's names, issued again when it is due.
+    fn fallback(&self) -> Arc<CertifiedKey> {
+        let mut fallback = self.fallback.lock().unwrap_or_else(|e| e.into_inner());
+        if due(fallback.1)
+            && let Some(fresh) = self.issuer.issue(platform_names(&self.issuer.domain))
+        {
+            *fallback = (fresh, SystemTime::now());
+        }
+        fallback.0.clone()
     }
 }
 
@@ -297,25 +368,21 @@ fn local_certificate(
         Ok(pem) if ca_cert.is_file() => rcgen::KeyPair::from_pem(&pem).map_err(made)?,
         _ => {
             let key = rcgen::KeyPair::generate().map_err(made)?;
-            let cert = ca_params(&key)?.self_signed(&key).map_err(made)?;
+            let mut params = ca_params(&key)?;
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now - time::Duration::days(1);
+            params.not_after = now + time::Duration::days(CA_DAYS);
+            let cert = params.self_signed(&key).map_err(made)?;
             write_private(&ca_key, key.serialize_pem().as_bytes()).map_err(io)?;
             std::fs::write(&ca_cert, cert.pem()).map_err(io)?;
             key
         }
     };
     let issuer = rcgen::Issuer::new(ca_params(&key)?, &key);
-    let names = vec![
-        domain.to_owned(),
-        format!("*.{domain}"),
-        "localhost".to_owned(),
-        "127.0.0.1".to_owned(),
-    ];
-    let mut params = rcgen::CertificateParams::new(names).map_err(made)?;
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, domain.to_owned());
     let leaf_key = rcgen::KeyPair::generate().map_err(made)?;
-    let leaf = params.signed_by(&leaf_key, &issuer).map_err(made)?;
+    let leaf = leaf_params(platform_names(domain))?
+        .signed_by(&leaf_key, &issuer)
+        .map_err(made)?;
     let (cert, key_path) = (dir.join(LOCAL_CERT), dir.join(LOCAL_KEY));
     write_private(&key_path, leaf_key.serialize_pem().as_bytes()).map_err(io)?;
     // The chain: the leaf, then the authority (clients that trust the root find the path).
@@ -378,7 +445,7 @@ pub fn acceptor(
     let resolver = Arc::new(SniResolver {
         by_name: RwLock::new(Arc::new(by_name)),
         issuer,
-        fallback,
+        fallback: Mutex::new((fallback, SystemTime::now())),
     });
     let named = Arc::new(NamedCertificates {
         configured: certs.to_vec(),
@@ -439,6 +506,68 @@ mod tests {
             issuer.for_host("one-too-many.localhost").is_none(),
             "bounded"
         );
+    }
+
+    /// What Apple's platforms and browsers require of a server certificate: at most 825 days
+    /// of validity, serverAuth; checked by verifying the chain as a client would, at times.
+    #[test]
+    fn issued_certificates_are_fit_for_strict_clients() {
+        use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::{ServerName, UnixTime};
+        let d = tempfile::tempdir().unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        local_certificate(d.path(), "localhost").unwrap();
+        let issuer = local_issuer(d.path(), "localhost", &provider, all()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(issuer.ca_der.clone()).unwrap();
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .unwrap();
+        let platform = load(
+            &rustls::crypto::ring::default_provider(),
+            &d.path().join(LOCAL_CERT),
+            &d.path().join(LOCAL_KEY),
+        )
+        .unwrap();
+        let app = issuer.for_host("app.localhost").unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let day = std::time::Duration::from_secs(86_400);
+        for (key, host) in [(&platform, "localhost"), (&app, "app.localhost")] {
+            let leaf = &key.cert[0];
+            let name = ServerName::try_from(host).unwrap();
+            let at = |t| verifier.verify_server_cert(leaf, &key.cert[1..], &name, &[], t);
+            at(UnixTime::since_unix_epoch(now)).unwrap();
+            at(UnixTime::since_unix_epoch(now + day * 824)).unwrap();
+            assert!(
+                at(UnixTime::since_unix_epoch(now + day * 826)).is_err(),
+                "expired"
+            );
+            assert!(
+                at(UnixTime::since_unix_epoch(now - day * 2)).is_err(),
+                "not yet"
+            );
+            // id-kp-serverAuth (1.3.6.1.5.5.7.3.1) in an extended key usage.
+            let server_auth = [0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
+            assert!(leaf.windows(10).any(|w| w == server_auth), "{host}");
+        }
+        // Renewed once due, by a running server: a certificate 30 days old is issued again.
+        let long_ago = SystemTime::now() - RENEW_AFTER;
+        issuer
+            .issued
+            .lock()
+            .unwrap()
+            .get_mut("app.localhost")
+            .unwrap()
+            .1 = long_ago;
+        let renewed = issuer.for_host("app.localhost").unwrap();
+        assert!(!Arc::ptr_eq(&renewed, &app), "issued again");
+        assert!(Arc::ptr_eq(
+            &renewed,
+            &issuer.for_host("app.localhost").unwrap()
+        ));
     }
 
     #[test]
