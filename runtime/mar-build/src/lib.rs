@@ -199,6 +199,8 @@ pub struct BuildSpec {
     pub config: BTreeMap<String, String>,
     /// The commit being built (`SOURCE_VERSION`).
     pub source_version: String,
+    /// Environment the platform gives every buildpack script (from `mar.yaml`).
+    pub platform_env: BTreeMap<String, String>,
     /// The build's time limit.
     pub timeout: Duration,
     /// Run buildpack scripts as this uid/gid (set when `mar` runs as root).
@@ -429,6 +431,7 @@ fn script(
         .env("STACK", mar_core::STACK)
         .env("SOURCE_VERSION", &spec.source_version)
         .env("MAR_EXPORT_COUNT", exports.len().to_string())
+        .envs(&spec.platform_env)
         .current_dir(&spec.build_dir);
     spec.as_build_user(&mut cmd)?;
     Ok(cmd)

@@ -85,6 +85,10 @@ pub struct FileConfig {
     pub max_source_size: Option<String>,
     /// Most client connections from one address (default: a quarter of `max_connections`).
     pub max_connections_per_client: Option<usize>,
+    /// Directories of Python interpreters (`python3.N`) the Python buildpack chooses from
+    /// beside those on the system's PATH (as pyenv's or uv's installs).
+    #[serde(default)]
+    pub python_interpreters: Vec<PathBuf>,
 }
 
 /// `router_threads` as written in `mar.yaml`: a number, or a word (`auto`, or a number in
@@ -197,6 +201,10 @@ pub struct Config {
     pub max_source_size: u64,
     /// `max_connections_per_client`, when set.
     pub max_connections_per_client: Option<usize>,
+    /// Environment every buildpack script gets from the platform (`MAR_PYTHON_INTERPRETERS`
+    /// from `python_interpreters`); an app's config var of the same name wins in the
+    /// buildpacks that read config vars.
+    pub build_env: std::collections::BTreeMap<String, String>,
     /// The `mar` executable, run as the git pre-receive hook.
     pub mar_exe: PathBuf,
 }
@@ -289,10 +297,31 @@ impl Config {
                 message: format!("{from}: {text:?} is not a count from 1 to 256 or `auto`"),
             })?
             .count();
+        let mut build_env = std::collections::BTreeMap::new();
+        if !file.python_interpreters.is_empty() {
+            let mut dirs = Vec::new();
+            for dir in &file.python_interpreters {
+                let text = dir
+                    .to_str()
+                    .filter(|t| !t.contains(':') && dir.is_absolute());
+                let Some(text) = text else {
+                    return Err(ConfigError::Invalid {
+                        path: path.clone(),
+                        message: format!(
+                            "python_interpreters: {} is not an absolute path without ':'",
+                            dir.display()
+                        ),
+                    });
+                };
+                dirs.push(text.to_owned());
+            }
+            build_env.insert("MAR_PYTHON_INTERPRETERS".to_owned(), dirs.join(":"));
+        }
         Ok(Self {
             data_dir: data_dir.to_owned(),
             listen,
             domain,
+            build_env,
             boot_timeout: Duration::from_secs(file.boot_timeout.unwrap_or(60)),
             stop_timeout: Duration::from_secs(file.stop_timeout.unwrap_or(30)),
             build_timeout: Duration::from_secs(file.build_timeout.unwrap_or(15 * 60)),

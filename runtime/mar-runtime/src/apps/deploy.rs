@@ -85,6 +85,7 @@ impl Apps {
             builtin_buildpacks: self.paths.buildpacks(),
             config: config.clone(),
             source_version: commit.clone(),
+            platform_env: self.cfg.build_env.clone(),
             timeout: self.cfg.build_timeout,
             run_as: stored.uid.map(|u| (u, u)),
             confinement: self.build_confinement(app, &build_id(&commit), stored.uid)?,
