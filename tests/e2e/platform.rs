@@ -422,7 +422,8 @@ fn a_followed_log_ends_with_the_server_and_does_not_delay_it() {
 }
 
 /// Output for a pipe has no colour codes; the usage line does not ask for `--data-dir`
-/// (MAR_HOME or the default give it); `mar ps` shows each instance's memory, as the docs say.
+/// (MAR_HOME or the default give it); `mar ps` shows each instance's memory, as the docs say;
+/// a reader that stops early ends the command quietly.
 #[tokio::test]
 async fn plain_output_usage_and_memory_in_ps() {
     let help = std::process::Command::new(mar_bin())
@@ -452,4 +453,38 @@ async fn plain_output_usage_and_memory_in_ps() {
         .find(|l| l.starts_with("web.1: up"))
         .unwrap_or_default();
     assert!(web.contains(" memory "), "{ps}");
+
+    // Piped into a reader that stops early (`| head -1`): the command ends quietly, as Unix
+    // tools do (SIGPIPE), with no panic or backtrace.
+    // More than a pipe holds (64 KiB), so the writer is still writing when the reader goes.
+    let wide: Vec<String> = (0..150)
+        .map(|i| format!("WIDE_{i}={}", "a".repeat(700)))
+        .collect();
+    let mut set = vec!["config:set", "-a", "plain"];
+    set.extend(wide.iter().map(String::as_str));
+    assert!(mar.mar(&set).ok());
+    for cmd in ["config -a plain", "run -a plain -- seq 1 200000"] {
+        let out = std::process::Command::new("bash")
+            .args([
+                "-c",
+                &format!(
+                    "\"$0\" {cmd} | head -c 1 >/dev/null; echo \"status ${{PIPESTATUS[0]}}\" >&2"
+                ),
+            ])
+            .arg(mar_bin())
+            .env("MAR_HOME", &mar.data_dir)
+            .env_remove("MAR_API_URL")
+            .env_remove("MAR_TOKEN")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{cmd}: {err}"
+        );
+        assert!(
+            err.contains("status 0") || err.contains("status 141"),
+            "{cmd}: {err}"
+        );
+    }
 }

@@ -82,6 +82,11 @@ impl Cli {
             _ => None,
         }
     }
+
+    /// Whether this is a client command (not `mar serve`, nor the git hook `mar serve` runs).
+    pub fn is_client(&self) -> bool {
+        !matches!(self.command, Command::Serve(_) | Command::Hook { .. })
+    }
 }
 
 /// Runs the command. The server, the git hook and `auth:token` need no running server; every
