@@ -33,7 +33,8 @@ pub(crate) struct Sample {
     pub websockets: i64,
     /// Each instance's memory at its end, in bytes.
     pub memory: BTreeMap<String, u64>,
-    /// Restarts of the app's instances so far.
+    /// Restarts after a crash of the app's instances since `mar serve` started, whichever
+    /// instances they were: it never goes down, so its rise is what happened.
     pub restarts: u64,
 }
 
@@ -42,14 +43,39 @@ pub(crate) struct Sample {
 pub(crate) struct Instances {
     /// Memory by instance (`web.1`).
     pub memory: BTreeMap<String, u64>,
-    /// Restarts so far, all instances.
-    pub restarts: u64,
+    /// Each instance's restarts after a crash so far, by its unique id: a deploy or a
+    /// `ps:restart` replaces instances, and their counts with them.
+    pub restarts: BTreeMap<u64, u32>,
 }
 
 #[derive(Default)]
 struct History {
     last: Snapshot,
     samples: VecDeque<Sample>,
+    /// The restarts counted so far, and each instance's count when last looked at.
+    restarts: Restarts,
+}
+
+/// Restarts kept as a running total across instances that come and go.
+#[derive(Debug, Clone, Default)]
+struct Restarts {
+    total: u64,
+    seen: BTreeMap<u64, u32>,
+}
+
+impl Restarts {
+    /// The total once `now`'s counts are taken in; each instance adds what it gained since it
+    /// was last seen (all of its count when it is new).
+    fn add(&self, now: &BTreeMap<u64, u32>) -> Self {
+        let gained: u64 = now
+            .iter()
+            .map(|(id, n)| u64::from(n.saturating_sub(self.seen.get(id).copied().unwrap_or(0))))
+            .sum();
+        Self {
+            total: self.total + gained,
+            seen: now.clone(),
+        }
+    }
 }
 
 /// Every app's last hour.
@@ -63,7 +89,8 @@ impl MetricsHistory {
     pub(crate) fn record(&self, app: &AppName, now: Snapshot, instances: Instances, t: u64) {
         let mut apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
         let h = apps.entry(app.clone()).or_default();
-        let s = sample(&h.last, &now, instances, t);
+        h.restarts = h.restarts.add(&instances.restarts);
+        let s = sample(&h.last, &now, instances.memory, h.restarts.total, t);
         h.last = now;
         h.samples.push_back(s);
         while h.samples.len() > KEEP {
@@ -81,11 +108,19 @@ impl MetricsHistory {
         t: u64,
     ) -> Vec<Sample> {
         let apps = self.apps.lock().unwrap_or_else(|e| e.into_inner());
-        let (last, mut samples) = match apps.get(app) {
-            Some(h) => (h.last, h.samples.iter().cloned().collect::<Vec<_>>()),
-            None => (Snapshot::default(), Vec::new()),
+        let (last, mut samples, restarts) = match apps.get(app) {
+            Some(h) => (
+                h.last,
+                h.samples.iter().cloned().collect::<Vec<_>>(),
+                h.restarts.add(&instances.restarts),
+            ),
+            None => (
+                Snapshot::default(),
+                Vec::new(),
+                Restarts::default().add(&instances.restarts),
+            ),
         };
-        samples.push(sample(&last, &now, instances, t));
+        samples.push(sample(&last, &now, instances.memory, restarts.total, t));
         samples
     }
 
@@ -97,7 +132,13 @@ impl MetricsHistory {
 }
 
 /// The sample of the interval from `prev` to `now`.
-fn sample(prev: &Snapshot, now: &Snapshot, instances: Instances, t: u64) -> Sample {
+fn sample(
+    prev: &Snapshot,
+    now: &Snapshot,
+    memory: BTreeMap<String, u64>,
+    restarts: u64,
+    t: u64,
+) -> Sample {
     let classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
     let requests = classes
         .iter()
@@ -113,8 +154,8 @@ fn sample(prev: &Snapshot, now: &Snapshot, instances: Instances, t: u64) -> Samp
         p50_ms: percentile(&buckets, count, 0.50),
         p99_ms: percentile(&buckets, count, 0.99),
         websockets: now.websockets,
-        memory: instances.memory,
-        restarts: instances.restarts,
+        memory,
+        restarts,
     }
 }
 
@@ -172,7 +213,7 @@ pub(crate) fn spawn_sampler(
 pub(crate) fn instances(apps: &crate::apps::Apps, app: &AppName) -> Instances {
     let mut out = Instances::default();
     for i in apps.instances(app) {
-        out.restarts += u64::from(i.restarts());
+        out.restarts.insert(i.id(), i.restarts());
         if let Some(m) = i.memory() {
             out.memory.insert(i.spec().dyno(), m);
         }
@@ -232,6 +273,28 @@ mod tests {
             h.series(&app, s, Instances::default(), 20)[0].requests["2xx"],
             12
         );
+    }
+
+    /// A crashed instance's restarts stay counted when a deploy or `ps:restart` replaces it
+    /// with one whose count starts again at 0.
+    #[test]
+    fn restarts_never_go_down_when_instances_are_replaced() {
+        let h = MetricsHistory::default();
+        let app = AppName::parse("crashy").unwrap();
+        let at = |pairs: &[(u64, u32)]| Instances {
+            memory: BTreeMap::new(),
+            restarts: pairs.iter().copied().collect(),
+        };
+        h.record(&app, Snapshot::default(), at(&[(1, 0), (2, 0)]), 10);
+        h.record(&app, Snapshot::default(), at(&[(1, 2), (2, 0)]), 20);
+        // Instance 1 replaced by 3 (starting at 0), 2 crashed once more.
+        h.record(&app, Snapshot::default(), at(&[(3, 0), (2, 1)]), 30);
+        let series = h.series(&app, Snapshot::default(), at(&[(3, 1), (2, 1)]), 35);
+        let totals: Vec<u64> = series.iter().map(|s| s.restarts).collect();
+        assert_eq!(totals, [0, 2, 3, 4]);
+        // The open interval counts without taking it in.
+        let again = h.series(&app, Snapshot::default(), at(&[(3, 1), (2, 1)]), 36);
+        assert_eq!(again.last().unwrap().restarts, 4);
     }
 
     #[test]
