@@ -155,7 +155,11 @@ async fn memory_and_process_limits_hold() {
     assert!(resize.ok(), "{}", resize.all());
     let shown = mar.mar(&["ps:resize", "-a", "hungry"]).stdout;
     assert!(
-        shown.contains("MAR_MEMORY_LIMIT: 128M") && shown.contains("MAR_PIDS_LIMIT:   32"),
+        shown.contains("MAR_MEMORY_LIMIT: 128M")
+            && shown.contains("MAR_PIDS_LIMIT:   32")
+            && shown.contains("MAR_NOFILE_LIMIT: 10000 (default)")
+            && shown.contains("MAR_CPU_LIMIT:    1 (default)")
+            && shown.contains("MAR_DISK_LIMIT:   512M (default)"),
         "{shown}"
     );
 }

@@ -23,6 +23,14 @@ pub const NOFILE_LIMIT: &str = "MAR_NOFILE_LIMIT";
 pub const DISK_LIMIT: &str = "MAR_DISK_LIMIT";
 /// CPU per instance, in cores: `0.5`, `2`, `500m`.
 pub const CPU_LIMIT: &str = "MAR_CPU_LIMIT";
+/// The config vars `mar ps:resize` sets.
+pub const LIMIT_VARS: [&str; 5] = [
+    MEMORY_LIMIT,
+    CPU_LIMIT,
+    PIDS_LIMIT,
+    NOFILE_LIMIT,
+    DISK_LIMIT,
+];
 /// The CPU an instance gets unless its app says otherwise, in thousandths of a core: one
 /// core, so that one busy app cannot take a whole machine from the platform and the others.
 pub const DEFAULT_CPU_MILLIS: u64 = 1000;

@@ -39,6 +39,26 @@ pub struct AppInfo {
     /// For a WebAssembly app, the interface its module exports and its limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wasm: Option<WasmInfo>,
+    /// The limits each of its instances runs under, its config vars over the defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsInfo>,
+}
+
+/// The limits an app's instances run under (`mar ps:resize`), as they apply now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LimitsInfo {
+    /// Memory per instance, in bytes (`MAR_MEMORY_LIMIT`).
+    pub memory_bytes: u64,
+    /// CPU per instance, in thousandths of a core (`MAR_CPU_LIMIT`).
+    pub cpu_millis: u64,
+    /// Processes and threads per instance (`MAR_PIDS_LIMIT`).
+    pub pids: u64,
+    /// Open files per process (`MAR_NOFILE_LIMIT`).
+    pub nofile: u64,
+    /// The instance's writable layer, in bytes (`MAR_DISK_LIMIT`).
+    pub disk_bytes: u64,
+    /// The config vars among these that the app sets; the others are the defaults.
+    pub set: Vec<String>,
 }
 
 /// A WebAssembly app's module and limits.

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use bytes::Bytes;
 use http::StatusCode;
 use mar_core::AppName;
-use mar_sdk::types::{AppInfo, CreateApp, Results, WasmInfo};
+use mar_sdk::types::{AppInfo, CreateApp, LimitsInfo, Results, WasmInfo};
 
 use super::{Admin, ApiError, ApiResult, Platform, app_name, existing};
 
@@ -24,7 +24,23 @@ impl Platform {
                 structure.entry(t.clone()).or_insert(0);
             }
         }
+        let config = self.store.config(app)?;
+        let settings = self.apps.settings(&config);
+        let l = &settings.limits;
+        let limits = LimitsInfo {
+            memory_bytes: l.memory_bytes.unwrap_or_default(),
+            cpu_millis: l.cpu_millis.unwrap_or_default(),
+            pids: l.pids.unwrap_or_default(),
+            nofile: l.nofile.unwrap_or_default(),
+            disk_bytes: settings.disk_bytes,
+            set: crate::settings::LIMIT_VARS
+                .iter()
+                .filter(|k| config.contains_key(**k))
+                .map(|k| (*k).to_owned())
+                .collect(),
+        };
         Ok(AppInfo {
+            limits: Some(limits),
             id: app.to_string(),
             name: app.to_string(),
             state: state.to_owned(),

@@ -274,7 +274,8 @@ impl Apps {
         }
     }
 
-    fn settings(&self, config: &BTreeMap<String, String>) -> AppSettings {
+    /// An app's settings: its config vars over the server's defaults.
+    pub(crate) fn settings(&self, config: &BTreeMap<String, String>) -> AppSettings {
         AppSettings::from_config(config, &self.defaults())
     }
 

@@ -28,7 +28,8 @@ pub(crate) enum PsCommand {
         /// What to restart.
         target: Option<String>,
     },
-    /// Set per-instance limits (memory, processes, open files, CPU); restarts the app.
+    /// Set per-instance limits (memory, processes, open files, CPU, disk); restarts the app.
+    /// Without a flag, show the limits in force, the defaults marked.
     #[command(name = "ps:resize")]
     PsResize {
         /// Memory per instance, like 512M or 1G.
@@ -188,6 +189,22 @@ async fn restart(ctx: &Context, target: Option<String>) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// A size as `ps:resize` takes it: `512M`, `1G`, else in bytes.
+fn size_text(b: u64) -> String {
+    for (unit, size) in [("G", 1u64 << 30), ("M", 1 << 20), ("K", 1 << 10)] {
+        if b >= size && b.is_multiple_of(size) {
+            return format!("{}{unit}", b / size);
+        }
+    }
+    b.to_string()
+}
+
+/// Thousandths of a core as `ps:resize --cpu` takes them: `1`, `0.5`, `2.25`.
+fn cpu_text(millis: u64) -> String {
+    let text = format!("{}.{:03}", millis / 1000, millis % 1000);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
 /// Bytes as `mar ps:resize` writes sizes: `38.2M`, `512K`, `1.5G`.
 fn human_bytes(b: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)];
@@ -219,14 +236,32 @@ async fn resize(
         }
     }
     if changes.is_empty() {
+        // What applies now: the app's values, and the defaults for the others, said as such.
+        let info = ctx.client.app(app.as_str()).await?;
         let config = ctx.client.config(app.as_str()).await?;
-        let shown: BTreeMap<String, String> = config
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("MAR_") && k.ends_with("_LIMIT"))
-            .collect();
+        let Some(limits) = info.limits else {
+            anyhow::bail!("the server did not say {app}'s limits");
+        };
         if ctx.json {
-            return print_json(&shown);
+            return print_json(&limits);
         }
+        let defaults = [
+            ("MAR_MEMORY_LIMIT", size_text(limits.memory_bytes)),
+            ("MAR_CPU_LIMIT", cpu_text(limits.cpu_millis)),
+            ("MAR_PIDS_LIMIT", limits.pids.to_string()),
+            ("MAR_NOFILE_LIMIT", limits.nofile.to_string()),
+            ("MAR_DISK_LIMIT", size_text(limits.disk_bytes)),
+        ];
+        let shown: BTreeMap<String, String> = defaults
+            .into_iter()
+            .map(|(k, applied)| {
+                let text = match config.get(k) {
+                    Some(set) => set.clone(),
+                    None => format!("{applied} (default)"),
+                };
+                (k.to_owned(), text)
+            })
+            .collect();
         print_config(&app, &shown);
         return Ok(ExitCode::SUCCESS);
     }
