@@ -121,6 +121,31 @@ function table(headers, rows, attrs = {}) {
   return wrap;
 }
 
+/**
+ * Rebuilds a box's content without losing the keyboard's place: the focused control (a button
+ * in a row with `data-key`) is found again by its row and label and focused, as a periodic
+ * refresh would otherwise drop focus to the page.
+ */
+function keepFocus(box, rebuild) {
+  const a = document.activeElement;
+  const was = a && a !== box && box.contains(a)
+    ? { row: a.closest("[data-key]")?.dataset.key, label: a.getAttribute("aria-label") || a.textContent, tag: a.tagName }
+    : null;
+  rebuild();
+  if (!was) return;
+  const scopes = was.row !== undefined
+    ? [...box.querySelectorAll("[data-key]")].filter((r) => r.dataset.key === was.row)
+    : [box];
+  for (const scope of scopes) {
+    for (const el of scope.querySelectorAll(was.tag)) {
+      if ((el.getAttribute("aria-label") || el.textContent) === was.label) {
+        el.focus({ preventScroll: true });
+        return;
+      }
+    }
+  }
+}
+
 function bytes(n) {
   if (n === null || n === undefined) return "–";
   const units = [["G", 2 ** 30], ["M", 2 ** 20], ["K", 2 ** 10]];
@@ -439,7 +464,7 @@ async function appsPage(view, _route, live) {
   section.append(listBox);
 
   const [nameField, nameInput] = field("New app name", {
-    id: "new-app-name", required: true, pattern: "[a-z][a-z0-9-]*", autocomplete: "off",
+    id: "new-app-name", required: true, pattern: "[a-z][a-z0-9\\-]*", autocomplete: "off",
     placeholder: "myapp", spellcheck: "false",
   }, "Lowercase letters, digits and dashes.");
   const createBtn = h("button", { type: "submit" }, "Create app");
@@ -456,31 +481,48 @@ async function appsPage(view, _route, live) {
   });
   section.append(create);
 
-  const { results: apps } = await api.get("/v1/apps");
-  if (!live()) return;
-  // Memory of each app: the sum of its instances' memory.
-  const memory = await Promise.all(apps.map((a) => api.get(`/v1/apps/${enc(a.name)}/ps`)
-    .then((r) => r.results.reduce((sum, p) => sum + (p.memory_bytes || 0), 0))
-    .catch(() => null)));
-  if (!live()) return;
-  clear(listBox);
-  listBox.setAttribute("aria-busy", "false");
-  listBox.dataset.loaded = "yes";
-  if (apps.length === 0) {
-    listBox.append(empty("No apps yet: ", h("code", null, "mar apps:create NAME"), ", then ", h("code", null, "git push")));
-    return;
+  async function refreshList() {
+    const { results: apps } = await api.get("/v1/apps");
+    if (!live()) return;
+    // What runs of each app, and its memory: the sum of its instances'.
+    const ps = await Promise.all(apps.map((a) => api.get(`/v1/apps/${enc(a.name)}/ps`)
+      .then((r) => r.results).catch(() => null)));
+    if (!live()) return;
+    // A destroy being confirmed in the list is not swept away by a refresh.
+    if (listBox.querySelector(".confirm-form")) return;
+    keepFocus(listBox, () => {
+      clear(listBox);
+      listBox.setAttribute("aria-busy", "false");
+      listBox.dataset.loaded = "yes";
+      if (apps.length === 0) {
+        listBox.append(empty("No apps yet: ", h("code", null, "mar apps:create NAME"), ", then ", h("code", null, "git push")));
+        return;
+      }
+      const rows = apps.map((a, i) => appRow(a, ps[i]));
+      listBox.append(table(["Name", "State", "Release", "Instances", "Memory", h("span", { class: "sr-only" }, "Actions")], rows, { id: "apps" }));
+    });
   }
-  const rows = apps.map((a, i) => {
-    const instances = Object.entries(a.structure || {});
-    const total = instances.reduce((n, [, q]) => n + q, 0);
+  function appRow(a, procs) {
+    // Instances up of each scaled type, against the formation: `web 2/2`.
+    const up = new Map();
+    for (const p of procs || []) {
+      const type = p.dyno.split(".")[0];
+      if (p.state === "up") up.set(type, (up.get(type) || 0) + 1);
+    }
+    const scaled = Object.entries(a.structure || {}).filter(([, q]) => q > 0);
+    const instances = !a.release
+      ? "–"
+      : a.wasm
+        ? "in process"
+        : scaled.length ? scaled.map(([t, q]) => `${t} ${up.get(t) || 0}/${q}`).join(", ") : "none scaled";
+    const memory = procs ? procs.reduce((sum, p) => sum + (p.memory_bytes || 0), 0) : null;
     const destroyCell = h("td", { class: "row-actions" });
-    const row = h("tr", { dataset: { app: a.name } },
+    const row = h("tr", { dataset: { app: a.name, key: a.name } },
       h("th", { scope: "row" }, h("a", { href: `#/apps/${enc(a.name)}/overview` }, a.name)),
       h("td", null, h("span", { class: `badge state-${a.state}`, dataset: { test: "state" } }, a.state)),
-      h("td", { dataset: { test: "release" } }, a.release ? `v${a.release}` : "–"),
-      h("td", { dataset: { test: "instances" }, title: `${total} instance(s)` },
-        instances.length ? instances.map(([t, q]) => `${t}=${q}`).join(" ") : "–"),
-      h("td", { dataset: { test: "memory" } }, a.wasm ? "wasm" : bytes(memory[i])),
+      h("td", { dataset: { test: "release" } }, a.release ? `v${a.release}` : "not deployed"),
+      h("td", { dataset: { test: "instances" }, title: "instances up / scaled" }, instances),
+      h("td", { dataset: { test: "memory" } }, a.wasm ? "wasm" : !a.release ? "–" : bytes(memory)),
       destroyCell);
     destroyCell.append(destroyControl("app", a.name, async () => {
       await api.del(`/v1/apps/${enc(a.name)}`);
@@ -488,8 +530,10 @@ async function appsPage(view, _route, live) {
       render();
     }));
     return row;
-  });
-  listBox.append(table(["Name", "State", "Release", "Instances", "Memory", h("span", { class: "sr-only" }, "Actions")], rows, { id: "apps" }));
+  }
+  await refreshList();
+  // A push, a crash or a scale elsewhere shows here without a reload.
+  every(5000, () => refreshList().catch(failed));
 }
 
 /** A "Destroy…" button that opens a form asking for the name again (as --confirm NAME). */
@@ -700,22 +744,33 @@ async function config({ base, body, live }) {
   body.append(form);
 }
 
+/** The limits `mar ps:resize` sets: flag, config var, label, and the value in force as text. */
 const LIMITS = [
-  ["memory", "MAR_MEMORY_LIMIT", "Memory per instance", "512M or 1G"],
-  ["cpu", "MAR_CPU_LIMIT", "CPU per instance (cores)", "0.5, 2 or 500m"],
-  ["pids", "MAR_PIDS_LIMIT", "Processes and threads per instance", "256"],
-  ["nofile", "MAR_NOFILE_LIMIT", "Open files per process", "1024"],
-  ["disk", "MAR_DISK_LIMIT", "Disk per instance", "512M or 2G"],
+  ["memory", "MAR_MEMORY_LIMIT", "Memory per instance", (l) => sizeText(l.memory_bytes)],
+  ["cpu", "MAR_CPU_LIMIT", "CPU per instance (cores)", (l) => String(l.cpu_millis / 1000)],
+  ["pids", "MAR_PIDS_LIMIT", "Processes and threads per instance", (l) => String(l.pids)],
+  ["nofile", "MAR_NOFILE_LIMIT", "Open files per process", (l) => String(l.nofile)],
+  ["disk", "MAR_DISK_LIMIT", "Disk per instance", (l) => sizeText(l.disk_bytes)],
 ];
 
+/** A size as `ps:resize` takes it: 512M, 1G. */
+function sizeText(b) {
+  for (const [unit, size] of [["G", 2 ** 30], ["M", 2 ** 20], ["K", 2 ** 10]]) {
+    if (b >= size && b % size === 0) return `${b / size}${unit}`;
+  }
+  return String(b);
+}
+
 async function formation({ name, base, body, live }) {
-  const [form, vars] = await Promise.all([api.get(`${base}/formation`), api.get(`${base}/config`)]);
+  const [app, form, vars] = await Promise.all([api.get(base), api.get(`${base}/formation`), api.get(`${base}/config`)]);
   if (!live()) return;
   body.dataset.loaded = "yes";
 
   // Scale and restart, per type.
   const scaleBox = h("div", { id: "formation" });
-  if (!form.results.length) {
+  if (!app.release) {
+    scaleBox.append(empty("Not deployed yet: ", h("code", null, "git push"), ", then scale its process types here"));
+  } else if (!form.results.length) {
     scaleBox.append(empty("No process types yet: ", h("code", null, "git push"), " a Procfile"));
   } else {
     const rows = form.results.map((f) => {
@@ -754,12 +809,13 @@ async function formation({ name, base, body, live }) {
   async function refreshPs() {
     const { results } = await api.get(`${base}/ps`);
     if (!live()) return;
+    keepFocus(psBox, () => {
     clear(psBox);
     if (!results.length) {
       psBox.append(empty("No processes running: scale a type above, or ", h("code", null, "git push")));
       return;
     }
-    psBox.append(table(["Instance", "State", "Release", "Uptime", "Restarts", "Memory", ""], results.map((p) => h("tr", { dataset: { dyno: p.dyno } },
+    psBox.append(table(["Instance", "State", "Release", "Uptime", "Restarts", "Memory", ""], results.map((p) => h("tr", { dataset: { dyno: p.dyno, key: p.dyno } },
       h("th", { scope: "row" }, p.dyno),
       h("td", null, h("span", { class: `badge state-${p.state}` }, p.state)),
       h("td", null, `v${p.release}`),
@@ -771,14 +827,18 @@ async function formation({ name, base, body, live }) {
         flash(`Restarted ${p.dyno}.`);
         refreshPs();
       }), { class: "secondary small", "aria-label": `Restart ${p.dyno}` })))), { id: "ps" }));
+    });
   }
   await refreshPs().catch(failed);
   every(5000, () => refreshPs().catch(failed));
 
   // Resize: the limits are config vars, as `mar ps:resize` sets them.
   const inputs = {};
-  const fields = LIMITS.map(([flag, key, label, hint]) => {
-    const [f, input] = field(label, { id: `resize-${flag}`, value: vars[key] || "", placeholder: hint, autocomplete: "off", spellcheck: "false" }, h("span", null, h("code", null, key), vars[key] ? "" : " (default)"));
+  const fields = LIMITS.map(([flag, key, label, inForce]) => {
+    // The server says what applies; an unset one shows the default it falls back to.
+    const applied = app.limits ? inForce(app.limits) : "";
+    const [f, input] = field(label, { id: `resize-${flag}`, value: vars[key] || "", placeholder: applied, autocomplete: "off", spellcheck: "false" },
+      h("span", null, h("code", null, key), vars[key] ? "" : `: the default, ${applied}`));
     inputs[key] = input;
     return f;
   });
@@ -988,8 +1048,9 @@ function fmt(v, digits = 1) {
  * A line chart. series: [{label, points: [[t, v|null]…]}]; stacked sums the series as
  * areas. Returns the figure (title, svg, legend, summary).
  */
-function chart({ key, title, yLabel, series, stacked = false, summary, from, to, unit = "", attrs = {} }) {
-  const W = CHART_W, H = CHART_H;
+function chart({ key, title, yLabel, series, stacked = false, summary, from, to, unit = "", attrs = {}, width = CHART_W }) {
+  // Drawn at the width it is shown at, so its text stays readable in a narrow window.
+  const W = width, H = CHART_H;
   const iw = W - PAD.l - PAD.r, ih = H - PAD.t - PAD.b;
   // Stacked: each series' values are on top of the previous ones.
   let drawn = series;
@@ -1025,9 +1086,9 @@ function chart({ key, title, yLabel, series, stacked = false, summary, from, to,
     grid.append(s("line", { x1: PAD.l, x2: W - PAD.r, y1: yy, y2: yy }),
       s("text", { x: PAD.l - 6, y: yy + 4, "text-anchor": "end", class: "tick" }, String(Number(v.toFixed(2)))));
   }
-  // x axis: minutes before now.
+  // x axis: minutes before now (every 30 in a narrow chart).
   const span = to - from;
-  for (let m = 0; m <= 60; m += 15) {
+  for (let m = 0; m <= 60; m += W < 480 ? 30 : 15) {
     const t = to - (span * m) / 60;
     const xx = x(t);
     grid.append(s("line", { x1: xx, x2: xx, y1: PAD.t, y2: PAD.t + ih, class: "vgrid" }),
@@ -1066,6 +1127,7 @@ function chart({ key, title, yLabel, series, stacked = false, summary, from, to,
     const last = [...sr.points].reverse().find(([, v]) => v !== null && v !== undefined);
     return h("li", null, h("span", { class: `swatch s${i % 8}`, "aria-hidden": "true" }), `${sr.label}: ${last ? fmt(last[1], 2) : "–"}${unit}`);
   }));
+  legend.setAttribute("aria-label", `${title}, last values`);
   return h("figure", { class: "chart-box", dataset: { chartBox: key } },
     h("figcaption", null, h("h2", null, title)), svg, series.length > 1 ? legend : null,
     h("p", { class: "summary", dataset: { summary: key } }, summary));
@@ -1101,9 +1163,23 @@ async function metrics({ base, body, live }) {
 function drawMetrics(box, m) {
   const iv = m.interval_secs || 10;
   const samples = m.samples || [];
+  if (!samples.some((x) => Object.values(x.requests || {}).some(Boolean) || Object.keys(x.memory || {}).length)) {
+    // Nothing ran and nothing was asked of it: say so instead of drawing empty charts.
+    clear(box);
+    box.append(empty("No traffic or running instances in the last hour: ", h("code", null, "git push"), " and send it requests, and the charts fill in"));
+    return;
+  }
+  if (box.querySelector(".empty")) clear(box);
   const to = samples.length ? samples[samples.length - 1].t : Math.floor(Date.now() / 1000);
   const from = to - 3600;
   const shown = samples.filter((x) => x.t >= from);
+  // Each sample covers the time since the one before (the last, still open, is shorter), so
+  // its rate is its count over that; the summaries and legends use the last whole interval.
+  const secs = shown.map((x, i) => Math.max(1, i ? x.t - shown[i - 1].t : iv));
+  const whole = shown.length > 1 && secs[secs.length - 1] < iv * 0.9 ? shown.length - 2 : shown.length - 1;
+  // One column of charts or two: each drawn at the width it gets.
+  const columns = Math.max(1, getComputedStyle(box).gridTemplateColumns.split(" ").filter(Boolean).length);
+  const width = Math.round(Math.min(960, Math.max(280, (box.clientWidth - 16 * (columns - 1)) / columns - 32)));
   const classes = ["1xx", "2xx", "3xx", "4xx", "5xx"];
   let total = 0;
   const perClass = {};
@@ -1114,24 +1190,25 @@ function drawMetrics(box, m) {
     total += n;
   }
   const last = shown[shown.length - 1];
-  const lastRate = last ? classes.reduce((n, c) => n + (last.requests?.[c] || 0), 0) / iv : 0;
-  const reqSeries = classes.map((c) => ({ label: c, points: shown.map((x) => [x.t, (x.requests?.[c] || 0) / iv]) }));
+  const full = shown[whole];
+  const lastRate = full ? classes.reduce((n, c) => n + (full.requests?.[c] || 0), 0) / secs[whole] : 0;
+  const reqSeries = classes.map((c) => ({ label: c, points: shown.map((x, i) => [x.t, (x.requests?.[c] || 0) / secs[i]]).slice(0, whole + 1) }));
   const breakdown = classes.filter((c) => perClass[c]).map((c) => `${c} ${perClass[c]}`).join(", ");
   const charts = [];
   charts.push(chart({
-    key: "requests", title: "Requests per second", yLabel: "req/s", series: reqSeries, from, to, unit: " req/s",
+    key: "requests", title: "Requests per second", yLabel: "req/s", series: reqSeries, from, to, unit: " req/s", width,
     summary: `last: ${lastRate.toFixed(1)} req/s; ${total} requests in the last hour${breakdown ? ` (${breakdown})` : ""}.`,
     attrs: { "data-total": total },
   }));
   const lat = (k) => shown.map((x) => [x.t, x[k] ?? null]);
   const lastOf = (k) => [...shown].reverse().find((x) => x[k] !== null && x[k] !== undefined)?.[k];
   charts.push(chart({
-    key: "latency", title: "Latency", yLabel: "ms", from, to, unit: " ms",
+    key: "latency", title: "Latency", yLabel: "ms", from, to, unit: " ms", width,
     series: [{ label: "p50", points: lat("p50_ms") }, { label: "p99", points: lat("p99_ms") }],
     summary: `last: p50 ${fmt(lastOf("p50_ms"))} ms, p99 ${fmt(lastOf("p99_ms"))} ms.`,
   }));
   charts.push(chart({
-    key: "websockets", title: "Open WebSockets", yLabel: "sockets", from, to,
+    key: "websockets", title: "Open WebSockets", yLabel: "sockets", from, to, width,
     series: [{ label: "open", points: shown.map((x) => [x.t, x.websockets ?? 0]) }],
     summary: `last: ${last?.websockets ?? 0} open; at most ${Math.max(0, ...shown.map((x) => x.websockets || 0))} in the last hour.`,
   }));
@@ -1139,13 +1216,13 @@ function drawMetrics(box, m) {
   const mem = instances.map((i) => ({ label: i, points: shown.map((x) => [x.t, x.memory?.[i] !== undefined ? x.memory[i] / 2 ** 20 : null]) }));
   const lastMem = last ? Object.entries(last.memory || {}) : [];
   charts.push(chart({
-    key: "memory", title: "Memory per instance", yLabel: "MiB", series: mem, from, to, unit: " MiB",
+    key: "memory", title: "Memory per instance", yLabel: "MiB", series: mem, from, to, unit: " MiB", width,
     summary: lastMem.length ? `last: ${lastMem.map(([k, v]) => `${k} ${bytes(v)}`).join(", ")}.` : "No instance memory recorded.",
   }));
   const r0 = shown[0]?.restarts ?? 0;
   const r1 = last?.restarts ?? 0;
   charts.push(chart({
-    key: "restarts", title: "Restarts", yLabel: "restarts (total)", from, to,
+    key: "restarts", title: "Restarts after a crash", yLabel: "restarts (total)", from, to, width,
     series: [{ label: "restarts", points: shown.map((x) => [x.t, x.restarts ?? 0]) }],
     summary: `last: ${r1} restart${r1 === 1 ? "" : "s"} in total; ${Math.max(0, r1 - r0)} in the last hour.`,
   }));
@@ -1174,7 +1251,7 @@ async function builds({ base, body, live }) {
     controller = c;
     shown = b.id;
     for (const r of listBox.querySelectorAll("tr[data-build]")) r.classList.toggle("selected", r.dataset.build === b.id);
-    outTitle.textContent = `Output of build ${b.id.slice(0, 12)}${b.release ? ` (v${b.release})` : ""}`;
+    outTitle.textContent = `Output of the build started ${new Date(b.started_at).toLocaleString()}${b.commit ? ` (commit ${b.commit.slice(0, 8)})` : ""}${b.release ? `, v${b.release}` : ""}`;
     out.textContent = "";
     out.dataset.build = b.id;
     out.dataset.state = "loading";
@@ -1199,28 +1276,35 @@ async function builds({ base, body, live }) {
     const list = await api.get(`${base}/builds`);
     if (!live()) return;
     const items = Array.isArray(list) ? list : list?.results || [];
-    clear(listBox);
     listBox.dataset.loaded = "yes";
     if (!items.length) {
       // Known to have none: the app's first push then streams like any other.
       known = new Set();
-      listBox.append(empty("No builds yet: ", h("code", null, "git push")));
+      keepFocus(listBox, () => {
+        clear(listBox);
+        listBox.append(empty("No builds yet: ", h("code", null, "git push")));
+      });
       return;
     }
     const rows = items.map((b) => {
       const took = b.finished_at ? Math.round((new Date(b.finished_at) - new Date(b.started_at)) / 1000) : null;
-      return h("tr", { dataset: { build: b.id, status: b.status }, class: b.id === shown ? "selected" : null },
-        h("th", { scope: "row" }, button([b.id.slice(0, 12), h("span", { class: "sr-only" }, ": show this build's output")], () => open(b), { class: "link-button", dataset: { test: "build-open" } })),
+      // A build is known by when it started (its id is a number only the API needs).
+      return h("tr", { dataset: { build: b.id, key: b.id, status: b.status }, class: b.id === shown ? "selected" : null },
+        h("th", { scope: "row" }, button([timeEl(b.started_at), h("span", { class: "sr-only" }, ": show this build's output")], () => open(b), { class: "link-button", dataset: { test: "build-open" } })),
         h("td", null, h("span", { class: `badge build-${b.status}`, dataset: { test: "status" } }, b.status)),
         h("td", null, b.release ? `v${b.release}` : "–"),
         h("td", null, b.commit ? h("code", null, b.commit.slice(0, 8)) : "–"),
-        h("td", null, timeEl(b.started_at)),
         h("td", null, b.status === "running" ? "running…" : duration(took)));
     });
-    listBox.append(table(["Build", "Status", "Release", "Commit", "Started", "Took"], rows, { id: "builds" }));
-    // A push while the tab is open: its build shows up, and streams if nothing else is shown.
+    keepFocus(listBox, () => {
+      clear(listBox);
+      listBox.append(table(["Started", "Status", "Release", "Commit", "Took"], rows, { id: "builds" }));
+    });
+    // The newest build's output is shown when the tab opens; a push while it is open shows
+    // up, and streams if nothing else is streaming.
     const newest = items[0];
-    if (known !== null && !known.has(newest.id) && newest.status === "running" && (!shown || out.dataset.state !== "streaming")) open(newest);
+    if (known === null && !shown) open(newest);
+    else if (known !== null && !known.has(newest.id) && newest.status === "running" && (!shown || out.dataset.state !== "streaming")) open(newest);
     known = new Set(items.map((b) => b.id));
   }
   await refresh().catch(failed);
@@ -1325,9 +1409,10 @@ async function mwsView({ sv, body, live }) {
     before = { ...t, at: now };
     stats.dataset.published = String(t.published);
     stats.textContent = `${results.length} socket${results.length === 1 ? "" : "s"} connected; ${t.published} message${t.published === 1 ? "" : "s"} published and ${t.delivered} delivered since mar serve started (${rate}); ${sent} sent from this console.`;
+    keepFocus(socketsBox, () => {
     clear(socketsBox);
     if (!results.length) socketsBox.append(empty("No sockets connected: clients open one with ", h("code", null, "GET websocket_uri"), " or a socket the app reserved"));
-    else socketsBox.append(table(["Socket", "Connected", "Tags", ""], results.map((so) => h("tr", { dataset: { socket: so.id } },
+    else socketsBox.append(table(["Socket", "Connected", "Tags", ""], results.map((so) => h("tr", { dataset: { socket: so.id, key: so.id } },
       h("th", { scope: "row" }, h("code", null, so.id)),
       h("td", null, timeEl(so.connectedAt)),
       h("td", null, (so.tags || []).length ? (so.tags || []).map((t) => h("code", { class: "tag" }, t)) : "–"),
@@ -1336,6 +1421,7 @@ async function mwsView({ sv, body, live }) {
         await call("DELETE", `/sockets/${enc(so.id)}`);
         refresh();
       }), { class: "secondary small", "aria-label": `Disconnect socket ${so.id}` })))), { id: "sockets" }));
+    });
     const counts = new Map();
     for (const so of results) for (const t of so.tags || []) counts.set(t, (counts.get(t) || 0) + 1);
     clear(tagsBox);
@@ -1532,6 +1618,17 @@ async function start() {
   document.getElementById("signout").addEventListener("click", signOut);
   const toggle = document.getElementById("nav-toggle");
   toggle.addEventListener("click", () => setNav(document.getElementById("nav").hidden));
+  const narrow = () => window.matchMedia("(max-width: 640px)").matches;
+  // On a phone the menu closes once a page is chosen (the current one too) and on Escape.
+  document.getElementById("nav").addEventListener("click", (ev) => {
+    if (narrow() && ev.target.closest("a")) setNav(false);
+  });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape" && narrow() && !document.getElementById("nav").hidden) {
+      setNav(false);
+      toggle.focus();
+    }
+  });
   window.matchMedia("(max-width: 640px)").addEventListener("change", (m) => {
     if (session.csrf) setNav(!m.matches);
   });

@@ -1,4 +1,4 @@
-//! The console's three files, compiled into the binary (so `mar serve` alone serves it and
+//! The console's files (its page, script, styles and icon), compiled into the binary (so `mar serve` alone serves it and
 //! nothing is fetched from the internet), and the headers every console response carries.
 
 use http::{HeaderMap, HeaderValue, header};
@@ -31,6 +31,7 @@ pub fn asset(path: &str) -> Option<Asset> {
             include_bytes!("../assets/console.css"),
             "text/css; charset=utf-8",
         ),
+        "/console/favicon.svg" => (include_bytes!("../assets/favicon.svg"), "image/svg+xml"),
         _ => return None,
     };
     Some(Asset { body, content_type })
@@ -65,6 +66,7 @@ mod tests {
         assert_eq!(page, Some("text/html; charset=utf-8"));
         assert!(asset("/console/console.js").is_some());
         assert!(asset("/console/console.css").is_some());
+        assert!(asset("/console/favicon.svg").is_some());
         for other in [
             "/console/../Cargo.toml",
             "/console/lib.rs",

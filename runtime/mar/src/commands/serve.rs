@@ -83,6 +83,11 @@ pub(crate) async fn serve(
             started.addr.port(),
             data_dir.display()
         )?;
+        writeln!(
+            out,
+            "the web console is at http://{domain}:{}/ (sign in with the token `mar auth:token` prints)",
+            started.addr.port()
+        )?;
         out.flush()?;
     }
     use tokio::signal::unix::{SignalKind, signal};
