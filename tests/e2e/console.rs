@@ -381,3 +381,66 @@ fn shell_line(cmd: &std::process::Command) -> String {
     }
     line
 }
+
+/// The live log as Server-Sent Events (what the console's `EventSource` reads): a comment
+/// first, then one `data:` event per line, the backlog and then new lines as they happen;
+/// without `Accept: text/event-stream` the same stream is plain lines, as `mar logs -t`
+/// reads it.
+#[tokio::test]
+async fn the_live_log_is_served_as_server_sent_events() {
+    let mar = MarServer::start();
+    mar.create_app("evented");
+    let url = format!(
+        "http://localhost:{}/v1/apps/evented/logs/stream?lines=10",
+        mar.addr.port()
+    );
+    let curl = |accept: &str| {
+        std::process::Command::new("curl")
+            .args(["-sN", "--max-time", "3", "-H"])
+            .arg(format!("Authorization: Bearer {}", mar.token()))
+            .args(["-H", accept, "-D", "-"])
+            .arg(&url)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let events = curl("Accept: text/event-stream");
+    let plain = curl("Accept: */*");
+    // A line that happens while both streams are open: the router's, for a request.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    mar.get("evented.localhost", "/LIVE-probe").await;
+    let read = |child: std::process::Child| {
+        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+    };
+    let (events, plain) = (read(events), read(plain));
+    assert!(
+        events.contains("content-type: text/event-stream")
+            && events.contains("\r\n\r\n: mini-MAR log stream\n\n"),
+        "{events}"
+    );
+    let data: Vec<&str> = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert!(
+        data.iter().any(|l| l.contains("App created")),
+        "the backlog: {events}"
+    );
+    assert!(
+        data.iter().any(|l| l.contains("LIVE-probe")),
+        "a line that happened while open: {events}"
+    );
+    assert!(
+        events.lines().all(|l| l.is_empty()
+            || l.starts_with("data: ")
+            || l.starts_with(':')
+            || !l.contains("mar[")),
+        "every line is an event: {events}"
+    );
+    assert!(
+        plain.contains("content-type: text/plain")
+            && plain.contains("LIVE-probe")
+            && !plain.contains("data: "),
+        "{plain}"
+    );
+}

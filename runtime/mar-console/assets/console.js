@@ -976,36 +976,46 @@ async function logs({ base, body, live }) {
     return q;
   }
 
-  async function connect(backlog) {
+  function connect(backlog) {
     controller?.abort();
-    const c = new AbortController();
+    // Server-Sent Events, one per line: the browser's EventSource sends the session's cookie
+    // (same origin); this view reconnects by itself, without the backlog, when they stop.
+    const es = new EventSource(`${base}/logs/stream?${query(backlog)}`);
+    const c = { aborted: false, abort() { this.aborted = true; es.close(); } };
     controller = c;
     view.dataset.live = "no";
     showStatus();
-    try {
-      const resp = await request("GET", `${base}/logs/stream?${query(backlog)}`, undefined, { raw: true, signal: c.signal });
-      if (c.signal.aborted) return;
+    const ended = async () => {
+      if (c.aborted || !live()) return;
+      c.abort();
+      view.dataset.live = "no";
+      // EventSource does not say why it stopped: the API does, so a lost session or a
+      // destroyed app stops the view instead of retrying for ever.
+      try {
+        await api.get(base);
+      } catch (e) {
+        if (e instanceof ApiError && e.status !== 503 && e.status < 500) {
+          failed(e);
+          status.textContent = `Stopped: ${e.message}`;
+          return;
+        }
+      }
+      if (!live() || controller !== c) return;
+      status.textContent = "Disconnected: reconnecting…";
+      retry = Math.min(retry + 1, 5);
+      const t = setTimeout(() => { if (live() && controller === c) connect(0); }, 1000 * retry);
+      onLeave(() => clearTimeout(t));
+    };
+    es.onopen = () => {
+      if (c.aborted) return;
       view.dataset.live = "yes";
       retry = 0;
       showStatus();
-      await readLines(resp, onLine, c.signal);
-    } catch (e) {
-      if (c.signal.aborted || !live()) return;
-      if (e instanceof ApiError && e.status !== 503 && e.status < 500) {
-        failed(e);
-        status.textContent = `Stopped: ${e.message}`;
-        view.dataset.live = "no";
-        return;
-      }
-    }
-    if (c.signal.aborted || !live()) return;
-    // The stream ended (the server restarted or the connection broke): reconnect, without
-    // the backlog this time.
-    view.dataset.live = "no";
-    status.textContent = "Disconnected: reconnecting…";
-    retry = Math.min(retry + 1, 5);
-    const t = setTimeout(() => { if (live() && controller === c) connect(0); }, 1000 * retry);
-    onLeave(() => clearTimeout(t));
+    };
+    es.onmessage = (e) => { if (!c.aborted) onLine(e.data); };
+    // mar serve stopping says so last.
+    es.addEventListener("end", (e) => { if (!c.aborted) onLine(e.data); ended(); });
+    es.onerror = () => { ended(); };
   }
 
   const restart = () => {

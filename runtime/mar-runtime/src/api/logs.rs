@@ -1,5 +1,7 @@
 //! `/v1/apps/APP/logs` and `/v1/apps/APP/logs/stream`: an app's recent log lines, filtered
-//! by process and source, and the live tail.
+//! by process and source, and the live tail: lines of text (`mar logs -t`, curl), or
+//! Server-Sent Events for a client that accepts `text/event-stream` (the console's
+//! `EventSource`), one event per line.
 
 use std::sync::Arc;
 
@@ -102,7 +104,13 @@ pub(super) async fn stream_logs(
     State(p): State<Arc<Platform>>,
     Path(app): Path<String>,
     Query(q): Query<LogQuery>,
+    headers: http::HeaderMap,
 ) -> ApiResult<Response> {
+    let events = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"));
     let app = existing(&p, &app)?;
     let n = number("lines", q.lines.as_ref(), 100, 100_000)?;
     let live = p.logs.subscribe(&app).map_err(|e| {
@@ -154,10 +162,41 @@ pub(super) async fn stream_logs(
             }
         }
     });
-    let mut resp = AxumBody::from_stream(head.chain(tail)).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    let lines = head.chain(tail);
+    let resp = if events {
+        // Each line an event (`data:` a line of text never holds a newline); the end of the
+        // stream at shutdown an `end` event, so the page does not take it for a broken one.
+        let framed = lines.map(|chunk| {
+            chunk.map(|b| {
+                let line = String::from_utf8_lossy(&b);
+                let line = line.trim_end_matches('\n');
+                let kind = if line.starts_with("-----> mar serve is shutting down") {
+                    "event: end\n"
+                } else {
+                    ""
+                };
+                Bytes::from(format!("{kind}data: {line}\n\n"))
+            })
+        });
+        // Comes first: EventSource opens on the headers, and a proxy flushes on this.
+        let open = futures_util::stream::once(async {
+            Ok::<_, std::io::Error>(Bytes::from_static(b": mini-MAR log stream\n\n"))
+        });
+        let mut resp = AxumBody::from_stream(open.chain(framed)).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    } else {
+        let mut resp = AxumBody::from_stream(lines).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        resp
+    };
     Ok(resp)
 }
