@@ -149,6 +149,25 @@ async fn web_that_never_binds_or_crashes_fails_the_deploy() {
         "{}",
         push.stderr
     );
+    assert!(
+        push.stderr.contains("listening on the wrong port 9")
+            && push.stderr.contains("(a mistake the R10 message shows)"),
+        "{}",
+        push.stderr
+    );
+    // The app's log says the deploy failed, not the build (which succeeded).
+    let log = mar.mar(&["logs", "-a", "boot"]).stdout;
+    assert!(
+        log.contains("mar[build]: Deploy failed: ") && !log.contains("Build failed"),
+        "{log}"
+    );
+    // Scaled to zero, nothing serves: a rejection says what stays, not that it serves.
+    assert!(mar.mar(&["ps:scale", "web=0", "-a", "boot"]).ok());
+    let failing = mar.repo_from(&fixture("failing-build"));
+    let push = failing.push(&mar.git_url("boot"), "main");
+    assert_rejected(&push, &["stays the current release (its processes: idle)"]);
+    assert!(!push.stderr.contains("keeps serving"), "{}", push.stderr);
+    assert!(mar.mar(&["ps:scale", "web=1", "-a", "boot"]).ok());
     // A first deploy that fails has no previous release to fall back on, and says so.
     mar.create_app("fresh");
     let push = never.push(&mar.git_url("fresh"), "main");
@@ -156,7 +175,7 @@ async fn web_that_never_binds_or_crashes_fails_the_deploy() {
         &push,
         &[
             "Error R10",
-            "Push rejected; nothing was deployed (the app has no release running yet)",
+            "Push rejected; nothing was deployed (the app has no release yet)",
         ],
     );
     assert!(!push.stderr.contains("previous release"), "{}", push.stderr);

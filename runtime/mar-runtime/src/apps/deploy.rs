@@ -40,19 +40,37 @@ impl Apps {
             for line in e.to_string().lines() {
                 out.line(format!(" !     {line}"));
             }
-            let serving = self
+            let current = self
                 .store
                 .current_release(app)
                 .ok()
                 .flatten()
-                .is_some_and(|r| r.slug.is_some() || r.wasm.is_some());
-            out.line(if serving {
-                " !     Push rejected; the previous release keeps serving."
+                .filter(|r| r.slug.is_some() || r.wasm.is_some());
+            // What stays: said as it is, whether the release in force runs (it may be
+            // scaled to zero, worker-only or crashed).
+            let verdict = match (current, self.state(app)) {
+                (Some(r), "running" | "starting") => format!(
+                    " !     Push rejected; the previous release keeps serving (v{} stays current).",
+                    r.version
+                ),
+                (Some(r), state) => format!(
+                    " !     Push rejected; v{} stays the current release (its processes: {state}).",
+                    r.version
+                ),
+                (None, _) => {
+                    " !     Push rejected; nothing was deployed (the app has no release yet)."
+                        .to_owned()
+                }
+            };
+            out.line(verdict);
+            // A build that failed is a build failure; the rest failed after it (the release
+            // phase, the boot: R10) and is a deploy's.
+            let what = if matches!(e, DeployError::Build(_)) {
+                "Build failed"
             } else {
-                " !     Push rejected; nothing was deployed (the app has no release running yet)."
-            });
-            self.logs
-                .append(app, "mar[build]", &format!("Build failed: {e}"));
+                "Deploy failed"
+            };
+            self.logs.append(app, "mar[build]", &format!("{what}: {e}"));
         }
         tokio::spawn(async move {
             let _ = tokio::fs::remove_dir_all(&work_dir).await;
