@@ -28,8 +28,9 @@ pub type RequestBody = UnsyncBoxBody<Bytes, std::io::Error>;
 /// Errors from the client.
 #[derive(Debug, thiserror::Error)]
 pub enum SdkError {
-    /// The server answered with an error.
-    #[error("{message} (HTTP {status})")]
+    /// The server answered with an error: its message, which says what to do about a
+    /// refusal; a server's own failure (5xx) also names its status.
+    #[error("{}", api_text(message, *status))]
     Api {
         /// HTTP status.
         status: u16,
@@ -63,6 +64,16 @@ pub enum SdkError {
     /// The certificates HTTPS is to trust could not be read.
     #[error("{0}")]
     Tls(String),
+}
+
+/// A server's answer as a user reads it: a refusal is its reason alone, a failure of the
+/// server's also says so by its status.
+fn api_text(message: &str, status: u16) -> String {
+    if status >= 500 {
+        format!("{message} (HTTP {status})")
+    } else {
+        message.to_owned()
+    }
 }
 
 /// What a user is told when the server cannot be reached: that it is not running when nothing

@@ -122,7 +122,14 @@ pub(crate) async fn apply(
         return Ok(current);
     }
     eprint!("{doing} and restarting {app}... ");
-    let config = ctx.client.update_config(app.as_str(), changes).await?;
+    // A refusal ends the progress line first, so its reason has a line of its own.
+    let config = match ctx.client.update_config(app.as_str(), changes).await {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("!");
+            return Err(e.into());
+        }
+    };
     eprintln!("done, v{}", latest().await?.unwrap_or(0));
     Ok(config)
 }
