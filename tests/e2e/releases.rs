@@ -224,9 +224,45 @@ async fn one_off_commands_run_in_the_app_environment() {
     ]);
     assert!(out.ok(), "{}", out.all());
     assert_eq!(out.stdout, "['a b', \"it's\", '$HOME']\n");
-    let failing = mar.mar(&["run", "-a", "oneoff", "--", "echo oops >&2; exit 7"]);
+    // stdout and stderr come back apart, byte for byte (no newline added), and the exit
+    // status is mar's.
+    let failing = mar.mar(&[
+        "run",
+        "-a",
+        "oneoff",
+        "--",
+        "echo oops >&2; printf no-newline; exit 7",
+    ]);
     assert_eq!(failing.status.code(), Some(7), "{}", failing.all());
-    assert!(failing.stdout.contains("oops"));
+    assert_eq!(
+        (failing.stdout.as_str(), failing.stderr.as_str()),
+        ("no-newline", "oops\n")
+    );
+    // What is piped into `mar run` is the process's stdin, binary and all, to its end.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let piped = mar.mar_with_input_bytes(&["run", "-a", "oneoff", "--", "sha256sum"], &data);
+    assert!(piped.ok(), "{}", piped.all());
+    let local = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(&data)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(piped.stdout, String::from_utf8_lossy(&local.stdout));
+    let script = mar.mar_with_input(
+        &["run", "-a", "oneoff", "python3"],
+        "import sys\nprint(6 * 7)\nsys.exit(3)\n",
+    );
+    assert_eq!(
+        (script.status.code(), script.stdout.as_str()),
+        (Some(3), "42\n"),
+        "{}",
+        script.all()
+    );
     // The old MAR API's exec.
     let r = mar
         .api("POST", "/v1/apps/oneoff/exec", r#"{"cmd":"echo hi"}"#)
@@ -299,6 +335,7 @@ async fn run_at_a_terminal_is_an_interactive_shell() {
         cols: 80,
         rows: 24,
         term: None,
+        tty: true,
     };
     let (keys, mut screen) = client.terminal("shell", &start).await.unwrap();
     let mut seen = String::new();

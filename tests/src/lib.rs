@@ -195,6 +195,11 @@ impl MarServer {
 
     /// Runs the `mar` CLI with `input` on its standard input.
     pub fn mar_with_input(&self, args: &[&str], input: &str) -> CmdOutput {
+        self.mar_with_input_bytes(args, input.as_bytes())
+    }
+
+    /// Runs the `mar` CLI with `input` (any bytes) on its standard input.
+    pub fn mar_with_input_bytes(&self, args: &[&str], input: &[u8]) -> CmdOutput {
         use std::io::Write;
         let mut child = Command::new(mar_bin())
             .args(args)
@@ -208,7 +213,7 @@ impl MarServer {
             .spawn()
             .unwrap();
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(input.as_bytes()).unwrap();
+            stdin.write_all(input).unwrap();
         }
         CmdOutput::from(child.wait_with_output().unwrap())
     }

@@ -6,6 +6,7 @@
 //! Invariant: `mar-supervisor` knows nothing about HTTP, releases or routing; it reports state
 //! changes as [`Event`]s and the runtime decides what they mean for traffic.
 
+pub mod attached;
 mod cgroup;
 mod firewall;
 pub mod listener;

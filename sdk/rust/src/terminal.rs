@@ -1,5 +1,6 @@
-//! `mar run` at a terminal: the client side of `GET /v1/apps/APP/terminal`, a WebSocket whose
-//! binary frames carry the terminal's bytes both ways (see [`crate::types::TerminalStart`]).
+//! `mar run`: the client side of `GET /v1/apps/APP/terminal`, a WebSocket whose binary frames
+//! carry the terminal's bytes both ways, or without a terminal the process's stdin one way and
+//! its stdout and stderr the other (see [`crate::types::TerminalStart`]).
 
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
@@ -13,11 +14,14 @@ use crate::{Client, SdkError, Stream, enc};
 
 type Socket = WebSocketStream<Stream>;
 
-/// What the terminal sends: what the process printed, then how it ended.
+/// What the session sends: what the process printed, then how it ended.
 #[derive(Debug)]
 pub enum TerminalEvent {
-    /// Bytes for the user's screen, escape sequences and all.
+    /// Bytes for the user's screen, escape sequences and all; without a terminal, the
+    /// process's stdout.
     Output(Bytes),
+    /// Without a terminal: bytes of the process's stderr.
+    Stderr(Bytes),
     /// The process ended (or could not start); nothing follows.
     Ended(RunResult),
 }
@@ -30,6 +34,8 @@ pub struct TerminalKeys {
 /// The half of a session that reads the screen.
 pub struct TerminalScreen {
     stream: SplitStream<Socket>,
+    /// Whether the process has a terminal (else each binary frame names its stream).
+    tty: bool,
 }
 
 impl Client {
@@ -65,7 +71,13 @@ impl Client {
         sink.send(Message::text(serde_json::to_string(start)?))
             .await
             .map_err(|e| SdkError::Terminal(e.to_string()))?;
-        Ok((TerminalKeys { sink }, TerminalScreen { stream }))
+        Ok((
+            TerminalKeys { sink },
+            TerminalScreen {
+                stream,
+                tty: start.tty,
+            },
+        ))
     }
 }
 
@@ -74,6 +86,15 @@ impl TerminalKeys {
     pub async fn send(&mut self, bytes: Vec<u8>) -> Result<(), SdkError> {
         self.sink
             .send(Message::Binary(bytes.into()))
+            .await
+            .map_err(|e| SdkError::Terminal(e.to_string()))
+    }
+
+    /// Without a terminal: the input has ended, the process's stdin is closed.
+    pub async fn end_input(&mut self) -> Result<(), SdkError> {
+        let control = serde_json::to_string(&TerminalControl::Eof)?;
+        self.sink
+            .send(Message::text(control))
             .await
             .map_err(|e| SdkError::Terminal(e.to_string()))
     }
@@ -94,7 +115,16 @@ impl TerminalScreen {
     pub async fn next(&mut self) -> Result<TerminalEvent, SdkError> {
         loop {
             match self.stream.next().await {
-                Some(Ok(Message::Binary(b))) => return Ok(TerminalEvent::Output(b)),
+                Some(Ok(Message::Binary(b))) if self.tty => return Ok(TerminalEvent::Output(b)),
+                Some(Ok(Message::Binary(b))) => match b.first() {
+                    Some(1) => return Ok(TerminalEvent::Output(b.slice(1..))),
+                    Some(2) => return Ok(TerminalEvent::Stderr(b.slice(1..))),
+                    _ => {
+                        return Err(SdkError::Terminal(
+                            "the server sent output of no known stream".into(),
+                        ));
+                    }
+                },
                 Some(Ok(Message::Text(t))) => {
                     return Ok(TerminalEvent::Ended(serde_json::from_str(&t)?));
                 }

@@ -174,6 +174,15 @@ pub struct TerminalStart {
     /// The client's `TERM`.
     #[serde(default)]
     pub term: Option<String>,
+    /// `false`: no terminal, the process's stdin, stdout and stderr are pipes (`mar run` in a
+    /// pipe or a script). The client's binary frames are then its stdin and `"eof"` closes it;
+    /// the server's binary frames start with 1 (stdout) or 2 (stderr), the data after it.
+    #[serde(default = "at_a_terminal")]
+    pub tty: bool,
+}
+
+fn at_a_terminal() -> bool {
+    true
 }
 
 /// A terminal session's control message (a text frame from the client).
@@ -187,6 +196,8 @@ pub enum TerminalControl {
         /// Rows.
         rows: u16,
     },
+    /// Without a terminal: the client's input ended (`"eof"`), the process's stdin is closed.
+    Eof,
 }
 
 /// One process instance.

@@ -1,8 +1,10 @@
-//! `GET /v1/apps/APP/terminal`: `mar run` typed at a terminal, as a WebSocket. The first text
-//! frame names the command and the terminal ([`TerminalStart`]); after it, binary frames carry
-//! the terminal's bytes both ways and a client's text frame resizes it ([`TerminalControl`]);
-//! the server's last text frame is the [`RunResult`]. Hanging up kills the process, as with
-//! `POST /v1/apps/APP/run`.
+//! `GET /v1/apps/APP/terminal`: `mar run` as a WebSocket. The first text frame names the
+//! command and the terminal ([`TerminalStart`]); after it, binary frames carry the terminal's
+//! bytes both ways and a client's text frame resizes it ([`TerminalControl`]). Without a
+//! terminal (`"tty": false`: `mar run` in a pipe or a script) the client's binary frames are the
+//! process's stdin, `"eof"` closes it, and the server's binary frames are its stdout and stderr,
+//! each marked by its first byte. The server's last text frame is the [`RunResult`]. Hanging up
+//! kills the process, as with `POST /v1/apps/APP/run`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use http::header;
 use mar_sdk::types::{RunResult, TerminalControl, TerminalStart};
+use mar_supervisor::attached::{AttachedInput, AttachedOutput};
 use mar_supervisor::terminal::{TerminalInput, Tty, WindowSize};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
@@ -99,82 +102,84 @@ where
             return;
         }
     };
-    let (input, keys) = mpsc::channel(64);
-    let (screen, mut output) = mpsc::channel::<Vec<u8>>(16);
     let cancel = p.shutdown.child_token();
-    let tty = Tty {
-        size: WindowSize {
-            cols: start.cols,
-            rows: start.rows,
-        },
-        term: start.term,
-    };
-    let run = {
-        let (p, cancel) = (p.clone(), cancel.clone());
-        tokio::spawn(async move {
-            p.apps
-                .run_at_terminal(&app, &start.command, tty, keys, screen, cancel)
-                .await
-        })
-    };
-    let mut pending: VecDeque<TerminalInput> = VecDeque::new();
-    let mut pending_bytes = 0usize;
-    let mut client_gone = false;
-    let mut ping = tokio::time::interval(PING_EVERY);
-    ping.tick().await;
-    loop {
-        tokio::select! {
-            chunk = output.recv() => match chunk {
-                Some(bytes) if !client_gone => {
-                    if sink.send(Message::Binary(bytes.into())).await.is_err() {
-                        client_gone = true;
-                        cancel.cancel();
-                    }
-                }
-                Some(_) => {}
-                // The process has exited and its terminal is drained.
-                None => break,
+    let (run, client_gone) = if start.tty {
+        let (input, keys) = mpsc::channel(64);
+        let (screen, output) = mpsc::channel::<Vec<u8>>(16);
+        let tty = Tty {
+            size: WindowSize {
+                cols: start.cols,
+                rows: start.rows,
             },
-            frame = stream.next(), if !client_gone && pending_bytes < MAX_PENDING_INPUT => {
-                match frame {
-                    Some(Ok(Message::Binary(b))) => {
-                        let keys = TerminalInput::Keys(b.to_vec());
-                        pending_bytes += weight(&keys);
-                        pending.push_back(keys);
-                    }
-                    Some(Ok(Message::Text(t))) => {
-                        if let Ok(TerminalControl::Resize { cols, rows }) = serde_json::from_str(&t) {
-                            let resize = TerminalInput::Resize(WindowSize { cols, rows });
-                            pending_bytes += weight(&resize);
-                            pending.push_back(resize);
-                        }
-                    }
-                    Some(Ok(Message::Close(_)) | Err(_)) | None => {
-                        client_gone = true;
-                        cancel.cancel();
-                    }
-                    Some(Ok(_)) => {}
+            term: start.term,
+        };
+        let run = {
+            let (p, cancel) = (p.clone(), cancel.clone());
+            tokio::spawn(async move {
+                p.apps
+                    .run_at_terminal(&app, &start.command, tty, keys, screen, cancel)
+                    .await
+            })
+        };
+        let relay = Relay {
+            frame: |bytes: Vec<u8>| bytes,
+            data: TerminalInput::Keys,
+            control: |c| match c {
+                TerminalControl::Resize { cols, rows } => {
+                    Some(TerminalInput::Resize(WindowSize { cols, rows }))
                 }
-            }
-            permit = input.reserve(), if !pending.is_empty() => match (permit, pending.pop_front()) {
-                (Ok(permit), Some(i)) => {
-                    pending_bytes -= weight(&i);
-                    permit.send(i);
-                }
-                // The terminal is gone: what was typed has nowhere to go.
-                _ => {
-                    pending.clear();
-                    pending_bytes = 0;
-                }
+                // A terminal's end of input is the user's Ctrl-D, sent as a key.
+                TerminalControl::Eof => None,
             },
-            _ = ping.tick(), if !client_gone => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    client_gone = true;
-                    cancel.cancel();
-                }
-            }
-        }
-    }
+            weight: |i: &TerminalInput| match i {
+                TerminalInput::Keys(k) => k.len(),
+                TerminalInput::Resize(_) => std::mem::size_of::<TerminalInput>(),
+            },
+        };
+        (
+            run,
+            relay
+                .run(&mut sink, &mut stream, input, output, &cancel)
+                .await,
+        )
+    } else {
+        let (input, stdin) = mpsc::channel(64);
+        let (outputs, output) = mpsc::channel::<AttachedOutput>(16);
+        let run = {
+            let (p, cancel) = (p.clone(), cancel.clone());
+            tokio::spawn(async move {
+                p.apps
+                    .run_attached(&app, &start.command, stdin, outputs, cancel)
+                    .await
+            })
+        };
+        let relay = Relay {
+            // The stream a chunk came from, then the chunk.
+            frame: |o: AttachedOutput| {
+                let (channel, mut bytes) = match o {
+                    AttachedOutput::Stdout(b) => (STDOUT, b),
+                    AttachedOutput::Stderr(b) => (STDERR, b),
+                };
+                bytes.insert(0, channel);
+                bytes
+            },
+            data: AttachedInput::Data,
+            control: |c| match c {
+                TerminalControl::Eof => Some(AttachedInput::End),
+                TerminalControl::Resize { .. } => None,
+            },
+            weight: |i: &AttachedInput| match i {
+                AttachedInput::Data(d) => d.len(),
+                AttachedInput::End => std::mem::size_of::<AttachedInput>(),
+            },
+        };
+        (
+            run,
+            relay
+                .run(&mut sink, &mut stream, input, output, &cancel)
+                .await,
+        )
+    };
     let result = match run.await {
         Ok(Ok(code)) => RunResult {
             exit_code: Some(code),
@@ -194,12 +199,98 @@ where
     }
 }
 
-/// What a pending input counts against [`MAX_PENDING_INPUT`]: its bytes, or for a resize what
-/// it takes in memory (so a flood of resizes is bounded too).
-fn weight(i: &TerminalInput) -> usize {
-    match i {
-        TerminalInput::Keys(k) => k.len(),
-        TerminalInput::Resize(_) => std::mem::size_of::<TerminalInput>(),
+/// The first byte of a binary frame from a session without a terminal: which stream the rest
+/// came from.
+const STDOUT: u8 = 1;
+/// See [`STDOUT`].
+const STDERR: u8 = 2;
+
+/// How a session's frames map to the process's input and output: with a terminal, keystrokes
+/// and resizes in, the terminal's bytes out; without one, stdin and its end in, stdout and
+/// stderr out, each chunk marked with its stream.
+struct Relay<I, O> {
+    /// An output chunk as a binary frame's payload.
+    frame: fn(O) -> Vec<u8>,
+    /// A client's binary frame as input.
+    data: fn(Vec<u8>) -> I,
+    /// A client's control message as input, if it means anything here.
+    control: fn(TerminalControl) -> Option<I>,
+    /// What a pending input counts against [`MAX_PENDING_INPUT`].
+    weight: fn(&I) -> usize,
+}
+
+impl<I, O> Relay<I, O> {
+    /// Relays until the process's output has ended (it exited and its output is drained);
+    /// whether the client went away meanwhile (the process is then cancelled).
+    async fn run<K, St>(
+        &self,
+        sink: &mut K,
+        stream: &mut St,
+        input: mpsc::Sender<I>,
+        mut output: mpsc::Receiver<O>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> bool
+    where
+        K: futures_util::Sink<Message> + Unpin,
+        St: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+            + Unpin,
+    {
+        let mut pending: VecDeque<I> = VecDeque::new();
+        let mut pending_bytes = 0usize;
+        let mut client_gone = false;
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                chunk = output.recv() => match chunk {
+                    Some(o) if !client_gone => {
+                        if sink.send(Message::Binary((self.frame)(o).into())).await.is_err() {
+                            client_gone = true;
+                            cancel.cancel();
+                        }
+                    }
+                    Some(_) => {}
+                    // The process has exited and its output is drained.
+                    None => break,
+                },
+                frame = stream.next(), if !client_gone && pending_bytes < MAX_PENDING_INPUT => {
+                    let i = match frame {
+                        Some(Ok(Message::Binary(b))) => Some((self.data)(b.to_vec())),
+                        Some(Ok(Message::Text(t))) => serde_json::from_str(&t)
+                            .ok()
+                            .and_then(self.control),
+                        Some(Ok(Message::Close(_)) | Err(_)) | None => {
+                            client_gone = true;
+                            cancel.cancel();
+                            None
+                        }
+                        Some(Ok(_)) => None,
+                    };
+                    if let Some(i) = i {
+                        pending_bytes += (self.weight)(&i);
+                        pending.push_back(i);
+                    }
+                }
+                permit = input.reserve(), if !pending.is_empty() => match (permit, pending.pop_front()) {
+                    (Ok(permit), Some(i)) => {
+                        pending_bytes -= (self.weight)(&i);
+                        permit.send(i);
+                    }
+                    // The process's input is gone: what was sent has nowhere to go.
+                    _ => {
+                        pending.clear();
+                        pending_bytes = 0;
+                    }
+                },
+                _ = ping.tick(), if !client_gone => {
+                    if sink.send(Message::Ping(Default::default())).await.is_err() {
+                        client_gone = true;
+                        cancel.cancel();
+                    }
+                }
+            }
+        }
+        client_gone
     }
 }
 

@@ -253,6 +253,28 @@ impl Apps {
         self.one_off_ended(app, index, result)
     }
 
+    /// Runs `command` as a one-off attached to its caller without a terminal: `input` is its
+    /// stdin, its stdout and stderr go to `output` apart (`mar run` in a pipe or a script).
+    pub async fn run_attached(
+        &self,
+        app: &AppName,
+        command: &str,
+        input: tokio::sync::mpsc::Receiver<mar_supervisor::attached::AttachedInput>,
+        output: tokio::sync::mpsc::Sender<mar_supervisor::attached::AttachedOutput>,
+        cancel: CancellationToken,
+    ) -> Result<i32, DeployError> {
+        let (spec, index) = self.one_off_spec(app, command)?;
+        let result = mar_supervisor::attached::one_off_attached(
+            &spec,
+            input,
+            output,
+            ONE_OFF_TIME_LIMIT,
+            cancel,
+        )
+        .await;
+        self.one_off_ended(app, index, result)
+    }
+
     /// The process a one-off runs as (`run.N`, from the current release), logged as started.
     fn one_off_spec(
         &self,

@@ -2,7 +2,6 @@
 //! limits, rolling restarts and one-off commands.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::bail;
@@ -84,7 +83,10 @@ pub(crate) async fn run(cmd: PsCommand, ctx: &Context) -> anyhow::Result<ExitCod
                         .await?;
                 exit_status(code)
             } else {
-                run_command(ctx, command).await
+                let app = resolve_app(ctx.app.clone())?;
+                let code = super::terminal::run_attached(ctx, app.as_str(), command_line(&command))
+                    .await?;
+                exit_status(code)
             }
         }
     }
@@ -292,30 +294,6 @@ fn command_line(args: &[String]) -> String {
             })
             .collect::<Vec<_>>()
             .join(" "),
-    }
-}
-
-/// `mar run -- CMD...`: the exit status of the command is `mar`'s.
-async fn run_command(ctx: &Context, command: Vec<String>) -> anyhow::Result<ExitCode> {
-    let app = resolve_app(ctx.app.clone())?;
-    let mut lines = ctx
-        .client
-        .run(app.as_str(), &command_line(&command))
-        .await?;
-    let mut result = None;
-    while let Some(line) = lines.next_line().await? {
-        match line.strip_prefix(mar_sdk::types::BUILD_RESULT_MARK) {
-            Some(json) => result = serde_json::from_str::<mar_sdk::types::RunResult>(json).ok(),
-            None => {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}")?;
-                out.flush()?;
-            }
-        }
-    }
-    match result {
-        Some(r) => exit_status(r),
-        None => bail!("the command's output ended without an exit status"),
     }
 }
 

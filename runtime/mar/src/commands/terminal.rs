@@ -1,7 +1,8 @@
-//! `mar run` typed at a terminal: the user's terminal in raw mode (every key goes to the
-//! remote process, Ctrl-C included), keystrokes and window sizes sent over the platform's
-//! terminal WebSocket, the remote terminal's bytes written to the screen as they come, and the
-//! user's terminal restored however the session ends.
+//! `mar run` over the platform's terminal WebSocket. Typed at a terminal: the user's terminal
+//! in raw mode (every key goes to the remote process, Ctrl-C included), keystrokes and window
+//! sizes sent, the remote terminal's bytes written to the screen as they come, and the user's
+//! terminal restored however the session ends. In a pipe or a script: this process's stdin is
+//! the remote process's (unless it is a terminal), and its stdout and stderr come back apart.
 
 use std::io::{IsTerminal, Read, Write};
 
@@ -30,6 +31,7 @@ pub(crate) async fn run_at_terminal(
         cols,
         rows,
         term: std::env::var("TERM").ok(),
+        tty: true,
     };
     let (mut keys, mut screen) = ctx.client.terminal(app, &start).await?;
     let raw = RawMode::enter()?;
@@ -39,7 +41,8 @@ pub(crate) async fn run_at_terminal(
     let result = loop {
         tokio::select! {
             event = screen.next() => match event? {
-                TerminalEvent::Output(bytes) => {
+                // At a terminal everything comes as the terminal's bytes.
+                TerminalEvent::Output(bytes) | TerminalEvent::Stderr(bytes) => {
                     out.write_all(&bytes)?;
                     out.flush()?;
                 }
@@ -54,6 +57,53 @@ pub(crate) async fn run_at_terminal(
     };
     drop(raw);
     Ok(result)
+}
+
+/// Runs `command` in `app` without a terminal: what this process reads on stdin is the remote
+/// process's stdin (a terminal's is not: nothing would echo it), its end closes it, and the
+/// remote stdout and stderr are written to this process's, byte for byte.
+pub(crate) async fn run_attached(
+    ctx: &Context,
+    app: &str,
+    command: String,
+) -> anyhow::Result<RunResult> {
+    let start = TerminalStart {
+        command,
+        cols: 80,
+        rows: 24,
+        term: None,
+        tty: false,
+    };
+    let (mut keys, mut screen) = ctx.client.terminal(app, &start).await?;
+    let mut input = if std::io::stdin().is_terminal() {
+        keys.end_input().await?;
+        None
+    } else {
+        Some(keystrokes())
+    };
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    loop {
+        tokio::select! {
+            event = screen.next() => match event? {
+                TerminalEvent::Output(bytes) => {
+                    out.write_all(&bytes)?;
+                    out.flush()?;
+                }
+                TerminalEvent::Stderr(bytes) => {
+                    err.write_all(&bytes)?;
+                    err.flush()?;
+                }
+                TerminalEvent::Ended(result) => return Ok(result),
+            },
+            read = async { input.as_mut()?.recv().await }, if input.is_some() => match read {
+                Some(bytes) => keys.send(bytes).await?,
+                None => {
+                    input = None;
+                    keys.end_input().await?;
+                }
+            },
+        }
+    }
 }
 
 /// The user's window size, 80×24 when it cannot be read.
