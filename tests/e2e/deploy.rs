@@ -265,6 +265,21 @@ async fn git_remote_keeps_the_token_out_of_the_repository() {
     let elsewhere = ask("example.com".to_owned());
     assert!(elsewhere.ok(), "{}", elsewhere.all());
     assert_eq!(elsewhere.stdout, "", "another host gets nothing");
+
+    // mar serve comes back on another port: git:remote again points the remote there, and
+    // what it wrote for the old address goes (one server, one helper); the push deploys.
+    let old = format!("127.0.0.1:{}", mar.addr.port());
+    let mar = mar.restart();
+    assert_ne!(format!("127.0.0.1:{}", mar.addr.port()), old);
+    let again = mar.mar_in(&["git:remote", "creds"], &repo.dir);
+    assert!(again.ok(), "{}", again.all());
+    let config = std::fs::read_to_string(repo.dir.join(".git/config")).unwrap();
+    assert!(!config.contains(&old), "{config}");
+    assert_eq!(config.matches("git:credential").count(), 1, "{config}");
+    repo.write("moved.txt", "after the move");
+    repo.commit("after the move");
+    let push = repo.git(&["push", "mar", "main"]);
+    assert!(push.ok(), "{}", push.all());
 }
 
 /// Managing a server over HTTPS from another machine, as with Heroku's API: the CLI refuses a

@@ -381,7 +381,13 @@ async fn platform_variables_are_refused_and_changes_that_change_nothing_make_no_
     mar.create_app("owned");
     let repo = mar.repo_from(&repo_root().join("examples/shell-hello"));
     assert!(repo.push(&mar.git_url("owned"), "main").ok()); // v1
-    for var in ["PORT=80", "DYNO=web.9", "STACK=other"] {
+    for var in [
+        "PORT=80",
+        "DYNO=web.9",
+        "STACK=other",
+        "PS=web.2",
+        "HOME=/tmp",
+    ] {
         let out = mar.mar(&["config:set", var, "-a", "owned"]);
         assert!(!out.ok(), "{}", out.all());
         let name = var.split('=').next().unwrap();

@@ -114,6 +114,25 @@ async fn remote(ctx: &Context, name: Option<String>) -> anyhow::Result<ExitCode>
             .args(args)
             .output()
     };
+    // What this command wrote for a server the repository no longer deploys to (mar serve
+    // moved to another address) goes: its helper and the root it gave git for it.
+    if let Ok(out) = git(&["--get-regexp", r"^credential\..*\.helper$"]) {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some((name, value)) = line.split_once(' ') else {
+                continue;
+            };
+            let Some(old) = name
+                .strip_prefix("credential.")
+                .and_then(|n| n.strip_suffix(".helper"))
+            else {
+                continue;
+            };
+            if value.contains(" git:credential") && old != server {
+                let _ = git(&["--remove-section", &format!("credential.{old}")]);
+                let _ = git(&["--remove-section", &format!("http.{old}/")]);
+            }
+        }
+    }
     let _ = git(&["--unset-all", &key]);
     for value in ["", helper.as_str()] {
         let out = git(&["--add", &key, value]).context("cannot run git")?;
