@@ -444,3 +444,77 @@ async fn the_live_log_is_served_as_server_sent_events() {
         "{plain}"
     );
 }
+
+/// A console password set with `mar console:password` signs in beside the admin token and is
+/// kept only as a hash only the server's user can read; cleared, only the token signs in; ten
+/// failed sign-ins from one address lock that address out, the right password included.
+#[tokio::test]
+async fn a_console_password_signs_in_and_guessing_is_limited() {
+    let mar = MarServer::start();
+    let sign_in = |secret: &str| {
+        let body = serde_json::json!({ "token": secret }).to_string();
+        let mar = &mar;
+        async move {
+            call(
+                mar,
+                "POST",
+                "/console/session",
+                &[("content-type", "application/json")],
+                &body,
+            )
+            .await
+        }
+    };
+    let short = mar.mar_with_input(&["console:password"], "too short\n");
+    assert!(
+        !short.ok() && short.stderr.contains("12 to 1024 bytes"),
+        "{}",
+        short.all()
+    );
+    let password = "correct horse battery staple";
+    let set = mar.mar_with_input(&["console:password"], &format!("{password}\n"));
+    assert!(set.ok(), "{}", set.all());
+    let file = mar.data_dir.join("console_password");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let kept = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        kept.starts_with("$argon2id$") && !kept.contains("horse"),
+        "{kept}"
+    );
+
+    let r = sign_in(password).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .starts_with("mar_console=")
+    );
+    assert_eq!(sign_in(&mar.token()).await.status, 200, "the token too");
+
+    let cleared = mar.mar(&["console:password", "--clear"]);
+    assert!(cleared.ok(), "{}", cleared.all());
+    assert!(!file.exists());
+    assert_eq!(sign_in(password).await.status, 401, "cleared");
+    assert_eq!(sign_in(&mar.token()).await.status, 200);
+
+    assert!(
+        mar.mar_with_input(&["console:password"], &format!("{password}\n"))
+            .ok()
+    );
+    for i in 0..10 {
+        let r = sign_in(&format!("guess number {i}")).await;
+        assert_eq!(r.status, 401, "guess {i}: {}", r.body);
+    }
+    let locked = sign_in(password).await;
+    assert_eq!(locked.status, 429, "{}", locked.body);
+    assert!(
+        locked.body.contains("try again in 10 minute(s)"),
+        "{}",
+        locked.body
+    );
+}

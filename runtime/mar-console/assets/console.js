@@ -328,10 +328,10 @@ function showSignIn(message) {
   document.body.dataset.signedIn = "no";
   const view = document.getElementById("view");
   clear(view);
-  const [tokenField, token] = field("Admin token", {
+  const [tokenField, token] = field("Admin token or console password", {
     id: "token", type: "password", name: "token", autocomplete: "off", required: true,
     spellcheck: "false", autocapitalize: "off",
-  }, h("span", null, "Print it with ", h("code", null, "mar auth:token"), " on the server."));
+  }, h("span", null, "Print the token with ", h("code", null, "mar auth:token"), " on the server; set a password with ", h("code", null, "mar console:password"), "."));
   const error = h("p", { id: "signin-error", class: "error-text", role: "alert" });
   if (message) error.textContent = message;
   const submit = h("button", { type: "submit", id: "signin-submit" }, "Sign in");

@@ -75,6 +75,13 @@ pub struct Platform {
     pub(crate) builds: Arc<crate::build_logs::BuildLogs>,
     /// The web console's sign-in sessions (in memory).
     pub(crate) console: mar_console::Sessions,
+    /// Failed console sign-ins per address.
+    pub(crate) sign_in_limit: mar_console::SignInLimit,
+    /// Where the console's password hash is kept, when one is set.
+    pub(crate) console_password: std::path::PathBuf,
+    /// Password checks running at once (argon2 takes tens of milliseconds of a core and
+    /// 19 MiB each): more wait.
+    pub(crate) password_checks: tokio::sync::Semaphore,
     /// Account tokens of the account API (in memory).
     pub(crate) account_tokens: accounts::AccountTokens,
     /// The apps each gateway is attached to, for its forwarder.
@@ -220,6 +227,12 @@ pub fn router(p: Arc<Platform>) -> axum::Router {
             get(console::show_session)
                 .post(console::sign_in)
                 .delete(console::sign_out),
+        )
+        .route(
+            "/v1/console/password",
+            get(console::password_state)
+                .put(console::set_password)
+                .delete(console::clear_password),
         )
         .route("/metrics", get(metrics))
         .route("/v1/apps", get(list_apps).post(create_app))

@@ -35,6 +35,11 @@ impl Paths {
     pub fn metrics_token(&self) -> PathBuf {
         self.root.join("metrics_token")
     }
+    /// `console_password`: the web console's password as an argon2id hash (mode 0600), when
+    /// one is set (`mar console:password`).
+    pub fn console_password(&self) -> PathBuf {
+        self.root.join("console_password")
+    }
     /// `serve.json`: where the running server listens, for the CLI.
     pub fn serve_file(&self) -> PathBuf {
         self.root.join("serve.json")

@@ -53,6 +53,8 @@ enum Command {
     #[command(flatten)]
     Auth(commands::auth::AuthCommand),
     #[command(flatten)]
+    Console(commands::console::ConsoleCommand),
+    #[command(flatten)]
     Tls(commands::tls::TlsCommand),
     /// Git hooks (run by git during a push).
     #[command(hide = true)]
@@ -123,6 +125,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Domains(cmd) => commands::domains::run(cmd, &ctx).await,
         Command::Services(cmd) => commands::services::run(cmd, &ctx).await,
         Command::Accounts(cmd) => commands::accounts::run(cmd, &ctx).await,
+        Command::Console(cmd) => commands::console::run(cmd, &ctx).await,
         Command::Serve(_) | Command::Hook { .. } | Command::Auth(_) | Command::Tls(_) => {
             Ok(ExitCode::SUCCESS)
         }

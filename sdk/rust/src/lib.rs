@@ -406,6 +406,24 @@ impl Client {
         .await
     }
 
+    /// `PUT /v1/console/password`: the web console's password (the admin token signs in too).
+    pub async fn set_console_password(&self, password: &str) -> Result<(), SdkError> {
+        self.json::<serde_json::Value>(
+            Method::PUT,
+            "/v1/console/password",
+            Some(serde_json::json!({ "password": password })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `DELETE /v1/console/password`: only the admin token signs in to the console.
+    pub async fn clear_console_password(&self) -> Result<(), SdkError> {
+        self.json::<serde_json::Value>(Method::DELETE, "/v1/console/password", None)
+            .await
+            .map(drop)
+    }
+
     /// `DELETE /v1/accounts/EMAIL`.
     pub async fn destroy_account(&self, email: &str) -> Result<serde_json::Value, SdkError> {
         self.json(

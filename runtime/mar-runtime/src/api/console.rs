@@ -1,9 +1,12 @@
 //! The web console's routes on the platform's host: its page at `/` and files under
-//! `/console/`, and its session (`/console/session`: `POST` signs in with the admin token,
-//! `GET` tells the page its CSRF token, `DELETE` signs out). The pages then use the platform
-//! API like any client (see `auth.rs` for how a session is let through).
+//! `/console/`, its session (`/console/session`: `POST` signs in with the admin token or the
+//! console password, `GET` tells the page its CSRF token, `DELETE` signs out), and the console
+//! password (`/v1/console/password`, admin only: set, cleared, or asked whether there is one).
+//! The pages then use the platform API like any client (see `auth.rs` for how a session is
+//! let through).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Json;
 use axum::body::Bytes;
@@ -65,13 +68,6 @@ pub(super) async fn sign_in(
     body: Bytes,
 ) -> ApiResult<Response> {
     let body = sign_in_body(&parts.headers, &body)?;
-    if !super::auth::same(body.token.trim().as_bytes(), p.token.as_bytes()) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "that is not the admin token: `mar auth:token` prints it on the server",
-        ));
-    }
     // A sign-in form another site posts is not one (the cookie it would set is this site's).
     if p.console
         .cross_site(&parts.headers, request_host(&parts).as_deref())
@@ -81,6 +77,42 @@ pub(super) async fn sign_in(
             "Forbidden",
             mar_console::Refusal::CrossSite.message(),
         ));
+    }
+    let client = parts
+        .extensions
+        .get::<mar_http::Connection>()
+        .map(|c| c.client.ip());
+    if let Some(wait) = client.and_then(|ip| p.sign_in_limit.refused(ip, Instant::now())) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            format!(
+                "{} failed sign-ins from this address: try again in {} minute(s)",
+                mar_console::MAX_FAILURES,
+                wait.as_secs().div_ceil(60)
+            ),
+        ));
+    }
+    // The field takes the admin token, or the console password when one is set.
+    let given = body.token.trim_end_matches(['\r', '\n']);
+    let signed_in = super::auth::same(given.trim().as_bytes(), p.token.as_bytes())
+        || password_matches(&p, given).await;
+    if !signed_in {
+        if let Some(ip) = client {
+            p.sign_in_limit.failed(ip, Instant::now());
+        }
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            if p.console_password.is_file() {
+                "that is neither the admin token (`mar auth:token` prints it on the server) nor the console password"
+            } else {
+                "that is not the admin token: `mar auth:token` prints it on the server (or set a console password with `mar console:password`)"
+            },
+        ));
+    }
+    if let Some(ip) = client {
+        p.sign_in_limit.succeeded(ip);
     }
     let (id, view) = p.console.open().map_err(|e| {
         ApiError::new(
@@ -94,6 +126,96 @@ pub(super) async fn sign_in(
     set_cookie(r.headers_mut(), &cookie);
     mar_console::security_headers(r.headers_mut());
     Ok(r)
+}
+
+/// Whether `given` is the console password (false when none is set): checked on a blocking
+/// thread, at most two at a time.
+async fn password_matches(p: &Arc<Platform>, given: &str) -> bool {
+    let Ok(hash) = tokio::fs::read_to_string(&p.console_password).await else {
+        return false;
+    };
+    let Ok(_permit) = p.password_checks.acquire().await else {
+        return false;
+    };
+    let given = given.to_owned();
+    tokio::task::spawn_blocking(move || mar_eds::password::verify(&given, hash.trim()))
+        .await
+        .unwrap_or(false)
+}
+
+/// Shortest console password, in bytes.
+const MIN_PASSWORD: usize = 12;
+/// Longest console password, in bytes (argon2 hashes all of it).
+const MAX_PASSWORD: usize = 1024;
+
+/// `GET /v1/console/password`: whether one is set.
+pub(super) async fn password_state(
+    _: super::Admin,
+    State(p): State<Arc<Platform>>,
+) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "set": p.console_password.is_file() }))
+}
+
+/// The body of `PUT /v1/console/password`.
+#[derive(serde::Deserialize)]
+pub(super) struct NewPassword {
+    password: String,
+}
+
+/// `PUT /v1/console/password {"password"}`: sets the console's password (kept as an argon2id
+/// hash, 0600); the admin token still signs in too.
+pub(super) async fn set_password(
+    _: super::Admin,
+    State(p): State<Arc<Platform>>,
+    Json(body): Json<NewPassword>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let len = body.password.len();
+    if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&len) {
+        return Err(ApiError::bad_request(format!(
+            "a console password is {MIN_PASSWORD} to {MAX_PASSWORD} bytes long, not {len}"
+        )));
+    }
+    if body.password.trim() != body.password {
+        return Err(ApiError::bad_request(
+            "a console password neither starts nor ends with a space or a newline",
+        ));
+    }
+    let path = p.console_password.clone();
+    tokio::task::spawn_blocking(move || {
+        let hash = mar_eds::password::hash(&body.password).map_err(|e| e.to_string())?;
+        crate::private_files::write_private(&path, hash.as_bytes()).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r)
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("cannot keep the console password: {e}"),
+        )
+    })?;
+    Ok(Json(serde_json::json!({ "set": true })))
+}
+
+/// `DELETE /v1/console/password`: only the admin token signs in from now on. Sessions that
+/// are open stay open until they end or sign out.
+pub(super) async fn clear_password(
+    _: super::Admin,
+    State(p): State<Arc<Platform>>,
+) -> ApiResult<Json<serde_json::Value>> {
+    match std::fs::remove_file(&p.console_password) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("cannot remove the console password: {e}"),
+            ));
+        }
+    }
+    Ok(Json(serde_json::json!({ "set": false })))
 }
 
 /// `GET /console/session`: the page's CSRF token and when its session ends; 401 without one.

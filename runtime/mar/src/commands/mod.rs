@@ -7,6 +7,7 @@ pub(crate) mod accounts;
 pub(crate) mod apps;
 pub(crate) mod auth;
 pub(crate) mod config;
+pub(crate) mod console;
 pub(crate) mod domains;
 pub(crate) mod git;
 pub(crate) mod logs;

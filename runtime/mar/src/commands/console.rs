@@ -1,0 +1,52 @@
+//! `mar console:password`: a password for the web console's sign-in, beside the admin token
+//! (which is long, and awkward to type on a phone).
+
+use std::io::BufRead;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+
+use super::{Context, print_json};
+
+/// The commands of this topic.
+#[derive(Subcommand, Debug)]
+pub(crate) enum ConsoleCommand {
+    /// Set the web console's password, read from standard input (one line, 12 bytes or
+    /// more): `echo "$PASSWORD" | mar console:password`. The admin token still signs in too;
+    /// ten failed sign-ins from one address lock it out for ten minutes.
+    #[command(name = "console:password")]
+    ConsolePassword {
+        /// Remove the password: only the admin token signs in from then on.
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+/// Runs one command of this topic.
+pub(crate) async fn run(cmd: ConsoleCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
+    let ConsoleCommand::ConsolePassword { clear } = cmd;
+    if clear {
+        ctx.client.clear_console_password().await?;
+        if ctx.json {
+            return print_json(&serde_json::json!({ "set": false }));
+        }
+        println!("The console takes the admin token only now.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut password)
+        .context("cannot read the password from standard input")?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        bail!("give the password on standard input: echo \"$PASSWORD\" | mar console:password");
+    }
+    ctx.client.set_console_password(password).await?;
+    if ctx.json {
+        return print_json(&serde_json::json!({ "set": true }));
+    }
+    println!("The console takes this password, or the admin token, to sign in.");
+    Ok(ExitCode::SUCCESS)
+}
