@@ -631,3 +631,24 @@ async fn a_push_of_something_that_is_not_webassembly_is_rejected_and_the_old_rel
         "{releases}"
     );
 }
+
+/// A `.wasm` file beside a Procfile is one of the app's files, not a WebAssembly app: the app
+/// deploys as what its Procfile says (a lone module with nothing else still is one, as the
+/// other tests push).
+#[tokio::test]
+async fn a_wasm_file_beside_a_procfile_does_not_make_a_wasm_app() {
+    let mar = MarServer::start();
+    mar.create_app("hasasset");
+    let repo = mar.repo_from(&example("shell-hello"));
+    std::fs::write(repo.dir.join("asset.wasm"), b"\0asm\x01\0\0\0").unwrap();
+    repo.commit("a module among the files");
+    let push = repo.push(&mar.git_url("hasasset"), "main");
+    assert!(push.ok(), "{}", push.all());
+    assert!(
+        push.stderr.contains("Procfile app detected") && !push.stderr.contains("WebAssembly"),
+        "{}",
+        push.stderr
+    );
+    let r = mar.get("hasasset.localhost", "/").await;
+    assert!(r.body.contains("Hello from mini-MAR (shell)"), "{}", r.body);
+}
