@@ -81,6 +81,7 @@ pub fn environment(
         "CONTENT_LENGTH",
         text(header::CONTENT_LENGTH).unwrap_or_default(),
     );
+    let mut from_headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &parts.headers {
         if name == header::CONTENT_TYPE || name == header::CONTENT_LENGTH {
             continue;
@@ -91,13 +92,17 @@ pub fn environment(
             name.as_str().to_ascii_uppercase().replace('-', "_")
         );
         // Repeated headers join with ", " (RFC 9110 §5.3), as CGI servers do.
-        env.entry(key)
+        from_headers
+            .entry(key)
             .and_modify(|v| {
                 v.push_str(", ");
                 v.push_str(value);
             })
             .or_insert_with(|| value.to_owned());
     }
+    // A header replaces a config var of its name, as every CGI variable does (joined to it,
+    // the request would have carried the config's value as if a client had sent it).
+    env.extend(from_headers);
     env.into_iter().collect()
 }
 
@@ -252,6 +257,8 @@ mod tests {
         let mut config = BTreeMap::new();
         config.insert("GREETING".to_owned(), "hi".to_owned());
         config.insert("REMOTE_ADDR".to_owned(), "spoofed".to_owned());
+        // A config var named as a header's variable is replaced, not joined.
+        config.insert("HTTP_X_TEST".to_owned(), "from-config".to_owned());
         let env = environment(&p, Some(&conn()), &config);
         assert_eq!(get(&env, "REQUEST_METHOD"), Some("POST"));
         assert_eq!(get(&env, "PATH_INFO"), Some("/a b/c"));
