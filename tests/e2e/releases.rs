@@ -263,6 +263,44 @@ async fn one_off_commands_run_in_the_app_environment() {
         "{}",
         script.all()
     );
+    // Through shell pipes as a user writes them: a command that writes four times what it
+    // reads (both directions full at once), one that exits after one line of an endless
+    // input, one that closes its output and goes on reading to the end, and `-n`, which
+    // leaves stdin to the loop around it.
+    let shell = |line: &str| {
+        let out = std::process::Command::new("bash")
+            .args(["-c", line])
+            .env("MAR", mar_bin())
+            .env("MAR_HOME", &mar.data_dir)
+            .env_remove("MAR_API_URL")
+            .env_remove("MAR_TOKEN")
+            .current_dir(mar.tmp.path())
+            .output()
+            .unwrap();
+        CmdOutput::from(out)
+    };
+    let amplified = shell(
+        r#"seq 1 1000000 | timeout 120 "$MAR" run -a oneoff -- "awk '{print;print;print;print}'" | wc -l"#,
+    );
+    assert_eq!(amplified.stdout.trim(), "4000000", "{}", amplified.all());
+    for _ in 0..3 {
+        let early = shell(r#"yes | timeout 60 "$MAR" run -a oneoff -- head -1; echo "status $?""#);
+        assert_eq!(early.stdout, "y\nstatus 0\n", "{}", early.all());
+    }
+    let closed = shell(
+        r#"head -c 5000000 /dev/zero | timeout 60 "$MAR" run -a oneoff -- 'exec >/dev/null 2>&1; test "$(wc -c)" = 5000000'; echo "status $?""#,
+    );
+    assert_eq!(closed.stdout, "status 0\n", "{}", closed.all());
+    let loop_input =
+        shell(r#"printf 'a\nb\n' | { "$MAR" run -n -a oneoff -- 'cat; echo ran'; cat; }"#);
+    assert_eq!(loop_input.stdout, "ran\na\nb\n", "{}", loop_input.all());
+    // What a one-off leaves running in the background ends with it.
+    let left = shell(r#""$MAR" run -a oneoff -- 'sleep 31415 & echo started'"#);
+    assert_eq!(left.stdout, "started\n", "{}", left.all());
+    assert!(
+        mar_tests::processes_running("sleep 31415").is_empty(),
+        "a background process outlived its one-off"
+    );
     // The old MAR API's exec.
     let r = mar
         .api("POST", "/v1/apps/oneoff/exec", r#"{"cmd":"echo hi"}"#)

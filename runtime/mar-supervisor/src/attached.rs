@@ -9,6 +9,8 @@
 //! read its input holds the caller back through the pipe.
 
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -40,8 +42,8 @@ const CHUNK: usize = 16 * 1024;
 
 /// Runs a one-off process with its stdin fed from `input` and its stdout and stderr sent to
 /// `output`, until it exits (its exit code, 128 + signal when killed), `timeout` passes or
-/// `cancel` fires (its whole group is killed). What it wrote before it exited is delivered
-/// before this returns.
+/// `cancel` fires (its whole group is killed). All it wrote before it exited is delivered
+/// before this returns, at the pace `output` is read.
 pub async fn one_off_attached(
     spec: &ProcessSpec,
     mut input: mpsc::Receiver<AttachedInput>,
@@ -53,19 +55,17 @@ pub async fn one_off_attached(
     cmd.process_group(0).stdin(Stdio::piped());
     let (mut child, group) = crate::spawn_one_off(spec, cmd)?;
     let stdin = child.stdin.take();
-    let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| tokio::spawn(copy_output(s, output.clone(), AttachedOutput::Stdout))),
-        child
-            .stderr
-            .take()
-            .map(|s| tokio::spawn(copy_output(s, output.clone(), AttachedOutput::Stderr))),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let mut readers = Vec::new();
+    if let Some(s) = child.stdout.take() {
+        let on_pipe = Arc::new(AtomicBool::new(false));
+        let task = copy_output(s, output.clone(), AttachedOutput::Stdout, on_pipe.clone());
+        readers.push((tokio::spawn(task), on_pipe));
+    }
+    if let Some(s) = child.stderr.take() {
+        let on_pipe = Arc::new(AtomicBool::new(false));
+        let task = copy_output(s, output.clone(), AttachedOutput::Stderr, on_pipe.clone());
+        readers.push((tokio::spawn(task), on_pipe));
+    }
     drop(output);
     let writer = tokio::spawn(async move {
         let Some(mut stdin) = stdin else {
@@ -87,30 +87,26 @@ pub async fn one_off_attached(
     let result = crate::wait_one_off(&mut child, timeout, cancel).await;
     writer.abort();
     crate::end_one_off(group);
-    // What it printed just before it exited is still in the pipes: read until every holder of
-    // their write ends is gone, which the group's end above has made sure of (a process outside
-    // control groups that kept them is not waited for long).
-    for mut reader in readers {
-        if tokio::time::timeout(Duration::from_secs(2), &mut reader)
-            .await
-            .is_err()
-        {
-            reader.abort();
-        }
-    }
+    // What it wrote just before it exited is still in the pipes: all of it is handed over,
+    // at the caller's pace.
+    crate::drain_readers(readers).await;
     result
 }
 
 /// Reads `stream` into `output`, each chunk wrapped as `wrap` says, until it ends or nobody
-/// listens.
+/// listens; `on_pipe` says whether it is waiting on the pipe (rather than on the caller).
 async fn copy_output<R: AsyncRead + Unpin>(
     mut stream: R,
     output: mpsc::Sender<AttachedOutput>,
     wrap: fn(Vec<u8>) -> AttachedOutput,
+    on_pipe: Arc<AtomicBool>,
 ) {
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = match stream.read(&mut buf).await {
+        on_pipe.store(true, Ordering::Relaxed);
+        let read = stream.read(&mut buf).await;
+        on_pipe.store(false, Ordering::Relaxed);
+        let n = match read {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };

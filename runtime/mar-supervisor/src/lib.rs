@@ -34,6 +34,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use mar_core::AppName;
@@ -740,9 +741,16 @@ async fn wait_one_off(
     timeout: Duration,
     cancel: CancellationToken,
 ) -> Result<i32, BootError> {
+    // Its group's id (it leads its group or session), known before it is reaped.
+    let group = child.id();
     tokio::select! {
         status = child.wait() => {
             use std::os::unix::process::ExitStatusExt;
+            // What it left running in its group ends with it, control groups or not (a
+            // group's id is not reused while the group has members).
+            if let Some(pid) = group {
+                let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
             match status {
                 Ok(s) => Ok(s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))),
                 Err(e) => Err(BootError::Spawn(e.to_string())),
@@ -757,6 +765,25 @@ async fn wait_one_off(
             kill(child, Signal::SIGKILL);
             let _ = child.wait().await;
             Err(BootError::Stopped)
+        }
+    }
+}
+
+/// Waits for a one-off's output readers to hand over what is left once its processes are
+/// gone. A reader waiting for its caller (a slow client) is waited for as long as that takes
+/// (a caller that hangs up ends it); one still waiting on its pipe two seconds after the
+/// process ended (something outside the process's group holds the pipe) is stopped.
+pub(crate) async fn drain_readers(readers: Vec<(tokio::task::JoinHandle<()>, Arc<AtomicBool>)>) {
+    for (mut reader, on_pipe) in readers {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), &mut reader).await {
+                Ok(_) => break,
+                Err(_) if on_pipe.load(std::sync::atomic::Ordering::Relaxed) => {
+                    reader.abort();
+                    break;
+                }
+                Err(_) => {}
+            }
         }
     }
 }

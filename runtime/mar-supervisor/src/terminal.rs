@@ -116,7 +116,8 @@ pub async fn one_off_at_terminal(
     // master ends (EIO).
     drop(pty.slave);
     let master = Arc::new(register(pty.master).map_err(spawn_error)?);
-    let reader = tokio::spawn(copy_output(master.clone(), output));
+    let on_pipe = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = tokio::spawn(copy_output(master.clone(), output, on_pipe.clone()));
     let writer = tokio::spawn(async move {
         while let Some(i) = input.recv().await {
             let done = match i {
@@ -135,15 +136,10 @@ pub async fn one_off_at_terminal(
     writer.abort();
     crate::end_one_off(group);
     // What the process printed just before it exited is still in the terminal: it is read
-    // until the slave's last holder is gone, which the group's end above has made sure of
-    // (a process outside control groups that kept the terminal is not waited for long).
-    let mut reader = reader;
-    if tokio::time::timeout(Duration::from_secs(2), &mut reader)
-        .await
-        .is_err()
-    {
-        reader.abort();
-    }
+    // until the slave's last holder is gone, which the group's end above has made sure of,
+    // at the caller's pace (a process outside the group that kept the terminal is not waited
+    // for long).
+    crate::drain_readers(vec![(reader, on_pipe)]).await;
     result
 }
 
@@ -170,11 +166,19 @@ fn term_name(term: Option<&str>) -> String {
     }
 }
 
-/// Reads the terminal's output into `output` until the terminal is gone or nobody listens.
-async fn copy_output(master: Arc<AsyncFd<OwnedFd>>, output: mpsc::Sender<Vec<u8>>) {
+/// Reads the terminal's output into `output` until the terminal is gone or nobody listens;
+/// `on_pipe` says whether it is waiting on the terminal (rather than on the caller).
+async fn copy_output(
+    master: Arc<AsyncFd<OwnedFd>>,
+    output: mpsc::Sender<Vec<u8>>,
+    on_pipe: Arc<std::sync::atomic::AtomicBool>,
+) {
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = match read_some(&master, &mut buf).await {
+        on_pipe.store(true, std::sync::atomic::Ordering::Relaxed);
+        let read = read_some(&master, &mut buf).await;
+        on_pipe.store(false, std::sync::atomic::Ordering::Relaxed);
+        let n = match read {
             // EIO: every holder of the slave side has closed it.
             Ok(0) | Err(_) => return,
             Ok(n) => n,

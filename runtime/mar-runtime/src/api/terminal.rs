@@ -98,12 +98,12 @@ where
                 exit_code: None,
                 error: Some(e),
             };
-            finish(&mut sink, result).await;
+            finish(&mut sink, &mut stream, result).await;
             return;
         }
     };
     let cancel = p.shutdown.child_token();
-    let (run, client_gone) = if start.tty {
+    let ended = if start.tty {
         let (input, keys) = mpsc::channel(64);
         let (screen, output) = mpsc::channel::<Vec<u8>>(16);
         let tty = Tty {
@@ -136,12 +136,9 @@ where
                 TerminalInput::Resize(_) => std::mem::size_of::<TerminalInput>(),
             },
         };
-        (
-            run,
-            relay
-                .run(&mut sink, &mut stream, input, output, &cancel)
-                .await,
-        )
+        relay
+            .run(&mut sink, &mut stream, input, output, run, &cancel)
+            .await
     } else {
         let (input, stdin) = mpsc::channel(64);
         let (outputs, output) = mpsc::channel::<AttachedOutput>(16);
@@ -173,14 +170,20 @@ where
                 AttachedInput::End => std::mem::size_of::<AttachedInput>(),
             },
         };
-        (
-            run,
-            relay
-                .run(&mut sink, &mut stream, input, output, &cancel)
-                .await,
-        )
+        relay
+            .run(&mut sink, &mut stream, input, output, run, &cancel)
+            .await
     };
-    let result = match run.await {
+    if let Some(result) = ended {
+        finish(&mut sink, &mut stream, result).await;
+    }
+}
+
+/// How a one-off's run ended, as the session's result says it.
+fn result_of(
+    done: Result<Result<i32, crate::apps::DeployError>, tokio::task::JoinError>,
+) -> RunResult {
+    match done {
         Ok(Ok(code)) => RunResult {
             exit_code: Some(code),
             error: None,
@@ -193,9 +196,6 @@ where
             exit_code: None,
             error: Some("the terminal session failed".to_owned()),
         },
-    };
-    if !client_gone {
-        finish(&mut sink, result).await;
     }
 }
 
@@ -220,16 +220,18 @@ struct Relay<I, O> {
 }
 
 impl<I, O> Relay<I, O> {
-    /// Relays until the process's output has ended (it exited and its output is drained);
-    /// whether the client went away meanwhile (the process is then cancelled).
+    /// Relays until the process has exited (`run` is done) and all it wrote is sent, input
+    /// going in meanwhile even after its output has closed; the result to send, or `None` when
+    /// the client went away (the process is then cancelled).
     async fn run<K, St>(
         &self,
         sink: &mut K,
         stream: &mut St,
         input: mpsc::Sender<I>,
         mut output: mpsc::Receiver<O>,
+        mut run: tokio::task::JoinHandle<Result<i32, crate::apps::DeployError>>,
         cancel: &tokio_util::sync::CancellationToken,
-    ) -> bool
+    ) -> Option<RunResult>
     where
         K: futures_util::Sink<Message> + Unpin,
         St: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
@@ -238,11 +240,13 @@ impl<I, O> Relay<I, O> {
         let mut pending: VecDeque<I> = VecDeque::new();
         let mut pending_bytes = 0usize;
         let mut client_gone = false;
+        let mut output_open = true;
+        let mut outcome: Option<RunResult> = None;
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
-        loop {
+        while output_open || outcome.is_none() {
             tokio::select! {
-                chunk = output.recv() => match chunk {
+                chunk = output.recv(), if output_open => match chunk {
                     Some(o) if !client_gone => {
                         if sink.send(Message::Binary((self.frame)(o).into())).await.is_err() {
                             client_gone = true;
@@ -250,10 +254,17 @@ impl<I, O> Relay<I, O> {
                         }
                     }
                     Some(_) => {}
-                    // The process has exited and its output is drained.
-                    None => break,
+                    // Nothing more will be written: the process closed its output (it may
+                    // still be reading its input) or has exited.
+                    None => output_open = false,
                 },
-                frame = stream.next(), if !client_gone && pending_bytes < MAX_PENDING_INPUT => {
+                done = &mut run, if outcome.is_none() => {
+                    outcome = Some(result_of(done));
+                    // What was sent for a process that has exited has nowhere to go.
+                    pending.clear();
+                    pending_bytes = 0;
+                }
+                frame = stream.next(), if outcome.is_none() && !client_gone && pending_bytes < MAX_PENDING_INPUT => {
                     let i = match frame {
                         Some(Ok(Message::Binary(b))) => Some((self.data)(b.to_vec())),
                         Some(Ok(Message::Text(t))) => serde_json::from_str(&t)
@@ -271,7 +282,7 @@ impl<I, O> Relay<I, O> {
                         pending.push_back(i);
                     }
                 }
-                permit = input.reserve(), if !pending.is_empty() => match (permit, pending.pop_front()) {
+                permit = input.reserve(), if outcome.is_none() && !pending.is_empty() => match (permit, pending.pop_front()) {
                     (Ok(permit), Some(i)) => {
                         pending_bytes -= (self.weight)(&i);
                         permit.send(i);
@@ -290,19 +301,28 @@ impl<I, O> Relay<I, O> {
                 }
             }
         }
-        client_gone
+        if client_gone { None } else { outcome }
     }
 }
 
-/// Sends the result and closes, giving a client that does not read a few seconds.
-async fn finish<K>(sink: &mut K, result: RunResult)
+/// Sends the result and closes the WebSocket as its protocol says: the Close, then what the
+/// client still sends (input it had on its way) read and dropped until its own Close, so the
+/// connection ends cleanly rather than reset with unread data, which would cost the client
+/// the result. A client that does neither within a few seconds is let go.
+async fn finish<K, St>(sink: &mut K, stream: &mut St, result: RunResult)
 where
     K: futures_util::Sink<Message> + Unpin,
+    St: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
     let text = serde_json::to_string(&result).unwrap_or_default();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         let _ = sink.send(Message::text(text)).await;
         let _ = sink.close().await;
+        while let Some(Ok(m)) = stream.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
     })
     .await;
 }

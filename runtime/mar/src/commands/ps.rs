@@ -51,11 +51,16 @@ pub(crate) enum PsCommand {
     /// Several arguments reach the process as given (`mar run -- python -c 'print(1)'`); one
     /// argument is a shell command line (`mar run -- 'echo $PORT | wc -c'`). Its exit status
     /// is mar's. Typed at a terminal, the command gets a terminal of its own (`mar run -a APP
-    /// bash` is an interactive shell); elsewhere its output arrives line by line.
+    /// bash` is an interactive shell); elsewhere what is piped in is its stdin, and its stdout
+    /// and stderr come back apart.
     Run {
         /// Run without a terminal even when stdin and stdout are one.
         #[arg(long)]
         no_tty: bool,
+        /// Give the command no input (as `< /dev/null`; `ssh -n`'s): for a loop that reads its
+        /// own stdin while it runs `mar run`.
+        #[arg(short = 'n', long)]
+        no_stdin: bool,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -75,7 +80,11 @@ pub(crate) async fn run(cmd: PsCommand, ctx: &Context) -> anyhow::Result<ExitCod
             cpu,
             disk,
         } => resize(ctx, [memory, pids, nofile, cpu, disk]).await,
-        PsCommand::Run { no_tty, command } => {
+        PsCommand::Run {
+            no_tty,
+            no_stdin,
+            command,
+        } => {
             if !no_tty && super::terminal::is_interactive() {
                 let app = resolve_app(ctx.app.clone())?;
                 let code =
@@ -84,8 +93,13 @@ pub(crate) async fn run(cmd: PsCommand, ctx: &Context) -> anyhow::Result<ExitCod
                 exit_status(code)
             } else {
                 let app = resolve_app(ctx.app.clone())?;
-                let code = super::terminal::run_attached(ctx, app.as_str(), command_line(&command))
-                    .await?;
+                let code = super::terminal::run_attached(
+                    ctx,
+                    app.as_str(),
+                    command_line(&command),
+                    !no_stdin,
+                )
+                .await?;
                 exit_status(code)
             }
         }

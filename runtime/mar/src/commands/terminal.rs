@@ -37,35 +37,52 @@ pub(crate) async fn run_at_terminal(
     let raw = RawMode::enter()?;
     let mut typed = keystrokes();
     let mut resized = signal(SignalKind::window_change())?;
-    let mut out = std::io::stdout();
-    let result = loop {
-        tokio::select! {
-            event = screen.next() => match event? {
-                // At a terminal everything comes as the terminal's bytes.
-                TerminalEvent::Output(bytes) | TerminalEvent::Stderr(bytes) => {
-                    out.write_all(&bytes)?;
-                    out.flush()?;
+    // Keys and sizes go out on a task of their own, so the screen is always read: a paste
+    // into a program that prints as fast would otherwise hold both sides, each waiting for
+    // the other to read. A send that fails means the session is over: its result still comes.
+    let sender = tokio::spawn(async move {
+        loop {
+            let sent = tokio::select! {
+                bytes = typed.recv() => match bytes {
+                    Some(bytes) => keys.send(bytes).await,
+                    None => return,
+                },
+                _ = resized.recv() => {
+                    let (cols, rows) = window_size();
+                    keys.resize(cols, rows).await
                 }
-                TerminalEvent::Ended(result) => break result,
-            },
-            Some(bytes) = typed.recv() => keys.send(bytes).await?,
-            _ = resized.recv() => {
-                let (cols, rows) = window_size();
-                keys.resize(cols, rows).await?;
+            };
+            if sent.is_err() {
+                return;
             }
         }
+    });
+    let mut out = std::io::stdout();
+    let result = loop {
+        match screen.next().await {
+            // At a terminal everything comes as the terminal's bytes.
+            Ok(TerminalEvent::Output(bytes) | TerminalEvent::Stderr(bytes)) => {
+                out.write_all(&bytes)?;
+                out.flush()?;
+            }
+            Ok(TerminalEvent::Ended(result)) => break Ok(result),
+            Err(e) => break Err(e),
+        }
     };
+    sender.abort();
     drop(raw);
-    Ok(result)
+    Ok(result?)
 }
 
-/// Runs `command` in `app` without a terminal: what this process reads on stdin is the remote
-/// process's stdin (a terminal's is not: nothing would echo it), its end closes it, and the
-/// remote stdout and stderr are written to this process's, byte for byte.
+/// Runs `command` in `app` without a terminal: with `forward_stdin` (and stdin not a
+/// terminal: nothing would echo it), what this process reads on stdin is the remote
+/// process's stdin, its end closes it; the remote stdout and stderr are written to this
+/// process's, byte for byte.
 pub(crate) async fn run_attached(
     ctx: &Context,
     app: &str,
     command: String,
+    forward_stdin: bool,
 ) -> anyhow::Result<RunResult> {
     let start = TerminalStart {
         command,
@@ -75,35 +92,41 @@ pub(crate) async fn run_attached(
         tty: false,
     };
     let (mut keys, mut screen) = ctx.client.terminal(app, &start).await?;
-    let mut input = if std::io::stdin().is_terminal() {
-        keys.end_input().await?;
-        None
-    } else {
-        Some(keystrokes())
-    };
-    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    loop {
-        tokio::select! {
-            event = screen.next() => match event? {
-                TerminalEvent::Output(bytes) => {
-                    out.write_all(&bytes)?;
-                    out.flush()?;
+    let forward = forward_stdin && !std::io::stdin().is_terminal();
+    // Input goes in on a task of its own, so output is always read: a command that writes
+    // more than it reads (`| mar run -- 'awk …'`) would otherwise hold both sides, each
+    // waiting for the other to read. A send that fails means the session is over (the
+    // command exited without reading everything): its result still comes.
+    let sender = tokio::spawn(async move {
+        if forward {
+            let mut input = keystrokes();
+            while let Some(bytes) = input.recv().await {
+                if keys.send(bytes).await.is_err() {
+                    return;
                 }
-                TerminalEvent::Stderr(bytes) => {
-                    err.write_all(&bytes)?;
-                    err.flush()?;
-                }
-                TerminalEvent::Ended(result) => return Ok(result),
-            },
-            read = async { input.as_mut()?.recv().await }, if input.is_some() => match read {
-                Some(bytes) => keys.send(bytes).await?,
-                None => {
-                    input = None;
-                    keys.end_input().await?;
-                }
-            },
+            }
         }
-    }
+        let _ = keys.end_input().await;
+        // Kept open until the session ends: dropping it would close the connection.
+        std::future::pending::<()>().await;
+    });
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let result = loop {
+        match screen.next().await {
+            Ok(TerminalEvent::Output(bytes)) => {
+                out.write_all(&bytes)?;
+                out.flush()?;
+            }
+            Ok(TerminalEvent::Stderr(bytes)) => {
+                err.write_all(&bytes)?;
+                err.flush()?;
+            }
+            Ok(TerminalEvent::Ended(result)) => break Ok(result),
+            Err(e) => break Err(e),
+        }
+    };
+    sender.abort();
+    Ok(result?)
 }
 
 /// The user's window size, 80×24 when it cannot be read.
