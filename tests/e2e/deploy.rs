@@ -362,6 +362,43 @@ async fn the_cli_and_git_manage_a_server_over_https() {
         "{}",
         push.all()
     );
+    // The helper gives a MAR_TOKEN only to the server that takes it: one meant for another
+    // server (say production's, exported in the shell) gets nothing here.
+    let id = config
+        .split("--token-id ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a token id in the helper")
+        .to_owned();
+    let ask = |token: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(mar_tests::mar_bin())
+            .args(["--data-dir"])
+            .arg(elsewhere.path().join("home"))
+            .args(["git:credential", "--server", &api, "--token-id", &id, "get"])
+            .env("MAR_TOKEN", token)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let host = api.trim_start_matches("https://");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("protocol=https\nhost={host}\n\n").as_bytes())
+            .unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    assert_eq!(
+        ask("a-token-of-another-server"),
+        "",
+        "another server's token"
+    );
+    assert_eq!(
+        ask(&mar.token()),
+        format!("username=git\npassword={}\n", mar.token())
+    );
 
     let ran = remote(
         &["run", "-a", "secure", "--", "echo", "over https"],

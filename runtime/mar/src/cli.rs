@@ -106,7 +106,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Git(commands::git::GitCommand::GitCredential {
             operation,
             server: Some(server),
-        }) => return commands::git::credential(&data_dir, &server, &operation),
+            token_id,
+        }) => {
+            return commands::git::credential(&data_dir, &server, token_id.as_deref(), &operation);
+        }
         other => other,
     };
     let ctx = Context {

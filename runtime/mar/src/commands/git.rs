@@ -27,6 +27,11 @@ pub(crate) enum GitCommand {
         /// no `MAR_API_URL`); without it, the server the CLI would talk to.
         #[arg(long)]
         server: Option<String>,
+        /// Which token that server takes: the first 16 hex digits of its SHA-256, written by
+        /// `git:remote` from the token it used there. Only a token (`MAR_TOKEN` or the local
+        /// server's) with this id is given, so no other server's token leaves this machine.
+        #[arg(long)]
+        token_id: Option<String>,
     },
 }
 
@@ -34,10 +39,19 @@ pub(crate) enum GitCommand {
 pub(crate) async fn run(cmd: GitCommand, ctx: &Context) -> anyhow::Result<ExitCode> {
     match cmd {
         GitCommand::GitRemote { name } => remote(ctx, name).await,
-        GitCommand::GitCredential { operation, server } => {
-            let server = server.unwrap_or_else(|| ctx.client.base().to_owned());
-            credential(&ctx.data_dir, &server, &operation)
-        }
+        GitCommand::GitCredential {
+            operation,
+            server,
+            token_id,
+        } => match server {
+            Some(server) => credential(&ctx.data_dir, &server, token_id.as_deref(), &operation),
+            // No server named: the one the CLI talks to, with the token it talks with.
+            None => {
+                let token = api_token(&ctx.data_dir)?;
+                let id = token_id_of(&token);
+                credential(&ctx.data_dir, ctx.client.base(), Some(&id), &operation)
+            }
+        },
     }
 }
 
@@ -47,12 +61,24 @@ fn scheme_and_authority(base: &str) -> (&str, &str) {
     (scheme, rest.split('/').next().unwrap_or(rest))
 }
 
+/// A token's id: the first 16 hex digits of its SHA-256 (a token is 256 random bits, so the id
+/// tells nothing of it), which tells the credential helper which token a server takes.
+pub(crate) fn token_id_of(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.trim().as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// `mar git:credential get`: reads git's request (`key=value` lines up to a blank one) and
-/// answers with the token only when git is talking to this server, so a helper configured
-/// too widely gives nothing away to another host.
+/// answers only when git is talking to `server`, and only with the token whose id is
+/// `token_id` (`MAR_TOKEN`, else the local server's): a helper configured too widely, or a
+/// `MAR_TOKEN` meant for another server, gives nothing away.
 pub(crate) fn credential(
     data_dir: &std::path::Path,
     server: &str,
+    token_id: Option<&str>,
     operation: &str,
 ) -> anyhow::Result<ExitCode> {
     if operation != "get" {
@@ -69,10 +95,21 @@ pub(crate) fn credential(
         }
     }
     let (scheme, authority) = scheme_and_authority(server);
-    if asked.get("protocol").map(String::as_str) == Some(scheme)
-        && asked.get("host").map(String::as_str) == Some(authority)
+    let asked_here = asked.get("protocol").map(String::as_str) == Some(scheme)
+        && asked.get("host").map(String::as_str) == Some(authority);
+    let Some(wanted) = token_id.filter(|_| asked_here) else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let candidates = [
+        std::env::var("MAR_TOKEN").ok().filter(|t| !t.is_empty()),
+        super::token(data_dir).ok(),
+    ];
+    if let Some(token) = candidates
+        .into_iter()
+        .flatten()
+        .find(|t| token_id_of(t) == wanted)
     {
-        println!("username=git\npassword={}", api_token(data_dir)?);
+        println!("username=git\npassword={}", token.trim());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -98,8 +135,10 @@ async fn remote(ctx: &Context, name: Option<String>) -> anyhow::Result<ExitCode>
     // token); then mar answers for this server, with the data directory it was set up with.
     let exe = std::env::current_exe().context("cannot find the mar executable")?;
     let data_dir = std::fs::canonicalize(&ctx.data_dir).unwrap_or_else(|_| ctx.data_dir.clone());
+    // The token the API call above was made with: the one this server takes.
+    let token_id = token_id_of(&api_token(&ctx.data_dir)?);
     let helper = format!(
-        "!{} --data-dir {} git:credential --server {}",
+        "!{} --data-dir {} git:credential --server {} --token-id {token_id}",
         shell_quote(&exe.to_string_lossy()),
         shell_quote(&data_dir.to_string_lossy()),
         shell_quote(&server)
@@ -115,7 +154,18 @@ async fn remote(ctx: &Context, name: Option<String>) -> anyhow::Result<ExitCode>
             .output()
     };
     // What this command wrote for a server the repository no longer deploys to (mar serve
-    // moved to another address) goes: its helper and the root it gave git for it.
+    // moved to another address) goes: its helper and the root it gave git for it, and
+    // nothing else the user keeps in those sections.
+    let remote_urls: Vec<String> = repo
+        .remotes()
+        .map(|names| {
+            names
+                .iter()
+                .flatten()
+                .filter_map(|n| repo.find_remote(n).ok()?.url().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
     if let Ok(out) = git(&["--get-regexp", r"^credential\..*\.helper$"]) {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             let Some((name, value)) = line.split_once(' ') else {
@@ -127,9 +177,14 @@ async fn remote(ctx: &Context, name: Option<String>) -> anyhow::Result<ExitCode>
             else {
                 continue;
             };
-            if value.contains(" git:credential") && old != server {
-                let _ = git(&["--remove-section", &format!("credential.{old}")]);
-                let _ = git(&["--remove-section", &format!("http.{old}/")]);
+            // Stale: mar's helper for a server no remote of the repository points at any
+            // more (another mar server that a remote still uses keeps its own).
+            let still_used = remote_urls
+                .iter()
+                .any(|u| u.starts_with(&format!("{old}/")));
+            if value.contains(" git:credential") && old != server && !still_used {
+                let _ = git(&["--unset-all", &format!("credential.{old}.helper")]);
+                let _ = git(&["--unset-all", &format!("http.{old}/.sslcainfo")]);
             }
         }
     }
