@@ -164,20 +164,9 @@ pub(super) async fn stream_logs(
     });
     let lines = head.chain(tail);
     let resp = if events {
-        // Each line an event (`data:` a line of text never holds a newline); the end of the
-        // stream at shutdown an `end` event, so the page does not take it for a broken one.
-        let framed = lines.map(|chunk| {
-            chunk.map(|b| {
-                let line = String::from_utf8_lossy(&b);
-                let line = line.trim_end_matches('\n');
-                let kind = if line.starts_with("-----> mar serve is shutting down") {
-                    "event: end\n"
-                } else {
-                    ""
-                };
-                Bytes::from(format!("{kind}data: {line}\n\n"))
-            })
-        });
+        // Each line an event; the end of the stream at shutdown an `end` event, so the page
+        // does not take it for a broken one.
+        let framed = lines.map(|chunk| chunk.map(|b| Bytes::from(event(&b))));
         // Comes first: EventSource opens on the headers, and a proxy flushes on this.
         let open = futures_util::stream::once(async {
             Ok::<_, std::io::Error>(Bytes::from_static(b": mini-MAR log stream\n\n"))
@@ -199,4 +188,44 @@ pub(super) async fn stream_logs(
         resp
     };
     Ok(resp)
+}
+
+/// A log line as one Server-Sent Event. SSE ends a field at `\r` as well as `\n`, and a log line
+/// may hold a lone `\r` (an app's progress bar): each piece is a `data:` field of its own, which
+/// the client joins with `\n`, so nothing an app prints can start a field (`event: end`) or an
+/// event of its own. The platform's line that the stream ends is an `end` event.
+fn event(chunk: &[u8]) -> String {
+    let text = String::from_utf8_lossy(chunk);
+    let line = text.strip_suffix('\n').unwrap_or(&text);
+    let mut out = String::with_capacity(line.len() + 16);
+    if line.starts_with("-----> mar serve is shutting down") {
+        out.push_str("event: end\n");
+    }
+    for piece in line.split(['\r', '\n']) {
+        out.push_str("data: ");
+        out.push_str(piece);
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event;
+
+    #[test]
+    fn an_app_cannot_start_a_field_or_an_event_of_its_own() {
+        assert_eq!(event(b"plain line\n"), "data: plain line\n\n");
+        // A lone CR would end the data field and start an `event:` one.
+        assert_eq!(
+            event(b"innocent\revent: end\n"),
+            "data: innocent\ndata: event: end\n\n"
+        );
+        assert_eq!(event(b"a\r\rb"), "data: a\ndata: \ndata: b\n\n");
+        assert!(
+            event(b"-----> mar serve is shutting down: the log stream ends here\n")
+                .starts_with("event: end\ndata: ")
+        );
+    }
 }
