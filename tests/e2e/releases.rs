@@ -294,6 +294,26 @@ async fn one_off_commands_run_in_the_app_environment() {
     let loop_input =
         shell(r#"printf 'a\nb\n' | { "$MAR" run -n -a oneoff -- 'cat; echo ran'; cat; }"#);
     assert_eq!(loop_input.stdout, "ran\na\nb\n", "{}", loop_input.all());
+    // A one-off leads a session of its own, with no controlling terminal: it cannot reach the
+    // terminal mar serve was started from (nor push keystrokes into it).
+    let session = |stat: &str| -> (String, String) {
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        (fields[3].to_owned(), fields[4].to_owned())
+    };
+    let own = mar.mar(&["run", "-a", "oneoff", "--", "cat /proc/self/stat"]);
+    let (sid, tty) = session(&own.stdout);
+    let server = std::fs::read_to_string(format!("/proc/{}/stat", mar.pid())).unwrap();
+    assert_ne!(
+        sid,
+        session(&server).0,
+        "the one-off shares mar serve's session"
+    );
+    assert_eq!(tty, "0", "a controlling terminal: {}", own.stdout);
     // What a one-off leaves running in the background ends with it.
     let left = shell(r#""$MAR" run -a oneoff -- 'sleep 31415 & echo started'"#);
     assert_eq!(left.stdout, "started\n", "{}", left.all());

@@ -52,7 +52,8 @@ pub async fn one_off_attached(
     cancel: CancellationToken,
 ) -> Result<i32, BootError> {
     let mut cmd = crate::command(spec, None);
-    cmd.process_group(0).stdin(Stdio::piped());
+    crate::sandbox::new_session(&mut cmd);
+    cmd.stdin(Stdio::piped());
     let (mut child, group) = crate::spawn_one_off(spec, cmd)?;
     let stdin = child.stdin.take();
     let mut readers = Vec::new();

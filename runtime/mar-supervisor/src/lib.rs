@@ -403,7 +403,7 @@ impl Actor {
 
     fn command(&self, port: Option<u16>) -> Command {
         let mut cmd = command(self.spec(), port);
-        cmd.process_group(0);
+        sandbox::new_session(&mut cmd);
         cmd
     }
 
@@ -698,7 +698,7 @@ pub async fn one_off(
     cancel: CancellationToken,
 ) -> Result<i32, BootError> {
     let mut cmd = command(spec, None);
-    cmd.process_group(0);
+    sandbox::new_session(&mut cmd);
     let (mut child, group) = spawn_one_off(spec, cmd)?;
     let pumps = pump_output(&mut child, out);
     let result = wait_one_off(&mut child, timeout, cancel).await;

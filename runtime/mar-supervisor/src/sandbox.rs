@@ -259,6 +259,26 @@ pub(crate) fn apply(
     Ok(())
 }
 
+/// Arranges for `cmd`'s child to lead a session of its own, with no controlling terminal: it
+/// leads its process group too (so the group can be signalled whole), and it cannot open the
+/// terminal `mar serve` was started from (`/dev/tty`), to read it or push keystrokes into it
+/// (TIOCSTI). Registered before [`apply`], so it runs first, as root.
+pub(crate) fn new_session(cmd: &mut Command) {
+    let closure = move || -> io::Result<()> {
+        // SAFETY: one async-signal-safe syscall on no memory at all.
+        unsafe {
+            if libc::setsid() == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes an async-signal-safe call.
+    unsafe {
+        cmd.pre_exec(closure);
+    }
+}
+
 /// Arranges for `cmd`'s child to lead a session of its own whose controlling terminal is its
 /// stdin (the slave side of a pseudo-terminal), as a login shell's is: job control, Ctrl-C
 /// and window sizes then reach it. Registered before [`apply`], so it runs first, as root.

@@ -187,11 +187,24 @@ pub(crate) fn describe_io(e: &std::io::Error) -> String {
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        Some(rustls::Error::InvalidCertificate(why)) => format!(
-            "the server's certificate is not trusted here ({why:?}); if mar serve's local \
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) => {
+            "the server's certificate is not trusted here (UnknownIssuer); if mar serve's local \
              authority issued it, save the output of `mar tls:ca` on that server to a file and \
              set MAR_CA_CERT to it (or add it to this system's trusted certificates)"
+                .to_owned()
+        }
+        Some(rustls::Error::InvalidCertificate(
+            why @ (rustls::CertificateError::NotValidForName
+            | rustls::CertificateError::NotValidForNameContext { .. }),
+        )) => format!(
+            "the server's certificate is not for the name in the URL ({why:?}); use a name it \
+             is for: mar serve's own certificate names its --domain, *.DOMAIN, localhost and \
+             127.0.0.1, so from another machine reach it by DOMAIN (or a name mar.yaml has a \
+             certificate for)"
         ),
+        Some(rustls::Error::InvalidCertificate(why)) => {
+            format!("the server's certificate is not valid ({why:?})")
+        }
         Some(other) => format!("TLS: {other}"),
         None => e.to_string(),
     }
