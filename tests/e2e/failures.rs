@@ -175,7 +175,7 @@ async fn web_that_never_binds_or_crashes_fails_the_deploy() {
         &push,
         &[
             "Error R10",
-            "Push rejected; nothing was deployed (the app has no release yet)",
+            "Push rejected; nothing was deployed (no code of the app has been deployed yet)",
         ],
     );
     assert!(!push.stderr.contains("previous release"), "{}", push.stderr);

@@ -135,7 +135,8 @@ impl LocalIssuer {
             Some(_) => true,
             None => false,
         };
-        if !renewing && (issued.len() >= MAX_ISSUED || !(self.served)(host)) {
+        // A name the platform no longer serves (a destroyed app's) is not renewed either.
+        if (!renewing && issued.len() >= MAX_ISSUED) || !(self.served)(host) {
             return None;
         }
         let key = self.issue(vec![host.to_owned()])?;

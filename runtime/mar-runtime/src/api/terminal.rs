@@ -27,6 +27,12 @@ use super::{Admin, ApiError, ApiResult, Platform, existing};
 /// Keystrokes accepted but not yet written to the terminal (a paste into a program that does
 /// not read): past this the client's frames are not read, and TCP holds the rest back.
 const MAX_PENDING_INPUT: usize = 1 << 20;
+/// Inputs handed to the process but not yet written: with [`MAX_PENDING_INPUT`] and frames of
+/// at most [`MAX_FRAME`], a session holds at most about 5 MiB of input.
+const INPUT_QUEUE: usize = 4;
+/// Longest a frame to the client may wait for it to read: a client that stops reading for
+/// good is let go (pings cannot tell, as they wait behind the same frame).
+const SEND_WITHIN: Duration = Duration::from_secs(120);
 /// Largest frame a client may send (a paste arrives in one).
 const MAX_FRAME: usize = 1 << 20;
 /// How long the client has to send its first frame.
@@ -104,7 +110,7 @@ where
     };
     let cancel = p.shutdown.child_token();
     let ended = if start.tty {
-        let (input, keys) = mpsc::channel(64);
+        let (input, keys) = mpsc::channel(INPUT_QUEUE);
         let (screen, output) = mpsc::channel::<Vec<u8>>(16);
         let tty = Tty {
             size: WindowSize {
@@ -140,7 +146,7 @@ where
             .run(&mut sink, &mut stream, input, output, run, &cancel)
             .await
     } else {
-        let (input, stdin) = mpsc::channel(64);
+        let (input, stdin) = mpsc::channel(INPUT_QUEUE);
         let (outputs, output) = mpsc::channel::<AttachedOutput>(16);
         let run = {
             let (p, cancel) = (p.clone(), cancel.clone());
@@ -248,7 +254,8 @@ impl<I, O> Relay<I, O> {
             tokio::select! {
                 chunk = output.recv(), if output_open => match chunk {
                     Some(o) if !client_gone => {
-                        if sink.send(Message::Binary((self.frame)(o).into())).await.is_err() {
+                        let frame = Message::Binary((self.frame)(o).into());
+                        if !matches!(tokio::time::timeout(SEND_WITHIN, sink.send(frame)).await, Ok(Ok(()))) {
                             client_gone = true;
                             cancel.cancel();
                         }

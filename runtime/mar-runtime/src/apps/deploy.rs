@@ -58,7 +58,7 @@ impl Apps {
                     r.version
                 ),
                 (None, _) => {
-                    " !     Push rejected; nothing was deployed (the app has no release yet)."
+                    " !     Push rejected; nothing was deployed (no code of the app has been deployed yet)."
                         .to_owned()
                 }
             };
