@@ -617,7 +617,8 @@ fn offline_node_caches(mar: &MarServer, app: &str, fixture: &str) {
 }
 
 /// `packageManager: "npm@VERSION"` is the npm the build and the app's `npm start` run with
-/// (fetched, its corepack hash checked), on the host's Node; a hash that does not match the
+/// (fetched, its corepack hash checked), on the host's Node; checked again at the next build
+/// (an npm planted in the build cache is not what runs); a hash that does not match the
 /// release is refused before anything is installed.
 #[tokio::test]
 async fn node_apps_run_with_the_npm_their_package_manager_names() {
@@ -652,6 +653,28 @@ async fn node_apps_run_with_the_npm_their_package_manager_names() {
     assert_eq!(run.stdout, "10.8.2\n", "{}", run.all());
     let r = mar.get("npmpinned.localhost", "/").await;
     assert_eq!(r.status, 200, "{}", r.body);
+
+    // The build cache is the app's builds' to write (a dependency's install script could plant
+    // an npm there): the release is unpacked afresh from its tarball, checked at every build.
+    let cached = mar
+        .data_dir
+        .join("apps/npmpinned/cache/package-managers/npm/10.8.2");
+    std::fs::write(
+        cached.join("bin/npm-cli.js"),
+        "#!/usr/bin/env node\nconsole.log('planted');\n",
+    )
+    .unwrap();
+    app.commit("again");
+    let push = app.push(&mar.git_url("npmpinned"), "main");
+    assert!(push.ok(), "{}", push.all());
+    assert!(
+        push.stderr
+            .contains("npm 10.8.2 from the build cache, sha512 checked"),
+        "{}",
+        push.stderr
+    );
+    let run = mar.mar(&["run", "-a", "npmpinned", "--", "npm --version"]);
+    assert_eq!(run.stdout, "10.8.2\n", "{}", run.all());
 
     let tampered = pinned.replace("sha512.c7f0", "sha512.c7f1");
     app.write(
