@@ -91,7 +91,7 @@ def explain(text, source, python):
 
     # A hash that does not match the lock's.
     if "DO NOT MATCH THE HASHES" in text:
-        m = re.search(r"^\s+([A-Za-z0-9][\w.-]*==[^\s]+) from (\S+)", text, re.M)
+        m = re.search(r"^[ \t]+([A-Za-z0-9][\w.-]*==[^\s]+) from (\S+)", text, re.M)
         got = re.search(r"Expected (\w+) (\w+)\s+Got\s+(\w+)", text)
         what = m.group(1) if m else "a package"
         return ["pip refused %s: its file's hash is not one that %s pins" % (what, source),
@@ -103,7 +103,7 @@ def explain(text, source, python):
                 ] + quote
     if "Hashes are required in --require-hashes mode" in text or \
             "all requirements must have their versions pinned" in text:
-        missing = re.findall(r"^\s{4}([A-Za-z0-9][\w.-]*)(?:==|\s)", text, re.M)
+        missing = re.findall(r"^[ \t]{4}([A-Za-z0-9][\w.-]*)(?:==|\s)", text, re.M)
         names = ", ".join(dict.fromkeys(missing)) or "some packages"
         if source == "requirements.txt":
             why = ("requirements.txt gives hashes for some packages, so pip checks every one: "
@@ -138,13 +138,13 @@ def explain(text, source, python):
         head = "pip could not build %s from source" % pkg
         if cause:
             head += ": %s is missing on the mini-MAR host" % cause
-        detail = [d.strip() for d in re.findall(r"^\s+.*\bfatal error: .*$", text, re.M)]
+        detail = [d.strip() for d in re.findall(r"^[ \t]+.*\bfatal error: .*$", text, re.M)]
         if not detail:
             detail = [d.strip() for d in re.findall(
-                r"^\s+(?:Error|error|Exception|\w+Error)\b[^\n]*", text, re.M)
+                r"^[ \t]+(?:Error|error|Exception|\w+Error)\b[^\n]*", text, re.M)
                 if "subprocess-exited-with-error" not in d]
         detail = [d if len(d) <= 200 else d[:197] + "..." for d in detail[-2:]]
-        local = next((m.group(1) for m in re.finditer(r"^\s*Processing (\S+)", text, re.M)
+        local = next((m.group(1) for m in re.finditer(r"^[ \t]*Processing (\S+)", text, re.M)
                       if not re.search(r"\.(whl|tar\.gz|zip|tar\.bz2|tgz)$", m.group(1))
                       and normalize(m.group(1).rstrip("/").rsplit("/", 1)[-1]) == normalize(pkg)),
                      None)
@@ -209,10 +209,28 @@ def explain(text, source, python):
             "Its output above says more; the last error lines:"] + quote
 
 
+# What is read of pip's output: its end (where pip's errors are), and each line cut, so that
+# a build that prints a great deal (the app's setup.py can print anything) is read in
+# bounded time.
+MAX_LOG = 1 << 20
+MAX_LINE = 4096
+
+
+def tail(f):
+    """The last MAX_LOG bytes of an open binary file as text, lines cut to MAX_LINE."""
+    f.seek(0, 2)
+    size = f.tell()
+    f.seek(max(0, size - MAX_LOG))
+    data = f.read().decode("utf-8", errors="replace")
+    if size > MAX_LOG:
+        data = data.split("\n", 1)[-1]  # from the first whole line
+    return "\n".join(ln[:MAX_LINE] for ln in data.split("\n"))
+
+
 def main():
     log, source, python = sys.argv[1:4]
-    with open(log, encoding="utf-8", errors="replace") as f:
-        text = f.read()
+    with open(log, "rb") as f:
+        text = tail(f)
     for line in explain(text, source, python):
         if line:
             print(line)

