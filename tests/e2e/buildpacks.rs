@@ -131,17 +131,11 @@ async fn python_apps_get_their_interpreter_and_a_web_process_only_when_it_is_saf
     let app = mar.repo_from(&repo_root().join("tests/fixtures/apps/flask-no-procfile"));
     let push = app.push(&mar.git_url("flask"), "main");
     assert!(push.ok(), "{}", push.all());
-    for expected in [
+    push.assert_says(&[
         "-----> No Procfile: the web process will be `gunicorn --bind 0.0.0.0:$PORT app:app`",
         "-----> Using Python 3.11.",
         "(from .python-version: 3.11)",
-    ] {
-        assert!(
-            push.stderr.contains(expected),
-            "{expected}\n{}",
-            push.stderr
-        );
-    }
+    ]);
     let r = mar.get("flask.localhost", "/").await;
     assert_eq!(
         (r.status, r.body.as_str()),
@@ -154,18 +148,12 @@ async fn python_apps_get_their_interpreter_and_a_web_process_only_when_it_is_saf
     app.commit("ask for 3.99");
     let push = app.push(&mar.git_url("flask"), "main");
     assert!(!push.ok(), "{}", push.all());
-    for expected in [
+    push.assert_says(&[
         "no Python interpreter for this app",
         ".python-version asks for Python 3.99, and this host has no interpreter that satisfies it",
         "Installed: 3.11.",
         "Push rejected; the previous release keeps serving",
-    ] {
-        assert!(
-            push.stderr.contains(expected),
-            "{expected}\n{}",
-            push.stderr
-        );
-    }
+    ]);
     assert!(
         !push.stderr.contains("Installing requirements"),
         "{}",
@@ -185,17 +173,11 @@ async fn python_apps_get_their_interpreter_and_a_web_process_only_when_it_is_saf
     bare.commit("no gunicorn");
     let push = bare.push(&mar.git_url("guessless"), "main");
     assert!(!push.ok(), "{}", push.all());
-    for expected in [
+    push.assert_says(&[
         "no Procfile, and no web process to guess",
         "Add a Procfile",
         "nothing was deployed",
-    ] {
-        assert!(
-            push.stderr.contains(expected),
-            "{expected}\n{}",
-            push.stderr
-        );
-    }
+    ]);
     assert!(
         !push.stderr.contains("Waiting for the web process"),
         "{}",
@@ -214,17 +196,11 @@ async fn django_gets_collectstatic_and_gunicorn_without_a_procfile() {
     let app = mar.repo_from(&repo_root().join("tests/fixtures/apps/django-static"));
     let push = app.push(&mar.git_url("django"), "main");
     assert!(push.ok(), "{}", push.all());
-    for expected in [
+    push.assert_says(&[
         "-----> No Procfile: the web process will be `gunicorn --bind 0.0.0.0:$PORT site_config.wsgi`",
         "-----> Running: python manage.py collectstatic --noinput",
         "static file copied to",
-    ] {
-        assert!(
-            push.stderr.contains(expected),
-            "{expected}\n{}",
-            push.stderr
-        );
-    }
+    ]);
     let r = mar.get("django.localhost", "/").await;
     assert_eq!(
         (r.status, r.body.as_str()),
@@ -259,19 +235,13 @@ async fn node_apps_get_the_node_their_engines_ask_for() {
     let app = mar.repo_from(&repo_root().join("tests/fixtures/apps/node-engines"));
     let push = app.push(&mar.git_url("engines"), "main");
     assert!(push.ok(), "{}", push.all());
-    for expected in [
+    push.assert_says(&[
         "-----> No Procfile: the web process will be `npm start`",
         "-----> Installing node 18.x (package.json engines.node; the host has v",
         "node 18.20.8 from the npm registry",
         "-----> Using node v18.20.8 (engines.node: 18.x), npm 10.",
         "(the newest that supports node v18.20.8: Node's release index",
-    ] {
-        assert!(
-            push.stderr.contains(expected),
-            "{expected}\n{}",
-            push.stderr
-        );
-    }
+    ]);
     let r = mar.get("engines.localhost", "/").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(
@@ -638,17 +608,11 @@ async fn node_apps_run_with_the_npm_their_package_manager_names() {
     app.commit("pin npm");
     let push = app.push(&mar.git_url("npmpinned"), "main");
     assert!(push.ok(), "{}", push.all());
-    for expected in [
+    push.assert_says(&[
         "npm 10.8.2 from the npm registry, sha512 checked",
         "npm 10.8.2 (packageManager: npm@10.8.2)",
         "-----> Installing dependencies with npm ci",
-    ] {
-        assert!(
-            push.stderr.contains(expected),
-            "{expected}\n{}",
-            push.stderr
-        );
-    }
+    ]);
     let run = mar.mar(&["run", "-a", "npmpinned", "--", "npm --version"]);
     assert_eq!(run.stdout, "10.8.2\n", "{}", run.all());
     let r = mar.get("npmpinned.localhost", "/").await;
@@ -787,19 +751,13 @@ async fn python_lock_hashes_are_checked_and_one_package_manager_is_allowed() {
     app.commit("another hash for flask's wheel");
     let push = app.push(&mar.git_url("hashed"), "main");
     assert!(!push.ok(), "{}", push.all());
-    for expected in [
+    push.assert_says(&[
         "Hash-checking mode: pip installs only files whose sha256 poetry.lock lists",
         "-----> ERROR: pip refused flask==3.1.3: its file's hash is not one that poetry.lock pins",
         "run `poetry lock` and commit the result",
         "pip's own error: ERROR: THESE PACKAGES DO NOT MATCH THE HASHES FROM THE REQUIREMENTS FILE",
         "Push rejected; the previous release keeps serving",
-    ] {
-        assert!(
-            push.stderr.contains(expected),
-            "{expected}\n{}",
-            push.stderr
-        );
-    }
+    ]);
     assert_eq!(mar.get("hashed.localhost", "/").await.status, 200);
 
     app.write("poetry.lock", &lock);
@@ -807,17 +765,11 @@ async fn python_lock_hashes_are_checked_and_one_package_manager_is_allowed() {
     app.commit("requirements.txt beside poetry.lock");
     let push = app.push(&mar.git_url("hashed"), "main");
     assert!(!push.ok(), "{}", push.all());
-    for expected in [
+    push.assert_says(&[
         "cannot tell the app's dependencies",
         "Multiple Python package manager files were found: requirements.txt (pip), poetry.lock (Poetry).",
         "decide which tool the app uses, then delete the other files",
-    ] {
-        assert!(
-            push.stderr.contains(expected),
-            "{expected}\n{}",
-            push.stderr
-        );
-    }
+    ]);
     assert!(
         !push.stderr.contains("Installing requirements"),
         "{}",
@@ -847,19 +799,13 @@ async fn a_failed_source_build_names_the_package_and_what_is_missing() {
     app.commit("a C extension whose header is missing");
     let push = app.push(&mar.git_url("native"), "main");
     assert!(!push.ok(), "{}", push.all());
-    for expected in [
+    push.assert_says(&[
         "-----> ERROR: pip could not build native from source: the header mini_mar_missing.h \
          (its library's -dev package) is missing on the mini-MAR host",
         "native is built from the app's own source (./native)",
         "The build said: native.c:1:10: fatal error: mini_mar_missing.h: No such file or directory",
         "pip's own error: ",
-    ] {
-        assert!(
-            push.stderr.contains(expected),
-            "{expected}\n{}",
-            push.stderr
-        );
-    }
+    ]);
     assert!(
         !push.stderr.contains("must exist on PyPI"),
         "{}",

@@ -394,25 +394,56 @@ async fn the_live_log_is_served_as_server_sent_events() {
         "http://localhost:{}/v1/apps/evented/logs/stream?lines=10",
         mar.addr.port()
     );
+    // Each stream read as it arrives, so the test waits for what it needs, not for a time.
     let curl = |accept: &str| {
-        std::process::Command::new("curl")
-            .args(["-sN", "--max-time", "3", "-H"])
+        let mut child = std::process::Command::new("curl")
+            .args(["-sN", "--max-time", "60", "-H"])
             .arg(format!("Authorization: Bearer {}", mar.token()))
             .args(["-H", accept, "-D", "-"])
             .arg(&url)
             .stdout(std::process::Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut out = child.stdout.take().unwrap();
+        let into = seen.clone();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                into.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        (child, seen)
     };
-    let events = curl("Accept: text/event-stream");
-    let plain = curl("Accept: */*");
-    // A line that happens while both streams are open: the router's, for a request.
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let until_both_say = |streams: [&std::sync::Arc<std::sync::Mutex<String>>; 2], what: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !streams.iter().all(|s| s.lock().unwrap().contains(what)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {what:?} in both streams"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let (mut events_curl, events) = curl("Accept: text/event-stream");
+    let (mut plain_curl, plain) = curl("Accept: */*");
+    // The backlog came, so each stream has subscribed (before its headers were sent): a line
+    // that happens now, the router's for a request, reaches both.
+    until_both_say([&events, &plain], "App created");
     mar.get("evented.localhost", "/LIVE-probe").await;
-    let read = |child: std::process::Child| {
-        String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
-    };
-    let (events, plain) = (read(events), read(plain));
+    until_both_say([&events, &plain], "LIVE-probe");
+    for c in [&mut events_curl, &mut plain_curl] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let events = events.lock().unwrap().clone();
+    let plain = plain.lock().unwrap().clone();
     assert!(
         events.contains("content-type: text/event-stream")
             && events.contains("\r\n\r\n: mini-MAR log stream\n\n"),
@@ -471,6 +502,11 @@ async fn a_console_password_signs_in_and_guessing_is_limited() {
         "{}",
         short.all()
     );
+    for bad in ["not json", r#"{"pass": "correct horse battery"}"#] {
+        let r = mar.api("PUT", "/v1/console/password", bad).await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.body.contains("\"BadRequest\""), "{}", r.body);
+    }
     let password = "correct horse battery staple";
     let set = mar.mar_with_input(&["console:password"], &format!("{password}\n"));
     assert!(set.ok(), "{}", set.all());

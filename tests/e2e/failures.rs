@@ -41,13 +41,7 @@ fn assert_rejected(push: &mar_tests::CmdOutput, expected: &[&str]) {
         "{}",
         push.stderr
     );
-    for e in expected {
-        assert!(
-            push.stderr.contains(e),
-            "missing {e:?} in:\n{}",
-            push.stderr
-        );
-    }
+    push.assert_says(expected);
 }
 
 #[tokio::test]

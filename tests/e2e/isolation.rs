@@ -34,8 +34,14 @@ async fn apps_cannot_read_each_other_or_the_platform() {
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|x| x == "log"))
         .expect("alice's push left its build output");
+    // A console password's hash exists to be attacked too.
+    assert!(
+        mar.mar_with_input(&["console:password"], "a console password here\n")
+            .ok()
+    );
     let secrets = [
         build_log.clone(),
+        mar.data_dir.join("console_password"),
         run_dir(&mar, "alice").join("server.py"),
         mar.data_dir.join("token"),
         mar.data_dir.join("mar.db"),

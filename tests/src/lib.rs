@@ -492,6 +492,17 @@ impl From<std::process::Output> for CmdOutput {
 }
 
 impl CmdOutput {
+    /// Asserts that stderr (where git shows `remote:` lines) says each of `expected`.
+    pub fn assert_says(&self, expected: &[&str]) {
+        for e in expected {
+            assert!(
+                self.stderr.contains(e),
+                "missing {e:?} in:\n{}",
+                self.stderr
+            );
+        }
+    }
+
     /// Exit status 0.
     pub fn ok(&self) -> bool {
         self.status.success()

@@ -279,15 +279,11 @@ pub(crate) fn https_redirect(
     })
 }
 
-/// Applies [`https_redirect`] to a response's `Location`, for a redirect (3xx) answering a
-/// plain-HTTP request for `host` while the router has an HTTPS listener on `https_port`.
-pub(crate) fn point_redirect_at_https(
-    status: http::StatusCode,
-    headers: &mut HeaderMap,
-    host: &str,
-    https_port: Option<u16>,
-) {
-    let Some(port) = https_port.filter(|_| status.is_redirection()) else {
+/// Applies [`https_redirect`] to a response's `Location`, given the request's host and the
+/// HTTPS listener's port when the response is a redirect to point there
+/// (`Shared::redirect_target`).
+pub(crate) fn point_redirect_at_https(headers: &mut HeaderMap, target: Option<(&str, u16)>) {
+    let Some((host, port)) = target else {
         return;
     };
     let rewritten = headers

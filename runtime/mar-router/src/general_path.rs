@@ -224,14 +224,10 @@ impl GeneralPath {
             Some(Ok(resp)) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                if !ctx.inbound.tls {
-                    point_redirect_at_https(
-                        parts.status,
-                        &mut parts.headers,
-                        &ctx.host,
-                        shared.https_port,
-                    );
-                }
+                point_redirect_at_https(
+                    &mut parts.headers,
+                    shared.redirect_target(&ctx, parts.status.as_u16()),
+                );
                 let record = shared.record(&ctx, &up.dyno, parts.status.as_u16());
                 let body = Tracked::new(
                     body.map_err(Into::into).boxed_unsync(),

@@ -115,14 +115,10 @@ pub(crate) async fn serve(
     if parts.status != StatusCode::SWITCHING_PROTOCOLS {
         strip_hop_by_hop(&mut parts.headers);
     }
-    if !ctx.inbound.tls {
-        point_redirect_at_https(
-            parts.status,
-            &mut parts.headers,
-            &ctx.host,
-            shared.https_port,
-        );
-    }
+    point_redirect_at_https(
+        &mut parts.headers,
+        shared.redirect_target(&ctx, parts.status.as_u16()),
+    );
     let record = shared.record(&ctx, &target.name, parts.status.as_u16());
     let body = Tracked::new(body, Some(guard), record, idle).with_upload(fault);
     Response::from_parts(parts, body.boxed_unsync())

@@ -106,6 +106,15 @@ pub(crate) struct Ctx {
 }
 
 impl Shared {
+    /// For a redirect (`status` 3xx) answering a plain request while the router has an
+    /// HTTPS listener: the request's `Host` and that listener's port, which its `Location` is
+    /// pointed at (see `forwarding::https_redirect`).
+    pub fn redirect_target<'a>(&self, ctx: &'a Ctx, status: u16) -> Option<(&'a str, u16)> {
+        self.https_port
+            .filter(|_| !ctx.inbound.tls && (300..400).contains(&status))
+            .map(|port| (ctx.host.as_str(), port))
+    }
+
     /// The access log record of a request whose context is no longer needed.
     pub fn record_owned(&self, ctx: Ctx, dyno: &str, status: u16) -> Record {
         Record {

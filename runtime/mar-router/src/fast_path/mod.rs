@@ -452,7 +452,7 @@ impl Exchange<'_> {
             &scratch.from_app[..response.len],
             response.body,
             head.close,
-            redirect_of(proxy, &self.ctx, response.status),
+            proxy.redirect_target(&self.ctx, response.status),
             &mut scratch.down,
         );
         scratch.from_app.advance(response.len);
@@ -567,7 +567,7 @@ impl Exchange<'_> {
             &scratch.from_app[..response.len],
             response.body,
             head.close || !in_step,
-            redirect_of(proxy, &self.ctx, response.status),
+            proxy.redirect_target(&self.ctx, response.status),
             &mut scratch.down,
         );
         scratch.from_app.advance(response.len);
@@ -685,7 +685,7 @@ impl Exchange<'_> {
             &from_app[..response.len],
             response.body,
             true,
-            redirect_of(proxy, &self.ctx, response.status),
+            proxy.redirect_target(&self.ctx, response.status),
             &mut scratch.down,
         );
         from_app.advance(response.len);
@@ -755,15 +755,6 @@ where
 }
 
 /// Methods that may be sent twice (RFC 9110 §9.2.2).
-/// For a redirect answering a plain request while the router has an HTTPS listener: the
-/// request's `Host` and that listener's port (see `forwarding::https_redirect`).
-fn redirect_of<'a>(proxy: &Shared, ctx: &'a Ctx, status: u16) -> Option<(&'a str, u16)> {
-    proxy
-        .https_port
-        .filter(|_| !ctx.inbound.tls && (300..400).contains(&status))
-        .map(|port| (ctx.host.as_str(), port))
-}
-
 fn is_idempotent(method: &str) -> bool {
     matches!(
         method,

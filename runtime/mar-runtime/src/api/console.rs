@@ -156,33 +156,29 @@ pub(super) async fn password_state(
     Json(serde_json::json!({ "set": p.console_password.is_file() }))
 }
 
-/// The body of `PUT /v1/console/password`.
-#[derive(serde::Deserialize)]
-pub(super) struct NewPassword {
-    password: String,
-}
-
 /// `PUT /v1/console/password {"password"}`: sets the console's password (kept as an argon2id
 /// hash, 0600); the admin token still signs in too.
 pub(super) async fn set_password(
     _: super::Admin,
     State(p): State<Arc<Platform>>,
-    Json(body): Json<NewPassword>,
+    body: Bytes,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let len = body.password.len();
+    // A body that is not `{"password": "…"}` gets the API's JSON error, as everywhere.
+    let password = super::command_of(&body, "password")?;
+    let len = password.len();
     if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&len) {
         return Err(ApiError::bad_request(format!(
             "a console password is {MIN_PASSWORD} to {MAX_PASSWORD} bytes long, not {len}"
         )));
     }
-    if body.password.trim() != body.password {
+    if password.trim() != password {
         return Err(ApiError::bad_request(
             "a console password neither starts nor ends with a space or a newline",
         ));
     }
     let path = p.console_password.clone();
     tokio::task::spawn_blocking(move || {
-        let hash = mar_eds::password::hash(&body.password).map_err(|e| e.to_string())?;
+        let hash = mar_eds::password::hash(&password).map_err(|e| e.to_string())?;
         crate::private_files::write_private(&path, hash.as_bytes()).map_err(|e| e.to_string())
     })
     .await

@@ -1,10 +1,9 @@
 //! `mar accounts`, `accounts:create`, `accounts:destroy`: the platform's accounts, which sign in
 //! to the account API of the Enginio dashboard era and make EDS backends there.
 
-use std::io::BufRead;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::Subcommand;
 
 use super::{Context, print_json};
@@ -47,18 +46,8 @@ pub(crate) async fn run(cmd: AccountsCommand, ctx: &Context) -> anyhow::Result<E
             Ok(ExitCode::SUCCESS)
         }
         AccountsCommand::AccountsCreate { email } => {
-            let mut password = String::new();
-            std::io::stdin()
-                .lock()
-                .read_line(&mut password)
-                .context("cannot read the password from standard input")?;
-            let password = password.trim_end_matches(['\r', '\n']);
-            if password.is_empty() {
-                bail!(
-                    "give the password on standard input: echo \"$PASSWORD\" | mar accounts:create {email}"
-                );
-            }
-            let v = ctx.client.create_account(&email, password).await?;
+            let password = super::password_from_stdin(&format!("mar accounts:create {email}"))?;
+            let v = ctx.client.create_account(&email, &password).await?;
             if ctx.json {
                 return print_json(&v);
             }

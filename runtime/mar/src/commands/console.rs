@@ -1,10 +1,8 @@
 //! `mar console:password`: a password for the web console's sign-in, beside the admin token
 //! (which is long, and awkward to type on a phone).
 
-use std::io::BufRead;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
 use clap::Subcommand;
 
 use super::{Context, print_json};
@@ -34,16 +32,8 @@ pub(crate) async fn run(cmd: ConsoleCommand, ctx: &Context) -> anyhow::Result<Ex
         println!("The console takes the admin token only now.");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut password = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut password)
-        .context("cannot read the password from standard input")?;
-    let password = password.trim_end_matches(['\r', '\n']);
-    if password.is_empty() {
-        bail!("give the password on standard input: echo \"$PASSWORD\" | mar console:password");
-    }
-    ctx.client.set_console_password(password).await?;
+    let password = super::password_from_stdin("mar console:password")?;
+    ctx.client.set_console_password(&password).await?;
     if ctx.json {
         return print_json(&serde_json::json!({ "set": true }));
     }

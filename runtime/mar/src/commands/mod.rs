@@ -83,6 +83,23 @@ pub(crate) fn secret(path: &Path, what: &str) -> anyhow::Result<String> {
     Ok(t.trim().to_owned())
 }
 
+/// A password given on standard input (one line, its line end dropped), so that it is in no
+/// command line or shell history; `usage` is the command, for the error when there is none.
+pub(crate) fn password_from_stdin(usage: &str) -> anyhow::Result<String> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    anyhow::ensure!(
+        !password.is_empty(),
+        "give the password on standard input: echo \"$PASSWORD\" | {usage}"
+    );
+    Ok(password.to_owned())
+}
+
 /// `MAR_TOKEN`, else the local server's token.
 pub(crate) fn api_token(data_dir: &Path) -> anyhow::Result<String> {
     match std::env::var("MAR_TOKEN") {
